@@ -1,0 +1,25 @@
+"""Sinks: where delivered events go (disk, S3, Slack, HTTP, your own Python handler)."""
+
+from handlers.base import (
+    DeliveryContext,
+    DeliveryError,
+    EventInfo,
+    LocalFile,
+    Options,
+    Permanent,
+    Retryable,
+    Sink,
+    SinkEnv,
+)
+
+__all__ = [
+    "DeliveryContext",
+    "DeliveryError",
+    "EventInfo",
+    "LocalFile",
+    "Options",
+    "Permanent",
+    "Retryable",
+    "Sink",
+    "SinkEnv",
+]

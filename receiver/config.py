@@ -1,0 +1,352 @@
+"""Configuration: TOML with ${ENV_VAR} interpolation, turned into typed, validated settings.
+
+Every mistake raises ConfigError naming the offending key, so `falhook` refuses to start with a
+message like ``[delivery].max_attempts: must be an integer >= 1``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_JWKS_URL = "https://rest.alpha.fal.ai/.well-known/jwks.json"
+DEFAULT_QUEUE_URL = "https://queue.fal.run"
+DEFAULT_DATA_DIR = "falhook-data"
+CONFIG_ENV = "FALHOOK_CONFIG"
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+
+
+class ConfigError(ValueError):
+    """A configuration mistake; the message names the key."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}")
+        self.key = key
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class ReceiverSettings:
+    public_url: str = "http://127.0.0.1:8000"
+    jwks_url: str = DEFAULT_JWKS_URL
+    jwks_refetch_interval: float = 60.0
+    jwks_refresh_interval: float = 3600.0
+    timestamp_tolerance: int = 300
+    max_body_bytes: int = 10 * 1024 * 1024
+    allowed_user_ids: tuple[str, ...] = ()
+    queue_url: str = DEFAULT_QUEUE_URL
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    url: str = f"sqlite:///{DEFAULT_DATA_DIR}/events.db"
+
+
+@dataclass(frozen=True)
+class DeliverySettings:
+    max_attempts: int = 12
+    lease_seconds: float = 60.0
+    backoff_initial: float = 2.0
+    backoff_max: float = 900.0
+    concurrency: int = 8
+    poll_interval: float = 1.0
+    shutdown_grace: float = 20.0
+
+
+@dataclass(frozen=True)
+class DownloadSettings:
+    allow_private_hosts: bool = False
+    max_file_bytes: int = 4 * 1024**3
+    timeout: float = 300.0
+    spool_dir: str = f"{DEFAULT_DATA_DIR}/spool"
+
+
+@dataclass(frozen=True)
+class SinkSettings:
+    name: str
+    type: str
+    options: dict[str, Any]
+    after: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RouteSettings:
+    name: str
+    sinks: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Settings:
+    receiver: ReceiverSettings = field(default_factory=ReceiverSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
+    delivery: DeliverySettings = field(default_factory=DeliverySettings)
+    downloads: DownloadSettings = field(default_factory=DownloadSettings)
+    sinks: dict[str, SinkSettings] = field(default_factory=dict)
+    routes: dict[str, RouteSettings] = field(default_factory=dict)
+    base_dir: Path = field(default_factory=Path.cwd)
+    source: str = "embedded defaults"
+
+    def resolve_path(self, value: str | os.PathLike[str]) -> Path:
+        """A path from the config, relative to the config file's folder."""
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else (self.base_dir / path)
+
+    @property
+    def spool_path(self) -> Path:
+        return self.resolve_path(self.downloads.spool_dir)
+
+    def sqlite_path(self) -> Path | None:
+        """The SQLite file named by ``[store].url``, or None for another engine."""
+        url = self.store.url
+        if not url.startswith("sqlite:///"):
+            return None
+        rest = url[len("sqlite:///") :]
+        # sqlite:////abs/path.db keeps its leading slash; sqlite:///rel.db is relative.
+        return Path(rest) if rest.startswith("/") else self.resolve_path(rest)
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+
+def config_path_from(arg: str | None) -> Path | None:
+    """--config wins, then $FALHOOK_CONFIG, else None (embedded defaults)."""
+    chosen = arg or os.environ.get(CONFIG_ENV) or None
+    return Path(chosen) if chosen else None
+
+
+def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
+    """Read settings from a TOML file, or the embedded defaults when path is None."""
+    if path is None:
+        return embedded_defaults()
+    file = Path(path)
+    try:
+        raw = tomllib.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError("--config", f"no such file: {file}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(file), f"not valid TOML: {exc}") from None
+    return settings_from_dict(raw, base_dir=file.resolve().parent, source=str(file))
+
+
+def embedded_defaults(base_dir: Path | None = None) -> Settings:
+    """SQLite store and a disk sink under ./falhook-data/, one route `default`."""
+    raw = {
+        "sinks": {"local": {"type": "disk", "root": f"{DEFAULT_DATA_DIR}/files"}},
+        "routes": {"default": {"sinks": ["local"]}},
+    }
+    return settings_from_dict(raw, base_dir=base_dir or Path.cwd(), source="embedded defaults")
+
+
+def settings_from_dict(
+    raw: dict[str, Any], *, base_dir: Path, source: str = "<dict>"
+) -> Settings:
+    raw = _interpolate(raw, "")
+    known = {"receiver", "store", "delivery", "downloads", "sinks", "routes"}
+    for key in raw:
+        if key not in known:
+            raise ConfigError(f"[{key}]", f"unknown section (expected one of {sorted(known)})")
+
+    receiver = _section(raw, "receiver", ReceiverSettings, _check_receiver)
+    store = _section(raw, "store", StoreSettings, _check_store)
+    delivery = _section(raw, "delivery", DeliverySettings, _check_delivery)
+    downloads = _section(raw, "downloads", DownloadSettings, _check_downloads)
+    sinks = _sinks(raw.get("sinks", {}))
+    routes = _routes(raw.get("routes", {}), sinks)
+    return Settings(
+        receiver=receiver,
+        store=store,
+        delivery=delivery,
+        downloads=downloads,
+        sinks=sinks,
+        routes=routes,
+        base_dir=base_dir,
+        source=source,
+    )
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _interpolate(value: Any, key: str) -> Any:
+    if isinstance(value, str):
+
+        def sub(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in os.environ:
+                raise ConfigError(key or "<root>", f"environment variable ${{{name}}} is not set")
+            return os.environ[name]
+
+        return _ENV_REF.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: _interpolate(v, f"{key}.{k}" if key else k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, f"{key}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def _coerce(section: str, key: str, value: Any, default: Any) -> Any:
+    where = f"[{section}].{key}"
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(where, "must be true or false")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(where, "must be an integer")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(where, "must be a number")
+        return float(value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise ConfigError(where, "must be a string")
+        return value
+    if isinstance(default, tuple):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(where, "must be a list of strings")
+        return tuple(value)
+    raise ConfigError(where, "unsupported value")  # pragma: no cover - guards new fields
+
+
+def _section(raw: dict[str, Any], name: str, cls: type, check: Any) -> Any:
+    values = raw.get(name, {})
+    if not isinstance(values, dict):
+        raise ConfigError(f"[{name}]", "must be a table")
+    defaults = cls()
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        if not hasattr(defaults, key):
+            raise ConfigError(f"[{name}].{key}", "unknown key")
+        kwargs[key] = _coerce(name, key, value, getattr(defaults, key))
+    settings = cls(**kwargs)
+    check(settings)
+    return settings
+
+
+def _positive(
+    section: str, key: str, value: float, minimum: float = 0, strict: bool = True
+) -> None:
+    if value < minimum or (strict and value == minimum):
+        op = ">" if strict else ">="
+        raise ConfigError(f"[{section}].{key}", f"must be {op} {minimum:g}")
+
+
+def _check_url(section: str, key: str, value: str, schemes: tuple[str, ...]) -> None:
+    if not any(value.startswith(s + "://") for s in schemes) or len(value.split("://", 1)[1]) == 0:
+        raise ConfigError(f"[{section}].{key}", f"must be a URL starting with {' or '.join(schemes)}://")
+
+
+def _check_receiver(s: ReceiverSettings) -> None:
+    _check_url("receiver", "public_url", s.public_url, ("http", "https"))
+    _check_url("receiver", "jwks_url", s.jwks_url, ("http", "https"))
+    _check_url("receiver", "queue_url", s.queue_url, ("http", "https"))
+    _positive("receiver", "jwks_refetch_interval", s.jwks_refetch_interval, strict=False)
+    _positive("receiver", "jwks_refresh_interval", s.jwks_refresh_interval)
+    _positive("receiver", "timestamp_tolerance", s.timestamp_tolerance)
+    _positive("receiver", "max_body_bytes", s.max_body_bytes)
+
+
+def _check_store(s: StoreSettings) -> None:
+    if not (s.url.startswith("sqlite:///") or s.url.startswith(("postgresql://", "postgres://"))):
+        raise ConfigError(
+            "[store].url", "must start with sqlite:/// or postgresql:// (for example sqlite:///events.db)"
+        )
+
+
+def _check_delivery(s: DeliverySettings) -> None:
+    _positive("delivery", "max_attempts", s.max_attempts)
+    _positive("delivery", "lease_seconds", s.lease_seconds, minimum=1, strict=False)
+    _positive("delivery", "backoff_initial", s.backoff_initial)
+    if s.backoff_max < s.backoff_initial:
+        raise ConfigError("[delivery].backoff_max", "must be >= backoff_initial")
+    _positive("delivery", "concurrency", s.concurrency)
+    _positive("delivery", "poll_interval", s.poll_interval)
+    _positive("delivery", "shutdown_grace", s.shutdown_grace, strict=False)
+
+
+def _check_downloads(s: DownloadSettings) -> None:
+    _positive("downloads", "max_file_bytes", s.max_file_bytes)
+    _positive("downloads", "timeout", s.timeout)
+
+
+def _sinks(raw: Any) -> dict[str, SinkSettings]:
+    if not isinstance(raw, dict):
+        raise ConfigError("[sinks]", "must be a table of [sinks.NAME] tables")
+    sinks: dict[str, SinkSettings] = {}
+    for name, table in raw.items():
+        key = f"[sinks.{name}]"
+        if not _NAME.match(name):
+            raise ConfigError(key, "sink names use letters, digits, '_', '-' and '.'")
+        if not isinstance(table, dict):
+            raise ConfigError(key, "must be a table")
+        options = dict(table)
+        sink_type = options.pop("type", None)
+        if not isinstance(sink_type, str) or not sink_type:
+            raise ConfigError(f"{key}.type", "is required (disk, s3, slack, http, python, ...)")
+        after = options.pop("after", [])
+        if not isinstance(after, list) or not all(isinstance(a, str) for a in after):
+            raise ConfigError(f"{key}.after", "must be a list of sink names")
+        sinks[name] = SinkSettings(name=name, type=sink_type, options=options, after=tuple(after))
+    for sink in sinks.values():
+        for other in sink.after:
+            if other not in sinks:
+                raise ConfigError(f"[sinks.{sink.name}].after", f"names unknown sink {other!r}")
+            if other == sink.name:
+                raise ConfigError(f"[sinks.{sink.name}].after", "a sink cannot run after itself")
+    _check_no_cycles(sinks)
+    return sinks
+
+
+def _check_no_cycles(sinks: dict[str, SinkSettings]) -> None:
+    state: dict[str, int] = {}
+
+    def visit(name: str) -> None:
+        if state.get(name) == 2:
+            return
+        if state.get(name) == 1:
+            raise ConfigError(f"[sinks.{name}].after", "forms a cycle")
+        state[name] = 1
+        for other in sinks[name].after:
+            visit(other)
+        state[name] = 2
+
+    for name in sinks:
+        visit(name)
+
+
+def _routes(raw: Any, sinks: dict[str, SinkSettings]) -> dict[str, RouteSettings]:
+    if not isinstance(raw, dict):
+        raise ConfigError("[routes]", "must be a table of [routes.NAME] tables")
+    routes: dict[str, RouteSettings] = {}
+    for name, table in raw.items():
+        key = f"[routes.{name}]"
+        if not _NAME.match(name):
+            raise ConfigError(key, "route names use letters, digits, '_', '-' and '.'")
+        if not isinstance(table, dict):
+            raise ConfigError(key, "must be a table")
+        for extra in table:
+            if extra != "sinks":
+                raise ConfigError(f"{key}.{extra}", "unknown key")
+        names = table.get("sinks")
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            raise ConfigError(f"{key}.sinks", "must be a non-empty list of sink names")
+        for sink in names:
+            if sink not in sinks:
+                raise ConfigError(f"{key}.sinks", f"names unknown sink {sink!r}")
+        for sink in names:
+            for other in sinks[sink].after:
+                if other not in names:
+                    raise ConfigError(
+                        f"{key}.sinks", f"sink {sink!r} runs after {other!r}, which the route lacks"
+                    )
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{key}.sinks", "lists a sink twice")
+        routes[name] = RouteSettings(name=name, sinks=tuple(names))
+    return routes

@@ -1,0 +1,43 @@
+"""Stores: where events and their deliveries live. Pick one by ``[store].url``."""
+
+from __future__ import annotations
+
+from receiver.config import Settings
+from receiver.store.base import (
+    DeliveryView,
+    EventView,
+    Finish,
+    Job,
+    LeasedDelivery,
+    NewEvent,
+    Store,
+    StoreUnavailable,
+    summarise_state,
+)
+
+__all__ = [
+    "DeliveryView",
+    "EventView",
+    "Finish",
+    "Job",
+    "LeasedDelivery",
+    "NewEvent",
+    "Store",
+    "StoreUnavailable",
+    "make_store",
+    "summarise_state",
+]
+
+
+def make_store(settings: Settings) -> Store:
+    """The store named by the settings, not yet opened."""
+    url = settings.store.url
+    if url.startswith(("postgresql://", "postgres://")):
+        from receiver.store.postgres import PostgresStore
+
+        return PostgresStore(url)
+    from receiver.store.sqlite import SQLiteStore
+
+    path = settings.sqlite_path()
+    assert path is not None  # config validation admits only these two schemes
+    return SQLiteStore(path)
