@@ -143,9 +143,7 @@ def embedded_defaults(base_dir: Path | None = None) -> Settings:
     return settings_from_dict(raw, base_dir=base_dir or Path.cwd(), source="embedded defaults")
 
 
-def settings_from_dict(
-    raw: dict[str, Any], *, base_dir: Path, source: str = "<dict>"
-) -> Settings:
+def settings_from_dict(raw: dict[str, Any], *, base_dir: Path, source: str = "<dict>") -> Settings:
     raw = _interpolate(raw, "")
     known = {"receiver", "store", "delivery", "downloads", "sinks", "routes"}
     for key in raw:
@@ -240,7 +238,9 @@ def _positive(
 
 def _check_url(section: str, key: str, value: str, schemes: tuple[str, ...]) -> None:
     if not any(value.startswith(s + "://") for s in schemes) or len(value.split("://", 1)[1]) == 0:
-        raise ConfigError(f"[{section}].{key}", f"must be a URL starting with {' or '.join(schemes)}://")
+        raise ConfigError(
+            f"[{section}].{key}", f"must be a URL starting with {' or '.join(schemes)}://"
+        )
 
 
 def _check_receiver(s: ReceiverSettings) -> None:
@@ -256,7 +256,8 @@ def _check_receiver(s: ReceiverSettings) -> None:
 def _check_store(s: StoreSettings) -> None:
     if not (s.url.startswith("sqlite:///") or s.url.startswith(("postgresql://", "postgres://"))):
         raise ConfigError(
-            "[store].url", "must start with sqlite:/// or postgresql:// (for example sqlite:///events.db)"
+            "[store].url",
+            "must start with sqlite:/// or postgresql:// (for example sqlite:///events.db)",
         )
 
 

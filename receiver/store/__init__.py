@@ -10,8 +10,10 @@ from receiver.store.base import (
     Job,
     LeasedDelivery,
     NewEvent,
+    NewSubmission,
     Store,
     StoreUnavailable,
+    SubmissionView,
     summarise_state,
 )
 
@@ -22,8 +24,10 @@ __all__ = [
     "Job",
     "LeasedDelivery",
     "NewEvent",
+    "NewSubmission",
     "Store",
     "StoreUnavailable",
+    "SubmissionView",
     "make_store",
     "summarise_state",
 ]

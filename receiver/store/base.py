@@ -78,6 +78,7 @@ class EventView:
     files: list[dict[str, Any]]
     deliveries: dict[str, DeliveryView]
     source: str = "webhook"
+    submission: SubmissionView | None = None  # when falhook submitted this request itself
 
     @property
     def state(self) -> str:
@@ -94,6 +95,42 @@ def summarise_state(states: Any) -> str:
     if seen and all(s == "delivered" for s in seen):
         return "delivered"
     return "pending"
+
+
+SUBMISSION_STATES: tuple[str, ...] = ("pending", "completed", "recovered", "lost", "unknown")
+
+
+@dataclass(frozen=True)
+class NewSubmission:
+    """A job falhook submitted to fal's queue with its own URL as the webhook."""
+
+    request_id: str
+    endpoint: str
+    route: str
+    input: dict[str, Any]
+    status_url: str | None = None
+    response_url: str | None = None
+    cancel_url: str | None = None
+    submitted_at: datetime = field(default_factory=utcnow)
+
+
+@dataclass(frozen=True)
+class SubmissionView:
+    request_id: str
+    endpoint: str
+    route: str
+    input: dict[str, Any]
+    status_url: str | None
+    response_url: str | None
+    cancel_url: str | None
+    submitted_at: datetime
+    # Derived on read: "completed" when a webhook event exists for request_id, "recovered"
+    # when the event came from polling (source "poll"); otherwise the stored state:
+    # "pending" (waiting), "lost" (fal knows nothing / gave up), "unknown" (answer was lost).
+    state: str
+    detail: str | None
+    checked_at: datetime | None
+    received_at: datetime | None  # the event's received_at, when there is one
 
 
 @dataclass(frozen=True)
@@ -169,6 +206,26 @@ class Store(Protocol):
 
     async def counts(self) -> dict[str, int]:
         """Deliveries per state, for the backlog and dead gauges."""
+
+    async def record_submission(self, submission: NewSubmission) -> None:
+        """Store a submission (idempotent on request_id: a second call replaces nothing)."""
+
+    async def get_submission(self, request_id: str) -> SubmissionView | None: ...
+
+    async def list_submissions(
+        self, *, state: str | None = None, limit: int = 100
+    ) -> list[SubmissionView]:
+        """Newest first; state filters on the derived state."""
+
+    async def update_submission(
+        self, request_id: str, *, state: str, detail: str | None = None
+    ) -> None:
+        """Set the stored state (pending/lost/unknown) and detail; checked_at = now."""
+
+    async def overdue_submissions(
+        self, *, older_than: datetime, limit: int
+    ) -> list[SubmissionView]:
+        """Pending submissions with no event, submitted before older_than (oldest first)."""
 
     async def wait_for_work(self, max_wait: float) -> None:
         """Return when new work may be due (an accept or replay here, a notification from
