@@ -94,6 +94,10 @@ class DeliveryContext:
     attempt: int  # 1 for the first attempt
     log: Any  # a structlog logger bound to request_id, route and sink
     outputs: Mapping[str, dict[str, Any]] = field(default_factory=dict)  # earlier sinks' returns
+    # This sink's own output from an earlier successful delivery of the same event (kept
+    # across replays unless `events replay --force`): lets a sink that cannot overwrite,
+    # like a Slack post, skip a repeat.
+    previous: dict[str, Any] | None = None
 
 
 @runtime_checkable

@@ -200,9 +200,11 @@ class Store(Protocol):
     async def record_files(self, request_id: str, files: list[dict[str, Any]]) -> None:
         """Replace the event's file list (size and sha256 known after download)."""
 
-    async def replay(self, request_id: str, sink: str | None = None) -> int:
-        """Make the event's deliveries (all, or one sink's) pending and due now, attempts 0.
-        Returns how many were rescheduled; 0 when the event or sink is unknown."""
+    async def replay(self, request_id: str, sink: str | None = None, *, force: bool = False) -> int:
+        """Make the event's deliveries (all, or one sink's) pending and due now, attempts 0,
+        last_error cleared; dead and delivered ones included. Outputs are kept (a sink uses
+        its previous output to avoid repeats) unless force. Returns how many were
+        rescheduled; 0 when the event or sink is unknown."""
 
     async def counts(self) -> dict[str, int]:
         """Deliveries per state, for the backlog and dead gauges."""
