@@ -1,0 +1,64 @@
+"""The event as JSON: the contract's EVENT document, shared by the CLI and the sinks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from receiver.store.base import EventView, iso
+
+
+def payload_of(view: EventView) -> Any:
+    try:
+        return msgspec.json.decode(view.body).get("payload")
+    except (msgspec.DecodeError, AttributeError):
+        return None
+
+
+def submission_doc(view: EventView) -> dict[str, Any] | None:
+    sub = view.submission
+    if sub is None:
+        return None
+    return {
+        "endpoint": sub.endpoint,
+        "route": sub.route,
+        "input": sub.input,
+        "submitted_at": iso(sub.submitted_at),
+        "seconds_to_webhook": round((view.received_at - sub.submitted_at).total_seconds(), 3),
+    }
+
+
+def event_document(view: EventView, *, with_payload: bool = False) -> dict[str, Any]:
+    """Keys of the contract first; more may be added, never renamed."""
+    doc: dict[str, Any] = {
+        "request_id": view.request_id,
+        "route": view.route,
+        "fal_status": view.fal_status,
+        "error": view.error,
+        "payload_error": view.payload_error,
+        "received_at": iso(view.received_at),
+        "state": view.state,
+        "deliveries": {
+            name: {
+                "state": d.state,
+                "attempts": d.attempts,
+                "last_error": d.last_error,
+                "next_attempt_at": iso(d.next_attempt_at)
+                if d.state in ("pending", "retrying")
+                else None,
+            }
+            for name, d in sorted(view.deliveries.items())
+        },
+        "files": [
+            {k: f.get(k) for k in ("path", "url", "content_type", "size", "sha256")}
+            | {k: f[k] for k in ("file_name", "name", "error") if f.get(k) is not None}
+            for f in view.files
+        ],
+        "gateway_request_id": view.gateway_request_id,
+        "source": view.source,
+        "submission": submission_doc(view),
+    }
+    if with_payload:
+        doc["payload"] = payload_of(view)
+    return doc

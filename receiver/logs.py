@@ -1,0 +1,61 @@
+"""Logging in one place: structlog, JSON lines when not on a TTY, pretty on one.
+
+Request and delivery code binds ``request_id`` and ``route`` with structlog's contextvars, so
+every line they write carries both. Secrets never reach a log: the processors below drop
+keys that name them, as a last line of defence behind not logging them at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+import structlog
+
+_SECRET_WORDS = ("signature", "secret", "token", "password", "authorization", "fal_key", "api_key")
+_configured = False
+
+
+def _drop_secrets(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    for key in list(event):
+        if any(word in key.lower() for word in _SECRET_WORDS):
+            event[key] = "[redacted]"
+    return event
+
+
+def configure_logging(level: str | None = None, *, json: bool | None = None) -> None:
+    """Idempotent; FALHOOK_LOG_LEVEL and FALHOOK_LOG_FORMAT=json|console override."""
+    global _configured
+    level_name = (level or os.environ.get("FALHOOK_LOG_LEVEL") or "info").upper()
+    fmt = os.environ.get("FALHOOK_LOG_FORMAT")
+    if json is None:
+        json = fmt == "json" if fmt else not sys.stderr.isatty()
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if json
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _drop_secrets,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping().get(level_name, logging.INFO)
+        ),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+    # Libraries that use stdlib logging (uvicorn's errors, httpx) go to stderr too.
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s: %(message)s")
+    _configured = True
+
+
+def get_logger(name: str | None = None) -> Any:
+    return structlog.get_logger(name) if name else structlog.get_logger()
