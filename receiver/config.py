@@ -57,6 +57,7 @@ class DeliverySettings:
     concurrency: int = 8
     poll_interval: float = 1.0
     shutdown_grace: float = 20.0
+    attempt_timeout: float = 900.0  # one sink's attempt (downloads have their own timeout)
 
 
 @dataclass(frozen=True)
@@ -270,6 +271,7 @@ def _check_delivery(s: DeliverySettings) -> None:
     _positive("delivery", "concurrency", s.concurrency)
     _positive("delivery", "poll_interval", s.poll_interval)
     _positive("delivery", "shutdown_grace", s.shutdown_grace, strict=False)
+    _positive("delivery", "attempt_timeout", s.attempt_timeout)
 
 
 def _check_downloads(s: DownloadSettings) -> None:

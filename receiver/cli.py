@@ -1,0 +1,306 @@
+"""The `falhook` command: serve, worker, events list|show|replay (and submit, submissions,
+emulate from receiver.cli_fal).
+
+Errors go to stderr with a non-zero exit; `--json` prints one JSON document on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from receiver.config import ConfigError, Settings, config_path_from, load_settings
+from receiver.events import event_document
+from receiver.store import Store, make_store
+from receiver.store.base import DELIVERY_STATES, EVENT_STATES, EventView
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+class CLIError(Exception):
+    """A problem to print on stderr as `falhook: <message>`, exiting with `code`."""
+
+    def __init__(self, message: str, code: int = EXIT_FAIL) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    return load_settings(config_path_from(getattr(args, "config", None)))
+
+
+async def with_store(settings: Settings, action: Callable[[Store], Awaitable[int]]) -> int:
+    store = make_store(settings)
+    await store.open()
+    try:
+        return await action(store)
+    finally:
+        await store.close()
+
+
+# --- serve / worker --------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from receiver.app import create_app
+
+    settings = settings_from(args)
+    app = create_app(settings, run_worker=not args.no_worker)  # sinks built: config checked
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=max(5, int(settings.delivery.shutdown_grace) + 5),
+    )
+    print(
+        f"falhook: serving on http://{args.host}:{args.port} (routes: "
+        f"{', '.join(f'/webhooks/{r}' for r in sorted(settings.routes))}; "
+        f"config: {settings.source})",
+        file=sys.stderr,
+    )
+    uvicorn.Server(config).run()
+    return EXIT_OK
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from handlers.registry import build_sinks, close_sinks
+    from receiver.logs import configure_logging
+    from receiver.worker import Worker
+
+    settings = settings_from(args)
+    configure_logging()
+    sinks = build_sinks(settings)
+
+    async def run() -> int:
+        store = make_store(settings)
+        await store.open()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        worker = Worker(settings, store, sinks)
+        try:
+            await worker.run(stop)
+        finally:
+            await worker.aclose()
+            await close_sinks(sinks)
+            await store.close()
+        return EXIT_OK
+
+    return asyncio.run(run())
+
+
+# --- events ----------------------------------------------------------------------------------
+
+
+def _table(views: Sequence[EventView]) -> str:
+    rows = [("REQUEST_ID", "ROUTE", "STATE", "FAL", "RECEIVED_AT", "FILES")]
+    for v in views:
+        doc = event_document(v)
+        rows.append(
+            (v.request_id, v.route, v.state, v.fal_status, doc["received_at"], str(len(v.files)))
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
+
+
+def cmd_events_list(args: argparse.Namespace) -> int:
+    async def action(store: Store) -> int:
+        views = await store.list_events(state=args.state, route=args.route, limit=args.limit)
+        if args.json:
+            print(json.dumps({"events": [event_document(v) for v in views]}))
+        elif views:
+            print(_table(views))
+        else:
+            print("no events", file=sys.stderr)
+        return EXIT_OK
+
+    return asyncio.run(with_store(settings_from(args), action))
+
+
+def _describe(doc: dict[str, Any]) -> str:
+    lines = [
+        f"request_id   {doc['request_id']}",
+        f"route        {doc['route']}",
+        f"state        {doc['state']}",
+        f"fal status   {doc['fal_status']}",
+        f"received at  {doc['received_at']}",
+    ]
+    if doc.get("source") != "webhook":
+        lines.append(f"source       {doc.get('source')} (recovered by polling fal's queue)")
+    sub = doc.get("submission")
+    if sub:
+        lines.append(f"endpoint     {sub['endpoint']}")
+        lines.append(
+            f"submitted at {sub['submitted_at']} ({sub['seconds_to_webhook']} s to result)"
+        )
+    if doc.get("error"):
+        lines.append(f"error        {doc['error']}")
+    if doc.get("payload_error"):
+        lines.append(f"payload err  {doc['payload_error']}")
+    lines.append("deliveries")
+    for name, d in doc["deliveries"].items():
+        extra = f"  last error: {d['last_error']}" if d["last_error"] else ""
+        lines.append(f"  {name:<12} {d['state']:<10} attempts={d['attempts']}{extra}")
+    lines.append("files" if doc["files"] else "files        (none)")
+    for f in doc["files"]:
+        if f.get("error"):
+            lines.append(f"  {f['path']}: {f['error']}")
+        else:
+            size = f"{f['size']} bytes" if f.get("size") is not None else "size unknown"
+            lines.append(f"  {f['path']}: {f.get('content_type') or '?'}, {size}, {f['url']}")
+    return "\n".join(lines)
+
+
+def cmd_events_show(args: argparse.Namespace) -> int:
+    async def action(store: Store) -> int:
+        view = await store.get_event(args.request_id)
+        if view is None:
+            raise CLIError(f"no event with request_id {args.request_id!r}")
+        doc = event_document(view)
+        print(json.dumps(doc) if args.json else _describe(doc))
+        return EXIT_OK
+
+    return asyncio.run(with_store(settings_from(args), action))
+
+
+def cmd_events_replay(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+
+    async def action(store: Store) -> int:
+        view = await store.get_event(args.request_id)
+        if view is None:
+            raise CLIError(f"no event with request_id {args.request_id!r}")
+        if args.sink is not None and args.sink not in view.deliveries:
+            known = ", ".join(sorted(view.deliveries))
+            raise CLIError(f"event {args.request_id!r} has no sink {args.sink!r} (it has: {known})")
+        count = await store.replay(args.request_id, args.sink, force=args.force)
+        if not args.now:
+            print(f"scheduled {count} deliver{'y' if count == 1 else 'ies'} of {args.request_id}")
+            return EXIT_OK
+        return await _deliver_now(settings, store, args)
+
+    return asyncio.run(with_store(settings, action))
+
+
+async def _deliver_now(settings: Settings, store: Store, args: argparse.Namespace) -> int:
+    """Run a worker in this process until the replayed deliveries are settled."""
+    from handlers.registry import build_sinks, close_sinks
+    from receiver.logs import configure_logging
+    from receiver.worker import Worker
+
+    configure_logging()
+    wanted = [args.sink] if args.sink else None
+    sinks = build_sinks(settings)
+    worker = Worker(settings, store, sinks)
+    deadline = time.monotonic() + args.timeout
+    try:
+        while True:
+            view = await store.get_event(args.request_id)
+            assert view is not None
+            mine = {k: d for k, d in view.deliveries.items() if wanted is None or k in wanted}
+            if all(d.state in ("delivered", "dead", "retrying") for d in mine.values()):
+                break
+            if time.monotonic() > deadline:
+                raise CLIError(f"gave up after {args.timeout:g} s; deliveries are still running")
+            if await worker.run_once() == 0:
+                await store.wait_for_work(0.2)  # another worker may hold them: check again
+    finally:
+        await worker.aclose()
+        await close_sinks(sinks)
+    failed = {k: d for k, d in mine.items() if d.state != "delivered"}
+    for name, d in sorted(mine.items()):
+        print(f"{name}: {d.state}" + (f" ({d.last_error})" if d.last_error else ""))
+    if failed:
+        raise CLIError(f"{len(failed)} deliver{'y' if len(failed) == 1 else 'ies'} failed")
+    return EXIT_OK
+
+
+# --- parser ----------------------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be >= 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        metavar="PATH",
+        help="TOML config (default: $FALHOOK_CONFIG, else embedded defaults)",
+    )
+    parser = argparse.ArgumentParser(
+        prog="falhook", description="Receive, verify, store and deliver fal.ai webhooks."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", parents=[common], help="run the receiver and a worker")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--no-worker", action="store_true", help="receive only (scale-out)")
+    serve.set_defaults(func=cmd_serve)
+
+    worker = sub.add_parser("worker", parents=[common], help="run delivery workers only")
+    worker.set_defaults(func=cmd_worker)
+
+    events = sub.add_parser("events", help="list, show and replay stored events")
+    ev = events.add_subparsers(dest="events_command", required=True, metavar="ACTION")
+    ls = ev.add_parser("list", parents=[common], help="newest first")
+    ls.add_argument("--state", choices=sorted(set(EVENT_STATES) | set(DELIVERY_STATES)))
+    ls.add_argument("--route")
+    ls.add_argument("--limit", type=_positive_int, default=100)
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=cmd_events_list)
+    show = ev.add_parser("show", parents=[common], help="one event and its deliveries")
+    show.add_argument("request_id")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=cmd_events_show)
+    replay = ev.add_parser("replay", parents=[common], help="make deliveries due again")
+    replay.add_argument("request_id")
+    replay.add_argument("--sink", help="only this sink's delivery")
+    replay.add_argument("--now", action="store_true", help="deliver in this command")
+    replay.add_argument(
+        "--force", action="store_true", help="forget sinks' earlier outputs (Slack posts again)"
+    )
+    replay.add_argument("--timeout", type=float, default=600.0, help="with --now (seconds)")
+    replay.set_defaults(func=cmd_events_replay)
+
+    with contextlib.suppress(ImportError):  # submit/emulate need nothing beyond the core
+        from receiver import cli_fal
+
+        cli_fal.register(sub, common)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"falhook: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except CLIError as exc:
+        print(f"falhook: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,421 @@
+"""The delivery worker: the whole life of a delivery in one place.
+
+    lease due deliveries ─▶ download each File of the event once ─▶ run the route's sinks
+    (those with `after` once their prerequisites delivered) ─▶ record delivered │ retry │ dead
+
+Leases are kept alive by a heartbeat while work is in flight (a 1 GiB download outlives
+`lease_seconds`); a crashed worker's leases expire and another worker takes them. On shutdown
+the worker stops leasing, lets in-flight work finish for `shutdown_grace` seconds, then
+cancels what is left and gives those leases back without counting an attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import shutil
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from handlers.base import DeliveryContext, EventInfo, LocalFile, Permanent, Retryable, Sink
+from receiver.config import Settings
+from receiver.envelope import EnvelopeError, FileRef, parse_envelope
+from receiver.events import event_document
+from receiver.fetch import FetchedFile, Fetcher, FetchError
+from receiver.intake import files_of
+from receiver.metrics import Metrics
+from receiver.naming import file_names, safe_component
+from receiver.policy import RetryPolicy
+from receiver.store.base import EventView, Finish, Job, LeasedDelivery, Store, utcnow
+
+log = structlog.get_logger("falhook.worker")
+
+
+@dataclass
+class _Attempt:
+    """One leased delivery's fate within a job."""
+
+    lease: LeasedDelivery
+    outcome: str | None = None  # "delivered" | "retry" | "dead" once decided
+    error: str | None = None
+    retry_after: float | None = None
+    output: dict[str, Any] | None = None
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        sinks: Mapping[str, Sink],
+        *,
+        fetcher: Fetcher | None = None,
+        metrics: Metrics | None = None,
+        owner: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.sinks = dict(sinks)
+        d = settings.delivery
+        self.policy = RetryPolicy(d.max_attempts, d.backoff_initial, d.backoff_max)
+        dl = settings.downloads
+        self.fetcher = fetcher or Fetcher(
+            max_file_bytes=dl.max_file_bytes,
+            timeout=dl.timeout,
+            allow_private_hosts=dl.allow_private_hosts,
+        )
+        self.metrics = metrics or Metrics()
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.spool = settings.spool_path
+        self._held: dict[str, tuple[str, str]] = {}  # token -> (request_id, sink)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Lease and deliver until `stop` is set, then shut down gracefully."""
+        d = self.settings.delivery
+        self.spool.mkdir(parents=True, exist_ok=True)
+        heartbeat = asyncio.create_task(self._heartbeat(stop), name="falhook-heartbeat")
+        log.info("worker started", owner=self.owner, concurrency=d.concurrency)
+        try:
+            while not stop.is_set():
+                free = d.concurrency - len(self._tasks)
+                leased = 0
+                if free > 0:
+                    leased = await self._lease_and_start(free)
+                if leased == 0 or len(self._tasks) >= d.concurrency:
+                    await self._idle(stop, d.poll_interval)
+        finally:
+            await self._drain(d.shutdown_grace)
+            heartbeat.cancel()
+            await asyncio.gather(heartbeat, return_exceptions=True)
+            log.info("worker stopped", owner=self.owner)
+
+    async def run_once(self, limit: int | None = None) -> int:
+        """Lease one batch and deliver it all before returning (CLI `--now`, serverless
+        drains). Returns how many deliveries were attempted."""
+        self.spool.mkdir(parents=True, exist_ok=True)
+        jobs = await self._lease(limit or self.settings.delivery.concurrency)
+        await asyncio.gather(*(self.process(job) for job in jobs))
+        return sum(len(job.deliveries) for job in jobs)
+
+    async def _lease(self, limit: int) -> list[Job]:
+        try:
+            return await self.store.lease(
+                owner=self.owner, limit=limit, lease_seconds=self.settings.delivery.lease_seconds
+            )
+        except Exception as exc:  # the store may be briefly away; never kill the loop
+            log.warning("lease failed", error=f"{type(exc).__name__}: {exc}")
+            return []
+
+    async def _lease_and_start(self, free: int) -> int:
+        jobs = await self._lease(free)
+        for job in jobs:
+            task = asyncio.create_task(self.process(job), name=f"deliver-{job.event.request_id}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return sum(len(job.deliveries) for job in jobs)
+
+    async def _idle(self, stop: asyncio.Event, poll: float) -> None:
+        """Wait for new work, a free slot, or stop, whichever comes first."""
+        waiters: list[asyncio.Task[Any]] = [
+            asyncio.create_task(self.store.wait_for_work(poll)),
+            asyncio.create_task(stop.wait()),
+        ]
+        if self._tasks:
+            waiters.append(
+                asyncio.create_task(
+                    asyncio.wait(set(self._tasks), return_when=asyncio.FIRST_COMPLETED)
+                )
+            )
+        try:
+            await asyncio.wait(waiters, timeout=poll, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+            await asyncio.gather(*waiters, return_exceptions=True)
+
+    async def _heartbeat(self, stop: asyncio.Event) -> None:
+        lease = self.settings.delivery.lease_seconds
+        while True:
+            await asyncio.sleep(max(0.5, lease / 3))
+            if self._held:
+                try:
+                    await self.store.extend(list(self._held), lease)
+                except Exception as exc:
+                    log.warning("lease extension failed", error=f"{type(exc).__name__}: {exc}")
+
+    async def _drain(self, grace: float) -> None:
+        if not self._tasks:
+            return
+        log.info("finishing in-flight deliveries", count=len(self._tasks), grace=grace)
+        _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    # --- one job -----------------------------------------------------------------------------
+
+    async def process(self, job: Job) -> None:
+        event = job.event
+        attempts = {d.sink: _Attempt(d) for d in job.deliveries}
+        for d in job.deliveries:
+            self._held[d.token] = (event.request_id, d.sink)
+        spool_dir = self.spool / f"{safe_component(event.request_id)}.{secrets.token_hex(4)}"
+        with structlog.contextvars.bound_contextvars(
+            request_id=event.request_id, route=event.route
+        ):
+            try:
+                await self._deliver_job(event, attempts, spool_dir)
+            except asyncio.CancelledError:
+                await self._give_back(event, attempts)
+                raise
+            finally:
+                # Unlinking a 1 GiB spool file takes a while: not on the event loop.
+                await asyncio.shield(asyncio.to_thread(shutil.rmtree, spool_dir, True))
+                for d in job.deliveries:
+                    self._held.pop(d.token, None)
+
+    async def _deliver_job(
+        self, event: EventView, attempts: dict[str, _Attempt], spool_dir: Path
+    ) -> None:
+        unknown = [s for s in attempts if s not in self.sinks]
+        for name in unknown:  # a sink removed from the config since the event arrived
+            self._decide(attempts[name], Permanent(f"sink {name!r} is not configured"))
+        runnable = {s: a for s, a in attempts.items() if a.outcome is None}
+        if not runnable:
+            return await self._record_all(event, attempts)
+
+        try:
+            local_files, problems = await self._download(event, spool_dir)
+        except FetchError as exc:
+            for a in runnable.values():
+                self._decide(
+                    a, Permanent(exc.message) if not exc.retryable else Retryable(exc.message)
+                )
+            return await self._record_all(event, attempts)
+
+        info = self._event_info(event, local_files, problems)
+        outputs: dict[str, dict[str, Any]] = {
+            name: d.output or {} for name, d in event.deliveries.items() if d.state == "delivered"
+        }
+        await self._run_sinks(event, info, local_files, attempts, outputs)
+        await self._record_all(event, attempts)
+
+    async def _run_sinks(
+        self,
+        event: EventView,
+        info: EventInfo,
+        files: list[LocalFile],
+        attempts: dict[str, _Attempt],
+        outputs: dict[str, dict[str, Any]],
+    ) -> None:
+        """Run sinks in waves: each wave holds those whose prerequisites have delivered."""
+        conf = self.settings.sinks
+        waiting = {s for s, a in attempts.items() if a.outcome is None}
+        while waiting:
+            wave = {s for s in waiting if all(dep in outputs for dep in conf[s].after)}
+            blocked = waiting - wave
+            if not wave:
+                for s in blocked:
+                    deps = [d for d in conf[s].after if d not in outputs]
+                    states = {d: self._dep_state(event, attempts, d) for d in deps}
+                    if any(st == "dead" for st in states.values()):
+                        self._decide(attempts[s], Permanent(f"runs after {deps}, which is dead"))
+                    else:
+                        self._decide(attempts[s], Retryable(f"waiting for {deps} to deliver"))
+                return
+            results = await asyncio.gather(
+                *(self._call_sink(s, attempts[s], event, info, files, outputs) for s in wave)
+            )
+            for s, ok in zip(wave, results, strict=True):
+                if ok:
+                    outputs[s] = attempts[s].output or {}
+            waiting = blocked
+
+    def _dep_state(self, event: EventView, attempts: dict[str, _Attempt], dep: str) -> str:
+        if dep in attempts and attempts[dep].outcome is not None:
+            return attempts[dep].outcome or "retry"
+        d = event.deliveries.get(dep)
+        return d.state if d else "dead"
+
+    async def _call_sink(
+        self,
+        name: str,
+        attempt: _Attempt,
+        event: EventView,
+        info: EventInfo,
+        files: list[LocalFile],
+        outputs: dict[str, dict[str, Any]],
+    ) -> bool:
+        sink_log = log.bind(sink=name)
+        previous = event.deliveries.get(name)
+        ctx = DeliveryContext(
+            event=info,
+            files=files,
+            route=event.route,
+            sink=name,
+            attempt=attempt.lease.attempts + 1,
+            log=sink_log,
+            outputs={k: outputs[k] for k in self.settings.sinks[name].after if k in outputs},
+            previous=previous.output if previous else None,
+        )
+        try:
+            async with asyncio.timeout(self.settings.delivery.attempt_timeout):
+                output = await self.sinks[name].deliver(ctx)
+        except (Retryable, Permanent) as exc:
+            self._decide(attempt, exc)
+            return False
+        except TimeoutError:
+            self._decide(attempt, Retryable("attempt timed out"))
+            return False
+        except Exception as exc:
+            # A bug in a sink must not lose the event: retry it, then dead-letter it.
+            sink_log.exception("sink raised an unexpected error")
+            self._decide(attempt, Retryable(f"{type(exc).__name__}: {exc}"))
+            return False
+        attempt.outcome, attempt.output = "delivered", output if isinstance(output, dict) else None
+        return True
+
+    def _decide(self, attempt: _Attempt, exc: Retryable | Permanent) -> None:
+        tried = attempt.lease.attempts + 1
+        verdict = self.policy.decide(tried, permanent=isinstance(exc, Permanent))
+        attempt.outcome = verdict
+        attempt.error = str(exc) or type(exc).__name__
+        attempt.retry_after = exc.retry_after if isinstance(exc, Retryable) else None
+
+    async def _record_all(self, event: EventView, attempts: dict[str, _Attempt]) -> None:
+        for sink, a in attempts.items():
+            outcome = a.outcome or "retry"
+            next_at = None
+            if outcome == "retry":
+                delay = self.policy.delay(a.lease.attempts + 1, retry_after=a.retry_after)
+                next_at = utcnow() + timedelta(seconds=delay)
+            finish = Finish(
+                request_id=event.request_id,
+                sink=sink,
+                token=a.lease.token,
+                outcome=outcome,  # type: ignore[arg-type]
+                error=a.error,
+                next_attempt_at=next_at,
+                output=a.output,
+            )
+            held = await self.store.finish(finish)
+            self.metrics.deliveries.labels(sink=sink, outcome=outcome).inc()
+            level = "info" if outcome == "delivered" else "warning"
+            getattr(log, level)(
+                "delivery " + ("delivered" if outcome == "delivered" else outcome),
+                sink=sink,
+                attempt=a.lease.attempts + 1,
+                error=a.error,
+                retry_at=next_at.isoformat() if next_at else None,
+                lease_lost=not held or None,
+            )
+
+    async def _give_back(self, event: EventView, attempts: dict[str, _Attempt]) -> None:
+        for sink, a in attempts.items():
+            try:
+                await asyncio.shield(self.store.release(event.request_id, sink, a.lease.token))
+            except Exception as exc:  # the lease will expire and be retaken anyway
+                log.warning("release failed", sink=sink, error=str(exc))
+
+    # --- files -------------------------------------------------------------------------------
+
+    async def _download(
+        self, event: EventView, spool_dir: Path
+    ) -> tuple[list[LocalFile], list[dict[str, str]]]:
+        """Each File of the event once, into this job's spool folder, shared by its sinks."""
+        refs, problems = _refs_of(event)
+        if not refs:
+            return [], problems
+        await asyncio.to_thread(spool_dir.mkdir, parents=True, exist_ok=True)
+        names = file_names((r.path, r.file_name, r.content_type, r.url) for r in refs)
+        fetched: list[FetchedFile] = []
+        try:
+            for ref in refs:  # one at a time: each download already saturates a core
+                got = await self.fetcher.fetch(ref, spool_dir)
+                fetched.append(got)
+                self.metrics.downloads.labels(outcome="ok").inc()
+                self.metrics.download_bytes.inc(got.size)
+        except FetchError as exc:
+            outcome = "retryable" if exc.retryable else "permanent"
+            self.metrics.downloads.labels(outcome=outcome).inc()
+            log.warning("download failed", path=ref.path, error=exc.message, kind=outcome)
+            raise
+        files = [
+            LocalFile(
+                path=f.ref.path,
+                name=name,
+                url=f.ref.url if not f.ref.is_data_uri else f.ref.url[:32] + "...",
+                local_path=f.local_path,
+                size=f.size,
+                sha256=f.sha256,
+                content_type=f.content_type,
+                file_name=f.ref.file_name,
+                extras=f.ref.extras,
+            )
+            for f, name in zip(fetched, names, strict=True)
+        ]
+        await self._record_files(event, files)
+        return files, problems
+
+    async def _record_files(self, event: EventView, files: list[LocalFile]) -> None:
+        by_path = {f.path: f for f in files}
+        updated = []
+        for view in event.files:
+            local = by_path.get(view.get("path", ""))
+            if local is not None:
+                view = view | {
+                    "size": local.size,
+                    "sha256": local.sha256,
+                    "content_type": local.content_type,
+                    "name": local.name,
+                }
+            updated.append(view)
+        try:
+            await self.store.record_files(event.request_id, updated)
+        except Exception as exc:  # informational: the delivery itself still proceeds
+            log.warning("could not record file digests", error=str(exc))
+        object.__setattr__(event, "files", updated)
+
+    def _event_info(
+        self, event: EventView, files: list[LocalFile], problems: list[dict[str, str]]
+    ) -> EventInfo:
+        document = event_document(event, with_payload=True)
+        sub = document.get("submission")
+        return EventInfo(
+            request_id=event.request_id,
+            route=event.route,
+            fal_status=event.fal_status,
+            error=event.error,
+            payload_error=event.payload_error,
+            payload=document.get("payload"),
+            gateway_request_id=event.gateway_request_id,
+            received_at=event.received_at,
+            files=document["files"],
+            file_problems=problems,
+            document=document,
+            submission=sub,
+        )
+
+    async def aclose(self) -> None:
+        await self.fetcher.aclose()
+
+
+def _refs_of(event: EventView) -> tuple[list[FileRef], list[dict[str, str]]]:
+    """The Files to download, re-derived from the raw body (the stored list abbreviates
+    data: URIs), and the malformed ones as problems."""
+    try:
+        envelope = parse_envelope(event.body)
+    except EnvelopeError:  # cannot happen for a stored event; never crash on it
+        return [], [{"path": "payload", "reason": "stored body is not an envelope"}]
+    refs, problems = files_of(envelope)
+    return refs, [{"path": p.path, "reason": p.reason} for p in problems]
