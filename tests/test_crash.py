@@ -1,0 +1,82 @@
+"""Nothing acknowledged is lost: `falhook serve` killed with SIGKILL under concurrent load, then
+restarted; every request_id that got a 200 ends delivered, and no file is written twice."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from receiver.testing import FalSigner, webhook_body
+from tests.support.falhook_server import Falhook, wait_for
+from tests.support.fileserver import FileServer
+
+SENDERS = 6
+MAX_REQUESTS = 600  # bounded load: the loop stops by itself
+KILL_AFTER = 120  # acknowledged events before the kill
+
+
+def test_sigkill_under_load_loses_nothing_acknowledged(
+    falhook_factory: Callable[..., Falhook], signer: FalSigner, files: FileServer
+) -> None:
+    fh = falhook_factory(delivery={"lease_seconds": 2, "concurrency": 4}).start()
+    files.add("/clip.mp4", data=b"c" * 200_000, content_type="video/mp4")
+    acked: list[str] = []
+    lock = threading.Lock()
+    sent = 0
+    stop = threading.Event()
+
+    def sender() -> None:
+        nonlocal sent
+        with httpx.Client(timeout=10) as client:
+            while not stop.is_set():
+                with lock:
+                    if sent >= MAX_REQUESTS:
+                        return
+                    sent += 1
+                rid, body = webhook_body(
+                    str(uuid.uuid4()),
+                    payload={"video": {"url": files.url("/clip.mp4"), "file_name": "clip.mp4"}},
+                )
+                try:
+                    resp = client.post(
+                        fh.url("/webhooks/default"), content=body, headers=signer.headers(body, rid)
+                    )
+                except httpx.HTTPError:
+                    continue  # the server is dead: fal would retry; not acknowledged
+                if resp.status_code == 200:
+                    with lock:
+                        acked.append(rid)
+
+    threads = [threading.Thread(target=sender) for _ in range(SENDERS)]
+    for t in threads:
+        t.start()
+    wait_for(lambda: len(acked) >= KILL_AFTER, timeout=60, what="load to build up")
+    fh.stop(signal.SIGKILL)  # mid-load, mid-delivery
+    stop.set()
+    for t in threads:
+        t.join(timeout=30)
+    assert fh.proc is not None and fh.proc.returncode == -signal.SIGKILL
+
+    fh.start()  # same config, same store
+    with lock:
+        acknowledged = list(acked)
+
+    def all_delivered() -> bool:
+        out = fh.cli("events", "list", "--limit", "100000", "--json")
+        events = {e["request_id"]: e["state"] for e in json.loads(out.stdout)["events"]}
+        return all(events.get(rid) == "delivered" for rid in acknowledged)
+
+    wait_for(all_delivered, timeout=120, interval=0.5, what="every acknowledged event delivered")
+
+    root = Path(fh.config["sinks"]["local"]["root"]) / "default"
+    for rid in acknowledged:
+        names = sorted(p.name for p in (root / rid).iterdir())
+        assert names == ["clip.mp4", "event.json"], (rid, names)
+    leftovers = [p for p in root.rglob("*") if p.name.endswith(".tmp")]
+    assert leftovers == []
