@@ -1,0 +1,192 @@
+"""Intake: signed webhooks per second through `falhook serve` (verification and durable
+store) against a bare Starlette app that only reads the body and answers 200, on the same
+uvicorn, each server pinned to one core and wrk on the other, a fresh request_id per request.
+
+    python bench/intake.py [--duration 10] [--connections 32] [--rounds 2] [--worker]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+from common import ROOT, falhook_config, free_port, median, start, stop, wait_http
+
+from receiver.testing import FalSigner, JWKSServer, webhook_body
+
+SERVER_CPU, LOADGEN_CPU = {0}, {1}
+
+
+def write_requests(path: Path, signer: FalSigner, count: int) -> None:
+    with open(path, "w") as fh:
+        for _ in range(count):
+            rid, body = webhook_body(
+                str(uuid.uuid4()),
+                payload={
+                    "video": {
+                        "url": "https://v3.fal.media/files/penguin/abc123/output.mp4",
+                        "content_type": "video/mp4",
+                        "file_name": "output.mp4",
+                        "file_size": 4404019,
+                    }
+                },
+            )
+            h = signer.headers(body, rid)
+            fh.write(
+                "\t".join(
+                    [
+                        rid,
+                        h["X-Fal-Webhook-User-Id"],
+                        h["X-Fal-Webhook-Timestamp"],
+                        h["X-Fal-Webhook-Signature"],
+                        body.decode(),
+                    ]
+                )
+                + "\n"
+            )
+
+
+def to_ms(text: str) -> float:
+    value, unit = re.match(r"([\d.]+)(\w+)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def run_wrk(url: str, requests_file: Path, args: argparse.Namespace, log: Path) -> dict[str, float]:
+    env = {
+        **os.environ,
+        "FALHOOK_BENCH_REQUESTS": str(requests_file),
+        "FALHOOK_BENCH_THREADS": str(args.threads),
+    }
+    cmd = [
+        "/usr/bin/time",
+        "-f",
+        "cpu %U %S %e",
+        "wrk",
+        f"-t{args.threads}",
+        f"-c{args.connections}",
+        f"-d{args.duration}s",
+        "--latency",
+        "-s",
+        str(ROOT / "bench" / "replay.lua"),
+        url,
+    ]
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    os.sched_setaffinity(proc.pid, LOADGEN_CPU)
+    out, _ = proc.communicate(timeout=args.duration + 120)
+    log.write_text(out)
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = to_ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = to_ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    user, system, wall = map(float, re.search(r"cpu ([\d.]+) ([\d.]+) ([\d.]+)", out).groups())  # type: ignore[union-attr]
+    wrapped = int(re.search(r"wrapped (\d+)", out).group(1))  # type: ignore[union-attr]
+    non2xx = int(re.search(r"non2xx (\d+)", out).group(1))  # type: ignore[union-attr]
+    return {
+        "rps": rps,
+        "p50": p50,
+        "p99": p99,
+        "loadgen_cpu": (user + system) / wall,
+        "wrapped": wrapped,
+        "non2xx": non2xx,
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--requests", type=int, default=60000, help="signed requests per falhook run")
+    ap.add_argument("--worker", action="store_true", help="keep the in-process worker running")
+    ap.add_argument("--workdir", default="/tmp/falhook-bench-intake")
+    args = ap.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is needed: apt-get install wrk")
+    work = Path(args.workdir)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    signer = FalSigner()
+    jwks = JWKSServer()
+    jwks.set_jwks(signer.jwks())
+    jwks.start()
+    results: dict[str, list[dict[str, float]]] = {"bare": [], "falhook": []}
+    try:
+        for rnd in range(args.rounds):
+            for kind in ("bare", "falhook"):
+                port = free_port()
+                reqs = work / f"requests-{rnd}-{kind}.tsv"
+                write_requests(reqs, signer, args.requests if kind == "falhook" else 20000)
+                if kind == "bare":
+                    cmd = [
+                        sys.executable,
+                        "-m",
+                        "uvicorn",
+                        "bench.bare_app:app",
+                        "--port",
+                        str(port),
+                        "--log-level",
+                        "warning",
+                        "--no-access-log",
+                    ]
+                else:
+                    shutil.rmtree(work / "data", ignore_errors=True)
+                    config = falhook_config(work, jwks.url)
+                    cmd = [
+                        sys.executable,
+                        "-m",
+                        "receiver.cli",
+                        "serve",
+                        "--config",
+                        str(config),
+                        "--port",
+                        str(port),
+                    ]
+                    if not args.worker:
+                        cmd.append("--no-worker")
+                server = start(cmd, log=work / f"{kind}.log", cpus=SERVER_CPU)
+                try:
+                    wait_http(
+                        f"http://127.0.0.1:{port}/healthz"
+                        if kind == "falhook"
+                        else f"http://127.0.0.1:{port}/"
+                    )
+                    res = run_wrk(
+                        f"http://127.0.0.1:{port}", reqs, args, work / f"wrk-{rnd}-{kind}.txt"
+                    )
+                finally:
+                    stop(server)
+                results[kind].append(res)
+                print(
+                    f"round {rnd} {kind:8} {res['rps']:8.0f} req/s  p50 {res['p50']:6.2f} ms  "
+                    f"p99 {res['p99']:6.2f} ms  wrk cpu {res['loadgen_cpu']:.2f} cores  "
+                    f"non-2xx {int(res['non2xx'])}  wrapped {int(res['wrapped'])}",
+                    flush=True,
+                )
+    finally:
+        jwks.stop()
+    ratios = [f["rps"] / b["rps"] for b, f in zip(results["bare"], results["falhook"], strict=True)]
+    print(
+        f"\nfalhook / bare throughput: median {median(ratios):.2f} "
+        f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)})"
+    )
+    for kind in ("bare", "falhook"):
+        rs = results[kind]
+        med = {key: median([r[key] for r in rs]) for key in ("rps", "p50", "p99", "loadgen_cpu")}
+        print(
+            f"{kind:8} median {med['rps']:.0f} req/s, p50 {med['p50']:.2f} ms, "
+            f"p99 {med['p99']:.2f} ms, load generator {med['loadgen_cpu']:.2f} cores"
+        )
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

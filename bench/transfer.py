@@ -1,0 +1,170 @@
+"""Transfer: a large file from a loopback HTTP server into the disk sink of `falhook serve`,
+against `curl -o` from the same server to the same disk (and curl followed by `sync` of the
+file, the same durability the disk sink gives), with falhook's peak RSS growth.
+
+    python bench/transfer.py [--sizes 100,1024] [--runs 3] [--workdir /tmp/falhook-bench]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+from common import (
+    ROOT,
+    falhook_config,
+    free_port,
+    median,
+    proc_status,
+    reset_peak_rss,
+    start,
+    stop,
+    wait_http,
+)
+
+from receiver.testing import FalSigner, JWKSServer, webhook_body
+
+MiB = 1024 * 1024
+
+
+def make_file(path: Path, size: int) -> None:
+    if path.exists() and path.stat().st_size == size:
+        return
+    subprocess.run(
+        ["dd", "if=/dev/urandom", f"of={path}", "bs=1M", f"count={size // MiB}"],
+        check=True,
+        capture_output=True,
+    )
+
+
+def curl_once(url: str, out: Path, then_sync: bool) -> float:
+    out.unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    subprocess.run(["curl", "-s", "-f", "-o", str(out), url], check=True)
+    if then_sync:
+        subprocess.run(["sync", str(out)], check=True)
+    elapsed = time.perf_counter() - t0
+    out.unlink()
+    return elapsed
+
+
+def falhook_once(
+    base: str, signer: FalSigner, url: str, size: int, root: Path, pid: int
+) -> tuple[float, int]:
+    rid, body = webhook_body(
+        str(uuid.uuid4()),
+        payload={
+            "video": {
+                "url": url,
+                "content_type": "video/mp4",
+                "file_name": "big.mp4",
+                "file_size": size,
+            }
+        },
+    )
+    rss_before = proc_status(pid, "VmRSS")
+    reset_peak_rss(pid)
+    done = root / "default" / rid / "event.json"  # written after the file is in place
+    t0 = time.perf_counter()
+    r = httpx.post(f"{base}/webhooks/default", content=body, headers=signer.headers(body, rid))
+    r.raise_for_status()
+    deadline = time.monotonic() + 600
+    while not done.exists():
+        if time.monotonic() > deadline:
+            raise RuntimeError("delivery did not finish")
+        time.sleep(0.005)
+    elapsed = time.perf_counter() - t0
+    growth = proc_status(pid, "VmHWM") - rss_before
+    shutil.rmtree(root / "default" / rid)
+    return elapsed, growth
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="100,1024", help="MiB, comma separated")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--workdir", default="/tmp/falhook-bench-transfer")
+    args = ap.parse_args()
+    work = Path(args.workdir)
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "serve").mkdir(parents=True)
+    signer = FalSigner()
+    jwks = JWKSServer()
+    jwks.set_jwks(signer.jwks())
+    jwks.start()
+    fport, hport = free_port(), free_port()
+    procs = []
+    try:
+        files = start(
+            [
+                sys.executable,
+                str(ROOT / "bench" / "fileserver.py"),
+                str(work / "serve"),
+                str(fport),
+            ],
+            log=work / "fileserver.log",
+        )
+        procs.append(files)
+        config = falhook_config(work, jwks.url)
+        fh = start(
+            [
+                sys.executable,
+                "-m",
+                "receiver.cli",
+                "serve",
+                "--config",
+                str(config),
+                "--port",
+                str(hport),
+            ],
+            log=work / "falhook.log",
+        )
+        procs.append(fh)
+        base = f"http://127.0.0.1:{hport}"
+        wait_http(base + "/healthz")
+        wait_http(f"http://127.0.0.1:{fport}/")
+        print(
+            f"{'size':>8} {'curl MiB/s':>11} {'curl+sync':>10} {'falhook':>9} "
+            f"{'vs curl':>8} {'vs c+sync':>9} {'peak RSS growth':>16}"
+        )
+        for size_mib in (int(s) for s in args.sizes.split(",")):
+            size = size_mib * MiB
+            name = f"f{size_mib}.bin"
+            make_file(work / "serve" / name, size)
+            url = f"http://127.0.0.1:{fport}/{name}"
+            curl_t, sync_t, fal_t, growths = [], [], [], []
+            falhook_once(base, signer, url, size, work / "files", fh.pid)  # warm-up
+            for _ in range(args.runs):  # interleaved, so drift hits both alike
+                curl_t.append(curl_once(url, work / "curl.out", False))
+                sync_t.append(curl_once(url, work / "curl.out", True))
+                t, g = falhook_once(base, signer, url, size, work / "files", fh.pid)
+                fal_t.append(t)
+                growths.append(g)
+            ratio = [c / f for c, f in zip(curl_t, fal_t, strict=True)]
+            ratio_sync = [c / f for c, f in zip(sync_t, fal_t, strict=True)]
+
+            def mibs(times: list[float], mib: int = size_mib) -> float:
+                return mib / median(times)
+
+            print(
+                f"{size_mib:>6}Mi {mibs(curl_t):>11.0f} {mibs(sync_t):>10.0f} {mibs(fal_t):>9.0f} "
+                f"{median(ratio):>8.2f} {median(ratio_sync):>9.2f} "
+                f"{max(growths) / MiB:>13.1f} MB"
+            )
+            (work / "serve" / name).unlink()
+    finally:
+        for p in procs:
+            stop(p)
+        jwks.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
