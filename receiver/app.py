@@ -80,18 +80,58 @@ class Runtime:
     metrics: Metrics
     sinks: dict[str, Sink]
     run_worker: bool
+    inline: bool = False
     worker_task: asyncio.Task[None] | None = None
     stop: asyncio.Event = field(default_factory=asyncio.Event)
+    started: bool = False
+    _inline_worker: Any = None
+    _start_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _counts: tuple[float, dict[str, int]] = (0.0, {})
 
     async def start(self) -> None:
         await self.store.open()
         await self.keys.start()
-        if self.run_worker:
+        if self.run_worker or self.inline:
             from receiver.worker import Worker
 
             worker = Worker(self.settings, self.store, self.sinks, metrics=self.metrics)
-            self.worker_task = asyncio.create_task(self._run_worker(worker), name="falhook-worker")
+            if self.inline:
+                self._inline_worker = worker
+            else:
+                self.worker_task = asyncio.create_task(
+                    self._run_worker(worker), name="falhook-worker"
+                )
+        self.started = True
+
+    async def ensure_started(self) -> None:
+        """Start once per process (serverless: once per container, on its first request)."""
+        if not self.started:
+            async with self._start_lock:
+                if not self.started:
+                    await self.start()
+
+    async def deliver_inline(self, request_id: str) -> list[str]:
+        """Serverless inline mode: run this event's undelivered deliveries now, within the
+        deadline. Returns the sinks still not delivered (empty: done). Dead ones count as
+        done: fal's retries cannot help them; `events replay` can."""
+        worker = self._inline_worker
+        deadline = self.settings.serverless.inline_deadline
+        try:
+            async with asyncio.timeout(deadline):
+                jobs = await self.store.lease(
+                    owner=worker.owner,
+                    limit=max(1, len(self.sinks)),
+                    lease_seconds=max(deadline * 2, self.settings.delivery.lease_seconds),
+                    request_id=request_id,
+                )
+                for job in jobs:
+                    await worker.process(job)  # a timeout cancels it: leases are handed back
+        except TimeoutError:
+            log.warning("inline delivery ran out of time", request_id=request_id, deadline=deadline)
+        view = await self.store.get_event(request_id)
+        if view is None:
+            return ["(event missing)"]
+        return sorted(k for k, d in view.deliveries.items() if d.state not in ("delivered", "dead"))
 
     async def _run_worker(self, worker: Any) -> None:
         try:
@@ -100,6 +140,9 @@ class Runtime:
             await worker.aclose()
 
     async def close(self) -> None:
+        if not self.started:
+            return
+        self.started = False
         self.stop.set()
         if self.worker_task is not None:
             await asyncio.gather(self.worker_task, return_exceptions=True)
@@ -128,6 +171,8 @@ class WebhookEndpoint:
     async def __call__(self, request: Request) -> Response:
         route = request.path_params["route"]
         rt = self.rt
+        if not rt.started:
+            await rt.ensure_started()
         conf = rt.settings.routes.get(route)
         if conf is None:
             return self._reject(route, 404, "unknown_route", f"no route named {route!r}")
@@ -182,6 +227,15 @@ class WebhookEndpoint:
             return self._reject(route, 503, "store_unavailable", "the event could not be stored")
         rt.metrics.accept_seconds.observe(time.perf_counter() - started)
         status = "accepted" if fresh else "duplicate"
+        if rt.inline:
+            unfinished = await rt.deliver_inline(envelope.request_id)
+            if unfinished:  # a non-2xx hands the retry to fal's own schedule
+                return self._reject(
+                    route,
+                    503,
+                    "delivery_incomplete",
+                    f"stored, but not yet delivered to {', '.join(unfinished)}; retry later",
+                )
         rt.metrics.webhooks.labels(route=route, outcome=status, reason="").inc()
         log.info(
             "webhook " + status,
@@ -206,8 +260,16 @@ def create_app(
     keys: FalKeys | None = None,
     metrics: Metrics | None = None,
     sinks: dict[str, Sink] | None = None,
+    inline: bool = False,
+    managed_lifespan: bool = True,
 ) -> Starlette:
-    """The falhook ASGI app. Sinks are built here, so config mistakes fail at start-up."""
+    """The falhook ASGI app. Sinks are built here, so config mistakes fail at start-up.
+
+    inline: run each event's sinks before answering (serverless inline mode).
+    managed_lifespan=False: no ASGI lifespan; the runtime starts on the first request and
+    lives as long as the process (Mangum runs a lifespan around every invocation, which
+    would reopen the store and refetch keys each time).
+    """
     configure_logging()
     r = settings.receiver
     runtime = Runtime(
@@ -221,13 +283,15 @@ def create_app(
         ),
         metrics=metrics or Metrics(),
         sinks=sinks if sinks is not None else build_sinks(settings),
-        run_worker=run_worker,
+        run_worker=run_worker and not inline,
+        inline=inline,
     )
 
     async def healthz(_: Request) -> Response:
         return JSONBody({"status": "ok"})
 
     async def readyz(_: Request) -> Response:
+        await runtime.ensure_started()
         store_ok = await runtime.store.ping()
         keys_ok = runtime.keys.loaded
         body = {"store": store_ok, "keys": keys_ok}
@@ -251,7 +315,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        await runtime.start()
+        await runtime.ensure_started()
         log.info(
             "falhook ready",
             routes=sorted(settings.routes),
@@ -272,7 +336,7 @@ def create_app(
             Route("/metrics", metrics_view, methods=["GET"]),
         ],
         exception_handlers={HTTPException: http_error},
-        lifespan=lifespan,
+        lifespan=lifespan if managed_lifespan else None,
     )
     app.state.runtime = runtime
     return app

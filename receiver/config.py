@@ -69,6 +69,12 @@ class DownloadSettings:
 
 
 @dataclass(frozen=True)
+class ServerlessSettings:
+    mode: str = "enqueue"  # "enqueue": store and answer; "inline": run the sinks before answering
+    inline_deadline: float = 20.0  # seconds the sinks get within one invocation
+
+
+@dataclass(frozen=True)
 class SinkSettings:
     name: str
     type: str
@@ -88,6 +94,7 @@ class Settings:
     store: StoreSettings = field(default_factory=StoreSettings)
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     downloads: DownloadSettings = field(default_factory=DownloadSettings)
+    serverless: ServerlessSettings = field(default_factory=ServerlessSettings)
     sinks: dict[str, SinkSettings] = field(default_factory=dict)
     routes: dict[str, RouteSettings] = field(default_factory=dict)
     base_dir: Path = field(default_factory=Path.cwd)
@@ -146,7 +153,7 @@ def embedded_defaults(base_dir: Path | None = None) -> Settings:
 
 def settings_from_dict(raw: dict[str, Any], *, base_dir: Path, source: str = "<dict>") -> Settings:
     raw = _interpolate(raw, "")
-    known = {"receiver", "store", "delivery", "downloads", "sinks", "routes"}
+    known = {"receiver", "store", "delivery", "downloads", "serverless", "sinks", "routes"}
     for key in raw:
         if key not in known:
             raise ConfigError(f"[{key}]", f"unknown section (expected one of {sorted(known)})")
@@ -155,6 +162,7 @@ def settings_from_dict(raw: dict[str, Any], *, base_dir: Path, source: str = "<d
     store = _section(raw, "store", StoreSettings, _check_store)
     delivery = _section(raw, "delivery", DeliverySettings, _check_delivery)
     downloads = _section(raw, "downloads", DownloadSettings, _check_downloads)
+    serverless = _section(raw, "serverless", ServerlessSettings, _check_serverless)
     sinks = _sinks(raw.get("sinks", {}))
     routes = _routes(raw.get("routes", {}), sinks)
     return Settings(
@@ -162,6 +170,7 @@ def settings_from_dict(raw: dict[str, Any], *, base_dir: Path, source: str = "<d
         store=store,
         delivery=delivery,
         downloads=downloads,
+        serverless=serverless,
         sinks=sinks,
         routes=routes,
         base_dir=base_dir,
@@ -277,6 +286,12 @@ def _check_delivery(s: DeliverySettings) -> None:
 def _check_downloads(s: DownloadSettings) -> None:
     _positive("downloads", "max_file_bytes", s.max_file_bytes)
     _positive("downloads", "timeout", s.timeout)
+
+
+def _check_serverless(s: ServerlessSettings) -> None:
+    if s.mode not in ("enqueue", "inline"):
+        raise ConfigError("[serverless].mode", 'must be "enqueue" or "inline"')
+    _positive("serverless", "inline_deadline", s.inline_deadline)
 
 
 def _sinks(raw: Any) -> dict[str, SinkSettings]:

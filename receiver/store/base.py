@@ -184,9 +184,13 @@ class Store(Protocol):
     ) -> list[EventView]:
         """Newest first (by received_at, then request_id)."""
 
-    async def lease(self, *, owner: str, limit: int, lease_seconds: float) -> list[Job]:
+    async def lease(
+        self, *, owner: str, limit: int, lease_seconds: float, request_id: str | None = None
+    ) -> list[Job]:
         """Take up to `limit` due deliveries (grouped into jobs by event), marking them
-        delivering until now + lease_seconds."""
+        delivering until now + lease_seconds. With request_id, only that event's pending or
+        retrying deliveries (due or not: serverless inline mode, where fal's retry is the
+        schedule) and its expired ones."""
 
     async def extend(self, tokens: Sequence[str], lease_seconds: float) -> None:
         """Push the lease of held deliveries forward (a long download keeps its lease)."""
