@@ -168,7 +168,7 @@ class WebhookEndpoint:
         self.tolerance = r.timestamp_tolerance
         self.allowed = frozenset(r.allowed_user_ids)
 
-    async def __call__(self, request: Request) -> Response:
+    async def handle(self, request: Request) -> Response:
         route = request.path_params["route"]
         rt = self.rt
         if not rt.started:
@@ -330,7 +330,7 @@ def create_app(
     methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
     app = Starlette(
         routes=[
-            Route("/webhooks/{route}", WebhookEndpoint(runtime), methods=methods),
+            Route("/webhooks/{route}", WebhookEndpoint(runtime).handle, methods=methods),
             Route("/healthz", healthz, methods=["GET", "HEAD"]),
             Route("/readyz", readyz, methods=["GET", "HEAD"]),
             Route("/metrics", metrics_view, methods=["GET"]),

@@ -43,7 +43,7 @@ class Metrics:
             "falhook_download_bytes_total", "Bytes downloaded.", registry=r
         )
         self.deliveries_by_state = Gauge(
-            "falhook_deliveries",
+            "falhook_deliveries_in_state",
             "Deliveries in the store by state (backlog: pending+retrying; dead-lettered: dead).",
             ["state"],
             registry=r,

@@ -108,7 +108,7 @@ def test_the_same_webhook_five_times_at_once_gives_one_event_and_one_file(
     falhook.wait_state(rid, "delivered")
     assert [p.name for p in all_files(event_dir(falhook, "default", rid))] == [
         "event.json",
-        "v.mp4",
+        "video.mp4",  # no file_name: the JSON path plus an extension from the type
     ]
     assert files.hits("/v.mp4") == 1
 

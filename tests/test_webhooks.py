@@ -30,7 +30,8 @@ def post(
 
 
 def signed(signer: FalSigner, **kwargs: object) -> tuple[str, bytes, dict[str, str]]:
-    request_id, body = webhook_body(str(uuid.uuid4()), payload={"note": "no files"}, **kwargs)  # type: ignore[arg-type]
+    kwargs.setdefault("payload", {"note": "no files"})
+    request_id, body = webhook_body(str(uuid.uuid4()), **kwargs)  # type: ignore[arg-type]
     return request_id, body, signer.headers(body, request_id)
 
 
@@ -250,7 +251,7 @@ def test_health_readiness_and_metrics(falhook: Falhook, signer: FalSigner) -> No
     text = httpx.get(falhook.url("/metrics")).text
     assert 'falhook_webhooks_total{outcome="accepted",reason="",route="default"} 1.0' in text
     assert 'outcome="rejected",reason="missing_header"' in text
-    assert "falhook_deliveries{" in text
+    assert "falhook_deliveries_in_state{" in text
 
 
 def test_concurrent_duplicates_store_one_event(falhook: Falhook, signer: FalSigner) -> None:
