@@ -3,8 +3,8 @@
 -- Nth line, so every request_id is sent once; `wrapped` in the summary says if a thread ran
 -- out and began repeating (repeats are duplicates: cheaper, so the figure would flatter us).
 local requests = {}
-local counter = 0
-local wrapped = 0
+counter = 0
+wrapped = 0  -- globals: done() reads them through thread:get
 local next_id = 0
 local threads = {}
 

@@ -19,20 +19,18 @@ import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from handlers.base import Sink
 from handlers.registry import build_sinks, close_sinks
 from receiver.config import Settings
-from receiver.envelope import EnvelopeError, parse_envelope
-from receiver.intake import new_event
 from receiver.keys import FalKeys
 from receiver.logs import configure_logging
 from receiver.metrics import Metrics
-from receiver.store import Store, StoreUnavailable, make_store
-from receiver.verify import VerificationError, check_headers, check_user, verify_signature
+from receiver.store import Store, make_store
+from receiver.webhook import PREFIX, Receive, Scope, Send, WebhookEndpoint
 
 log = structlog.get_logger("falhook.receiver")
 _encode = msgspec.json.encode
@@ -49,25 +47,6 @@ class JSONBody(Response):
 def error(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> Response:
     """The contract's error body: {"error": code, "detail": sentence}."""
     return JSONBody({"error": code, "detail": detail}, status_code=status, headers=headers)
-
-
-class BodyTooLarge(Exception):
-    pass
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refusing past `limit` bytes without buffering more than that."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 @dataclass
@@ -158,98 +137,21 @@ class Runtime:
         return cached
 
 
-class WebhookEndpoint:
-    """POST /webhooks/{route}: checks in the contract's order, first failure wins."""
+class Falhook:
+    """The ASGI app: webhooks go straight to their endpoint (the hot path), everything else
+    (health, readiness, metrics, lifespan) to Starlette."""
 
-    def __init__(self, runtime: Runtime) -> None:
-        self.rt = runtime
-        r = runtime.settings.receiver
-        self.limit = r.max_body_bytes
-        self.tolerance = r.timestamp_tolerance
-        self.allowed = frozenset(r.allowed_user_ids)
+    def __init__(self, app: Starlette, webhooks: WebhookEndpoint, runtime: Runtime) -> None:
+        self.app = app
+        self.webhooks = webhooks
+        self.runtime = runtime
+        self.state = app.state
 
-    async def handle(self, request: Request) -> Response:
-        route = request.path_params["route"]
-        rt = self.rt
-        if not rt.started:
-            await rt.ensure_started()
-        conf = rt.settings.routes.get(route)
-        if conf is None:
-            return self._reject(route, 404, "unknown_route", f"no route named {route!r}")
-        if request.method != "POST":
-            return error(405, "method_not_allowed", "use POST", headers={"Allow": "POST"})
-        try:
-            body = await read_body(request, self.limit)
-        except BodyTooLarge:
-            return self._reject(
-                route, 413, "body_too_large", f"the body exceeds {self.limit} bytes"
-            )
-        except ClientDisconnect:
-            return error(400, "client_disconnected", "the client went away mid-body")
-
-        headers = request.headers
-        started = time.perf_counter()
-        try:
-            signed = check_headers(headers, body, now=time.time(), tolerance=self.tolerance)
-        except VerificationError as exc:
-            return self._reject(route, 401, exc.code, exc.detail)
-        keys = rt.keys.keys()
-        if not keys and not await rt.keys.ensure_loaded():
-            return self._reject(
-                route, 503, "keys_unavailable", "no signing keys could be loaded; retry later"
-            )
-        verified = verify_signature(signed, rt.keys.keys())
-        if not verified and await rt.keys.refetch_for_unknown():
-            verified = verify_signature(signed, rt.keys.keys())  # keys rotated
-        rt.metrics.verify_seconds.observe(time.perf_counter() - started)
-        if not verified:
-            return self._reject(route, 401, "bad_signature", "no fal key verifies the signature")
-        try:
-            check_user(signed, self.allowed)
-        except VerificationError as exc:
-            return self._reject(route, 401, exc.code, exc.detail)
-
-        try:
-            envelope = parse_envelope(body)
-        except EnvelopeError as exc:
-            return self._reject(route, 400, "bad_envelope", str(exc))
-        if envelope.request_id != signed.request_id:
-            return self._reject(
-                route, 400, "request_id_mismatch", "body request_id differs from the header's"
-            )
-
-        event = new_event(envelope, route=route, sinks=conf.sinks, body=body, headers=dict(headers))
-        started = time.perf_counter()
-        try:
-            fresh = await rt.store.accept(event)
-        except StoreUnavailable as exc:
-            log.error("store refused an event", request_id=envelope.request_id, error=str(exc))
-            return self._reject(route, 503, "store_unavailable", "the event could not be stored")
-        rt.metrics.accept_seconds.observe(time.perf_counter() - started)
-        status = "accepted" if fresh else "duplicate"
-        if rt.inline:
-            unfinished = await rt.deliver_inline(envelope.request_id)
-            if unfinished:  # a non-2xx hands the retry to fal's own schedule
-                return self._reject(
-                    route,
-                    503,
-                    "delivery_incomplete",
-                    f"stored, but not yet delivered to {', '.join(unfinished)}; retry later",
-                )
-        rt.metrics.webhooks.labels(route=route, outcome=status, reason="").inc()
-        log.info(
-            "webhook " + status,
-            request_id=envelope.request_id,
-            route=route,
-            fal_status=envelope.status,
-            files=len(event.files),
-        )
-        return JSONBody({"status": status, "request_id": envelope.request_id})
-
-    def _reject(self, route: str, status: int, code: str, detail: str) -> Response:
-        self.rt.metrics.webhooks.labels(route=route, outcome="rejected", reason=code).inc()
-        log.info("webhook rejected", route=route, status=status, reason=code)
-        return error(status, code, detail)
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(PREFIX):
+            await self.webhooks(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
 
 
 def create_app(
@@ -262,7 +164,7 @@ def create_app(
     sinks: dict[str, Sink] | None = None,
     inline: bool = False,
     managed_lifespan: bool = True,
-) -> Starlette:
+) -> Falhook:
     """The falhook ASGI app. Sinks are built here, so config mistakes fail at start-up.
 
     inline: run each event's sinks before answering (serverless inline mode).
@@ -327,10 +229,8 @@ def create_app(
         finally:
             await runtime.close()
 
-    methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
     app = Starlette(
         routes=[
-            Route("/webhooks/{route}", WebhookEndpoint(runtime).handle, methods=methods),
             Route("/healthz", healthz, methods=["GET", "HEAD"]),
             Route("/readyz", readyz, methods=["GET", "HEAD"]),
             Route("/metrics", metrics_view, methods=["GET"]),
@@ -339,4 +239,4 @@ def create_app(
         lifespan=lifespan if managed_lifespan else None,
     )
     app.state.runtime = runtime
-    return app
+    return Falhook(app, WebhookEndpoint(runtime), runtime)

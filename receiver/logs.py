@@ -12,6 +12,7 @@ import os
 import sys
 from typing import Any
 
+import msgspec
 import structlog
 
 _SECRET_WORDS = ("signature", "secret", "token", "password", "authorization", "fal_key", "api_key")
@@ -25,6 +26,11 @@ def _drop_secrets(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
+def _json_line(event: dict[str, Any], **_: Any) -> str:
+    # msgspec renders a log line several times faster than json.dumps; str() for the rest.
+    return msgspec.json.encode(event, enc_hook=str).decode()
+
+
 def configure_logging(level: str | None = None, *, json: bool | None = None) -> None:
     """Idempotent; FALHOOK_LOG_LEVEL and FALHOOK_LOG_FORMAT=json|console override."""
     global _configured
@@ -33,7 +39,7 @@ def configure_logging(level: str | None = None, *, json: bool | None = None) -> 
     if json is None:
         json = fmt == "json" if fmt else not sys.stderr.isatty()
     renderer: Any = (
-        structlog.processors.JSONRenderer()
+        structlog.processors.JSONRenderer(serializer=_json_line)
         if json
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )

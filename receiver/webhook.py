@@ -1,0 +1,179 @@
+"""POST /webhooks/{route}: the webhook endpoint, as a plain ASGI callable.
+
+It sits in front of Starlette (see app.py) because it is the hot path: one request per fal
+result, each paying for an Ed25519 verify and a durable store. Plain ASGI skips the router,
+middleware and Request/Response objects a general-purpose framework needs and this path
+does not.
+
+Checks run in the contract's order, first failure wins: 404 unknown route, 405 method,
+413 body size (counted while reading; never buffering past the limit), 401 signature,
+503 no keys at all, 400 envelope, 503 store; then 200 accepted or duplicate.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import structlog
+
+from receiver.envelope import EnvelopeError, parse_envelope
+from receiver.intake import FAL_HEADERS, new_event
+from receiver.store import StoreUnavailable
+from receiver.verify import VerificationError, check_headers, check_user, verify_signature
+
+if TYPE_CHECKING:
+    from receiver.app import Runtime
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+PREFIX = "/webhooks/"
+log = structlog.get_logger("falhook.receiver")
+_encode = msgspec.json.encode
+_WANTED = frozenset(name.encode() for name in (*FAL_HEADERS, "content-length"))
+_JSON = (b"content-type", b"application/json")
+
+
+class Reply(Exception):
+    """An answer decided before the end of the checks: status, code, sentence."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.code, self.detail = status, code, detail
+
+
+class WebhookEndpoint:
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+        r = runtime.settings.receiver
+        self.limit = r.max_body_bytes
+        self.tolerance = r.timestamp_tolerance
+        self.allowed = frozenset(r.allowed_user_ids)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = scope["path"][len(PREFIX) :]
+        try:
+            if route not in self.rt.settings.routes:
+                raise Reply(404, "unknown_route", f"no route named {route!r}")
+            if scope["method"] != "POST":
+                raise Reply(405, "method_not_allowed", "use POST")
+            headers = _headers(scope)
+            body = await self._read_body(headers, receive)
+            if body is None:
+                return  # the client went away: nothing to answer, nothing stored
+            status, doc = await self.process(route, headers, body)
+        except Reply as reply:
+            self._count_rejection(route, reply)
+            status, doc = reply.status, _error(reply.code, reply.detail)
+        await _send(send, status, doc, allow=status == 405)
+
+    async def _read_body(self, headers: dict[str, str], receive: Receive) -> bytes | None:
+        declared = headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            raise Reply(413, "body_too_large", f"the body exceeds {self.limit} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                raise Reply(413, "body_too_large", f"the body exceeds {self.limit} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    async def process(
+        self, route: str, headers: dict[str, str], body: bytes
+    ) -> tuple[int, dict[str, Any]]:
+        """Verify, parse and store one webhook whose route and size already passed."""
+        rt = self.rt
+        if not rt.started:
+            await rt.ensure_started()
+        started = time.perf_counter()
+        try:
+            signed = check_headers(headers, body, now=time.time(), tolerance=self.tolerance)
+        except VerificationError as exc:
+            raise Reply(401, exc.code, exc.detail) from None
+        if not rt.keys.keys() and not await rt.keys.ensure_loaded():
+            raise Reply(503, "keys_unavailable", "no signing keys could be loaded; retry later")
+        verified = verify_signature(signed, rt.keys.keys())
+        if not verified and await rt.keys.refetch_for_unknown():
+            verified = verify_signature(signed, rt.keys.keys())  # fal rotated its keys
+        rt.metrics.verify_seconds.observe(time.perf_counter() - started)
+        if not verified:
+            raise Reply(401, "bad_signature", "no fal key verifies the signature")
+        try:
+            check_user(signed, self.allowed)
+        except VerificationError as exc:
+            raise Reply(401, exc.code, exc.detail) from None
+
+        try:
+            envelope = parse_envelope(body)
+        except EnvelopeError as exc:
+            raise Reply(400, "bad_envelope", str(exc)) from None
+        if envelope.request_id != signed.request_id:
+            raise Reply(400, "request_id_mismatch", "body request_id differs from the header's")
+
+        conf = rt.settings.routes[route]
+        event = new_event(envelope, route=route, sinks=conf.sinks, body=body, headers=headers)
+        started = time.perf_counter()
+        try:
+            fresh = await rt.store.accept(event)
+        except StoreUnavailable as exc:
+            log.error("store refused an event", request_id=envelope.request_id, error=str(exc))
+            raise Reply(503, "store_unavailable", "the event could not be stored") from None
+        rt.metrics.accept_seconds.observe(time.perf_counter() - started)
+        status = "accepted" if fresh else "duplicate"
+        if rt.inline:
+            unfinished = await rt.deliver_inline(envelope.request_id)
+            if unfinished:  # a non-2xx hands the retry to fal's own schedule
+                raise Reply(
+                    503,
+                    "delivery_incomplete",
+                    f"stored, but not yet delivered to {', '.join(unfinished)}; retry later",
+                )
+        rt.metrics.webhooks.labels(route, status, "").inc()
+        log.info(
+            "webhook " + status,
+            request_id=envelope.request_id,
+            route=route,
+            fal_status=envelope.status,
+            files=len(event.files),
+        )
+        return 200, {"status": status, "request_id": envelope.request_id}
+
+    def _count_rejection(self, route: str, reply: Reply) -> None:
+        # Unknown routes are not labelled by name: a scanner must not grow our metrics.
+        label = route if reply.status != 404 else "(unknown)"
+        self.rt.metrics.webhooks.labels(label, "rejected", reply.code).inc()
+        log.info("webhook rejected", route=label, status=reply.status, reason=reply.code)
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    """Only the headers the endpoint reads (ASGI gives lower-case names)."""
+    return {
+        name.decode(): value.decode("latin-1")
+        for name, value in scope["headers"]
+        if name in _WANTED
+    }
+
+
+def _error(code: str, detail: str) -> dict[str, str]:
+    """The contract's error body."""
+    return {"error": code, "detail": detail}
+
+
+async def _send(send: Send, status: int, doc: dict[str, Any], *, allow: bool = False) -> None:
+    body = _encode(doc)
+    headers = [_JSON, (b"content-length", str(len(body)).encode())]
+    if allow:
+        headers.append((b"allow", b"POST"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
