@@ -50,6 +50,10 @@ class DiskSink:
     def _write(self, ctx: DeliveryContext) -> dict[str, Any]:
         folder = self._folder(ctx)
         folder.mkdir(parents=True, exist_ok=True)
+        # A crash between link and rename leaves a temporary behind; the lease makes this
+        # delivery the only writer of the folder, so earlier ones can go.
+        for stale in folder.glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
         written: dict[str, str] = {}
         for file in ctx.files:
             final = folder / file.name
