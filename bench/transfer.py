@@ -90,6 +90,7 @@ def main() -> int:
     ap.add_argument("--sizes", default="100,1024", help="MiB, comma separated")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--workdir", default="/tmp/falhook-bench-transfer")
+    ap.add_argument("--keep-logs", action="store_true", help="keep the workdir's logs")
     args = ap.parse_args()
     work = Path(args.workdir)
     shutil.rmtree(work, ignore_errors=True)
@@ -162,7 +163,11 @@ def main() -> int:
         for p in procs:
             stop(p)
         jwks.stop()
-        shutil.rmtree(work, ignore_errors=True)
+        if args.keep_logs:
+            shutil.rmtree(work / "serve", ignore_errors=True)
+            shutil.rmtree(work / "files", ignore_errors=True)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

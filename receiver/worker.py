@@ -16,6 +16,7 @@ import os
 import secrets
 import shutil
 import socket
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -268,9 +269,11 @@ class Worker:
             outputs={k: outputs[k] for k in self.settings.sinks[name].after if k in outputs},
             previous=previous.output if previous else None,
         )
+        started = time.perf_counter()
         try:
             async with asyncio.timeout(self.settings.delivery.attempt_timeout):
                 output = await self.sinks[name].deliver(ctx)
+            sink_log.debug("sink finished", seconds=round(time.perf_counter() - started, 3))
         except (Retryable, Permanent) as exc:
             self._decide(attempt, exc)
             return False
@@ -341,7 +344,16 @@ class Worker:
         fetched: list[FetchedFile] = []
         try:
             for ref in refs:  # one at a time: each download already saturates a core
+                started = time.perf_counter()
                 got = await self.fetcher.fetch(ref, spool_dir)
+                seconds = time.perf_counter() - started
+                log.info(
+                    "downloaded",
+                    path=ref.path,
+                    bytes=got.size,
+                    seconds=round(seconds, 3),
+                    mib_per_s=round(got.size / 1048576 / max(seconds, 1e-6), 1),
+                )
                 fetched.append(got)
                 self.metrics.downloads.labels(outcome="ok").inc()
                 self.metrics.download_bytes.inc(got.size)
