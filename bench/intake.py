@@ -2,7 +2,7 @@
 store) against a bare Starlette app that only reads the body and answers 200, on the same
 uvicorn, each server pinned to one core and wrk on the other, a fresh request_id per request.
 
-    python bench/intake.py [--duration 10] [--connections 32] [--rounds 2] [--worker]
+    python bench/intake.py [--duration 10] [--connections 64] [--rounds 2] [--worker]
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def run_wrk(url: str, requests_file: Path, args: argparse.Namespace, log: Path) 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=int, default=10)
-    ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--requests", type=int, default=60000, help="signed requests per falhook run")

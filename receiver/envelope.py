@@ -48,7 +48,7 @@ class FileProblem:
     reason: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Envelope:
     request_id: str
     gateway_request_id: str | None

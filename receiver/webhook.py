@@ -53,6 +53,12 @@ class WebhookEndpoint:
         self.limit = r.max_body_bytes
         self.tolerance = r.timestamp_tolerance
         self.allowed = frozenset(r.allowed_user_ids)
+        # Labelled children resolved once: labels() takes a lock and builds a key each time.
+        self.counted = {
+            (route, status): runtime.metrics.webhooks.labels(route, status, "")
+            for route in runtime.settings.routes
+            for status in ("accepted", "duplicate")
+        }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = scope["path"][len(PREFIX) :]
@@ -139,7 +145,7 @@ class WebhookEndpoint:
                     "delivery_incomplete",
                     f"stored, but not yet delivered to {', '.join(unfinished)}; retry later",
                 )
-        rt.metrics.webhooks.labels(route, status, "").inc()
+        self.counted[route, status].inc()
         log.info(
             "webhook " + status,
             request_id=envelope.request_id,

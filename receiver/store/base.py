@@ -35,7 +35,7 @@ def iso(ts: datetime | None) -> str | None:
     return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NewEvent:
     """A verified webhook, ready to be stored with one delivery per sink of its route."""
 
