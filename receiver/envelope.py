@@ -178,8 +178,9 @@ def decode_data_uri(url: str) -> tuple[bytes, str | None]:
         try:
             return base64.b64decode(data, validate=True), mime
         except (binascii.Error, ValueError):
-            try:  # fal sometimes uses the URL-safe alphabet
-                return base64.urlsafe_b64decode(data + "=" * (-len(data) % 4)), mime
+            try:  # the URL-safe alphabet, validated too (a bad character is an error)
+                padded = data + "=" * (-len(data) % 4)
+                return base64.b64decode(padded, altchars=b"-_", validate=True), mime
             except (binascii.Error, ValueError):
                 raise ValueError("data URI has invalid base64") from None
     return unquote_to_bytes(data), mime

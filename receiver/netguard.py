@@ -58,8 +58,8 @@ def classify(ip: IPAddress) -> str | None:
             "unique-local",
             isinstance(ip, ipaddress.IPv6Address) and ip in ipaddress.ip_network("fc00::/7"),
         ),
+        ("reserved", ip.is_reserved),  # before private: Python counts 240/4 as private too
         ("private", ip.is_private),
-        ("reserved", ip.is_reserved),
         ("not globally routable", not ip.is_global),
     )
     for reason, hit in checks:
