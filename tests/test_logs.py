@@ -1,0 +1,40 @@
+"""Logs: JSON lines bound to request_id and route; no signatures, keys or bodies."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import httpx
+
+from receiver.testing import FalSigner, webhook_body
+from tests.support.falhook_server import Falhook
+from tests.support.fileserver import FileServer
+
+
+def test_request_and_delivery_lines_carry_request_id_and_route_and_no_secrets(
+    falhook: Falhook, signer: FalSigner, files: FileServer
+) -> None:
+    files.add("/v.mp4", data=b"v" * 1000)
+    secret_payload = "do-not-log-" + uuid.uuid4().hex
+    rid, body = webhook_body(
+        str(uuid.uuid4()),
+        payload={"video": {"url": files.url("/v.mp4")}, "note": secret_payload},
+    )
+    headers = signer.headers(body, rid)
+    assert (
+        httpx.post(falhook.url("/webhooks/reframe"), content=body, headers=headers).status_code
+        == 200
+    )
+    bad = dict(headers, **{"X-Fal-Webhook-Signature": "ab" * 64})
+    httpx.post(falhook.url("/webhooks/reframe"), content=body, headers=bad)
+    falhook.wait_state(rid, "delivered")
+    falhook.stop()
+    text = falhook.logs()
+    lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    mine = [line for line in lines if line.get("request_id") == rid]
+    events = {line["event"] for line in mine}
+    assert {"webhook accepted", "downloaded", "delivery delivered"} <= events
+    assert all(line["route"] == "reframe" for line in mine)
+    for forbidden in (headers["X-Fal-Webhook-Signature"], "ab" * 64, secret_payload):
+        assert forbidden not in text
