@@ -11,14 +11,10 @@ from receiver.config import ConfigError, Settings
 
 ENTRY_POINT_GROUP = "falhook.sinks"
 
-# Built-ins by module path, so a broken or missing optional dependency of one sink type
-# (aiobotocore for s3) only matters to configs that use it.
+# Built-ins by module path, so a broken or missing optional dependency of one sink type only
+# matters to configs that use it. (S3, Slack, HTTP and custom Python sinks are next.)
 BUILTIN_SINKS: dict[str, str] = {
     "disk": "handlers.disk:DiskSink",
-    "s3": "handlers.s3:S3Sink",
-    "slack": "handlers.slack:SlackSink",
-    "http": "handlers.http:HttpSink",
-    "python": "handlers.python:PythonSink",
 }
 
 
