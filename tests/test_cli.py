@@ -14,6 +14,7 @@ import httpx
 
 from receiver.testing import FalSigner, webhook_body
 from tests.support.falhook_server import Falhook, to_toml
+from tests.support.fileserver import FileServer
 
 
 def run(
@@ -156,3 +157,28 @@ def test_a_second_serve_on_the_same_store_shares_events(
         a.wait_state(rid, "delivered")
     finally:
         b.stop()
+
+
+def test_a_receive_only_serve_and_a_separate_worker_deliver_together(
+    falhook_factory: Callable[..., Falhook], signer: FalSigner, files: FileServer
+) -> None:
+    receiver = falhook_factory(name="receiver")
+    receiver.command = ("serve", "--no-worker")
+    receiver.start()
+    files.add("/w.mp4", data=b"from the worker")
+    rid, body = webhook_body(str(uuid.uuid4()), payload={"video": {"url": files.url("/w.mp4")}})
+    assert (
+        httpx.post(
+            receiver.url("/webhooks/default"), content=body, headers=signer.headers(body, rid)
+        ).json()["status"]
+        == "accepted"
+    )
+    assert receiver.event(rid)["state"] == "pending"  # type: ignore[index]  # nobody delivers
+    worker = Falhook(receiver.tmp_path, receiver.config, command=("worker",), name="worker")
+    worker.start(wait=False)
+    try:
+        receiver.wait_state(rid, "delivered")
+    finally:
+        worker.stop()
+    root = Path(receiver.config["sinks"]["local"]["root"])
+    assert (root / "default" / rid / "video.mp4").read_bytes() == b"from the worker"
