@@ -16,6 +16,7 @@ import asyncio
 import hashlib
 import os
 import secrets
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
@@ -27,8 +28,7 @@ from receiver.envelope import FileRef, decode_data_uri
 from receiver.netguard import AddressGuard, GuardedBackend, RefusedAddress
 
 CHUNK = 1024 * 1024
-WRITEBACK_EVERY = 16 * 1024 * 1024
-_ADVISE = getattr(os, "posix_fadvise", None)
+WRITEBACK_EVERY = 32 * 1024 * 1024
 _REDIRECTS = (301, 302, 303, 307, 308)
 
 
@@ -55,6 +55,45 @@ class FetchedFile:
     size: int
     sha256: str
     content_type: str | None
+
+
+class _Flusher:
+    """Writes a growing file back to disk while it downloads, on its own thread.
+
+    The sinks must fsync what they keep; doing the disk's work alongside the network's
+    (fdatasync every WRITEBACK_EVERY bytes) leaves that final fsync almost nothing, so a
+    download takes about max(network, disk) instead of network + disk, and a 4 GiB file
+    never sits dirty in the page cache.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._wake = threading.Event()
+        self._done = False
+        self._thread: threading.Thread | None = None
+
+    def poke(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="falhook-flush", daemon=True)
+            self._thread.start()
+        self._wake.set()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._done:
+                return
+            try:
+                os.fdatasync(self.fd)
+            except OSError:
+                return  # the final fsync will report a real problem
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._done = True
+            self._wake.set()
+            self._thread.join()
 
 
 class Fetcher:
@@ -162,13 +201,11 @@ class Fetcher:
         digest = hashlib.sha256()
         size = flushed = 0
         fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        flusher = _Flusher(fd)
         try:
             for chunk in resp.iter_raw(CHUNK):
-                if _ADVISE is not None and size - flushed >= WRITEBACK_EVERY:
-                    # Start writing back what has arrived (Linux: DONTNEED begins async
-                    # writeback of dirty pages), so the sinks' final fsync has little left
-                    # to do and a 4 GiB file does not sit dirty in the page cache.
-                    _ADVISE(fd, flushed, size - flushed, os.POSIX_FADV_DONTNEED)
+                if size - flushed >= WRITEBACK_EVERY:
+                    flusher.poke()
                     flushed = size
                 size += len(chunk)
                 if size > self.max_file_bytes:
@@ -180,6 +217,7 @@ class Fetcher:
                 while view:
                     view = view[os.write(fd, view) :]
         finally:
+            flusher.stop()
             os.close(fd)
         if expected is not None and size != expected:
             raise FetchRetryable(f"{ref.path}: body short: {size} of {expected} bytes")
