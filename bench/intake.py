@@ -23,19 +23,26 @@ from receiver.testing import FalSigner, JWKSServer, webhook_body
 SERVER_CPU, LOADGEN_CPU = {0}, {1}
 
 
-def write_requests(path: Path, signer: FalSigner, count: int) -> None:
+# A reframe-shaped payload. Its file URL is on loopback (port 9, where nothing listens), so
+# a worker that does try to fetch it never leaves this machine.
+REFRAME_PAYLOAD = {
+    "video": {
+        "url": "http://127.0.0.1:9/files/abc123/output.mp4",
+        "content_type": "video/mp4",
+        "file_name": "output.mp4",
+        "file_size": 4404019,
+    }
+}
+
+
+def write_requests(
+    path: Path, signer: FalSigner, count: int, payload: object = REFRAME_PAYLOAD
+) -> None:
     with open(path, "w") as fh:
         for _ in range(count):
             rid, body = webhook_body(
                 str(uuid.uuid4()),
-                payload={
-                    "video": {
-                        "url": "https://v3.fal.media/files/penguin/abc123/output.mp4",
-                        "content_type": "video/mp4",
-                        "file_name": "output.mp4",
-                        "file_size": 4404019,
-                    }
-                },
+                payload=payload,
             )
             h = signer.headers(body, rid)
             fh.write(

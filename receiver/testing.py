@@ -17,13 +17,13 @@ import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 
 from nacl.signing import SigningKey
 
 DEFAULT_PAYLOAD: dict[str, Any] = {
     "video": {
-        "url": "https://example.invalid/output.mp4",
+        "url": "http://127.0.0.1:9/output.mp4",  # loopback, where nothing listens
         "content_type": "video/mp4",
         "file_name": "output.mp4",
         "file_size": 4404019,
@@ -104,7 +104,40 @@ def webhook_body(
     return request_id, json.dumps(doc).encode()
 
 
-class JWKSServer:
+class LoopbackServer:
+    """A threaded HTTP server on loopback (an ephemeral port) for tests: start()/stop() or a
+    `with` block. Subclasses pass their request handler class."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler], host: str = "127.0.0.1") -> None:
+        self._server = ThreadingHTTPServer((host, 0), handler)
+        self._server.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def start(self) -> Self:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread.join(timeout=10)
+            self._thread = None
+        self._server.server_close()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class JWKSServer(LoopbackServer):
     """A JWKS endpoint on loopback (an ephemeral port), for tests."""
 
     def __init__(self, host: str = "127.0.0.1") -> None:
@@ -134,14 +167,12 @@ class JWKSServer:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer((host, 0), Handler)
-        self._server.daemon_threads = True
-        self._thread: threading.Thread | None = None
+        super().__init__(Handler, host)
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/.well-known/jwks.json"
+        host = self._server.server_address[0]
+        return f"http://{host}:{self.port}/.well-known/jwks.json"
 
     def set_jwks(self, doc: dict[str, Any]) -> None:
         with self._lock:
@@ -151,22 +182,3 @@ class JWKSServer:
         """Answer `status` instead of the JWKS (None: serve it again)."""
         with self._lock:
             self._fail = status
-
-    def start(self) -> JWKSServer:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-            self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join(timeout=10)
-            self._thread = None
-        self._server.server_close()
-
-    def __enter__(self) -> JWKSServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

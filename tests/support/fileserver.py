@@ -6,8 +6,10 @@ from __future__ import annotations
 import hashlib
 import threading
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from receiver.testing import LoopbackServer
 
 _BLOCK = 1024 * 1024
 
@@ -46,7 +48,7 @@ class _Entry:
     chunked: bool
 
 
-class FileServer:
+class FileServer(LoopbackServer):
     def __init__(self, host: str = "127.0.0.1") -> None:
         self._entries: dict[str, _Entry] = {}
         self._hits: dict[str, int] = {}
@@ -62,13 +64,7 @@ class FileServer:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer((host, 0), Handler)
-        self._server.daemon_threads = True
-        self._thread: threading.Thread | None = None
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_address[1])
+        super().__init__(Handler, host)
 
     def url(self, path: str, host: str = "127.0.0.1") -> str:
         return f"http://{host}:{self.port}{path}"
@@ -146,22 +142,3 @@ class FileServer:
             return
         if entry.short_by:
             h.close_connection = True  # the lie: declared more than was sent
-
-    def start(self) -> FileServer:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-            self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join(timeout=10)
-            self._thread = None
-        self._server.server_close()
-
-    def __enter__(self) -> FileServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
