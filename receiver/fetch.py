@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import hashlib
 import os
 import secrets
@@ -21,6 +23,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import httpcore
@@ -70,22 +73,44 @@ def _lower_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), DOWNLOAD_NICE)
 
 
+def _load_sync_file_range() -> Any:
+    """Linux's sync_file_range(2), through libc: writeback without a device cache flush."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_sync_file_range = _load_sync_file_range()
+# SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER
+_SYNC_RANGE_FLAGS = 1 | 2 | 4
+
+
 class _Flusher:
     """Writes a growing file back to disk while it downloads, on its own thread.
 
     The sinks must fsync what they keep; doing the disk's work alongside the network's
-    (fdatasync every WRITEBACK_EVERY bytes) leaves that final fsync almost nothing, so a
-    download takes about max(network, disk) instead of network + disk, and a 4 GiB file
-    never sits dirty in the page cache.
+    leaves that final fsync almost nothing, so a download takes about max(network, disk)
+    instead of network + disk, a 4 GiB file never sits dirty in the page cache, and the
+    disk never holds a gigabyte queued in front of the store's own commits. On Linux,
+    sync_file_range writes each range back without the journal commit and device cache
+    flush of an fdatasync (the sink's final fsync does those once); elsewhere fdatasync.
     """
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
+        self.target = 0  # bytes written so far, as last announced by the downloader
+        self._synced = 0
         self._wake = threading.Event()
         self._done = False
         self._thread: threading.Thread | None = None
 
-    def poke(self) -> None:
+    def poke(self, written: int) -> None:
+        self.target = written
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="falhook-flush", daemon=True)
             self._thread.start()
@@ -97,10 +122,17 @@ class _Flusher:
             self._wake.clear()
             if self._done:
                 return
+            target = self.target
             try:
-                os.fdatasync(self.fd)
+                if _sync_file_range is not None:
+                    length = target - self._synced
+                    if _sync_file_range(self.fd, self._synced, length, _SYNC_RANGE_FLAGS) != 0:
+                        return  # the final fsync will report a real problem
+                else:
+                    os.fdatasync(self.fd)
             except OSError:
-                return  # the final fsync will report a real problem
+                return
+            self._synced = target
 
     def stop(self) -> None:
         if self._thread is not None:
@@ -223,7 +255,7 @@ class Fetcher:
         try:
             for chunk in resp.iter_raw(CHUNK):
                 if size - flushed >= WRITEBACK_EVERY:
-                    flusher.poke()
+                    flusher.poke(size)
                     flushed = size
                 size += len(chunk)
                 if size > self.max_file_bytes:
