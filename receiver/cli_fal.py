@@ -1,0 +1,273 @@
+"""The fal-facing subcommands of `falhook`: submit, submissions list|reconcile, emulate.
+
+receiver.cli calls register(); every handler is sync, takes the parsed args and returns the
+exit code: 0 done, 1 failed (message on stderr), 2 bad input or config, 3 the submit's answer
+was lost (the job may be running: not resubmitted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from receiver.config import ConfigError, Settings, config_path_from, load_settings
+from receiver.store.base import SUBMISSION_STATES, SubmissionView, iso
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_UNKNOWN = 0, 1, 2, 3
+
+
+def register(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: argparse.ArgumentParser | None = None,
+) -> None:
+    """Add `submit`, `submissions` and `emulate` to the falhook parser."""
+    parents = [common] if common is not None else []
+
+    submit = subparsers.add_parser(
+        "submit", parents=parents, help="submit a job to fal's queue with our webhook"
+    )
+    submit.add_argument("endpoint", metavar="ENDPOINT_ID", help="e.g. luma/agent/ray/v3.2/reframe")
+    submit.add_argument("--route", required=True, help="the webhook route to receive it on")
+    submit.add_argument(
+        "--input", required=True, metavar="JSON|@FILE", help="the input as JSON, or @file.json"
+    )
+    submit.add_argument(
+        "--file",
+        action="append",
+        default=[],
+        metavar="FIELD=PATH",
+        help="upload a local file to fal storage and put its URL into FIELD (repeatable)",
+    )
+    submit.add_argument("--no-validate", action="store_true", help="skip the Ray 3.2 input checks")
+    submit.add_argument("--json", action="store_true", help="print the submission as JSON")
+    submit.set_defaults(func=cmd_submit)
+
+    subs = subparsers.add_parser("submissions", help="jobs falhook submitted")
+    actions = subs.add_subparsers(dest="submissions_command", required=True, metavar="ACTION")
+    ls = actions.add_parser("list", parents=parents, help="newest first")
+    ls.add_argument("--state", choices=SUBMISSION_STATES)
+    ls.add_argument("--limit", type=_positive_int, default=100)
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=cmd_submissions_list)
+    rec = actions.add_parser(
+        "reconcile", parents=parents, help="look up overdue submissions on fal's queue"
+    )
+    rec.add_argument("--deadline", type=float, help="seconds without a webhook (default 900)")
+    rec.add_argument("--loop", action="store_true", help="keep going every --interval seconds")
+    rec.add_argument("--interval", type=float, help="seconds between passes (default 60)")
+    rec.add_argument("--json", action="store_true")
+    rec.set_defaults(func=cmd_submissions_reconcile)
+
+    emulate = subparsers.add_parser(
+        "emulate", parents=parents, help="run a local fal (queue, JWKS, files, webhooks)"
+    )
+    emulate.add_argument("--host", default="127.0.0.1")
+    emulate.add_argument("--port", type=int, default=8001)
+    emulate.add_argument("--delay", type=float, default=2.0, help="seconds until a job is done")
+    emulate.add_argument("--webhook-user-id", default="emulator-user")
+    emulate.add_argument(
+        "--outcome",
+        choices=("ok", "error", "payload_error", "drop"),
+        default="ok",
+        help='default outcome (a request can ask for another with "_emulate")',
+    )
+    emulate.set_defaults(func=cmd_emulate)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be >= 1")
+    return value
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(config_path_from(getattr(args, "config", None)))
+
+
+def _fail(message: str, code: int = EXIT_FAIL) -> int:
+    print(f"falhook: {message}", file=sys.stderr)
+    return code
+
+
+# --- submit ------------------------------------------------------------------------------------
+
+
+def _read_input(text: str) -> dict[str, Any]:
+    if text.startswith("@"):
+        try:
+            text = Path(text[1:]).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ValueError(f"--input {text}: {exc.strerror}") from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--input is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ValueError("--input must be a JSON object")
+    return doc
+
+
+def _read_files(specs: list[str]) -> dict[str, str]:
+    files: dict[str, str] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--file {spec!r}: expected FIELD=PATH")
+        files[name] = path
+    return files
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from receiver.ray import ValidationError
+    from receiver.submit import NotRecorded, SubmitError, SubmitUnknown, submit_sync
+
+    try:
+        settings = _settings(args)
+        payload = _read_input(args.input)
+        files = _read_files(args.file)
+    except ConfigError as exc:
+        return _fail(f"config error: {exc}", EXIT_USAGE)
+    except ValueError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    try:
+        sub = submit_sync(
+            args.endpoint,
+            payload,
+            route=args.route,
+            settings=settings,
+            files=files,
+            validate=not args.no_validate,
+        )
+    except ValidationError as exc:
+        return _fail(
+            f"invalid input for {args.endpoint}: {exc} (nothing was submitted)", EXIT_USAGE
+        )
+    except SubmitUnknown as exc:
+        where = f" Recorded as {exc.local_id}." if exc.local_id else ""
+        return _fail(f"{exc}{where}", EXIT_UNKNOWN)
+    except NotRecorded as exc:
+        print(exc.submission.request_id)  # the job runs: its id must not be lost
+        return _fail(str(exc))
+    except SubmitError as exc:
+        return _fail(str(exc))
+    if args.json:
+        print(json.dumps({"request_id": sub.request_id, "endpoint": sub.endpoint,
+                          "route": sub.route, "webhook_url": sub.webhook_url,
+                          "status_url": sub.status_url, "response_url": sub.response_url,
+                          "cancel_url": sub.cancel_url, "input": sub.input}))  # fmt: skip
+    else:
+        print(sub.request_id)
+    return EXIT_OK
+
+
+# --- submissions -------------------------------------------------------------------------------
+
+
+def submission_doc(view: SubmissionView) -> dict[str, Any]:
+    waited = None
+    if view.received_at is not None:
+        waited = round((view.received_at - view.submitted_at).total_seconds(), 3)
+    return {
+        "request_id": view.request_id,
+        "endpoint": view.endpoint,
+        "route": view.route,
+        "state": view.state,
+        "detail": view.detail,
+        "submitted_at": iso(view.submitted_at),
+        "checked_at": iso(view.checked_at),
+        "received_at": iso(view.received_at),
+        "seconds_to_result": waited,
+        "input": view.input,
+    }
+
+
+def cmd_submissions_list(args: argparse.Namespace) -> int:
+    from receiver.store import make_store
+
+    async def run(settings: Settings) -> list[SubmissionView]:
+        store = make_store(settings)
+        await store.open()
+        try:
+            return await store.list_submissions(state=args.state, limit=args.limit)
+        finally:
+            await store.close()
+
+    try:
+        views = asyncio.run(run(_settings(args)))
+    except ConfigError as exc:
+        return _fail(f"config error: {exc}", EXIT_USAGE)
+    docs = [submission_doc(v) for v in views]
+    if args.json:
+        print(json.dumps({"submissions": docs}))
+        return EXIT_OK
+    if not docs:
+        print("no submissions")
+    for d in docs:
+        took = f"  {d['seconds_to_result']} s" if d["seconds_to_result"] is not None else ""
+        detail = f"  ({d['detail']})" if d["detail"] and d["state"] in ("lost", "unknown") else ""
+        print(
+            f"{d['submitted_at']}  {d['state']:<9}  {d['request_id']}  {d['endpoint']}"
+            f"  route={d['route']}{took}{detail}"
+        )
+    return EXIT_OK
+
+
+def cmd_submissions_reconcile(args: argparse.Namespace) -> int:
+    from receiver.reconcile import Reconciler, reconcile_settings
+    from receiver.store import make_store
+    from receiver.submit import make_queue
+
+    try:
+        settings = _settings(args)
+    except ConfigError as exc:
+        return _fail(f"config error: {exc}", EXIT_USAGE)
+    config = reconcile_settings(settings)
+    overrides = {"deadline": args.deadline, "interval": args.interval}
+    config = type(config)(
+        **{**vars(config), **{k: v for k, v in overrides.items() if v is not None}}
+    )
+
+    async def run() -> dict[str, int]:
+        store = make_store(settings)
+        await store.open()
+        try:
+            async with make_queue(settings) as queue:
+                reconciler = Reconciler(store, queue, settings, config)
+                if args.loop:
+                    await reconciler.run(asyncio.Event())  # until interrupted
+                return await reconciler.run_once()
+        finally:
+            await store.close()
+
+    try:
+        counts = asyncio.run(run())
+    except KeyboardInterrupt:
+        return EXIT_OK
+    print(json.dumps(counts) if args.json else ", ".join(f"{k}: {v}" for k, v in counts.items()))
+    return EXIT_OK if counts["errors"] == 0 else EXIT_FAIL
+
+
+# --- emulate -----------------------------------------------------------------------------------
+
+
+def cmd_emulate(args: argparse.Namespace) -> int:
+    from receiver.emulate import Emulator, serve
+
+    emulator = Emulator(
+        delay=args.delay, user_id=args.webhook_user_id, default_outcome=args.outcome
+    )
+    base = f"http://{args.host}:{args.port}"
+    print(
+        f"falhook: fal emulator on {base}\n"
+        f'  point falhook at it:  [receiver] queue_url = "{base}"\n'
+        f'                        [receiver] jwks_url = "{base}/.well-known/jwks.json"\n'
+        f"  any FAL_KEY works; jobs finish after {args.delay:g} s",
+        file=sys.stderr,
+    )
+    serve(emulator, host=args.host, port=args.port)
+    return EXIT_OK
