@@ -1,0 +1,289 @@
+"""Submitting to fal's queue, against the emulator: the exact request fal would receive, uploads,
+what is recorded, and that a submit whose answer was lost is never resubmitted."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from receiver.config import Settings, settings_from_dict
+from receiver.emulate import Emulator, EmulatorServer, tiny_mp4
+from receiver.ray import ValidationError
+from receiver.store import Store, make_store
+from receiver.submit import (
+    FalQueue,
+    MissingKey,
+    SubmitError,
+    SubmitUnknown,
+    is_fal_queue,
+    submit,
+)
+from receiver.testing import LoopbackServer
+from tests.support.falhook_server import Falhook, base_config, free_port, wait_for
+
+REFRAME = "luma/agent/ray/v3.2/reframe"
+KEY = "test-key-0123456789"
+INPUT = {"prompt": "wider", "video_url": "https://example.invalid/v.mp4", "aspect_ratio": "21:9"}
+PUBLIC = "http://127.0.0.1:9"  # nothing listens: these tests look at what fal is asked
+
+
+@pytest.fixture
+def fal() -> Iterator[EmulatorServer]:
+    with EmulatorServer(Emulator(delay=30)) as server:  # no webhook during these tests
+        yield server
+
+
+def settings_for(tmp_path: Path, queue_url: str, jwks_url: str = PUBLIC) -> Settings:
+    receiver = {"public_url": PUBLIC, "queue_url": queue_url}
+    config = base_config(tmp_path, jwks_url, receiver=receiver)
+    return settings_from_dict(config, base_dir=tmp_path)
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    s = make_store(settings_for(tmp_path, PUBLIC))
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+async def test_the_request_fal_receives_for_a_nested_endpoint(
+    fal: EmulatorServer, store: Store, tmp_path: Path
+) -> None:
+    settings = settings_for(tmp_path, fal.url)
+    async with FalQueue(fal.url, key=KEY) as queue:
+        sub = await submit(
+            REFRAME, INPUT, route="reframe", settings=settings, store=store, queue=queue
+        )
+    [got] = fal.emulator.submits()
+    assert got.path == "/luma/agent/ray/v3.2/reframe"
+    assert got.query == {"fal_webhook": f"{PUBLIC}/webhooks/reframe"}
+    assert got.headers["authorization"] == f"Key {KEY}"
+    assert got.headers["content-type"] == "application/json"
+    assert got.json() == INPUT
+    rid = sub.request_id
+    assert sub.status_url == f"{fal.url}/luma/agent/requests/{rid}/status"
+    assert sub.response_url == f"{fal.url}/luma/agent/requests/{rid}"
+    assert sub.cancel_url == f"{fal.url}/luma/agent/requests/{rid}/cancel"
+    recorded = await store.get_submission(rid)
+    assert recorded is not None and recorded.state == "pending"
+    assert (recorded.endpoint, recorded.route, recorded.input) == (REFRAME, "reframe", INPUT)
+    assert recorded.status_url == sub.status_url
+
+
+async def test_status_result_and_cancel_use_the_returned_urls(fal: EmulatorServer) -> None:
+    async with FalQueue(fal.url, key=KEY) as queue:
+        sub = await queue.submit(REFRAME, INPUT)
+        status = await queue.status(sub.status_url)
+        assert (status.status, status.http_status) == ("IN_QUEUE", 202)
+        assert await queue.cancel(sub.cancel_url) is True
+        assert not (await queue.result(sub.response_url)).ok
+    paths = [(r.method, r.path) for r in fal.emulator.requests]
+    base = f"/luma/agent/requests/{sub.request_id}"
+    assert paths[1:] == [("GET", f"{base}/status"), ("PUT", f"{base}/cancel"), ("GET", base)]
+
+
+async def test_local_files_are_uploaded_first_and_their_urls_put_in_the_input(
+    fal: EmulatorServer, store: Store, tmp_path: Path
+) -> None:
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(tiny_mp4(8.0))
+    settings = settings_for(tmp_path, fal.url)
+    inp = {k: v for k, v in INPUT.items() if k != "video_url"}
+    async with FalQueue(fal.url, key=KEY) as queue:
+        await submit(
+            REFRAME,
+            inp,
+            route="reframe",
+            settings=settings,
+            store=store,
+            queue=queue,
+            files={"video_url": clip},
+        )
+    upload, post = fal.emulator.requests
+    assert upload.path == "/storage/upload" and upload.body == clip.read_bytes()
+    assert upload.headers["authorization"] == f"Key {KEY}"
+    url = post.json()["video_url"]
+    assert url.startswith(fal.url + "/files/") and url.endswith("/clip.mp4")
+
+
+async def test_a_bad_input_spends_nothing(
+    fal: EmulatorServer, store: Store, tmp_path: Path
+) -> None:
+    long_clip = tmp_path / "long.mp4"
+    long_clip.write_bytes(tiny_mp4(45.0))
+    settings = settings_for(tmp_path, fal.url)
+    async with FalQueue(fal.url, key=KEY) as queue:
+        with pytest.raises(ValidationError, match=r"input\.aspect_ratio"):
+            await submit(REFRAME, {**INPUT, "aspect_ratio": "2:1"}, route="reframe",
+                         settings=settings, store=store, queue=queue)  # fmt: skip
+        with pytest.raises(ValidationError, match=r"input\.video_url: .*45\.0 s"):
+            await submit(REFRAME, INPUT, route="reframe", settings=settings, store=store,
+                         queue=queue, files={"video_url": long_clip})  # fmt: skip
+    assert fal.emulator.requests == []  # no upload, no submit
+    assert await store.list_submissions() == []
+
+
+async def test_unknown_endpoints_are_not_validated(fal: EmulatorServer, tmp_path: Path) -> None:
+    settings = settings_for(tmp_path, fal.url)
+    async with FalQueue(fal.url, key=KEY) as queue:
+        await submit("fal-ai/flux/dev", {"x": 1}, route="default", settings=settings, queue=queue)
+    assert fal.emulator.submits()[0].path == "/fal-ai/flux/dev"
+
+
+async def test_an_unconfigured_route_or_missing_key_is_refused_before_sending(
+    fal: EmulatorServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = settings_for(tmp_path, fal.url)
+    async with FalQueue(fal.url, key=KEY) as queue:
+        with pytest.raises(SubmitError, match="route 'nope' is not configured"):
+            await submit(REFRAME, INPUT, route="nope", settings=settings, queue=queue)
+    monkeypatch.delenv("FAL_KEY", raising=False)
+    async with FalQueue(fal.url) as queue:
+        with pytest.raises(MissingKey, match="FAL_KEY"):
+            await submit(REFRAME, INPUT, route="reframe", settings=settings, queue=queue)
+    assert fal.emulator.requests == []
+
+
+class LostAnswers(LoopbackServer):
+    """A queue that takes the request and then hangs up (or answers `status`)."""
+
+    def __init__(self, status: int | None = None) -> None:
+        self.posts = 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                outer.posts += 1
+                if status is None:
+                    self.close_connection = True  # the answer is lost
+                    return
+                self.send_response(status)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        super().__init__(Handler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@pytest.mark.parametrize("status", [None, 502])
+async def test_a_lost_answer_is_unknown_recorded_and_never_resubmitted(
+    status: int | None, store: Store, tmp_path: Path
+) -> None:
+    with LostAnswers(status) as queue_server:
+        settings = settings_for(tmp_path, queue_server.url)
+        async with FalQueue(queue_server.url, key=KEY) as queue:
+            with pytest.raises(SubmitUnknown, match="NOT resubmitted") as caught:
+                await submit(REFRAME, INPUT, route="reframe", settings=settings, store=store,
+                             queue=queue)  # fmt: skip
+        assert queue_server.posts == 1
+    [unknown] = await store.list_submissions(state="unknown")
+    assert unknown.request_id == caught.value.local_id and unknown.endpoint == REFRAME
+
+
+async def test_a_refusal_is_not_unknown(store: Store, tmp_path: Path) -> None:
+    with LostAnswers(422) as queue_server:
+        settings = settings_for(tmp_path, queue_server.url)
+        async with FalQueue(queue_server.url, key=KEY) as queue:
+            with pytest.raises(SubmitError, match="HTTP 422") as caught:
+                await submit(REFRAME, INPUT, route="reframe", settings=settings, store=store,
+                             queue=queue)  # fmt: skip
+    assert not isinstance(caught.value, SubmitUnknown)
+    assert await store.list_submissions() == []
+
+
+def test_uploads_go_to_fal_storage_only_for_fals_queue() -> None:
+    assert is_fal_queue("https://queue.fal.run")
+    assert not is_fal_queue("http://127.0.0.1:8001")
+    assert "test-key" not in repr(FalQueue("https://queue.fal.run", key="test-key"))
+
+
+# --- end to end: falhook serve, the emulator, and the falhook submit command --------------------
+
+
+@pytest.fixture
+def emulated(tmp_path: Path) -> Iterator[tuple[EmulatorServer, Falhook]]:
+    with EmulatorServer(Emulator(delay=0.3)) as server:
+        port = free_port()
+        receiver: dict[str, Any] = {
+            "public_url": f"http://127.0.0.1:{port}",
+            "queue_url": server.url,
+        }
+        config = base_config(tmp_path, server.jwks_url, receiver=receiver)
+        falhook = Falhook(tmp_path, config, port=port, env={"FAL_KEY": KEY})
+        with falhook:
+            yield server, falhook
+
+
+def test_submit_command_webhook_verified_correlated_and_delivered(
+    emulated: tuple[EmulatorServer, Falhook], tmp_path: Path
+) -> None:
+    fal, falhook = emulated
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(tiny_mp4(6.0))
+    (tmp_path / "input.json").write_text(json.dumps({"prompt": "wider", "aspect_ratio": "21:9"}))
+    done = falhook.cli("submit", REFRAME, "--route", "reframe", "--input", "@input.json",
+                       "--file", f"video_url={clip}")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rid = done.stdout.strip()
+    [post] = fal.emulator.submits()
+    assert post.path == f"/{REFRAME}"
+    assert post.query["fal_webhook"] == f"{falhook.base_url}/webhooks/reframe"
+    event = falhook.wait_state(rid, "delivered")
+    assert fal.emulator.jobs[rid].webhook_answers == [200]  # verified and accepted at once
+    assert event["source"] == "webhook"
+    sub = event["submission"]
+    assert sub["endpoint"] == REFRAME and sub["route"] == "reframe"
+    assert sub["input"]["video_url"].startswith(fal.url) and sub["seconds_to_webhook"] >= 0
+    video = tmp_path / "files" / "reframe" / rid / "output.mp4"
+    assert video.read_bytes() == fal.emulator.files[f"{rid}/output.mp4"][0]
+    shown = falhook.cli("events", "show", rid)
+    assert f"endpoint     {REFRAME}" in shown.stdout and "s to result" in shown.stdout
+    listed = json.loads(falhook.cli("submissions", "list", "--json").stdout)
+    assert [(s["request_id"], s["state"]) for s in listed["submissions"]] == [(rid, "completed")]
+    # The key went into the Authorization header only.
+    for path in [falhook.log_path, *(tmp_path / "data").glob("events.db*")]:
+        assert KEY.encode() not in path.read_bytes(), path
+
+
+def test_submit_command_refuses_a_bad_input_with_the_field_named(
+    emulated: tuple[EmulatorServer, Falhook],
+) -> None:
+    fal, falhook = emulated
+    bad = json.dumps({**INPUT, "hdr": True})
+    done = falhook.cli("submit", REFRAME, "--route", "reframe", "--input", bad)
+    assert done.returncode == 2
+    assert "input.hdr: needs resolution 720p or 1080p" in done.stderr
+    assert fal.emulator.requests == []
+
+
+def test_error_and_payload_error_webhooks_are_correlated(
+    emulated: tuple[EmulatorServer, Falhook],
+) -> None:
+    fal, falhook = emulated
+    ids = {}
+    for outcome in ("error", "payload_error"):
+        body = json.dumps({**INPUT, "_emulate": {"outcome": outcome}})
+        done = falhook.cli("submit", REFRAME, "--route", "reframe", "--input", body)
+        assert done.returncode == 0, done.stderr
+        ids[outcome] = done.stdout.strip()
+    error = falhook.wait_state(ids["error"], "delivered")
+    assert error["fal_status"] == "ERROR" and error["submission"]["endpoint"] == REFRAME
+    perr = falhook.wait_state(ids["payload_error"], "delivered")
+    assert perr["payload_error"] and perr["submission"]["route"] == "reframe"
+    wait_for(fal.emulator.idle, timeout=15, what="the emulator to finish")
