@@ -1,0 +1,192 @@
+"""Reconciliation: a submission with no webhook by its deadline is looked up on the queue, and a
+finished one is taken in as an event recovered by polling."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from receiver.config import Settings, settings_from_dict
+from receiver.emulate import Emulator, EmulatorServer
+from receiver.reconcile import Reconciler, ReconcileSettings
+from receiver.store import Store, make_store
+from receiver.store.base import NewSubmission
+from receiver.submit import FalQueue, submit
+from tests.support.falhook_server import Falhook, base_config, free_port, wait_for
+
+REFRAME = "luma/agent/ray/v3.2/reframe"
+KEY = "test-key-0123456789"
+INPUT = {"prompt": "wider", "video_url": "https://example.invalid/v.mp4", "aspect_ratio": "21:9"}
+DEAD_WEBHOOK = "http://127.0.0.1:9"  # nothing listens: every webhook is lost
+NOW = ReconcileSettings(deadline=0, interval=0.1)
+
+
+@pytest.fixture
+def fal() -> Iterator[EmulatorServer]:
+    with EmulatorServer(Emulator(delay=0.1, webhook_attempts=1)) as server:
+        yield server
+
+
+@pytest.fixture
+def settings(tmp_path: Path, fal: EmulatorServer) -> Settings:
+    receiver = {"public_url": DEAD_WEBHOOK, "queue_url": fal.url}
+    config = base_config(tmp_path, fal.jwks_url, receiver=receiver)
+    return settings_from_dict(config, base_dir=tmp_path)
+
+
+@pytest.fixture
+async def store(settings: Settings) -> AsyncIterator[Store]:
+    s = make_store(settings)
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+@pytest.fixture
+async def queue(fal: EmulatorServer) -> AsyncIterator[FalQueue]:
+    async with FalQueue(fal.url, key=KEY) as q:
+        yield q
+
+
+async def submitted(queue: FalQueue, store: Store, settings: Settings, **control: Any) -> str:
+    inp = {**INPUT, "_emulate": control} if control else INPUT
+    sub = await submit(REFRAME, inp, route="reframe", settings=settings, store=store, queue=queue)
+    return sub.request_id
+
+
+async def test_a_dropped_webhook_is_recovered_by_polling(
+    fal: EmulatorServer, store: Store, queue: FalQueue, settings: Settings
+) -> None:
+    rid = await submitted(queue, store, settings, outcome="drop")
+    wait_for(fal.emulator.idle, timeout=15, what="the job to finish")
+    reconciler = Reconciler(store, queue, settings, NOW)
+    counts = await reconciler.run_once()
+    assert (counts["checked"], counts["recovered"]) == (1, 1)
+    event = await store.get_event(rid)
+    assert event is not None and event.source == "poll" and event.fal_status == "OK"
+    assert event.route == "reframe" and set(event.deliveries) == {"local"}
+    assert [f["path"] for f in event.files] == ["video"]
+    assert event.submission is not None and event.submission.endpoint == REFRAME
+    sub = await store.get_submission(rid)
+    assert sub is not None and sub.state == "recovered"
+    assert (await reconciler.run_once())["checked"] == 0  # nothing left to look up
+    base = f"/luma/agent/requests/{rid}"
+    looked = [(r.method, r.path) for r in fal.emulator.requests if r.method == "GET"]
+    assert looked == [("GET", f"{base}/status"), ("GET", base)]
+
+
+async def test_a_failed_request_is_recovered_as_an_error_event(
+    fal: EmulatorServer, store: Store, queue: FalQueue, settings: Settings
+) -> None:
+    rid = await submitted(queue, store, settings, outcome="error")  # webhook goes nowhere
+    wait_for(fal.emulator.idle, timeout=15, what="the job to give up its webhook")
+    assert fal.emulator.jobs[rid].webhook_sent is False
+    counts = await Reconciler(store, queue, settings, NOW).run_once()
+    assert counts["recovered"] == 1
+    event = await store.get_event(rid)
+    assert event is not None and event.fal_status == "ERROR" and event.error
+    assert json.loads(event.body)["payload"]["detail"][0]["loc"] == ["body", "video_url"]
+    assert event.files == []
+
+
+async def test_a_running_request_stays_pending(
+    store: Store, queue: FalQueue, settings: Settings
+) -> None:
+    rid = await submitted(queue, store, settings, delay=60)
+    counts = await Reconciler(store, queue, settings, NOW).run_once()
+    assert (counts["pending"], counts["recovered"]) == (1, 0)
+    sub = await store.get_submission(rid)
+    assert sub is not None and sub.state == "pending" and "IN_QUEUE" in (sub.detail or "")
+    assert sub.checked_at is not None
+
+
+async def test_the_deadline_is_respected(
+    store: Store, queue: FalQueue, settings: Settings, fal: EmulatorServer
+) -> None:
+    await submitted(queue, store, settings, outcome="drop")
+    wait_for(fal.emulator.idle, timeout=15, what="the job to finish")
+    later = ReconcileSettings(deadline=3600)
+    assert (await Reconciler(store, queue, settings, later).run_once())["checked"] == 0
+
+
+async def test_a_request_fal_does_not_know_is_lost(
+    store: Store, queue: FalQueue, settings: Settings, fal: EmulatorServer
+) -> None:
+    await store.record_submission(
+        NewSubmission(
+            request_id="never-seen",
+            endpoint=REFRAME,
+            route="reframe",
+            input=INPUT,
+            status_url=f"{fal.url}/luma/agent/requests/never-seen/status",
+            response_url=f"{fal.url}/luma/agent/requests/never-seen",
+        )
+    )
+    counts = await Reconciler(store, queue, settings, NOW).run_once()
+    assert counts["lost"] == 1
+    [lost] = await store.list_submissions(state="lost")
+    assert lost.request_id == "never-seen" and "does not know" in (lost.detail or "")
+
+
+async def test_an_unreachable_queue_leaves_it_pending(
+    store: Store, queue: FalQueue, settings: Settings
+) -> None:
+    await store.record_submission(
+        NewSubmission(
+            request_id="r-1",
+            endpoint=REFRAME,
+            route="reframe",
+            input=INPUT,
+            status_url=f"{DEAD_WEBHOOK}/luma/agent/requests/r-1/status",
+        )
+    )
+    counts = await Reconciler(store, queue, settings, NOW).run_once()
+    assert counts["errors"] == 1
+    sub = await store.get_submission("r-1")
+    assert sub is not None and sub.state == "pending" and sub.detail
+
+
+# --- end to end: a dropped webhook, recovered and delivered by a running falhook ----------------
+
+
+@pytest.fixture
+def emulated(tmp_path: Path) -> Iterator[tuple[EmulatorServer, Falhook]]:
+    with EmulatorServer(Emulator(delay=0.2)) as server:
+        port = free_port()
+        receiver = {"public_url": f"http://127.0.0.1:{port}", "queue_url": server.url}
+        config = base_config(tmp_path, server.jwks_url, receiver=receiver)
+        with Falhook(tmp_path, config, port=port, env={"FAL_KEY": KEY}) as falhook:
+            yield server, falhook
+
+
+def test_dropped_webhook_recovered_and_delivered_to_disk(
+    emulated: tuple[EmulatorServer, Falhook], tmp_path: Path
+) -> None:
+    fal, falhook = emulated
+    body = json.dumps({**INPUT, "_emulate": {"outcome": "drop"}})
+    done = falhook.cli("submit", REFRAME, "--route", "reframe", "--input", body)
+    assert done.returncode == 0, done.stderr
+    rid = done.stdout.strip()
+    wait_for(fal.emulator.idle, timeout=15, what="the job to finish")
+    assert falhook.event(rid) is None  # no webhook came
+    listed = json.loads(falhook.cli("submissions", "list", "--json").stdout)["submissions"]
+    assert [(s["request_id"], s["state"]) for s in listed] == [(rid, "pending")]
+
+    rec = falhook.cli("submissions", "reconcile", "--deadline", "0", "--json")
+    assert rec.returncode == 0, rec.stderr
+    assert json.loads(rec.stdout)["recovered"] == 1
+
+    event = falhook.wait_state(rid, "delivered")
+    assert event["source"] == "poll" and event["submission"]["endpoint"] == REFRAME
+    video = tmp_path / "files" / "reframe" / rid / "output.mp4"
+    assert video.read_bytes() == fal.emulator.files[f"{rid}/output.mp4"][0]
+    listed = json.loads(falhook.cli("submissions", "list", "--json").stdout)["submissions"]
+    assert [(s["request_id"], s["state"]) for s in listed] == [(rid, "recovered")]
+    shown = falhook.cli("submissions", "list", "--state", "recovered")
+    assert rid in shown.stdout and "recovered" in shown.stdout
