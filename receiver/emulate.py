@@ -257,7 +257,10 @@ class Emulator:
                 {"detail": f"{CONTROL_FIELD}.outcome must be one of {', '.join(OUTCOMES)}"},
                 status_code=422,
             )
-        delay = float(control.get("delay", self.delay))
+        try:
+            delay = float(control.get("delay", self.delay))
+        except (TypeError, ValueError):
+            return JSONResponse({"detail": f"{CONTROL_FIELD}.delay must be seconds"}, 422)
         job = Job(
             request_id=str(uuid.uuid4()),
             endpoint=endpoint,

@@ -19,6 +19,7 @@ header: never into the store, the config or a log line.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import mimetypes
 import os
 import uuid
@@ -354,7 +355,10 @@ async def submit(
             done = await client.submit(endpoint, payload, webhook_url=hook)
         except SubmitUnknown as exc:
             if store is not None:
-                exc.local_id = await _record_unknown(store, endpoint, route, payload, exc.reason)
+                with contextlib.suppress(Exception):  # the message matters more than the record
+                    exc.local_id = await _record_unknown(
+                        store, endpoint, route, payload, exc.reason
+                    )
             raise
     finally:
         if own:
