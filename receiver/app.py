@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -61,6 +62,8 @@ class Runtime:
     run_worker: bool
     inline: bool = False
     worker_task: asyncio.Task[None] | None = None
+    reconcile_task: asyncio.Task[None] | None = None
+    _queue: Any = None
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     started: bool = False
     _inline_worker: Any = None
@@ -80,6 +83,18 @@ class Runtime:
                 self.worker_task = asyncio.create_task(
                     self._run_worker(worker), name="falhook-worker"
                 )
+        key = os.environ.get("FAL_KEY")
+        if self.settings.reconcile.enabled and key and not self.inline:
+            # Results fal could not deliver (falhook was down past fal's retries) are polled
+            # for; several receivers doing it at once is harmless: storing twice is a no-op.
+            from receiver.reconcile import Reconciler
+            from receiver.submit import make_queue
+
+            self._queue = make_queue(self.settings, key=key)
+            reconciler = Reconciler(self.store, self._queue, self.settings)
+            self.reconcile_task = asyncio.create_task(
+                reconciler.run(self.stop), name="falhook-reconcile"
+            )
         self.started = True
 
     async def ensure_started(self) -> None:
@@ -123,8 +138,10 @@ class Runtime:
             return
         self.started = False
         self.stop.set()
-        if self.worker_task is not None:
-            await asyncio.gather(self.worker_task, return_exceptions=True)
+        tasks = [t for t in (self.worker_task, self.reconcile_task) if t is not None]
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._queue is not None:
+            await self._queue.aclose()
         await self.keys.aclose()
         await close_sinks(self.sinks)
         await self.store.close()

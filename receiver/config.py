@@ -69,6 +69,21 @@ class DownloadSettings:
 
 
 @dataclass(frozen=True)
+class SubmitSettings:
+    timeout: float = 60.0  # seconds for one queue call (the submit POST included)
+    upload: str = "auto"  # "fal" (fal-client), "queue" (the queue's upload path), "auto"
+    schemas: dict[str, str] = field(default_factory=dict)  # endpoint id -> Ray schema name
+
+
+@dataclass(frozen=True)
+class ReconcileSettings:
+    enabled: bool = True  # `falhook serve` polls fal for overdue submissions (needs FAL_KEY)
+    deadline: float = 900.0  # seconds after submit before a missing webhook is looked up
+    interval: float = 60.0  # seconds between passes
+    batch: int = 100  # submissions looked up per pass
+
+
+@dataclass(frozen=True)
 class ServerlessSettings:
     mode: str = "enqueue"  # "enqueue": store and answer; "inline": run the sinks before answering
     inline_deadline: float = 20.0  # seconds the sinks get within one invocation
@@ -95,6 +110,8 @@ class Settings:
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     downloads: DownloadSettings = field(default_factory=DownloadSettings)
     serverless: ServerlessSettings = field(default_factory=ServerlessSettings)
+    submit: SubmitSettings = field(default_factory=SubmitSettings)
+    reconcile: ReconcileSettings = field(default_factory=ReconcileSettings)
     sinks: dict[str, SinkSettings] = field(default_factory=dict)
     routes: dict[str, RouteSettings] = field(default_factory=dict)
     base_dir: Path = field(default_factory=Path.cwd)
@@ -153,7 +170,17 @@ def embedded_defaults(base_dir: Path | None = None) -> Settings:
 
 def settings_from_dict(raw: dict[str, Any], *, base_dir: Path, source: str = "<dict>") -> Settings:
     raw = _interpolate(raw, "")
-    known = {"receiver", "store", "delivery", "downloads", "serverless", "sinks", "routes"}
+    known = {
+        "receiver",
+        "store",
+        "delivery",
+        "downloads",
+        "serverless",
+        "submit",
+        "reconcile",
+        "sinks",
+        "routes",
+    }
     for key in raw:
         if key not in known:
             raise ConfigError(f"[{key}]", f"unknown section (expected one of {sorted(known)})")
@@ -163,6 +190,8 @@ def settings_from_dict(raw: dict[str, Any], *, base_dir: Path, source: str = "<d
     delivery = _section(raw, "delivery", DeliverySettings, _check_delivery)
     downloads = _section(raw, "downloads", DownloadSettings, _check_downloads)
     serverless = _section(raw, "serverless", ServerlessSettings, _check_serverless)
+    submit = _section(raw, "submit", SubmitSettings, _check_submit)
+    reconcile = _section(raw, "reconcile", ReconcileSettings, _check_reconcile)
     sinks = _sinks(raw.get("sinks", {}))
     routes = _routes(raw.get("routes", {}), sinks)
     return Settings(
@@ -171,6 +200,8 @@ def settings_from_dict(raw: dict[str, Any], *, base_dir: Path, source: str = "<d
         delivery=delivery,
         downloads=downloads,
         serverless=serverless,
+        submit=submit,
+        reconcile=reconcile,
         sinks=sinks,
         routes=routes,
         base_dir=base_dir,
@@ -216,6 +247,12 @@ def _coerce(section: str, key: str, value: Any, default: Any) -> Any:
         if not isinstance(value, str):
             raise ConfigError(where, "must be a string")
         return value
+    if isinstance(default, dict):
+        if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        ):
+            raise ConfigError(where, "must be a table of strings")
+        return dict(value)
     if isinstance(default, tuple):
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(where, "must be a list of strings")
@@ -292,6 +329,18 @@ def _check_serverless(s: ServerlessSettings) -> None:
     if s.mode not in ("enqueue", "inline"):
         raise ConfigError("[serverless].mode", 'must be "enqueue" or "inline"')
     _positive("serverless", "inline_deadline", s.inline_deadline)
+
+
+def _check_submit(s: SubmitSettings) -> None:
+    _positive("submit", "timeout", s.timeout)
+    if s.upload not in ("auto", "fal", "queue"):
+        raise ConfigError("[submit].upload", 'must be "auto", "fal" or "queue"')
+
+
+def _check_reconcile(s: ReconcileSettings) -> None:
+    _positive("reconcile", "deadline", s.deadline)
+    _positive("reconcile", "interval", s.interval)
+    _positive("reconcile", "batch", s.batch)
 
 
 def _sinks(raw: Any) -> dict[str, SinkSettings]:

@@ -57,6 +57,10 @@ def test_relative_paths_follow_the_config_file(tmp_path: Path) -> None:
         ({"receiver": {"jwks_url": "ftp://x"}}, "[receiver].jwks_url"),
         ({"store": {"url": "mysql://x"}}, "[store].url"),
         ({"serverless": {"mode": "sometimes"}}, "[serverless].mode"),
+        ({"submit": {"upload": "s3"}}, "[submit].upload"),
+        ({"submit": {"schemas": {"my/ray": 3}}}, "[submit].schemas"),
+        ({"reconcile": {"deadline": 0}}, "[reconcile].deadline"),
+        ({"reconcile": {"enabled": "no"}}, "[reconcile].enabled"),
         ({"sinks": {"a": {"root": "x"}}}, "[sinks.a].type"),
         ({"sinks": {"a": {"type": "disk"}}, "routes": {"r": {"sinks": ["b"]}}}, "[routes.r].sinks"),
         ({"sinks": {"a": {"type": "disk"}}, "routes": {"r": {"sinks": []}}}, "[routes.r].sinks"),
@@ -85,6 +89,22 @@ def test_relative_paths_follow_the_config_file(tmp_path: Path) -> None:
 )
 def test_mistakes_name_their_key(raw: dict, key: str, tmp_path: Path) -> None:
     assert error_key(raw, tmp_path) == key
+
+
+def test_submit_and_reconcile_sections_reach_their_modules(tmp_path: Path) -> None:
+    from receiver.reconcile import reconcile_settings
+    from receiver.submit import submit_settings
+
+    s = from_dict(
+        {
+            "submit": {"schemas": {"my-org/ray": "text-to-video"}, "upload": "queue"},
+            "reconcile": {"deadline": 30, "interval": 5},
+        },
+        base_dir=tmp_path,
+    )
+    assert submit_settings(s).schemas == {"my-org/ray": "text-to-video"}
+    assert submit_settings(s).upload == "queue"
+    assert (reconcile_settings(s).deadline, reconcile_settings(s).interval) == (30.0, 5.0)
 
 
 def test_config_file_problems_are_config_errors(tmp_path: Path) -> None:
