@@ -190,3 +190,20 @@ def test_dropped_webhook_recovered_and_delivered_to_disk(
     assert [(s["request_id"], s["state"]) for s in listed] == [(rid, "recovered")]
     shown = falhook.cli("submissions", "list", "--state", "recovered")
     assert rid in shown.stdout and "recovered" in shown.stdout
+
+
+def test_falhook_serve_recovers_a_dropped_webhook_by_itself(tmp_path: Path) -> None:
+    with EmulatorServer(Emulator(delay=0.2)) as fal:
+        port = free_port()
+        receiver = {"public_url": f"http://127.0.0.1:{port}", "queue_url": fal.url}
+        config = base_config(
+            tmp_path, fal.jwks_url, receiver=receiver, reconcile={"deadline": 1.0, "interval": 0.3}
+        )
+        with Falhook(tmp_path, config, port=port, env={"FAL_KEY": KEY}) as falhook:
+            body = json.dumps({**INPUT, "_emulate": {"outcome": "drop"}})
+            done = falhook.cli("submit", REFRAME, "--route", "reframe", "--input", body)
+            assert done.returncode == 0, done.stderr
+            rid = done.stdout.strip()
+            event = falhook.wait_state(rid, "delivered", timeout=60)  # no reconcile command
+            assert event["source"] == "poll"
+            assert (tmp_path / "files" / "reframe" / rid / "output.mp4").exists()
