@@ -77,6 +77,30 @@ def start(
     return proc
 
 
+def serve_command(config: Path, port: int, *extra: str) -> list[str]:
+    """`falhook serve` with a config on a loopback port."""
+    return [
+        sys.executable,
+        "-m",
+        "receiver.cli",
+        "serve",
+        "--config",
+        str(config),
+        "--port",
+        str(port),
+        *extra,
+    ]
+
+
+def start_falhook(
+    config: Path, port: int, *, log: Path, cpus: set[int] | None = None, extra: tuple[str, ...] = ()
+) -> subprocess.Popen[bytes]:
+    """Start `falhook serve` and wait until it answers /healthz."""
+    proc = start(serve_command(config, port, *extra), log=log, cpus=cpus)
+    wait_http(f"http://127.0.0.1:{port}/healthz")
+    return proc
+
+
 def stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)

@@ -16,7 +16,16 @@ import sys
 import uuid
 from pathlib import Path
 
-from common import ROOT, falhook_config, free_port, median, start, stop, wait_http
+from common import (
+    ROOT,
+    falhook_config,
+    free_port,
+    median,
+    serve_command,
+    start,
+    stop,
+    wait_http,
+)
 
 from receiver.testing import FalSigner, JWKSServer, webhook_body
 
@@ -146,18 +155,7 @@ def main() -> int:
                 else:
                     shutil.rmtree(work / "data", ignore_errors=True)
                     config = falhook_config(work, jwks.url)
-                    cmd = [
-                        sys.executable,
-                        "-m",
-                        "receiver.cli",
-                        "serve",
-                        "--config",
-                        str(config),
-                        "--port",
-                        str(port),
-                    ]
-                    if not args.worker:
-                        cmd.append("--no-worker")
+                    cmd = serve_command(config, port, *(() if args.worker else ("--no-worker",)))
                 server = start(cmd, log=work / f"{kind}.log", cpus=SERVER_CPU)
                 try:
                     wait_http(

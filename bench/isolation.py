@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 
 import httpx
-from common import ROOT, falhook_config, free_port, median, start, stop, wait_http
+from common import ROOT, falhook_config, free_port, median, start, start_falhook, stop
 from intake import run_wrk, write_requests
 
 from receiver.testing import FalSigner, JWKSServer, webhook_body
@@ -87,22 +87,10 @@ def main() -> int:
                 cpus={1},
             )
         )
-        fh = start(
-            [
-                sys.executable,
-                "-m",
-                "receiver.cli",
-                "serve",
-                "--config",
-                str(config),
-                "--port",
-                str(hport),
-            ],
-            log=work / "falhook.log",
-            cpus=None if args.no_pin else {0},
+        fh = start_falhook(
+            config, hport, log=work / "falhook.log", cpus=None if args.no_pin else {0}
         )
         procs.append(fh)
-        wait_http(base + "/healthz")
         url = f"http://127.0.0.1:{fport}/big.bin"
         for rnd in range(args.rounds):
             reqs = work / f"idle-{rnd}.tsv"

@@ -24,6 +24,7 @@ from common import (
     proc_status,
     reset_peak_rss,
     start,
+    start_falhook,
     stop,
     wait_http,
 )
@@ -113,22 +114,9 @@ def main() -> int:
         )
         procs.append(files)
         config = falhook_config(work, jwks.url)
-        fh = start(
-            [
-                sys.executable,
-                "-m",
-                "receiver.cli",
-                "serve",
-                "--config",
-                str(config),
-                "--port",
-                str(hport),
-            ],
-            log=work / "falhook.log",
-        )
+        fh = start_falhook(config, hport, log=work / "falhook.log")
         procs.append(fh)
         base = f"http://127.0.0.1:{hport}"
-        wait_http(base + "/healthz")
         wait_http(f"http://127.0.0.1:{fport}/")
         print(
             f"{'size':>8} {'curl MiB/s':>11} {'curl+sync':>10} {'falhook':>9} "
