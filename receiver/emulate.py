@@ -287,18 +287,25 @@ class Emulator:
             "cancel_url": f"{base}/cancel",
         }
 
-    def _job(self, request: Request) -> Job | None:
-        job = self.jobs.get(request.path_params["rid"])
-        app = f"{request.path_params['owner']}/{request.path_params['alias']}"
-        return job if job is not None and job.app_id == app else None
-
-    async def _status(self, request: Request) -> Response:
+    async def _authorized_job(self, request: Request) -> Job | Response:
+        """The request's job, or fal's answer when it cannot be had (401, 404)."""
         received = await self._record(request)
         if not self._authorized(received):
             return JSONResponse({"detail": "Missing or invalid Authorization"}, status_code=401)
         job = self._job(request)
         if job is None:
             return JSONResponse({"detail": "Request not found"}, status_code=404)
+        return job
+
+    def _job(self, request: Request) -> Job | None:
+        job = self.jobs.get(request.path_params["rid"])
+        app = f"{request.path_params['owner']}/{request.path_params['alias']}"
+        return job if job is not None and job.app_id == app else None
+
+    async def _status(self, request: Request) -> Response:
+        job = await self._authorized_job(request)
+        if isinstance(job, Response):
+            return job
         doc: dict[str, Any] = {"status": job.status, "request_id": job.request_id}
         doc["response_url"] = self._urls(job)["response_url"]
         if job.status == "IN_QUEUE":
@@ -314,12 +321,9 @@ class Emulator:
         return JSONResponse(doc)
 
     async def _result(self, request: Request) -> Response:
-        received = await self._record(request)
-        if not self._authorized(received):
-            return JSONResponse({"detail": "Missing or invalid Authorization"}, status_code=401)
-        job = self._job(request)
-        if job is None:
-            return JSONResponse({"detail": "Request not found"}, status_code=404)
+        job = await self._authorized_job(request)
+        if isinstance(job, Response):
+            return job
         if job.status == "CANCELLED":
             return JSONResponse({"detail": "Request was cancelled"}, status_code=400)
         if job.status != "COMPLETED":
@@ -329,12 +333,9 @@ class Emulator:
         return JSONResponse(job.output)
 
     async def _cancel(self, request: Request) -> Response:
-        received = await self._record(request)
-        if not self._authorized(received):
-            return JSONResponse({"detail": "Missing or invalid Authorization"}, status_code=401)
-        job = self._job(request)
-        if job is None:
-            return JSONResponse({"detail": "Request not found"}, status_code=404)
+        job = await self._authorized_job(request)
+        if isinstance(job, Response):
+            return job
         if job.status == "IN_QUEUE":
             job.status = "CANCELLED"
             return JSONResponse({"status": "CANCELLATION_REQUESTED"}, status_code=202)
