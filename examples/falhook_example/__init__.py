@@ -1,0 +1,1 @@
+"""An example falhook custom handler package (see handler.py and docs/sinks.md)."""
