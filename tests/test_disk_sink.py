@@ -1,95 +1,215 @@
-"""The disk sink: atomic, idempotent writes that never leave root."""
+"""The disk sink: `<root>/<route>/<request_id>/<name>` plus event.json, atomic, idempotent,
+never outside root."""
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
+import itertools
+import json
 import os
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
 
-from handlers.base import DeliveryContext, EventInfo, LocalFile, SinkEnv
+from handlers.base import DeliveryContext, EventInfo, LocalFile, Permanent, Retryable, SinkEnv
 from handlers.disk import DiskSink
 from receiver.config import ConfigError, embedded_defaults
 
+_spool_names = itertools.count(1)
 
-def context(tmp_path: Path, request_id: str = "req-1", data: bytes = b"video") -> DeliveryContext:
+
+def spooled(tmp_path: Path, data: bytes) -> Path:
+    """A freshly downloaded file, as the worker leaves it in its spool folder."""
     spool = tmp_path / "spool"
     spool.mkdir(exist_ok=True)
-    local = spool / "dl-1"
-    local.write_bytes(data)
-    info = EventInfo(
-        request_id=request_id,
-        route="reframe",
-        fal_status="OK",
-        error=None,
-        payload_error=None,
-        payload={"video": {"url": "https://f/v.mp4"}},
-        gateway_request_id=None,
-        received_at=datetime(2026, 11, 24, tzinfo=UTC),
-        files=[],
-        file_problems=[],
-        document={"request_id": request_id, "route": "reframe"},
-    )
-    file = LocalFile(
-        path="video",
-        name="clip.mp4",
-        url="https://f/v.mp4",
-        local_path=local,
+    path = spool / f"dl-{next(_spool_names)}"
+    path.write_bytes(data)
+    return path
+
+
+def local_file(tmp_path: Path, name: str, data: bytes, path: str = "video") -> LocalFile:
+    return LocalFile(
+        path=path,
+        name=name,
+        url=f"https://v3.fal.media/{name}",
+        local_path=spooled(tmp_path, data),
         size=len(data),
         sha256=hashlib.sha256(data).hexdigest(),
         content_type="video/mp4",
     )
+
+
+def context(
+    tmp_path: Path,
+    *,
+    request_id: str = "req-1",
+    route: str = "reframe",
+    files: dict[str, bytes] | None = None,
+    status: str = "OK",
+) -> DeliveryContext:
+    files = {"clip.mp4": b"video bytes"} if files is None else files
+    document = {"request_id": request_id, "route": route, "fal_status": status, "state": "pending"}
+    info = EventInfo(
+        request_id=request_id,
+        route=route,
+        fal_status=status,
+        error=None if status == "OK" else "Invalid",
+        payload_error=None,
+        payload={"video": {"url": "https://v3.fal.media/clip.mp4"}} if status == "OK" else None,
+        gateway_request_id=None,
+        received_at=datetime(2026, 11, 23, 19, 12, 29, tzinfo=UTC),
+        files=[],
+        file_problems=[],
+        document=document,
+    )
     return DeliveryContext(
         event=info,
-        files=[file],
-        route="reframe",
+        files=[
+            local_file(tmp_path, name, data, path=f"out[{i}]")
+            for i, (name, data) in enumerate(files.items())
+        ],
+        route=route,
         sink="local",
         attempt=1,
         log=structlog.get_logger(),
     )
 
 
-def sink(tmp_path: Path, **options: object) -> DiskSink:
+def sink(tmp_path: Path, name: str = "local", **options: Any) -> DiskSink:
     env = SinkEnv(base_dir=tmp_path, settings=embedded_defaults(tmp_path))
-    return DiskSink("local", {"root": "files", **options}, env)
+    return DiskSink(name, {"root": "files", **options}, env)
 
 
-def test_files_and_event_json_land_under_route_and_request_id(tmp_path: Path) -> None:
-    out = asyncio.run(sink(tmp_path).deliver(context(tmp_path)))
+def deliver(s: DiskSink, ctx: DeliveryContext) -> Any:
+    return asyncio.run(s.deliver(ctx))
+
+
+def all_files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def test_files_land_at_root_route_request_id_name(tmp_path: Path) -> None:
+    deliver(sink(tmp_path), context(tmp_path, files={"clip.mp4": b"video", "e.zip": b"exr"}))
     folder = tmp_path / "files" / "reframe" / "req-1"
     assert (folder / "clip.mp4").read_bytes() == b"video"
-    assert b'"request_id": "req-1"' in (folder / "event.json").read_bytes()
-    assert out == {"folder": str(folder), "files": {"video": str(folder / "clip.mp4")}}
+    assert (folder / "e.zip").read_bytes() == b"exr"
 
 
-def test_redelivery_leaves_one_copy_and_no_temporaries(tmp_path: Path) -> None:
-    s = sink(tmp_path)
-    for _ in range(3):
-        asyncio.run(s.deliver(context(tmp_path)))
+def test_event_json_lands_beside_the_files(tmp_path: Path) -> None:
+    ctx = context(tmp_path)
+    deliver(sink(tmp_path), ctx)
+    written = tmp_path / "files" / "reframe" / "req-1" / "event.json"
+    assert json.loads(written.read_bytes()) == ctx.event.document
+
+
+def test_the_output_says_where_each_file_went(tmp_path: Path) -> None:
+    out = deliver(sink(tmp_path), context(tmp_path))
     folder = tmp_path / "files" / "reframe" / "req-1"
+    assert out == {"folder": str(folder), "files": {"out[0]": str(folder / "clip.mp4")}}
+
+
+def test_an_error_event_writes_its_event_json_alone(tmp_path: Path) -> None:
+    deliver(sink(tmp_path), context(tmp_path, status="ERROR", files={}))
+    assert all_files(tmp_path / "files") == ["reframe/req-1/event.json"]
+
+
+def test_a_second_delivery_leaves_one_file_with_the_same_bytes_and_no_temporaries(
+    tmp_path: Path,
+) -> None:
+    s = sink(tmp_path)
+    for _ in range(3):  # each a fresh download, as after a replay
+        deliver(s, context(tmp_path, files={"clip.mp4": b"video bytes"}))
+    folder = tmp_path / "files" / "reframe" / "req-1"
+    assert sorted(p.name for p in folder.iterdir()) == ["clip.mp4", "event.json"]
+    assert (folder / "clip.mp4").read_bytes() == b"video bytes"
+
+
+def test_temporaries_left_by_a_crash_are_cleared_by_the_next_delivery(tmp_path: Path) -> None:
+    folder = tmp_path / "files" / "reframe" / "req-1"
+    folder.mkdir(parents=True)
+    (folder / ".clip.mp4.0123456789ab.tmp").write_bytes(b"vid")  # half a copy
+    deliver(sink(tmp_path), context(tmp_path))
     assert sorted(p.name for p in folder.iterdir()) == ["clip.mp4", "event.json"]
 
 
-def test_a_hostile_request_id_stays_inside_root(tmp_path: Path) -> None:
-    asyncio.run(sink(tmp_path).deliver(context(tmp_path, request_id="../../../etc")))
-    root = (tmp_path / "files").resolve()
-    written = [p for p in tmp_path.rglob("clip.mp4")]
-    assert len(written) == 1 and root in written[0].resolve().parents
-
-
-def test_the_spool_file_is_linked_not_copied_and_survives_its_removal(tmp_path: Path) -> None:
+def test_a_failed_write_leaves_no_final_name_and_no_temporary(tmp_path: Path) -> None:
     ctx = context(tmp_path)
-    asyncio.run(sink(tmp_path).deliver(ctx))
+    ctx.files[0].local_path.unlink()  # the spool file vanished
+    with pytest.raises(Retryable):
+        deliver(sink(tmp_path), ctx)
+    folder = tmp_path / "files" / "reframe" / "req-1"
+    assert list(folder.iterdir()) == []
+
+
+@pytest.mark.parametrize("request_id", ["../../etc", "../../../../tmp/x", "..", "/abs/path"])
+def test_a_hostile_request_id_stays_inside_root(tmp_path: Path, request_id: str) -> None:
+    deliver(sink(tmp_path), context(tmp_path, request_id=request_id))
+    root = (tmp_path / "files").resolve()
+    written = [p for p in tmp_path.rglob("*") if p.name in ("clip.mp4", "event.json")]
+    assert len(written) == 2
+    assert all(p.resolve().parent.parent.parent == root for p in written)
+
+
+def test_a_file_name_with_a_directory_is_refused(tmp_path: Path) -> None:
+    ctx = context(tmp_path, files={"../escape.mp4": b"x"})
+    with pytest.raises(Permanent):
+        deliver(sink(tmp_path), ctx)
+    assert not (tmp_path / "files" / "reframe" / "escape.mp4").exists()
+
+
+def test_a_relative_root_resolves_against_the_config_folder(tmp_path: Path) -> None:
+    s = sink(tmp_path, root="data/out")
+    assert s.root == (tmp_path / "data" / "out").resolve()
+    deliver(s, context(tmp_path))
+    assert (tmp_path / "data" / "out" / "reframe" / "req-1" / "clip.mp4").is_file()
+
+
+def test_an_absolute_root_is_used_as_is(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    assert sink(tmp_path / "conf", root=str(elsewhere)).root == elsewhere.resolve()
+
+
+def test_an_unknown_option_names_sinks_name_option(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        sink(tmp_path, "archive_disk", rooot="x")
+    assert err.value.key == "[sinks.archive_disk].rooot"
+
+
+def test_a_mistyped_option_names_sinks_name_option(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        sink(tmp_path, fsync="yes")
+    assert err.value.key == "[sinks.local].fsync"
+
+
+def test_a_source_on_the_same_file_system_is_hard_linked(tmp_path: Path) -> None:
+    ctx = context(tmp_path)
+    deliver(sink(tmp_path), ctx)
     final = tmp_path / "files" / "reframe" / "req-1" / "clip.mp4"
     assert os.stat(final).st_ino == os.stat(ctx.files[0].local_path).st_ino
+
+
+def test_the_final_file_survives_the_sources_deletion(tmp_path: Path) -> None:
+    ctx = context(tmp_path, files={"clip.mp4": b"video bytes"})
+    deliver(sink(tmp_path), ctx)
     ctx.files[0].local_path.unlink()
-    assert final.read_bytes() == b"video"
+    final = tmp_path / "files" / "reframe" / "req-1" / "clip.mp4"
+    assert final.read_bytes() == b"video bytes"
 
 
-def test_unknown_options_fail_at_start_up_naming_the_key(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"\[sinks\.local\]\.rooot"):
-        sink(tmp_path, rooot="x")
+def test_a_source_on_another_file_system_is_copied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def cross_device(src: Any, dst: Any) -> None:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr("handlers.disk.os.link", cross_device)
+    ctx = context(tmp_path, files={"clip.mp4": b"video bytes"})
+    deliver(sink(tmp_path), ctx)
+    final = tmp_path / "files" / "reframe" / "req-1" / "clip.mp4"
+    assert final.read_bytes() == b"video bytes"
+    assert os.stat(final).st_ino != os.stat(ctx.files[0].local_path).st_ino
