@@ -2,15 +2,18 @@
 
 Loaded at start-up, refreshed on a timer (fal says keys may be cached up to 24 h), refetched at
 most once per `refetch_interval` when a signature matches no cached key (rotation), and served
-from cache, however old, while fal's endpoint fails.
+from cache, however old, while fal's endpoint fails. A failed timer fetch is retried sooner
+(`retry_interval`, doubling up to `refresh_interval`), so a receiver that started without keys
+becomes ready on its own, even when no webhook arrives to trigger a fetch.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import contextlib
+import json
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,45 +24,77 @@ from nacl.signing import VerifyKey
 
 log = structlog.get_logger("falhook.keys")
 MAX_CACHE_SECONDS = 24 * 3600
+MIN_TIMER_SECONDS = 0.01
+MAX_JWKS_BYTES = 1 << 20  # a JWKS is a few hundred bytes; never buffer an endless answer
+# 32 bytes in base64url without padding: 43 characters of the URL-safe alphabet.
+_X = re.compile(r"[A-Za-z0-9_-]{43}")
 
 
 def parse_jwks(doc: Any) -> tuple[VerifyKey, ...]:
-    """Ed25519 keys of a JWKS document (kty OKP, crv Ed25519, base64url x of 32 bytes)."""
+    """Ed25519 keys of a JWKS document (kty OKP, crv Ed25519, base64url x of 32 bytes).
+
+    Anything else (RSA, other curves, a malformed x) is skipped; a key listed twice is kept
+    once, so an unknown signature costs one verify per distinct key."""
     if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
         return ()
-    keys: list[VerifyKey] = []
+    seen: dict[bytes, VerifyKey] = {}
     for jwk in doc["keys"]:
-        if not isinstance(jwk, dict) or jwk.get("kty") != "OKP" or jwk.get("crv") != "Ed25519":
-            continue
-        x = jwk.get("x")
-        if not isinstance(x, str):
-            continue
-        try:
-            raw = base64.urlsafe_b64decode(x + "=" * (-len(x) % 4))
-        except (binascii.Error, ValueError):
-            continue
-        if len(raw) == 32:
-            keys.append(VerifyKey(raw))
-    return tuple(keys)
+        raw = _ed25519_x(jwk)
+        if raw is not None and raw not in seen:
+            seen[raw] = VerifyKey(raw)
+    return tuple(seen.values())
+
+
+def _ed25519_x(jwk: Any) -> bytes | None:
+    if not isinstance(jwk, dict) or jwk.get("kty") != "OKP" or jwk.get("crv") != "Ed25519":
+        return None
+    x = jwk.get("x")
+    # The stdlib decoder silently drops characters outside the alphabet: match first.
+    if not isinstance(x, str) or not _X.fullmatch(x.rstrip("=")):
+        return None
+    return base64.urlsafe_b64decode(x.rstrip("=") + "=")
+
+
+def _listed(doc: Any) -> int:
+    """How many entries the document lists (for the skipped-keys count in the log)."""
+    if isinstance(doc, dict) and isinstance(doc.get("keys"), list):
+        return len(doc["keys"])
+    return 0
+
+
+def _loggable(url: str) -> str:
+    """The URL without credentials or query (either could hold a secret from ${ENV})."""
+    try:
+        u = httpx.URL(url)
+    except Exception:
+        return "<unparsable url>"
+    port = f":{u.port}" if u.port else ""
+    return f"{u.scheme}://{u.host}{port}{u.path}"
 
 
 class FalKeys:
+    """The JWKS cache. One per process; all methods run on one event loop."""
+
     def __init__(
         self,
         jwks_url: str,
         *,
         refetch_interval: float = 60.0,
         refresh_interval: float = 3600.0,
+        retry_interval: float = 5.0,
         client: httpx.AsyncClient | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.jwks_url = jwks_url
         self.refetch_interval = refetch_interval
         self.refresh_interval = min(refresh_interval, MAX_CACHE_SECONDS)
+        self.retry_interval = min(retry_interval, self.refresh_interval)
         self._client = client
         self._own_client = client is None
         self._clock = clock
+        self._log_url = _loggable(jwks_url)
         self._keys: tuple[VerifyKey, ...] = ()
+        self._failures = 0  # consecutive failed fetches, for the timer's backoff
         self._last_attempt: float | None = None
         self._inflight: asyncio.Task[bool] | None = None
         self._timer: asyncio.Task[None] | None = None
@@ -69,20 +104,23 @@ class FalKeys:
         return bool(self._keys)
 
     def keys(self) -> tuple[VerifyKey, ...]:
+        """The cached keys, however old (empty until a fetch succeeds)."""
         return self._keys
 
     async def start(self) -> None:
-        if self._client is None:
-            self._client = httpx.AsyncClient(timeout=10.0)
+        """First load (a failure is logged, not raised) and the refresh timer."""
         await self._fetch_shared()
-        self._timer = asyncio.create_task(self._refresh_loop(), name="falhook-jwks-refresh")
+        if self._timer is None:
+            self._timer = asyncio.create_task(self._refresh_loop(), name="falhook-jwks-refresh")
 
     async def aclose(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._timer
-            self._timer = None
+        """Stop the timer and any fetch in flight; close the client if we made it."""
+        for task in (self._timer, self._inflight):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._timer = self._inflight = None
         if self._own_client and self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -93,7 +131,7 @@ class FalKeys:
 
     async def refetch_for_unknown(self) -> bool:
         """A signature matched no cached key: refetch, at most once per interval; concurrent
-        callers share one fetch. True when the key set changed."""
+        callers share one fetch. True when the key set changed (verify again)."""
         if self._inflight is None and not self._may_fetch():
             return False
         return await self._fetch_shared()
@@ -111,38 +149,77 @@ class FalKeys:
         return last is None or self._clock() - last >= self.refetch_interval
 
     async def _fetch_shared(self) -> bool:
+        # Every caller awaits the same task; shield keeps one caller's cancellation (a client
+        # hanging up) from cancelling the fetch the others wait for.
         if self._inflight is None:
             self._last_attempt = self._clock()
-            self._inflight = asyncio.create_task(self._fetch())
-            self._inflight.add_done_callback(lambda _: setattr(self, "_inflight", None))
+            task = asyncio.create_task(self._fetch(), name="falhook-jwks-fetch")
+            self._inflight = task
+            task.add_done_callback(self._clear_inflight)
         return await asyncio.shield(self._inflight)
 
+    def _clear_inflight(self, task: asyncio.Task[bool]) -> None:
+        if self._inflight is task:
+            self._inflight = None
+
     async def _fetch(self) -> bool:
-        if self._client is None:
-            self._client = httpx.AsyncClient(timeout=10.0)
+        """One GET of the JWKS. True when the key set changed; never raises (but on cancel)."""
         try:
-            resp = await self._client.get(self.jwks_url)
-            resp.raise_for_status()
-            keys = parse_jwks(resp.json())
-        except (httpx.HTTPError, ValueError) as exc:
+            doc = await self._get()
+        except Exception as exc:  # the cache must survive any failure of fal's endpoint
+            self._failures += 1
             log.warning(
                 "jwks fetch failed",
-                url=self.jwks_url,
+                url=self._log_url,
                 error=type(exc).__name__,
                 cached_keys=len(self._keys),
             )
             return False
+        keys = parse_jwks(doc)
+        listed = _listed(doc)
         if not keys:
+            self._failures += 1
             log.warning(
-                "jwks had no usable Ed25519 key", url=self.jwks_url, cached_keys=len(self._keys)
+                "jwks had no usable Ed25519 key",
+                url=self._log_url,
+                listed=listed,
+                cached_keys=len(self._keys),
             )
             return False
-        changed = {k.encode() for k in keys} != {k.encode() for k in self._keys}
+        self._failures = 0
+        changed = {bytes(k) for k in keys} != {bytes(k) for k in self._keys}
         self._keys = keys
-        log.info("jwks loaded", url=self.jwks_url, keys=len(keys), changed=changed)
+        log.info(
+            "jwks loaded",
+            url=self._log_url,
+            keys=len(keys),
+            skipped=listed - len(keys),
+            changed=changed,
+        )
         return changed
+
+    async def _get(self) -> Any:
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=10.0)
+        async with self._client.stream("GET", self.jwks_url, follow_redirects=True) as resp:
+            resp.raise_for_status()
+            data = bytearray()
+            async for chunk in resp.aiter_bytes():
+                data += chunk
+                if len(data) > MAX_JWKS_BYTES:
+                    raise ValueError("JWKS document too large")
+        return json.loads(data)
+
+    def _next_delay(self) -> float:
+        if self._failures == 0:
+            delay = self.refresh_interval
+        else:
+            delay = min(
+                self.retry_interval * 2 ** min(self._failures - 1, 30), self.refresh_interval
+            )
+        return max(delay, MIN_TIMER_SECONDS)  # a zero interval must not spin the loop
 
     async def _refresh_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.refresh_interval)
+            await asyncio.sleep(self._next_delay())
             await self._fetch_shared()

@@ -1,11 +1,19 @@
 """Helpers to test webhook handling the way fal calls it: sign requests with a generated
-Ed25519 key, and serve the matching JWKS on loopback.
+Ed25519 key, and serve the matching JWKS on loopback. Only the standard library, PyNaCl and
+(in your own tests) an HTTP client are needed.
+
+    from receiver.testing import FalSigner, JWKSServer, sign_request
 
     signer = FalSigner(user_id="my-fal-user")
-    with JWKSServer() as jwks:               # set [receiver].jwks_url = jwks.url
+    with JWKSServer() as jwks:               # point [receiver].jwks_url at jwks.url
         jwks.set_jwks(signer.jwks())
-        request_id, body = webhook_body(payload={"video": {"url": "https://..."}})
-        headers = signer.headers(body, request_id)
+        request_id, body, headers = sign_request(
+            signer, payload={"video": {"url": "https://example.com/out.mp4"}}
+        )
+        httpx.post("http://127.0.0.1:8000/webhooks/default", content=body, headers=headers)
+
+Key rotation: ``new = signer.rotate(); jwks.set_jwks(new.jwks())``. An outage of fal's key
+endpoint: ``jwks.fail(500)``, then ``jwks.fail(None)``; ``jwks.hits`` counts the fetches.
 """
 
 from __future__ import annotations
@@ -61,7 +69,9 @@ class FalSigner:
         }
 
     def headers(self, body: bytes, request_id: str, timestamp: int | None = None) -> dict[str, str]:
-        """fal's four X-Fal-Webhook-* headers for this body."""
+        """fal's four X-Fal-Webhook-* headers for this exact body (signature in hex), plus
+        ``Content-Type: application/json`` as fal sends it. `timestamp` defaults to now (unix
+        seconds); pass one to test the receiver's tolerance."""
         ts = str(int(time.time()) if timestamp is None else timestamp)
         digest = hashlib.sha256(body).hexdigest()
         message = f"{request_id}\n{self.user_id}\n{ts}\n{digest}".encode()
@@ -79,6 +89,19 @@ class FalSigner:
         return FalSigner(self.user_id, kid=f"{self.kid}-{uuid.uuid4().hex[:6]}")
 
 
+def sign_request(
+    signer: FalSigner,
+    request_id: str | None = None,
+    *,
+    timestamp: int | None = None,
+    **envelope: Any,
+) -> tuple[str, bytes, dict[str, str]]:
+    """(request_id, body, headers) of a signed webhook, ready to POST. `envelope` takes
+    webhook_body's keywords (status, payload, error, payload_error, gateway_request_id)."""
+    request_id, body = webhook_body(request_id, **envelope)
+    return request_id, body, signer.headers(body, request_id, timestamp=timestamp)
+
+
 def webhook_body(
     request_id: str | None = None,
     *,
@@ -88,8 +111,13 @@ def webhook_body(
     payload_error: str | None = None,
     gateway_request_id: str | None = None,
 ) -> tuple[str, bytes]:
-    """(request_id, body) of a fal webhook envelope. The default payload points nowhere:
-    pass your own files."""
+    """(request_id, body) of fal's webhook envelope as JSON bytes: ``{"request_id",
+    "gateway_request_id", "status", "payload", "error"?, "payload_error"?}``.
+
+    A new UUID is used when request_id is None. The default payload is a Ray reframe-like
+    ``{"video": File}`` whose URL points at a closed loopback port: callers usually pass their
+    own payload (files served by a test server). For an ERROR event pass ``status="ERROR"``
+    and `error`; for an unserialisable result pass ``payload=None`` and `payload_error`."""
     request_id = request_id or str(uuid.uuid4())
     doc: dict[str, Any] = {
         "request_id": request_id,
@@ -119,7 +147,10 @@ class LoopbackServer:
 
     def start(self) -> Self:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+            # A short poll interval: stop() waits up to one interval for serve_forever to see it.
+            self._thread = threading.Thread(
+                target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+            )
             self._thread.start()
         return self
 
@@ -138,7 +169,9 @@ class LoopbackServer:
 
 
 class JWKSServer(LoopbackServer):
-    """A JWKS endpoint on loopback (an ephemeral port), for tests."""
+    """A JWKS endpoint on loopback (an ephemeral port), for tests. It answers every GET
+    with the document of set_jwks (initially no keys), or the status of fail(); `hits`
+    counts the requests it received."""
 
     def __init__(self, host: str = "127.0.0.1") -> None:
         self._doc: dict[str, Any] = {"keys": []}
@@ -171,6 +204,7 @@ class JWKSServer(LoopbackServer):
 
     @property
     def url(self) -> str:
+        """Where the JWKS is served (for [receiver].jwks_url)."""
         host = self._server.server_address[0]
         return f"http://{host}:{self.port}/.well-known/jwks.json"
 

@@ -114,3 +114,32 @@ def test_the_signed_message_is_fals_format(signer: FalSigner) -> None:
         [headers["x-fal-webhook-request-id"], "u-1", str(NOW), hashlib.sha256(body).hexdigest()]
     ).encode()
     assert signed.message == expected
+
+
+@pytest.mark.parametrize("digits", [16, 400, 5000])
+def test_an_absurdly_long_timestamp_is_stale_not_a_crash(signer: FalSigner, digits: int) -> None:
+    headers, body = request(signer)
+    huge = {**headers, "x-fal-webhook-timestamp": "9" * digits}
+    assert code_of(huge, body, parse_jwks(signer.jwks())) == "stale_timestamp"
+
+
+def test_leading_zeros_are_an_integer_and_signed_as_sent(signer: FalSigner) -> None:
+    headers, body = request(signer)
+    padded = {**headers, "x-fal-webhook-timestamp": "0" * 30 + str(NOW)}
+    signed = check_headers(padded, body, now=NOW, tolerance=300)
+    assert signed.timestamp == NOW
+    assert signed.message.split(b"\n")[2] == ("0" * 30 + str(NOW)).encode()
+    # The signature covered the unpadded string, so the padded one does not verify.
+    assert code_of(padded, body, parse_jwks(signer.jwks())) == "unknown_key"
+
+
+def test_no_keys_at_all_is_an_unknown_key(signer: FalSigner) -> None:
+    headers, body = request(signer)
+    assert code_of(headers, body, ()) == "unknown_key"
+
+
+def test_the_allowlist_is_checked_only_after_the_signature(signer: FalSigner) -> None:
+    headers, body = request(signer)
+    forged = {**headers, "x-fal-webhook-user-id": "u-2"}
+    keys = parse_jwks(signer.jwks())
+    assert code_of(forged, body, keys, allowed_user_ids={"u-1"}) == "unknown_key"
