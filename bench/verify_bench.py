@@ -2,7 +2,9 @@
 checks, sha256 of the body, message assembly, Ed25519 verify against the cached key) against
 one bare PyNaCl verify of the same message, in one run.
 
-    python bench/verify_bench.py [--number 20000] [--repeat 5]
+    python bench/verify_bench.py [--number 20000] [--repeat 5] [--max-ratio 1.5]
+
+Exits 1 when the median ratio exceeds --max-ratio (the budget: 1.5x a bare verify).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--number", type=int, default=20000)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--max-ratio", type=float, default=1.5)
     args = ap.parse_args()
     signer = FalSigner()
     keys = parse_jwks(signer.jwks())
@@ -46,10 +49,11 @@ def main() -> int:
         ratios.append(o / b)
     print(f"bare PyNaCl verify : {statistics.median(bare_us):6.1f} us")
     print(f"receiver.verify    : {statistics.median(ours_us):6.1f} us")
-    print(
-        f"ratio              : {statistics.median(ratios):6.2f}x "
-        f"(min {min(ratios):.2f}, max {max(ratios):.2f})"
-    )
+    ratio = statistics.median(ratios)
+    print(f"ratio              : {ratio:6.2f}x (min {min(ratios):.2f}, max {max(ratios):.2f})")
+    if ratio > args.max_ratio:
+        print(f"over budget: {ratio:.2f}x > {args.max_ratio:.2f}x", file=sys.stderr)
+        return 1
     return 0
 
 
