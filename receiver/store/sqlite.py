@@ -1,32 +1,33 @@
 """The SQLite store: the embedded default.
 
-One writer thread owns the connection. Callers queue operations; the thread takes everything
-queued, runs it in ONE transaction (a savepoint per operation, so one failure sinks only its
-own), commits once and answers every caller: many concurrent webhooks share one fsync
+One writer thread owns the write connection. Callers queue operations; the thread takes
+everything queued, runs it in ONE transaction (a savepoint per operation, so one failure sinks
+only its own), commits once and answers every caller: many concurrent webhooks share one fsync
 (group commit). WAL with synchronous=FULL: a commit that returned survives kill -9 and power
-loss. Several processes may share the file (`falhook serve` and `falhook worker`): BEGIN
-IMMEDIATE makes each batch atomic across them, and workers in other processes find new work
-by polling.
+loss. Reads that change nothing run on their own connections in a small thread pool (WAL lets
+them run beside the writer), so a long `events list` never holds up intake.
+
+Several processes may share the file (`falhook serve` and `falhook worker`): BEGIN IMMEDIATE
+makes each batch atomic across them (a lease is taken once), and workers in other processes
+find new work by polling.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import secrets
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
-from typing import Any
-
-import msgspec
+from typing import Any, TypeVar
 
 from receiver.store.base import (
-    EVENT_STATES,
-    DeliveryView,
     EventView,
     Finish,
     Job,
@@ -36,211 +37,43 @@ from receiver.store.base import (
     StoreUnavailable,
     SubmissionView,
 )
+from receiver.store.schema import (
+    SUBMISSION_STATE_SQL,
+    connect,
+    encode,
+    load_events,
+    load_submissions,
+    migrate,
+    state_where,
+    to_epoch,
+)
 
-_enc = msgspec.json.encode
-_dec = msgspec.json.decode
+T = TypeVar("T")
+Op = Callable[[sqlite3.Connection], Any]
+Outcome = tuple[Any, BaseException | None]
+
 _BATCH_MAX = 512
 COMMIT_DELAY = 0.002  # seconds; only when the previous batch showed concurrency
-
-MIGRATIONS: list[str] = [
-    """
-    CREATE TABLE events (
-        request_id TEXT PRIMARY KEY,
-        route TEXT NOT NULL,
-        fal_status TEXT NOT NULL,
-        error TEXT,
-        payload_error TEXT,
-        gateway_request_id TEXT,
-        received_at REAL NOT NULL,
-        headers BLOB NOT NULL,
-        body BLOB NOT NULL,
-        files BLOB NOT NULL,
-        source TEXT NOT NULL DEFAULT 'webhook'
-    );
-    CREATE INDEX events_by_time ON events (received_at DESC, request_id DESC);
-    CREATE TABLE deliveries (
-        request_id TEXT NOT NULL REFERENCES events (request_id),
-        sink TEXT NOT NULL,
-        state TEXT NOT NULL,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        next_attempt_at REAL,
-        last_error TEXT,
-        lease_token TEXT,
-        lease_owner TEXT,
-        lease_expires_at REAL,
-        output BLOB,
-        updated_at REAL NOT NULL,
-        PRIMARY KEY (request_id, sink)
-    );
-    CREATE INDEX deliveries_due ON deliveries (state, next_attempt_at);
-    CREATE TABLE submissions (
-        request_id TEXT PRIMARY KEY,
-        endpoint TEXT NOT NULL,
-        route TEXT NOT NULL,
-        input BLOB NOT NULL,
-        status_url TEXT,
-        response_url TEXT,
-        cancel_url TEXT,
-        submitted_at REAL NOT NULL,
-        state TEXT NOT NULL DEFAULT 'pending',
-        detail TEXT,
-        checked_at REAL
-    );
-    CREATE INDEX submissions_by_time ON submissions (submitted_at DESC);
-    """,
-]
-
-_EVENT_STATE_SQL = """
-    CASE
-        WHEN SUM(d.state = 'dead') > 0 THEN 'dead'
-        WHEN SUM(d.state = 'retrying') > 0 THEN 'retrying'
-        WHEN COUNT(d.sink) > 0 AND SUM(d.state = 'delivered') = COUNT(d.sink) THEN 'delivered'
-        ELSE 'pending'
-    END
-"""
-_SUBMISSION_STATE_SQL = """
-    CASE
-        WHEN e.source = 'poll' THEN 'recovered'
-        WHEN e.request_id IS NOT NULL THEN 'completed'
-        ELSE s.state
-    END
-"""
-
-
-def _ts(value: float | None) -> datetime | None:
-    return None if value is None else datetime.fromtimestamp(value, UTC)
-
-
-def _epoch(value: datetime) -> float:
-    return value.timestamp()
-
-
-Op = Callable[[sqlite3.Connection], Any]  # or an _Accept
-
-
-class _Writer(threading.Thread):
-    """Owns the connection; runs queued operations in shared transactions."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(name="falhook-sqlite", daemon=True)
-        self.path = path
-        self.ops: queue.SimpleQueue[tuple[Op, asyncio.Future[Any]] | None] = queue.SimpleQueue()
-        self.commits = 0
-        self.last_batch = 0
-        self.ready = threading.Event()
-        self.open_error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            conn = connect(self.path)
-            migrate(conn)
-        except BaseException as exc:  # reported to open()
-            self.open_error = exc
-            self.ready.set()
-            return
-        self.ready.set()
-        try:
-            while True:
-                first = self.ops.get()
-                if first is None:
-                    return
-                if self.last_batch > 1:
-                    # Under concurrent load, wait a moment so more callers share this commit:
-                    # its fixed cost (fsync, WAL frames) is paid once for all of them.
-                    time.sleep(COMMIT_DELAY)
-                batch = [first]
-                while len(batch) < _BATCH_MAX:
-                    try:
-                        nxt = self.ops.get_nowait()
-                    except queue.Empty:
-                        break
-                    if nxt is None:
-                        self.ops.put(None)  # stop after this batch
-                        break
-                    batch.append(nxt)
-                self.last_batch = len(batch)
-                self._run_batch(conn, batch)
-        finally:
-            conn.close()
-
-    def _run_batch(
-        self, conn: sqlite3.Connection, batch: list[tuple[Op, asyncio.Future[Any]]]
-    ) -> None:
-        outcomes: list[tuple[Any, BaseException | None]] = [(None, None)] * len(batch)
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            self._answer(batch, [(None, exc)] * len(batch))
-            return
-        accepts = [i for i, (op, _) in enumerate(batch) if isinstance(op, _Accept)]
-        if accepts:
-            try:
-                fresh = _accept_all(conn, [batch[i][0] for i in accepts])  # type: ignore[misc]
-                for i, f in zip(accepts, fresh, strict=True):
-                    outcomes[i] = (f, None)
-            except sqlite3.Error as exc:
-                conn.rollback()
-                self._answer(batch, [(None, exc)] * len(batch))
-                return
-        for index, (op, _) in enumerate(batch):
-            if isinstance(op, _Accept):
-                continue
-            conn.execute("SAVEPOINT op")
-            try:
-                result = op(conn)
-                conn.execute("RELEASE op")
-                outcomes[index] = (result, None)
-            except Exception as exc:
-                conn.execute("ROLLBACK TO op")
-                conn.execute("RELEASE op")
-                outcomes[index] = (None, exc)
-        try:
-            conn.execute("COMMIT")
-            self.commits += 1
-        except sqlite3.Error as exc:
-            conn.rollback()
-            outcomes = [(None, exc)] * len(batch)
-        self._answer(batch, outcomes)
-
-    @staticmethod
-    def _answer(
-        batch: list[tuple[Op, asyncio.Future[Any]]],
-        outcomes: list[tuple[Any, BaseException | None]],
-    ) -> None:
-        # One wake-up of each event loop per batch, not one per caller.
-        by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
-        for (_, fut), (result, exc) in zip(batch, outcomes, strict=True):
-            by_loop.setdefault(fut.get_loop(), []).append((fut, result, exc))
-        for loop, items in by_loop.items():
-            loop.call_soon_threadsafe(_settle_all, items)
-
-
-def _settle_all(items: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
-    for fut, result, exc in items:
-        if fut.done():
-            continue
-        if exc is not None:
-            fut.set_exception(exc)
-        else:
-            fut.set_result(result)
+_READERS = 2
 
 
 class _Accept:
-    """An accept, run with the others of its batch in three statements (see _accept_all)."""
+    """An accept, run with the other accepts of its batch in a few statements."""
 
     __slots__ = ("row", "sinks")
 
-    def __init__(self, row: tuple[Any, ...], sinks: Sequence[str]) -> None:
+    def __init__(self, row: tuple[Any, ...], sinks: tuple[str, ...]) -> None:
         self.row = row
         self.sinks = sinks
 
 
 def _accept_all(c: sqlite3.Connection, accepts: list[_Accept]) -> list[bool]:
-    """Insert the new events of a batch and their deliveries; False for duplicates (of
-    stored events, or of an earlier accept in the same batch)."""
+    """Insert the batch's new events and their deliveries; False for duplicates (of stored
+    events, or of an earlier accept in the same batch). One SELECT and two executemany for the
+    whole batch instead of a statement round per event."""
     ids = [a.row[0] for a in accepts]
     existing: set[str] = set()
-    for start in range(0, len(ids), 500):  # SQLite's parameter limit
+    for start in range(0, len(ids), 500):  # SQLite's limit on bound parameters
         chunk = ids[start : start + 500]
         marks = ",".join("?" * len(chunk))
         existing.update(
@@ -276,61 +109,207 @@ def _accept_all(c: sqlite3.Connection, accepts: list[_Accept]) -> list[bool]:
     return fresh
 
 
-def connect(path: Path) -> sqlite3.Connection:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5.0)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("PRAGMA busy_timeout=5000")
-    conn.execute("PRAGMA foreign_keys=ON")
-    conn.execute("PRAGMA wal_autocheckpoint=8192")
-    return conn
-
-
-def migrate(conn: sqlite3.Connection) -> None:
-    """Apply the migrations this file lacks, in order, each in its own transaction."""
-    conn.execute("BEGIN IMMEDIATE")
+def _in_savepoint(conn: sqlite3.Connection, op: Op) -> Outcome:
+    """Run op so that its failure undoes only its own changes. When SQLite itself rolled the
+    whole transaction back (disk full, I/O error), there is nothing left to save: raise, and
+    the batch fails as a whole."""
+    conn.execute("SAVEPOINT op")
     try:
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-            for statement in (s.strip() for s in script.split(";")):
-                if statement:
-                    conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {number}")
+        result = op(conn)
+    except Exception as exc:
+        if not conn.in_transaction:
+            raise
+        conn.execute("ROLLBACK TO op")
+        conn.execute("RELEASE op")
+        return None, exc
+    conn.execute("RELEASE op")
+    return result, None
+
+
+class _Writer(threading.Thread):
+    """Owns the write connection; runs queued operations in shared transactions."""
+
+    def __init__(self, path: Path, busy_timeout: float) -> None:
+        super().__init__(name="falhook-sqlite", daemon=True)
+        self.path = path
+        self.busy_timeout = busy_timeout
+        self.ops: queue.SimpleQueue[tuple[Op, asyncio.Future[Any]] | None] = queue.SimpleQueue()
+        self.commits = 0
+        self.last_batch = 0
+        self.ready = threading.Event()
+        self.open_error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            conn = connect(self.path, busy_timeout=self.busy_timeout)
+            migrate(conn)
+        except BaseException as exc:  # reported by open()
+            self.open_error = exc
+            self.ready.set()
+            return
+        self.ready.set()
+        try:
+            while (batch := self._next_batch()) is not None:
+                self._answer(batch, self._run_batch(conn, batch))
+        finally:
+            conn.close()
+
+    def _next_batch(self) -> list[tuple[Op, asyncio.Future[Any]]] | None:
+        first = self.ops.get()
+        if first is None:
+            return None
+        if self.last_batch > 1:
+            # Under concurrent load, wait a moment so more callers share this commit: its
+            # fixed cost (fsync, WAL frames) is then paid once for all of them.
+            time.sleep(COMMIT_DELAY)
+        batch = [first]
+        while len(batch) < _BATCH_MAX:
+            try:
+                nxt = self.ops.get_nowait()
+            except queue.Empty:
+                break
+            if nxt is None:
+                self.ops.put(None)  # stop after this batch
+                break
+            batch.append(nxt)
+        self.last_batch = len(batch)
+        return batch
+
+    def _run_batch(
+        self, conn: sqlite3.Connection, batch: list[tuple[Op, asyncio.Future[Any]]]
+    ) -> list[Outcome]:
+        try:
+            outcomes = self._transact(conn, [op for op, _ in batch])
+        except BaseException as exc:  # whatever happens, every caller gets an answer
+            if conn.in_transaction:
+                # A broken connection cannot roll back; the next BEGIN will say so.
+                with contextlib.suppress(sqlite3.Error):
+                    conn.rollback()
+            return [(None, exc)] * len(batch)
+        self.commits += 1
+        return outcomes
+
+    @staticmethod
+    def _transact(conn: sqlite3.Connection, ops: list[Op]) -> list[Outcome]:
+        outcomes: list[Outcome] = [(None, None)] * len(ops)
+        conn.execute("BEGIN IMMEDIATE")
+        accepts = [i for i, op in enumerate(ops) if isinstance(op, _Accept)]
+        if accepts:
+            batched = _in_savepoint(conn, lambda c: _accept_all(c, [ops[i] for i in accepts]))  # type: ignore[misc]
+            if batched[1] is None:
+                for i, fresh in zip(accepts, batched[0], strict=True):
+                    outcomes[i] = (fresh, None)
+            else:
+                # One bad accept must not sink the others: redo them one by one.
+                for i in accepts:
+                    one: _Accept = ops[i]  # type: ignore[assignment]
+                    outcomes[i] = _in_savepoint(conn, lambda c, a=one: _accept_all(c, [a])[0])
+        for i, op in enumerate(ops):
+            if not isinstance(op, _Accept):
+                outcomes[i] = _in_savepoint(conn, op)
         conn.execute("COMMIT")
-    except BaseException:
-        conn.rollback()
-        raise
+        return outcomes
+
+    @staticmethod
+    def _answer(batch: list[tuple[Op, asyncio.Future[Any]]], outcomes: list[Outcome]) -> None:
+        # One wake-up of each event loop per batch, not one per caller.
+        by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
+        for (_, fut), (result, exc) in zip(batch, outcomes, strict=True):
+            by_loop.setdefault(fut.get_loop(), []).append((fut, result, exc))
+        for loop, items in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+                loop.call_soon_threadsafe(_settle_all, items)
+
+
+def _settle_all(items: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for fut, result, exc in items:
+        if fut.done():  # the caller gave up (cancelled); the work was still done
+            continue
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)
+
+
+class _Readers:
+    """Read-only connections, one per pool thread, each read in one snapshot."""
+
+    def __init__(self, path: Path, busy_timeout: float) -> None:
+        self.path = path
+        self.busy_timeout = busy_timeout
+        self.pool = ThreadPoolExecutor(_READERS, thread_name_prefix="falhook-sqlite-read")
+        self.local = threading.local()
+        self.conns: list[sqlite3.Connection] = []
+        self.lock = threading.Lock()
+
+    def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn: sqlite3.Connection | None = getattr(self.local, "conn", None)
+        if conn is None:
+            conn = connect(self.path, busy_timeout=self.busy_timeout, read_only=True)
+            self.local.conn = conn
+            with self.lock:
+                self.conns.append(conn)
+        conn.execute("BEGIN")  # one snapshot for the several SELECTs of a view
+        try:
+            return fn(conn)
+        finally:
+            conn.rollback()  # nothing was written; ends the snapshot (a no-op if SQLite did)
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, self._call, fn)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+        with self.lock:
+            for conn in self.conns:
+                conn.close()
+            self.conns.clear()
 
 
 class SQLiteStore:
-    def __init__(self, path: Path) -> None:
+    """The Store protocol on one SQLite file. `commits` counts write transactions committed
+    by this instance (tests use it to show that concurrent accepts share commits)."""
+
+    def __init__(self, path: Path, *, busy_timeout: float = 5.0) -> None:
         self.path = Path(path)
+        self.busy_timeout = busy_timeout
         self._writer: _Writer | None = None
+        self._readers: _Readers | None = None
         self._wake: asyncio.Event | None = None
+        self._commits_before = 0  # of writers closed earlier, so the count never goes back
 
     @property
     def commits(self) -> int:
-        return self._writer.commits if self._writer else 0
+        writer = self._writer
+        return self._commits_before + (writer.commits if writer else 0)
 
     # --- plumbing ----------------------------------------------------------------------------
 
     async def open(self) -> None:
+        try:
+            await asyncio.to_thread(self.path.parent.mkdir, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot create {self.path.parent}: {exc}") from exc
         self._wake = asyncio.Event()
-        writer = _Writer(self.path)
+        writer = _Writer(self.path, self.busy_timeout)
         writer.start()
         await asyncio.to_thread(writer.ready.wait)
         if writer.open_error is not None:
             raise StoreUnavailable(f"cannot open {self.path}: {writer.open_error}")
         self._writer = writer
+        self._readers = _Readers(self.path, self.busy_timeout)
 
     async def close(self) -> None:
         writer, self._writer = self._writer, None
+        readers, self._readers = self._readers, None
         if writer is not None:
-            writer.ops.put(None)
-            await asyncio.to_thread(writer.join, 10)
+            writer.ops.put(None)  # queued operations run first
+            await asyncio.to_thread(writer.join)
+            self._commits_before += writer.commits
+        if readers is not None:
+            await asyncio.to_thread(readers.close)
 
-    async def _run(self, op: Op) -> Any:
+    async def _write(self, op: Op) -> Any:
         writer = self._writer
         if writer is None or not writer.is_alive():
             raise StoreUnavailable("the store is not open")
@@ -341,15 +320,29 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"sqlite: {exc}") from exc
 
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        readers = self._readers
+        if readers is None:
+            raise StoreUnavailable("the store is not open")
+        try:
+            return await readers.run(fn)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"sqlite: {exc}") from exc
+
     def _notify(self) -> None:
         if self._wake is not None:
             self._wake.set()
 
     async def ping(self) -> bool:
+        writer = self._writer
+        if writer is None or not writer.is_alive():
+            return False
         try:
-            return await self._run(lambda c: c.execute("SELECT 1").fetchone()[0] == 1)
+            # Reads the file's header page: the file is there and readable.
+            await self._read(lambda c: c.execute("PRAGMA user_version").fetchone())
         except Exception:
             return False
+        return True
 
     async def wait_for_work(self, max_wait: float) -> None:
         wake = self._wake
@@ -373,63 +366,57 @@ class SQLiteStore:
             event.error,
             event.payload_error,
             event.gateway_request_id,
-            _epoch(event.received_at),
-            _enc(event.headers),
+            to_epoch(event.received_at),
+            encode(event.headers),
             event.body,
-            _enc(event.files),
+            encode(event.files),
             event.source,
         )
-        fresh = await self._run(_Accept(row, event.sinks))  # type: ignore[arg-type]
+        sinks = tuple(dict.fromkeys(event.sinks))  # a sink named twice is one delivery
+        fresh = await self._write(_Accept(row, sinks))  # type: ignore[arg-type]
         if fresh:
             self._notify()
         return bool(fresh)
 
     async def get_event(self, request_id: str) -> EventView | None:
-        views = await self._run(lambda c: _load_events(c, [request_id]))
+        views = await self._read(lambda c: load_events(c, [request_id]))
         return views[0] if views else None
 
     async def list_events(
         self, *, state: str | None = None, route: str | None = None, limit: int = 100
     ) -> list[EventView]:
-        def op(c: sqlite3.Connection) -> list[EventView]:
-            where, params = [], []
-            if route is not None:
-                where.append("e.route = ?")
-                params.append(route)
-            if state is not None and state not in EVENT_STATES:
-                where.append(
-                    "EXISTS (SELECT 1 FROM deliveries x WHERE x.request_id = e.request_id "
-                    "AND x.state = ?)"
-                )
-                params.append(state)
-            sql = "SELECT e.request_id FROM events e"
-            if state in EVENT_STATES:
-                sql += " LEFT JOIN deliveries d ON d.request_id = e.request_id"
-            if where:
-                sql += " WHERE " + " AND ".join(where)
-            if state in EVENT_STATES:
-                sql += f" GROUP BY e.request_id HAVING {_EVENT_STATE_SQL} = ?"
-                params.append(state)
-            sql += " ORDER BY e.received_at DESC, e.request_id DESC LIMIT ?"
-            params.append(limit)
-            ids = [r[0] for r in c.execute(sql, params)]
-            return _load_events(c, ids)
+        where, params = ["1"], []
+        if route is not None:
+            where.append("e.route = ?")
+            params.append(route)
+        if state is not None:
+            clause, extra = state_where(state)
+            where.append(clause)
+            params.extend(extra)
+        sql = (
+            f"SELECT e.request_id FROM events e WHERE {' AND '.join(where)}"
+            " ORDER BY e.received_at DESC, e.request_id DESC LIMIT ?"
+        )
 
-        return await self._run(op)
+        def op(c: sqlite3.Connection) -> list[EventView]:
+            ids = [r[0] for r in c.execute(sql, [*params, limit])]
+            return load_events(c, ids)
+
+        return await self._read(op)
 
     async def record_files(self, request_id: str, files: list[dict[str, Any]]) -> None:
-        data = _enc(files)
-        await self._run(
+        data = encode(files)
+        await self._write(
             lambda c: c.execute(
                 "UPDATE events SET files = ? WHERE request_id = ?", (data, request_id)
             )
         )
 
     async def counts(self) -> dict[str, int]:
-        rows = await self._run(
+        rows = await self._read(
             lambda c: c.execute("SELECT state, COUNT(*) FROM deliveries GROUP BY state").fetchall()
         )
-        return {state: n for state, n in rows}
+        return dict(rows)
 
     # --- deliveries --------------------------------------------------------------------------
 
@@ -439,6 +426,7 @@ class SQLiteStore:
         def op(c: sqlite3.Connection) -> list[Job]:
             now = time.time()
             if request_id is None:
+                # Oldest due first: a retry's time, or an expired lease's expiry.
                 rows = c.execute(
                     "SELECT request_id, sink, attempts FROM ("
                     " SELECT request_id, sink, attempts, next_attempt_at AS t FROM deliveries"
@@ -459,22 +447,24 @@ class SQLiteStore:
             if not rows:
                 return []
             leased: dict[str, list[LeasedDelivery]] = {}
+            updates = []
             for rid, sink, attempts in rows:
                 token = secrets.token_hex(16)
-                c.execute(
-                    "UPDATE deliveries SET state = 'delivering', lease_token = ?, lease_owner = ?,"
-                    " lease_expires_at = ?, updated_at = ? WHERE request_id = ? AND sink = ?",
-                    (token, owner, now + lease_seconds, now, rid, sink),
-                )
+                updates.append((token, owner, now + lease_seconds, now, rid, sink))
                 leased.setdefault(rid, []).append(LeasedDelivery(sink, token, attempts))
-            events = {v.request_id: v for v in _load_events(c, list(leased))}
+            c.executemany(
+                "UPDATE deliveries SET state = 'delivering', lease_token = ?, lease_owner = ?,"
+                " lease_expires_at = ?, updated_at = ? WHERE request_id = ? AND sink = ?",
+                updates,
+            )
+            events = {v.request_id: v for v in load_events(c, list(leased))}
             return [Job(events[rid], ds) for rid, ds in leased.items() if rid in events]
 
-        return await self._run(op)
+        return await self._write(op)
 
     async def extend(self, tokens: Sequence[str], lease_seconds: float) -> None:
-        tokens = list(tokens)
-        if not tokens:
+        held = list(tokens)
+        if not held:
             return
 
         def op(c: sqlite3.Connection) -> None:
@@ -482,18 +472,20 @@ class SQLiteStore:
             c.executemany(
                 "UPDATE deliveries SET lease_expires_at = ? WHERE lease_token = ?"
                 " AND state = 'delivering'",
-                [(until, t) for t in tokens],
+                [(until, t) for t in held],
             )
 
-        await self._run(op)
+        await self._write(op)
 
     async def finish(self, result: Finish) -> bool:
-        output = _enc(result.output) if result.output is not None else None
-        next_at = _epoch(result.next_attempt_at) if result.next_attempt_at else None
+        outcome = result.outcome
+        state = {"delivered": "delivered", "retry": "retrying", "dead": "dead"}[outcome]
+        delivered_output = result.output if outcome == "delivered" else None
+        output = encode(delivered_output) if delivered_output is not None else None
+        next_at = to_epoch(result.next_attempt_at) if result.next_attempt_at else None
 
         def op(c: sqlite3.Connection) -> bool:
             now = time.time()
-            state = {"delivered": "delivered", "retry": "retrying", "dead": "dead"}[result.outcome]
             cur = c.execute(
                 "UPDATE deliveries SET state = ?, attempts = attempts + 1, last_error = ?,"
                 " next_attempt_at = ?, output = COALESCE(?, output), lease_token = NULL,"
@@ -501,9 +493,10 @@ class SQLiteStore:
                 " WHERE request_id = ? AND sink = ? AND lease_token = ? AND state = 'delivering'",
                 (
                     state,
-                    None if result.outcome == "delivered" else result.error,
-                    next_at if result.outcome == "retry" else None,
-                    output if result.outcome == "delivered" else None,
+                    None if outcome == "delivered" else result.error,
+                    # A retry without a time is due now, never stuck with a NULL time.
+                    (next_at if next_at is not None else now) if outcome == "retry" else None,
+                    output,
                     now,
                     result.request_id,
                     result.sink,
@@ -512,39 +505,41 @@ class SQLiteStore:
             )
             return cur.rowcount == 1
 
-        return await self._run(op)
+        return await self._write(op)
 
     async def release(self, request_id: str, sink: str, token: str) -> None:
-        def op(c: sqlite3.Connection) -> None:
+        def op(c: sqlite3.Connection) -> int:
             now = time.time()
-            c.execute(
+            return c.execute(
                 "UPDATE deliveries SET state = CASE WHEN attempts > 0 THEN 'retrying'"
                 " ELSE 'pending' END, next_attempt_at = ?, lease_token = NULL,"
                 " lease_owner = NULL, lease_expires_at = NULL, updated_at = ?"
-                " WHERE request_id = ? AND sink = ? AND lease_token = ?",
+                " WHERE request_id = ? AND sink = ? AND lease_token = ?"
+                " AND state = 'delivering'",
                 (now, now, request_id, sink, token),
-            )
+            ).rowcount
 
-        await self._run(op)
-        self._notify()
+        if await self._write(op):
+            self._notify()
 
     async def replay(self, request_id: str, sink: str | None = None, *, force: bool = False) -> int:
+        sql = (
+            "UPDATE deliveries SET state = 'pending', attempts = 0, last_error = NULL,"
+            " next_attempt_at = ?, lease_token = NULL, lease_owner = NULL,"
+            " lease_expires_at = NULL, updated_at = ?"
+            + (", output = NULL" if force else "")
+            + " WHERE request_id = ?"
+            + (" AND sink = ?" if sink is not None else "")
+        )
+
         def op(c: sqlite3.Connection) -> int:
             now = time.time()
-            sql = (
-                "UPDATE deliveries SET state = 'pending', attempts = 0, last_error = NULL,"
-                " next_attempt_at = ?, lease_token = NULL, lease_owner = NULL,"
-                " lease_expires_at = NULL, updated_at = ?"
-                + (", output = NULL" if force else "")
-                + " WHERE request_id = ?"
-            )
             params: list[Any] = [now, now, request_id]
             if sink is not None:
-                sql += " AND sink = ?"
                 params.append(sink)
             return c.execute(sql, params).rowcount
 
-        count = await self._run(op)
+        count: int = await self._write(op)
         if count:
             self._notify()
         return count
@@ -553,39 +548,40 @@ class SQLiteStore:
 
     async def record_submission(self, submission: NewSubmission) -> None:
         s = submission
-        await self._run(
+        row = (
+            s.request_id,
+            s.endpoint,
+            s.route,
+            encode(s.input),
+            s.status_url,
+            s.response_url,
+            s.cancel_url,
+            to_epoch(s.submitted_at),
+        )
+        await self._write(
             lambda c: c.execute(
                 "INSERT OR IGNORE INTO submissions (request_id, endpoint, route, input,"
                 " status_url, response_url, cancel_url, submitted_at) VALUES (?,?,?,?,?,?,?,?)",
-                (
-                    s.request_id,
-                    s.endpoint,
-                    s.route,
-                    _enc(s.input),
-                    s.status_url,
-                    s.response_url,
-                    s.cancel_url,
-                    _epoch(s.submitted_at),
-                ),
+                row,
             )
         )
 
     async def get_submission(self, request_id: str) -> SubmissionView | None:
-        rows = await self._run(lambda c: _load_submissions(c, "s.request_id = ?", [request_id], 1))
+        rows = await self._read(lambda c: load_submissions(c, "s.request_id = ?", [request_id], 1))
         return rows[0] if rows else None
 
     async def list_submissions(
         self, *, state: str | None = None, limit: int = 100
     ) -> list[SubmissionView]:
-        where, params = "1 = 1", []
+        where, params = "1", []
         if state is not None:
-            where, params = f"({_SUBMISSION_STATE_SQL}) = ?", [state]
-        return await self._run(lambda c: _load_submissions(c, where, params, limit))
+            where, params = f"({SUBMISSION_STATE_SQL}) = ?", [state]
+        return await self._read(lambda c: load_submissions(c, where, params, limit))
 
     async def update_submission(
         self, request_id: str, *, state: str, detail: str | None = None
     ) -> None:
-        await self._run(
+        await self._write(
             lambda c: c.execute(
                 "UPDATE submissions SET state = ?, detail = ?, checked_at = ? WHERE request_id = ?",
                 (state, detail, time.time(), request_id),
@@ -596,94 +592,7 @@ class SQLiteStore:
         self, *, older_than: datetime, limit: int
     ) -> list[SubmissionView]:
         where = "s.state = 'pending' AND e.request_id IS NULL AND s.submitted_at < ?"
-        rows = await self._run(
-            lambda c: _load_submissions(c, where, [_epoch(older_than)], limit, oldest_first=True)
+        cutoff = to_epoch(older_than)
+        return await self._read(
+            lambda c: load_submissions(c, where, [cutoff], limit, oldest_first=True)
         )
-        return rows
-
-
-# --- row loading -----------------------------------------------------------------------------
-
-
-def _load_submissions(
-    c: sqlite3.Connection,
-    where: str,
-    params: list[Any],
-    limit: int,
-    *,
-    oldest_first: bool = False,
-) -> list[SubmissionView]:
-    order = "ASC" if oldest_first else "DESC"
-    rows = c.execute(
-        "SELECT s.request_id, s.endpoint, s.route, s.input, s.status_url, s.response_url,"
-        f" s.cancel_url, s.submitted_at, {_SUBMISSION_STATE_SQL}, s.detail, s.checked_at,"
-        " e.received_at FROM submissions s LEFT JOIN events e ON e.request_id = s.request_id"
-        f" WHERE {where} ORDER BY s.submitted_at {order} LIMIT ?",
-        [*params, limit],
-    ).fetchall()
-    return [
-        SubmissionView(
-            request_id=r[0],
-            endpoint=r[1],
-            route=r[2],
-            input=_dec(r[3]),
-            status_url=r[4],
-            response_url=r[5],
-            cancel_url=r[6],
-            submitted_at=_ts(r[7]),  # type: ignore[arg-type]
-            state=r[8],
-            detail=r[9],
-            checked_at=_ts(r[10]),
-            received_at=_ts(r[11]),
-        )
-        for r in rows
-    ]
-
-
-def _load_events(c: sqlite3.Connection, ids: list[str]) -> list[EventView]:
-    """Events (in the order of ids) with their deliveries and submission."""
-    if not ids:
-        return []
-    marks = ",".join("?" * len(ids))
-    deliveries: dict[str, dict[str, DeliveryView]] = {rid: {} for rid in ids}
-    for rid, sink, state, attempts, last_error, next_at, updated, output in c.execute(
-        "SELECT request_id, sink, state, attempts, last_error, next_attempt_at, updated_at,"
-        f" output FROM deliveries WHERE request_id IN ({marks})",
-        ids,
-    ):
-        deliveries[rid][sink] = DeliveryView(
-            sink=sink,
-            state=state,
-            attempts=attempts,
-            last_error=last_error,
-            next_attempt_at=_ts(next_at),
-            updated_at=_ts(updated),
-            output=_dec(output) if output is not None else None,
-        )
-    subs = {
-        s.request_id: s
-        for s in _load_submissions(c, f"s.request_id IN ({marks})", list(ids), len(ids))
-    }
-    events: dict[str, EventView] = {}
-    for row in c.execute(
-        "SELECT request_id, route, fal_status, error, payload_error, gateway_request_id,"
-        f" received_at, headers, body, files, source FROM events WHERE request_id IN ({marks})",
-        ids,
-    ):
-        rid = row[0]
-        events[rid] = EventView(
-            request_id=rid,
-            route=row[1],
-            fal_status=row[2],
-            error=row[3],
-            payload_error=row[4],
-            gateway_request_id=row[5],
-            received_at=_ts(row[6]),  # type: ignore[arg-type]
-            headers=_dec(row[7]),
-            body=bytes(row[8]),
-            files=_dec(row[9]),
-            deliveries=deliveries[rid],
-            source=row[10],
-            submission=subs.get(rid),
-        )
-    return [events[rid] for rid in ids if rid in events]

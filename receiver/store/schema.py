@@ -1,0 +1,269 @@
+"""SQLite schema, its migrations, and the queries that turn rows into views.
+
+Kept apart from sqlite.py (threads and transactions) so the SQL reads on its own. Times are
+unix epoch REAL seconds in the file and UTC-aware datetimes in views.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from receiver.store.base import DELIVERY_STATES, DeliveryView, EventView, SubmissionView
+
+encode = msgspec.json.encode
+decode = msgspec.json.decode
+
+# Ordered: a file at user_version N gets MIGRATIONS[N:], each in one transaction. Append only;
+# never edit one that has shipped.
+MIGRATIONS: list[tuple[str, ...]] = [
+    (
+        """CREATE TABLE events (
+            request_id TEXT PRIMARY KEY,
+            route TEXT NOT NULL,
+            fal_status TEXT NOT NULL,
+            error TEXT,
+            payload_error TEXT,
+            gateway_request_id TEXT,
+            received_at REAL NOT NULL,
+            headers BLOB NOT NULL,
+            body BLOB NOT NULL,
+            files BLOB NOT NULL,
+            source TEXT NOT NULL DEFAULT 'webhook'
+        )""",
+        "CREATE INDEX events_by_time ON events (received_at DESC, request_id DESC)",
+        """CREATE TABLE deliveries (
+            request_id TEXT NOT NULL REFERENCES events (request_id),
+            sink TEXT NOT NULL,
+            state TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at REAL,
+            last_error TEXT,
+            lease_token TEXT,
+            lease_owner TEXT,
+            lease_expires_at REAL,
+            output BLOB,
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (request_id, sink)
+        )""",
+        "CREATE INDEX deliveries_due ON deliveries (state, next_attempt_at)",
+        """CREATE TABLE submissions (
+            request_id TEXT PRIMARY KEY,
+            endpoint TEXT NOT NULL,
+            route TEXT NOT NULL,
+            input BLOB NOT NULL,
+            status_url TEXT,
+            response_url TEXT,
+            cancel_url TEXT,
+            submitted_at REAL NOT NULL,
+            state TEXT NOT NULL DEFAULT 'pending',
+            detail TEXT,
+            checked_at REAL
+        )""",
+        "CREATE INDEX submissions_by_time ON submissions (submitted_at DESC)",
+    ),
+    (
+        # `events list --route` without a scan of every event.
+        "CREATE INDEX events_by_route ON events (route, received_at DESC, request_id DESC)",
+        # extend() finds held deliveries by token; partial, so accept (NULL tokens) pays nothing.
+        "CREATE INDEX deliveries_by_token ON deliveries (lease_token)"
+        " WHERE lease_token IS NOT NULL",
+    ),
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def connect(path: Path, *, busy_timeout: float, read_only: bool = False) -> sqlite3.Connection:
+    """A connection in autocommit mode (we issue BEGIN ourselves), WAL, fsync on commit."""
+    conn = sqlite3.connect(
+        path, isolation_level=None, check_same_thread=False, timeout=busy_timeout
+    )
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        if read_only:
+            conn.execute("PRAGMA query_only = ON")
+            return conn
+        conn.execute("PRAGMA journal_mode = WAL")
+        # FULL: the WAL is fsynced at every commit, so an accepted event survives kill -9 and
+        # power loss (NORMAL would only survive the former).
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        # Fewer, larger checkpoints: intake does not pay for one every 1000 pages.
+        conn.execute("PRAGMA wal_autocheckpoint = 8192")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Apply the migrations this file lacks; returns the version it is now at. BEGIN
+    IMMEDIATE makes two processes opening a new file at once take turns."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"database schema version {version} is newer than this falhook "
+                f"({SCHEMA_VERSION}): upgrade falhook"
+            )
+        for number, statements in enumerate(MIGRATIONS[version:], start=version + 1):
+            for statement in statements:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {number}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.rollback()
+        raise
+    return SCHEMA_VERSION
+
+
+# --- time --------------------------------------------------------------------------------------
+
+
+def to_dt(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, UTC)
+
+
+def to_epoch(value: datetime) -> float:
+    if value.tzinfo is None:  # a naive time is taken as UTC, never as the host's zone
+        value = value.replace(tzinfo=UTC)
+    return value.timestamp()
+
+
+# --- event state (the contract's rule, in SQL) ------------------------------------------------
+
+
+def _has(condition: str) -> str:
+    return f"EXISTS (SELECT 1 FROM deliveries d WHERE d.request_id = e.request_id AND {condition})"
+
+
+_DEAD = _has("d.state = 'dead'")
+_RETRYING = _has("d.state = 'retrying'")
+_ANY = _has("1")
+_UNFINISHED = _has("d.state <> 'delivered'")
+EVENT_STATE_WHERE: dict[str, str] = {
+    "dead": _DEAD,
+    "retrying": f"NOT {_DEAD} AND {_RETRYING}",
+    "delivered": f"{_ANY} AND NOT {_UNFINISHED}",
+    "pending": f"NOT {_DEAD} AND NOT {_RETRYING} AND (NOT {_ANY} OR {_UNFINISHED})",
+}
+
+
+def state_where(state: str) -> tuple[str, list[Any]]:
+    """A WHERE clause on events `e` for an event state, or for events holding a delivery in a
+    delivery state ("delivering"); an unknown state matches nothing."""
+    if state in EVENT_STATE_WHERE:
+        return EVENT_STATE_WHERE[state], []
+    if state in DELIVERY_STATES:
+        return _has("d.state = ?"), [state]
+    return "0", []
+
+
+SUBMISSION_STATE_SQL = """
+    CASE
+        WHEN e.source = 'poll' THEN 'recovered'
+        WHEN e.request_id IS NOT NULL THEN 'completed'
+        ELSE s.state
+    END
+"""
+
+
+# --- rows to views -----------------------------------------------------------------------------
+
+
+def load_submissions(
+    c: sqlite3.Connection,
+    where: str,
+    params: list[Any],
+    limit: int,
+    *,
+    oldest_first: bool = False,
+) -> list[SubmissionView]:
+    order = "ASC" if oldest_first else "DESC"
+    rows = c.execute(
+        "SELECT s.request_id, s.endpoint, s.route, s.input, s.status_url, s.response_url,"
+        f" s.cancel_url, s.submitted_at, {SUBMISSION_STATE_SQL}, s.detail, s.checked_at,"
+        " e.received_at FROM submissions s LEFT JOIN events e ON e.request_id = s.request_id"
+        f" WHERE {where} ORDER BY s.submitted_at {order}, s.request_id {order} LIMIT ?",
+        [*params, limit],
+    ).fetchall()
+    return [
+        SubmissionView(
+            request_id=r[0],
+            endpoint=r[1],
+            route=r[2],
+            input=decode(r[3]),
+            status_url=r[4],
+            response_url=r[5],
+            cancel_url=r[6],
+            submitted_at=to_dt(r[7]),  # type: ignore[arg-type]
+            state=r[8],
+            detail=r[9],
+            checked_at=to_dt(r[10]),
+            received_at=to_dt(r[11]),
+        )
+        for r in rows
+    ]
+
+
+_CHUNK = 500  # well under SQLite's limit on bound parameters
+
+
+def load_events(c: sqlite3.Connection, ids: list[str]) -> list[EventView]:
+    """Events (in the order of ids) with their deliveries and submission."""
+    views: list[EventView] = []
+    for start in range(0, len(ids), _CHUNK):
+        views.extend(_load_chunk(c, ids[start : start + _CHUNK]))
+    return views
+
+
+def _load_chunk(c: sqlite3.Connection, ids: list[str]) -> list[EventView]:
+    marks = ",".join("?" * len(ids))
+    deliveries: dict[str, dict[str, DeliveryView]] = {rid: {} for rid in ids}
+    for rid, sink, state, attempts, last_error, next_at, updated, output in c.execute(
+        "SELECT request_id, sink, state, attempts, last_error, next_attempt_at, updated_at,"
+        f" output FROM deliveries WHERE request_id IN ({marks}) ORDER BY request_id, rowid",
+        ids,
+    ):
+        deliveries[rid][sink] = DeliveryView(
+            sink=sink,
+            state=state,
+            attempts=attempts,
+            last_error=last_error,
+            next_attempt_at=to_dt(next_at),
+            updated_at=to_dt(updated),
+            output=decode(output) if output is not None else None,
+        )
+    subs = {
+        s.request_id: s
+        for s in load_submissions(c, f"s.request_id IN ({marks})", list(ids), len(ids))
+    }
+    events: dict[str, EventView] = {}
+    for row in c.execute(
+        "SELECT request_id, route, fal_status, error, payload_error, gateway_request_id,"
+        f" received_at, headers, body, files, source FROM events WHERE request_id IN ({marks})",
+        ids,
+    ):
+        rid = row[0]
+        events[rid] = EventView(
+            request_id=rid,
+            route=row[1],
+            fal_status=row[2],
+            error=row[3],
+            payload_error=row[4],
+            gateway_request_id=row[5],
+            received_at=to_dt(row[6]),  # type: ignore[arg-type]
+            headers=decode(row[7]),
+            body=bytes(row[8]),
+            files=decode(row[9]),
+            deliveries=deliveries[rid],
+            source=row[10],
+            submission=subs.get(rid),
+        )
+    return [events[rid] for rid in ids if rid in events]
