@@ -6,6 +6,7 @@ message like ``[delivery].max_attempts: must be an integer >= 1``.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -154,6 +155,10 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
         raw = tomllib.loads(file.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError("--config", f"no such file: {file}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(str(file), "is not UTF-8 text") from None
+    except OSError as exc:  # a folder, no permission, ...
+        raise ConfigError(str(file), f"cannot be read: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(file), f"not valid TOML: {exc}") from None
     return settings_from_dict(raw, base_dir=file.resolve().parent, source=str(file))
@@ -242,6 +247,8 @@ def _coerce(section: str, key: str, value: Any, default: Any) -> Any:
     if isinstance(default, float):
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(where, "must be a number")
+        if not math.isfinite(value):  # TOML allows nan and inf; no setting means them
+            raise ConfigError(where, "must be a finite number")
         return float(value)
     if isinstance(default, str):
         if not isinstance(value, str):
@@ -301,6 +308,9 @@ def _check_receiver(s: ReceiverSettings) -> None:
 
 
 def _check_store(s: StoreSettings) -> None:
+    rest = s.url.split("://", 1)[1] if "://" in s.url else ""
+    if s.url.startswith("sqlite:///") and (not rest.strip("/") or rest.endswith("/")):
+        raise ConfigError("[store].url", "names no database file (e.g. sqlite:///events.db)")
     if not (s.url.startswith("sqlite:///") or s.url.startswith(("postgresql://", "postgres://"))):
         raise ConfigError(
             "[store].url",

@@ -60,7 +60,10 @@ def extension_for(content_type: str | None, url: str | None = None) -> str:
         ext = _EXTRA_TYPES.get(base) or mimetypes.guess_extension(base)
         if ext:
             return ext
-    if url and not url.startswith("data:"):
+    if url and url[:5].lower() == "data:":
+        media = url[5:].split(",", 1)[0].split(";", 1)[0]  # data:<type>[;...],...
+        return extension_for(media) if media else ""
+    if url:
         tail = urlsplit(url).path.rsplit("/", 1)[-1]
         _, dot, ext = tail.rpartition(".")
         if dot and 0 < len(ext) <= 8 and ext.isalnum():

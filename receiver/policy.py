@@ -22,7 +22,9 @@ class RetryPolicy:
         burst of failures spreads out without ever retrying immediately. A server's
         Retry-After is a floor (we never come back sooner than asked), still capped.
         """
-        step = min(self.maximum, self.initial * 2 ** max(0, attempt - 1))
+        # The exponent is capped first: 2 ** 2000 overflows a float long before the max.
+        doublings = min(max(0, attempt - 1), 64)
+        step = min(self.maximum, self.initial * 2.0**doublings)
         r = random.random() if rand is None else rand
         delay = step / 2 + step / 2 * r
         if retry_after is not None and retry_after > delay:

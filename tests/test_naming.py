@@ -136,14 +136,9 @@ def test_the_url_path_gives_the_extension_without_a_known_content_type(
 
 
 def test_a_data_uri_never_gives_an_extension_from_its_base64_text() -> None:
-    assert extension_for(None, "data:application/octet-stream;base64,aGk/Lm1wNA") == ""
+    assert extension_for(None, "data:;base64,aGk/Lm1wNA") == ""  # no media type: none
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: extension_for ignores a data: URI's media type; a data: PNG without "
-    "content_type is written as images_0 with no extension",
-)
 def test_a_data_uri_without_content_type_takes_the_extension_of_its_media_type() -> None:
     assert name_from_path("images[0]", None, "data:image/png;base64,iVBORw0KGgo=") == (
         "images_0.png"
