@@ -1,0 +1,303 @@
+"""S3 sink: each file and ``event.json`` under ``<prefix>``, in any S3-protocol store.
+
+- Streams from the spool: small files in one PUT, large ones as a multipart upload whose parts
+  are read with ``pread`` and uploaded concurrently. A sink-wide semaphore bounds the parts in
+  flight across all events, so memory stays at about ``concurrency * part_size``.
+- Idempotent: each object carries ``x-amz-meta-sha256``; a HEAD showing the same digest and
+  size means the upload is skipped, so redeliveries and replays upload nothing twice.
+- Returns presigned GET links that sinks declared ``after`` this one (Slack) can show.
+- Credentials come from the standard AWS chain (env, shared files/profile, SSO, web identity,
+  container and instance roles); ``profile`` picks a named profile.
+
+aiobotocore is the client (see docs/sinks.md for the measurement behind the choice); it is
+imported lazily so configs without an S3 sink never pay for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from handlers.base import DeliveryContext, LocalFile, Options, Permanent, Retryable, SinkEnv
+from handlers.templates import check_template, render
+
+MIB = 1024 * 1024
+MIN_PART = 5 * MIB  # S3's smallest part (except the last)
+MAX_PARTS = 10_000
+MAX_PRESIGN = 7 * 24 * 3600  # SigV4's limit
+
+# Codes that retrying will not fix; everything else 4xx is permanent too, these get a hint.
+_PERMANENT_HINTS = {
+    "NoSuchBucket": "the bucket does not exist",
+    "AccessDenied": "access denied (check the credentials' permissions on the bucket)",
+    "AllAccessDisabled": "all access to the bucket is disabled",
+    "InvalidAccessKeyId": "the access key id is not known to the store",
+    "SignatureDoesNotMatch": "the secret key does not match the access key id",
+    "InvalidBucketName": "the bucket name is not valid",
+    "PermanentRedirect": "the bucket is in another region (set region)",
+    "AuthorizationHeaderMalformed": "wrong region for this bucket (set region)",
+}
+_RETRYABLE_CODES = {
+    "SlowDown",
+    "RequestTimeout",
+    "RequestTimeTooSkewed",
+    "InternalError",
+    "ServiceUnavailable",
+    "Throttling",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+    "OperationAborted",
+}
+
+
+class S3Sink:
+    def __init__(self, name: str, options: dict[str, Any], env: SinkEnv) -> None:
+        opts = Options(name, options)
+        self.name = name
+        self.bucket = opts.str("bucket", required=True) or ""
+        self.prefix = (opts.str("prefix", "fal/{route}/{request_id}/") or "").lstrip("/")
+        check_template(self.prefix, opts.key("prefix"))
+        self.endpoint_url = opts.str("endpoint_url") or None  # "" from an unset ${VAR}: AWS
+        self.region = opts.str("region")
+        self.profile = opts.str("profile")
+        self.storage_class = opts.str("storage_class")
+        style = opts.str("addressing_style", "path" if self.endpoint_url else "auto")
+        if style not in ("auto", "path", "virtual"):
+            raise opts.error("addressing_style", 'must be "auto", "path" or "virtual"')
+        self.addressing_style = style
+        self.presign_seconds = int(opts.number("presign_seconds", MAX_PRESIGN))
+        if self.presign_seconds > MAX_PRESIGN:
+            raise opts.error("presign_seconds", f"must be at most {MAX_PRESIGN} (7 days, SigV4)")
+        self.part_size = int(opts.number("part_size", 16 * MIB))
+        if self.part_size < MIN_PART:
+            raise opts.error("part_size", f"must be at least {MIN_PART} (5 MiB, S3's minimum)")
+        self.threshold = int(opts.number("multipart_threshold", self.part_size))
+        self.concurrency = int(opts.number("concurrency", 4))
+        self.connect_timeout = opts.number("connect_timeout", 10)
+        self.read_timeout = opts.number("read_timeout", 120)
+        opts.no_unknown()
+        if self.endpoint_url and not self.endpoint_url.startswith(("http://", "https://")):
+            raise opts.error("endpoint_url", "must be an http:// or https:// URL")
+        self._client: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._slots: asyncio.Semaphore | None = None
+
+    # --- client lifecycle ------------------------------------------------------------------
+
+    async def _get_client(self) -> Any:
+        """One client per event loop (the CLI and tests run several loops in one process)."""
+        loop = asyncio.get_running_loop()
+        if self._client is not None and self._loop is loop:
+            return self._client
+        from aiobotocore.config import AioConfig
+        from aiobotocore.session import get_session
+
+        session = get_session()
+        if self.profile:
+            session.set_config_variable("profile", self.profile)
+        config = AioConfig(
+            connect_timeout=self.connect_timeout,
+            read_timeout=self.read_timeout,
+            max_pool_connections=max(10, self.concurrency * 2),
+            # The worker owns retries; one quick retry here saves restarting a whole upload.
+            retries={"mode": "standard", "total_max_attempts": 2},
+            s3={"addressing_style": self.addressing_style},
+            signature_version="s3v4",  # presigned links too (botocore may pick SigV2 for them)
+            # The newer default (CRC trailers on every PUT) breaks several S3-compatible
+            # stores; our own sha256 in the metadata is the integrity check we rely on.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        )
+        stack = contextlib.AsyncExitStack()
+        client = await stack.enter_async_context(
+            session.create_client(
+                "s3", region_name=self.region, endpoint_url=self.endpoint_url, config=config
+            )
+        )
+        self._client, self._loop, self._stack = client, loop, stack
+        self._slots = asyncio.Semaphore(self.concurrency)
+        return client
+
+    async def aclose(self) -> None:
+        stack, self._stack, self._client = self._stack, None, None
+        if stack is not None and self._loop is asyncio.get_running_loop():
+            await stack.aclose()
+
+    # --- delivery --------------------------------------------------------------------------
+
+    async def deliver(self, ctx: DeliveryContext) -> dict[str, Any]:
+        prefix = render(self.prefix, ctx.event)
+        try:
+            client = await self._get_client()
+            objects: dict[str, dict[str, Any]] = {}
+            for file in ctx.files:
+                key = prefix + file.name
+                uploaded = await self._put_file(client, ctx, file, key)
+                objects[file.path] = {
+                    "bucket": self.bucket,
+                    "key": key,
+                    "url": await self._presign(client, key),
+                    "size": file.size,
+                    "sha256": file.sha256,
+                    "uploaded": uploaded,
+                }
+            event_key = prefix + "event.json"
+            await client.put_object(
+                Bucket=self.bucket,
+                Key=event_key,
+                Body=ctx.event.to_json_bytes(),
+                ContentType="application/json",
+                Metadata=self._metadata(ctx, None),
+                **self._class_arg(),
+            )
+        except (Retryable, Permanent):
+            raise
+        except Exception as exc:
+            raise self._classify(exc) from exc
+        return {
+            "bucket": self.bucket,
+            "objects": objects,
+            "event_key": event_key,
+            "event_url": await self._presign(client, event_key),
+        }
+
+    async def _presign(self, client: Any, key: str) -> str:
+        return await client.generate_presigned_url(
+            "get_object",
+            Params={"Bucket": self.bucket, "Key": key},
+            ExpiresIn=self.presign_seconds,
+        )
+
+    def _metadata(self, ctx: DeliveryContext, file: LocalFile | None) -> dict[str, str]:
+        # Metadata travels as HTTP headers: keep it ASCII (identifiers are sanitised names).
+        meta = {"request_id": _ascii(ctx.event.request_id), "route": _ascii(ctx.route)}
+        if file is not None:
+            meta["sha256"] = file.sha256
+            meta["path"] = _ascii(file.path)
+        return meta
+
+    def _class_arg(self) -> dict[str, str]:
+        return {"StorageClass": self.storage_class} if self.storage_class else {}
+
+    async def _already_there(self, client: Any, file: LocalFile, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            head = await client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status in (403, 404):  # missing (403 without s3:ListBucket): upload decides
+                return False
+            raise
+        meta = head.get("Metadata") or {}
+        return meta.get("sha256") == file.sha256 and head.get("ContentLength") == file.size
+
+    async def _put_file(self, client: Any, ctx: DeliveryContext, file: LocalFile, key: str) -> bool:
+        if await self._already_there(client, file, key):
+            ctx.log.info("s3 object already stored", path=file.path, key=key)
+            return False
+        args: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Key": key,
+            "ContentType": file.content_type or "application/octet-stream",
+            "Metadata": self._metadata(ctx, file),
+            **self._class_arg(),
+        }
+        if file.size < self.threshold:
+            body = await asyncio.to_thread(file.local_path.read_bytes)
+            await client.put_object(Body=body, **args)
+        else:
+            await self._multipart(client, file, args)
+        ctx.log.info("s3 object stored", path=file.path, key=key, bytes=file.size)
+        return True
+
+    async def _multipart(self, client: Any, file: LocalFile, args: dict[str, Any]) -> None:
+        part_size = max(self.part_size, math.ceil(file.size / MAX_PARTS))
+        count = max(1, math.ceil(file.size / part_size))
+        upload_id = (await client.create_multipart_upload(**args))["UploadId"]
+        where = {"Bucket": args["Bucket"], "Key": args["Key"], "UploadId": upload_id}
+        etags: dict[int, str] = {}
+        assert self._slots is not None
+        slots = self._slots
+
+        async def one(number: int) -> None:
+            try:
+                offset = (number - 1) * part_size
+                length = min(part_size, file.size - offset)
+                data = await asyncio.to_thread(_pread, file.local_path, offset, length)
+                if len(data) != length:
+                    raise Retryable(f"spool file {file.name} is shorter than its recorded size")
+                got = await client.upload_part(PartNumber=number, Body=data, **where)
+                etags[number] = got["ETag"]
+            finally:
+                slots.release()
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for number in range(1, count + 1):
+                    await slots.acquire()  # bounded memory: read a part only when a slot frees
+                    group.create_task(one(number))
+            parts = [{"PartNumber": n, "ETag": etags[n]} for n in range(1, count + 1)]
+            await client.complete_multipart_upload(MultipartUpload={"Parts": parts}, **where)
+        except BaseException as exc:
+            await _abort_quietly(client, where)
+            if isinstance(exc, BaseExceptionGroup):
+                raise _first(exc) from None
+            raise
+
+    # --- errors ----------------------------------------------------------------------------
+
+    def _classify(self, exc: BaseException) -> Retryable | Permanent:
+        """Map client errors to the worker's two kinds, with a message naming the bucket."""
+        from botocore import exceptions as bx
+
+        where = f"s3 bucket {self.bucket!r}"
+        if isinstance(exc, bx.ClientError):
+            err = exc.response.get("Error", {})
+            code = str(err.get("Code", ""))
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+            detail = _PERMANENT_HINTS.get(code) or err.get("Message") or code or "error"
+            message = f"{where}: {code or status} ({detail})"
+            if code in _RETRYABLE_CODES or status >= 500 or status in (408, 429):
+                return Retryable(message)
+            return Permanent(message)
+        if isinstance(exc, bx.NoCredentialsError | bx.PartialCredentialsError):
+            return Permanent(f"{where}: no usable AWS credentials in the standard chain")
+        if isinstance(exc, bx.ParamValidationError):
+            return Permanent(f"{where}: {exc}")
+        # Connection refused/reset, timeouts, aiohttp trouble, a spool read error: transient.
+        return Retryable(f"{where}: {type(exc).__name__}: {exc}")
+
+
+def _first(group: BaseExceptionGroup) -> BaseException:
+    """The first real error of a TaskGroup failure (not the cancellations it caused)."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return _first(exc)
+        if not isinstance(exc, asyncio.CancelledError):
+            return exc
+    return group.exceptions[0]
+
+
+async def _abort_quietly(client: Any, where: dict[str, str]) -> None:
+    # Shielded and bounded: a cancelled attempt still cleans up, a dead store doesn't hang us.
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(15):
+            await asyncio.shield(client.abort_multipart_upload(**where))
+
+
+def _pread(path: Path, offset: int, length: int) -> bytes:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.pread(fd, length, offset)
+    finally:
+        os.close(fd)
+
+
+def _ascii(value: str) -> str:
+    return value.encode("ascii", "replace").decode("ascii")

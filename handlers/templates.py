@@ -1,0 +1,59 @@
+"""Key templates such as ``fal/{route}/{request_id}/``: checked at start-up, rendered safely.
+
+Every value comes from a payload or a submission, so each is sanitised before it becomes part
+of a key: identifiers keep ``[A-Za-z0-9._-]`` only, and an endpoint id keeps its ``/``
+structure with each segment sanitised (no empty, ``.`` or ``..`` segments).
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+from handlers.base import EventInfo
+from receiver.config import ConfigError
+from receiver.naming import safe_component
+
+FIELDS = ("route", "request_id", "endpoint", "date")
+
+
+def check_template(template: str, key: str, fields: Iterable[str] = FIELDS) -> None:
+    """ConfigError naming `key` for unknown fields, format specs or unbalanced braces."""
+    allowed = set(fields)
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ConfigError(key, f"is not a valid template: {exc}") from None
+    for _, field, spec, conversion in parsed:
+        if field is None:
+            continue
+        if field not in allowed or spec or conversion:
+            names = ", ".join("{" + f + "}" for f in sorted(allowed))
+            raise ConfigError(key, f"unknown placeholder {{{field}}} (use {names})")
+
+
+def endpoint_path(endpoint: str | None) -> str:
+    """`luma/agent/ray/v3.2/reframe` stays a path; anything odd in it is replaced."""
+    if not endpoint:
+        return "unknown"
+    parts = [safe_component(p) for p in endpoint.split("/") if p.strip()]
+    return "/".join(parts) or "unknown"
+
+
+def event_values(event: EventInfo) -> dict[str, str]:
+    return {
+        "route": safe_component(event.route),
+        "request_id": safe_component(event.request_id),
+        "endpoint": endpoint_path(event.endpoint),
+        "date": _utc(event).strftime("%Y-%m-%d"),
+    }
+
+
+def _utc(event: EventInfo) -> datetime:
+    at = event.received_at
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+
+
+def render(template: str, event: EventInfo) -> str:
+    return template.format_map(event_values(event))
