@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from httpcore import NetworkStream, SyncBackend
+from httpcore import ConnectError, NetworkStream, SyncBackend
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -54,10 +54,7 @@ def classify(ip: IPAddress) -> str | None:
         ("link-local", ip.is_link_local),
         ("multicast", ip.is_multicast),
         ("shared address space", isinstance(ip, ipaddress.IPv4Address) and ip in _SHARED),
-        (
-            "unique-local",
-            isinstance(ip, ipaddress.IPv6Address) and ip in ipaddress.ip_network("fc00::/7"),
-        ),
+        ("unique-local", isinstance(ip, ipaddress.IPv6Address) and ip in _UNIQUE_LOCAL),
         ("reserved", ip.is_reserved),  # before private: Python counts 240/4 as private too
         ("private", ip.is_private),
         ("not globally routable", not ip.is_global),
@@ -92,7 +89,11 @@ class AddressGuard:
         return result
 
 
+Resolver = Callable[[str, int], list[str]]
+
+
 def resolve(host: str, port: int) -> list[str]:
+    """The host's addresses, in the system resolver's order (OSError when it has none)."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
@@ -105,10 +106,16 @@ def resolve(host: str, port: int) -> list[str]:
 
 
 class GuardedBackend(SyncBackend):
-    """httpcore's sync backend, connecting only to addresses the guard allows."""
+    """httpcore's sync backend, connecting only to addresses the guard allows.
 
-    def __init__(self, guard: AddressGuard) -> None:
+    httpcore hands connect_tcp the URL's host; the TLS handshake that follows still uses
+    that host name for SNI and certificate checks, and the Host header is untouched, so
+    only the choice of address changes. `resolver` is a seam for operators and tests.
+    """
+
+    def __init__(self, guard: AddressGuard, resolver: Resolver = resolve) -> None:
         self.guard = guard
+        self.resolver = resolver
 
     def connect_tcp(
         self,
@@ -118,7 +125,12 @@ class GuardedBackend(SyncBackend):
         local_address: str | None = None,
         socket_options: Iterable[tuple[int, int, int | bytes]] | None = None,
     ) -> NetworkStream:
-        addresses = self.guard.judge(host, resolve(host, port))
+        try:
+            found = self.resolver(host, port)
+        except OSError as exc:
+            # A name that does not resolve (now) is a network error: retryable.
+            raise ConnectError(str(exc)) from None
+        addresses = self.guard.judge(host, found)  # RefusedAddress passes through httpx as is
         last: Exception | None = None
         for address in addresses:
             try:

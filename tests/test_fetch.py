@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
 import ipaddress
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -30,6 +32,21 @@ def fetcher(**kw: object) -> Fetcher:
 
 def left_in(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir())
+
+
+class CountingResolver:
+    """Maps test host names to fixed addresses, counting lookups (the system resolver
+    knows nothing of them, so a second lookup elsewhere would fail the download)."""
+
+    def __init__(self, table: dict[str, list[str]]) -> None:
+        self.table = table
+        self.calls: list[str] = []
+
+    def __call__(self, host: str, port: int) -> list[str]:
+        self.calls.append(host)
+        if host not in self.table:
+            raise OSError(f"cannot resolve {host}")
+        return self.table[host]
 
 
 async def test_a_file_is_streamed_with_its_size_and_sha256(
@@ -121,9 +138,12 @@ async def test_loopback_is_refused_unless_allowed(server: FileServer, tmp_path: 
     strict = fetcher(allow_private_hosts=False)
     with pytest.raises(FetchPermanent, match=r"127\.0\.0\.1 \(loopback\)"):
         await strict.fetch(FileRef("v", server.url("/x")), tmp_path)
-    with pytest.raises(FetchPermanent, match="loopback"):
+    with pytest.raises(
+        FetchPermanent, match=r"refused address (127\.0\.0\.1|::1) \(loopback\) for host localhost"
+    ):
         await strict.fetch(FileRef("v", server.url("/x", host="localhost")), tmp_path)
     assert server.hits("/x") == 0
+    assert left_in(tmp_path) == []
 
 
 async def test_every_redirect_hop_is_checked_again(server: FileServer, tmp_path: Path) -> None:
@@ -165,3 +185,132 @@ async def test_the_event_loop_keeps_running_during_a_download(
     await task
     assert got.sha256 == generated_sha256(size)
     assert ticks > 20  # the loop ran throughout; a blocking download would leave it at ~1
+
+
+async def test_a_data_uri_over_max_file_bytes_is_permanent(tmp_path: Path) -> None:
+    with pytest.raises(FetchPermanent, match="max_file_bytes"):
+        await fetcher(max_file_bytes=4).fetch(FileRef("a", "data:,hello"), tmp_path)
+    assert left_in(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "url", ["ftp://127.0.0.1/x", "file:///etc/passwd", "http://[::1/x", "http:///x", "v.mp4"]
+)
+async def test_urls_that_cannot_be_fetched_are_permanent(url: str, tmp_path: Path) -> None:
+    f = fetcher(resolver=CountingResolver({}))  # never the system resolver
+    with pytest.raises(FetchPermanent):
+        await f.fetch(FileRef("v", url), tmp_path)
+    assert left_in(tmp_path) == []
+
+
+async def test_a_file_size_over_the_limit_is_refused_before_any_request(
+    server: FileServer, tmp_path: Path
+) -> None:
+    server.add("/f", data=b"x" * 10)
+    with pytest.raises(FetchPermanent, match="max_file_bytes"):
+        await fetcher(max_file_bytes=5).fetch(
+            FileRef("v", server.url("/f"), file_size=10), tmp_path
+        )
+    assert server.hits("/f") == 0
+
+
+async def test_the_content_type_comes_from_the_response_without_parameters(
+    server: FileServer, tmp_path: Path
+) -> None:
+    server.add("/v", data=b"v", content_type="video/mp4; codecs=avc1")
+    got = await fetcher().fetch(FileRef("v", server.url("/v")), tmp_path)
+    assert got.content_type == "video/mp4"
+    given = await fetcher().fetch(FileRef("v", server.url("/v"), content_type="x/y"), tmp_path)
+    assert given.content_type == "x/y"
+
+
+async def test_a_relative_redirect_is_followed(server: FileServer, tmp_path: Path) -> None:
+    server.add("/there", data=b"moved")
+    server.add("/here", redirect_to="/there")
+    got = await fetcher().fetch(FileRef("v", server.url("/here")), tmp_path)
+    assert got.local_path.read_bytes() == b"moved"
+    assert (server.hits("/here"), server.hits("/there")) == (1, 1)
+
+
+async def test_an_encoded_body_is_stored_decoded(server: FileServer, tmp_path: Path) -> None:
+    data = b"frame " * 50_000
+    server.add("/z", data=gzip.compress(data), headers={"Content-Encoding": "gzip"})
+    got = await fetcher().fetch(FileRef("v", server.url("/z"), file_size=len(data)), tmp_path)
+    assert got.local_path.read_bytes() == data
+    assert got.sha256 == hashlib.sha256(data).hexdigest()
+
+
+LOOPBACK_ONLY = AddressGuard(allowed_networks=(ipaddress.ip_network("127.0.0.1/32"),))
+
+
+async def test_the_checked_address_is_the_one_connected_to_and_the_host_is_kept(
+    server: FileServer, tmp_path: Path
+) -> None:
+    server.add("/v", data=b"via the checked address")
+    resolver = CountingResolver({"files.test": ["127.0.0.1"]})
+    f = fetcher(allow_private_hosts=False, guard=LOOPBACK_ONLY, resolver=resolver)
+    got = await f.fetch(FileRef("v", server.url("/v", host="files.test")), tmp_path)
+    await f.aclose()
+    assert got.local_path.read_bytes() == b"via the checked address"
+    assert resolver.calls == ["files.test"]  # one lookup, then the judged address is used
+    assert server.last_headers("/v")["host"] == f"files.test:{server.port}"
+
+
+async def test_a_host_with_any_refused_address_is_refused(
+    server: FileServer, tmp_path: Path
+) -> None:
+    server.add("/v", data=b"v")
+    resolver = CountingResolver({"mixed.test": ["127.0.0.1", "10.0.0.7"]})
+    f = fetcher(allow_private_hosts=False, guard=LOOPBACK_ONLY, resolver=resolver)
+    with pytest.raises(FetchPermanent, match=r"10\.0\.0\.7 \(private\) for host mixed\.test"):
+        await f.fetch(FileRef("v", server.url("/v", host="mixed.test")), tmp_path)
+    assert server.hits("/v") == 0
+
+
+async def test_a_name_that_does_not_resolve_is_retryable(tmp_path: Path) -> None:
+    f = fetcher(resolver=CountingResolver({}))
+    with pytest.raises(FetchRetryable, match="cannot resolve"):
+        await f.fetch(FileRef("v", "http://gone.test/v"), tmp_path)
+
+
+async def wait_until(condition: Callable[[], bool], what: str, limit: float = 20.0) -> None:
+    """Poll condition on the loop until it holds; fail after `limit` seconds."""
+    deadline = time.monotonic() + limit
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+def partial_download_started(folder: Path) -> bool:
+    return any(p.stat().st_size > 0 for p in folder.iterdir())
+
+
+async def test_a_cancelled_download_leaves_no_file(server: FileServer, tmp_path: Path) -> None:
+    size = 8 * 1024 * 1024
+    server.add("/slow", size=size, pause_after=3 * 1024 * 1024)
+    f = fetcher(max_file_bytes=size)
+    task = asyncio.create_task(f.fetch(FileRef("v", server.url("/slow")), tmp_path))
+    await wait_until(lambda: partial_download_started(tmp_path), "the download to start")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    server.resume("/slow")
+    await wait_until(lambda: left_in(tmp_path) == [], "the partial file to be removed")
+    await f.aclose()
+
+
+async def test_closing_the_fetcher_ends_a_running_download(
+    server: FileServer, tmp_path: Path
+) -> None:
+    size = 8 * 1024 * 1024
+    server.add("/slow", size=size, pause_after=3 * 1024 * 1024)
+    f = fetcher(max_file_bytes=size)
+    task = asyncio.create_task(f.fetch(FileRef("v", server.url("/slow")), tmp_path))
+    await wait_until(lambda: partial_download_started(tmp_path), "the download to start")
+    await f.aclose()
+    server.resume("/slow")
+    with pytest.raises(FetchRetryable):
+        await task
+    assert left_in(tmp_path) == []
+    with pytest.raises(FetchRetryable, match="closed"):
+        await f.fetch(FileRef("v", server.url("/slow")), tmp_path)

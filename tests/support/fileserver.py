@@ -1,17 +1,24 @@
 """A real loopback HTTP file server for tests, with behaviours to order: failures, lying
-Content-Length, redirects, unknown length. Thread-based, ephemeral port, stops on exit."""
+Content-Length, redirects, unknown length, a pause mid-body. Thread-based (HTTP/1.1,
+keep-alive), ephemeral port, stops on exit.
+
+    with FileServer() as files:
+        files.add("/v.mp4", size=200 * 1024 * 1024)          # generated, never all in memory
+        url, sha = files.url("/v.mp4"), generated_sha256(200 * 1024 * 1024)
+"""
 
 from __future__ import annotations
 
 import hashlib
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
-from typing import Any
 
 from receiver.testing import LoopbackServer
 
 _BLOCK = 1024 * 1024
+_PAUSE_LIMIT = 30.0  # seconds a paused body waits for resume() at most
 
 
 def generated_block(index: int) -> bytes:
@@ -19,7 +26,8 @@ def generated_block(index: int) -> bytes:
     return hashlib.sha256(str(index).encode()).digest() * (_BLOCK // 32)
 
 
-def generated_bytes(size: int) -> Any:
+def generated_bytes(size: int) -> Iterator[bytes]:
+    """The content `add(path, size=...)` serves, block by block."""
     left, i = size, 0
     while left > 0:
         block = generated_block(i)[: min(left, _BLOCK)]
@@ -29,6 +37,7 @@ def generated_bytes(size: int) -> Any:
 
 
 def generated_sha256(size: int) -> str:
+    """The sha256 of the content `add(path, size=...)` serves."""
     h = hashlib.sha256()
     for block in generated_bytes(size):
         h.update(block)
@@ -46,12 +55,16 @@ class _Entry:
     redirect_to: str | None
     status: int
     chunked: bool
+    headers: dict[str, str]
+    pause_after: int | None
+    resume: threading.Event
 
 
 class FileServer(LoopbackServer):
     def __init__(self, host: str = "127.0.0.1") -> None:
         self._entries: dict[str, _Entry] = {}
         self._hits: dict[str, int] = {}
+        self._headers: dict[str, dict[str, str]] = {}
         self._lock = threading.Lock()
         outer = self
 
@@ -67,6 +80,8 @@ class FileServer(LoopbackServer):
         super().__init__(Handler, host)
 
     def url(self, path: str, host: str = "127.0.0.1") -> str:
+        """The URL of path; `host` names the same server another way (127.0.0.2, a name
+        a test resolver maps to 127.0.0.1)."""
         return f"http://{host}:{self.port}{path}"
 
     def add(
@@ -82,7 +97,14 @@ class FileServer(LoopbackServer):
         redirect_to: str | None = None,
         status: int = 200,
         chunked: bool = False,
+        headers: dict[str, str] | None = None,
+        pause_after: int | None = None,
     ) -> None:
+        """Serve path. `size` serves generated content (see generated_sha256); `fail_times`
+        answers fail_status that many times first; `short_by` declares the full
+        Content-Length but sends fewer bytes and closes; `chunked` sends no Content-Length
+        (the body ends when the connection closes); `headers` are added to a 200 answer;
+        `pause_after` sends that many body bytes, then waits for resume(path)."""
         total = len(data) if data is not None else (size or 0)
         with self._lock:
             self._entries[path] = _Entry(
@@ -95,16 +117,40 @@ class FileServer(LoopbackServer):
                 redirect_to,
                 status,
                 chunked,
+                dict(headers or {}),
+                pause_after,
+                threading.Event(),
             )
 
     def hits(self, path: str) -> int:
+        """How many requests path has had (whatever the answer)."""
         with self._lock:
             return self._hits.get(path, 0)
+
+    def last_headers(self, path: str) -> dict[str, str]:
+        """The request headers of path's latest request (names lower-cased)."""
+        with self._lock:
+            return dict(self._headers.get(path, {}))
+
+    def resume(self, path: str) -> None:
+        """Let a body paused by `pause_after` go on."""
+        with self._lock:
+            entry = self._entries.get(path)
+        if entry is not None:
+            entry.resume.set()
+
+    def stop(self) -> None:
+        with self._lock:
+            entries = list(self._entries.values())
+        for entry in entries:  # paused handlers end now, not at their time limit
+            entry.resume.set()
+        super().stop()
 
     def _serve(self, h: BaseHTTPRequestHandler) -> None:
         path = h.path.split("?", 1)[0]
         with self._lock:
             self._hits[path] = self._hits.get(path, 0) + 1
+            self._headers[path] = {k.lower(): v for k, v in h.headers.items()}
             entry = self._entries.get(path)
             failing = entry is not None and entry.fail_times > 0
             if failing:
@@ -128,17 +174,32 @@ class FileServer(LoopbackServer):
             h.close_connection = True
         else:
             h.send_header("Content-Length", str(entry.size))
+        for name, value in entry.headers.items():
+            h.send_header(name, value)
         h.end_headers()
-        to_send = entry.size - entry.short_by
-        blocks = [entry.data] if entry.data is not None else generated_bytes(entry.size)
         try:
-            for block in blocks:
-                if to_send <= 0:
-                    break
-                h.wfile.write(block[:to_send])
-                to_send -= len(block)
-            h.wfile.flush()
+            _send_body(h, entry)
         except (BrokenPipeError, ConnectionResetError):
             return
         if entry.short_by:
             h.close_connection = True  # the lie: declared more than was sent
+
+
+def _send_body(h: BaseHTTPRequestHandler, entry: _Entry) -> None:
+    limit = entry.size - entry.short_by
+    pause = entry.pause_after
+    sent = 0
+    blocks = [entry.data] if entry.data is not None else generated_bytes(entry.size)
+    for whole in blocks:
+        block = whole[: limit - sent]
+        if not block:
+            break
+        if pause is not None and sent <= pause < sent + len(block):
+            cut = pause - sent
+            h.wfile.write(block[:cut])
+            h.wfile.flush()
+            entry.resume.wait(_PAUSE_LIMIT)
+            block, sent = block[cut:], sent + cut
+        h.wfile.write(block)
+        sent += len(block)
+    h.wfile.flush()
