@@ -1,0 +1,156 @@
+"""The Block Kit message for one event: a pure function of the delivery context.
+
+Slack's limits are kept here so a message is never refused for size: header text 150
+characters, section text 3000, at most 10 fields of 2000, image URLs up to 3000, 50 blocks.
+Text from the payload (file names, errors) is escaped for mrkdwn (``& < >``), so it can
+neither inject links nor mentions, and is cut cleanly (never inside an escape) with ``…``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from handlers.base import DeliveryContext, LocalFile
+from handlers.links import best_link, stored_link
+
+MAX_BLOCKS = 50
+HEADER_MAX = 150
+SECTION_MAX = 3000
+FIELD_MAX = 2000
+URL_MAX = 3000
+ALT_MAX = 2000
+FALLBACK_MAX = 3000
+PREVIEW_TYPES = frozenset({"image/png", "image/jpeg", "image/jpg", "image/gif"})
+_ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+
+
+def escape(text: str) -> str:
+    return "".join(_ESCAPES.get(c, c) for c in text)
+
+
+def fit(text: str, limit: int, *, mrkdwn: bool = True) -> str:
+    """`text` escaped (for mrkdwn) and cut to at most `limit` characters, ending in `…`."""
+    out: list[str] = []
+    used = 0
+    for char in text:
+        piece = _ESCAPES.get(char, char) if mrkdwn else char
+        if used + len(piece) > limit - 1:
+            return "".join(out) + "…"
+        out.append(piece)
+        used += len(piece)
+    return "".join(out)
+
+
+def human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"  # pragma: no cover - the loop always returns
+
+
+def _display_name(file: LocalFile) -> str:
+    return file.file_name or file.name
+
+
+def _file_line(ctx: DeliveryContext, file: LocalFile) -> str:
+    name = _display_name(file)
+    link = best_link(ctx, file)
+    details = [human_size(file.size)]
+    if file.content_type:
+        details.append(file.content_type)
+    if stored_link(ctx, file):
+        details.append("stored copy")
+    tail = " · ".join(escape(d) for d in details) + f"  `{fit(file.path, 200)}`"
+    budget = SECTION_MAX - len(tail) - 8
+    if link and len(link) + 200 < budget and "|" not in link and ">" not in link:
+        label = fit(name, min(200, budget - len(link)))
+        return f"*<{link}|{label}>* · {tail}"
+    return f"*{fit(name, 200)}* · {tail}"
+
+
+def _preview(ctx: DeliveryContext, file: LocalFile) -> dict[str, Any] | None:
+    content_type = (file.content_type or "").split(";", 1)[0].strip().lower()
+    link = best_link(ctx, file)
+    if content_type not in PREVIEW_TYPES or not link or len(link) > URL_MAX:
+        return None
+    return {
+        "type": "image",
+        "image_url": link,
+        "alt_text": fit(_display_name(file), ALT_MAX, mrkdwn=False),
+    }
+
+
+def _field(label: str, value: str) -> dict[str, str]:
+    return {"type": "mrkdwn", "text": f"*{label}*\n" + fit(value, FIELD_MAX - len(label) - 4)}
+
+
+def build_message(ctx: DeliveryContext, *, previews: bool = True) -> dict[str, Any]:
+    """`{"text": fallback, "blocks": [...]}` for this event."""
+    ev = ctx.event
+    endpoint = ev.endpoint or "unknown"
+    failed = not ev.ok or ev.payload_error
+    title = f"fal request failed · {ctx.route}" if failed else f"fal request done · {ctx.route}"
+    blocks: list[dict[str, Any]] = [
+        {
+            "type": "header",
+            "text": {"type": "plain_text", "text": fit(title, HEADER_MAX, mrkdwn=False)},
+        },
+        {
+            "type": "section",
+            "fields": [
+                _field("Route", ctx.route),
+                _field("Endpoint", endpoint),
+                _field("Status", ev.fal_status),
+                _field("Request", ev.request_id),
+            ],
+        },
+    ]
+    for label, problem in (("Error", ev.error), ("Payload error", ev.payload_error)):
+        if problem:
+            body = fit(problem, SECTION_MAX - len(label) - 12)
+            blocks.append(
+                {"type": "section", "text": {"type": "mrkdwn", "text": f"*{label}*\n```{body}```"}}
+            )
+
+    tail_blocks = [
+        {
+            "type": "context",
+            "elements": [
+                {
+                    "type": "mrkdwn",
+                    "text": fit(f"falhook · received {ev.document.get('received_at', '')}", 300),
+                }
+            ],
+        }
+    ]
+    # Room for the files: keep one block for "and N more" and the closing context.
+    room = MAX_BLOCKS - len(blocks) - len(tail_blocks) - 1
+    shown = 0
+    for file in ctx.files:
+        file_blocks = [
+            {"type": "section", "text": {"type": "mrkdwn", "text": _file_line(ctx, file)}}
+        ]
+        preview = _preview(ctx, file) if previews else None
+        if preview is not None:
+            file_blocks.append(preview)
+        if len(file_blocks) > room:
+            break
+        blocks.extend(file_blocks)
+        room -= len(file_blocks)
+        shown += 1
+    if shown < len(ctx.files):
+        more = len(ctx.files) - shown
+        blocks.append(
+            {
+                "type": "section",
+                "text": {"type": "mrkdwn", "text": f"…and {more} more file(s), not listed"},
+            }
+        )
+    blocks.extend(tail_blocks)
+
+    summary = f"{title} ({ev.request_id})"
+    if ev.error:
+        summary += f": {ev.error}"
+    return {"text": fit(summary, FALLBACK_MAX), "blocks": blocks}
