@@ -1,0 +1,357 @@
+"""PostgreSQL schema, its migrations, and the queries that turn rows into views.
+
+Kept apart from postgres.py (pool, LISTEN, errors) so the SQL reads on its own. Every table
+lives in one schema (``falhook`` unless told otherwise), reached through the connection's
+search_path, so one database can hold several falhook installations (and every test its own).
+Times are timestamptz; JSON columns are `json` (kept as written, key order included).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from receiver.store.base import DELIVERY_STATES, DeliveryView, EventView, SubmissionView
+
+# A schema name we can put in search_path and a NOTIFY channel without quoting games; short
+# enough that the channel name stays under PostgreSQL's 63-byte identifier limit.
+SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
+
+# Ordered and append only: a database at version N gets MIGRATIONS[N:], each in the one
+# transaction that holds the advisory lock. Never edit one that has shipped.
+MIGRATIONS: list[tuple[str, ...]] = [
+    (
+        """CREATE TABLE events (
+            request_id text PRIMARY KEY,
+            route text NOT NULL,
+            fal_status text NOT NULL,
+            error text,
+            payload_error text,
+            gateway_request_id text,
+            received_at timestamptz NOT NULL,
+            headers json NOT NULL,
+            body bytea NOT NULL,
+            files json NOT NULL,
+            source text NOT NULL DEFAULT 'webhook'
+        )""",
+        "CREATE INDEX events_by_time ON events (received_at DESC, request_id DESC)",
+        "CREATE INDEX events_by_route ON events (route, received_at DESC, request_id DESC)",
+        """CREATE TABLE deliveries (
+            request_id text NOT NULL REFERENCES events (request_id),
+            sink text NOT NULL,
+            position integer NOT NULL,
+            state text NOT NULL CHECK (state IN
+                ('pending', 'delivering', 'retrying', 'delivered', 'dead')),
+            attempts integer NOT NULL DEFAULT 0,
+            next_attempt_at timestamptz,
+            last_error text,
+            lease_token text,
+            lease_owner text,
+            lease_expires_at timestamptz,
+            output json,
+            updated_at timestamptz NOT NULL,
+            -- When the delivery is next due, whatever its state: lease() walks one index
+            -- in due order instead of sorting every due row.
+            due_at timestamptz GENERATED ALWAYS AS (CASE
+                WHEN state IN ('pending', 'retrying') THEN next_attempt_at
+                WHEN state = 'delivering' THEN lease_expires_at
+            END) STORED,
+            PRIMARY KEY (request_id, sink)
+        )""",
+        "CREATE INDEX deliveries_due ON deliveries (due_at, request_id, position)"
+        " WHERE due_at IS NOT NULL",
+        "CREATE INDEX deliveries_by_token ON deliveries (lease_token)"
+        " WHERE lease_token IS NOT NULL",
+        "CREATE INDEX deliveries_by_state ON deliveries (state, request_id)",
+        """CREATE TABLE submissions (
+            request_id text PRIMARY KEY,
+            endpoint text NOT NULL,
+            route text NOT NULL,
+            input json NOT NULL,
+            status_url text,
+            response_url text,
+            cancel_url text,
+            submitted_at timestamptz NOT NULL,
+            state text NOT NULL DEFAULT 'pending',
+            detail text,
+            checked_at timestamptz
+        )""",
+        "CREATE INDEX submissions_by_time ON submissions (submitted_at DESC, request_id DESC)",
+    ),
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def lock_key(schema: str) -> int:
+    """The advisory lock (a signed bigint) that serialises migrations of one schema."""
+    digest = hashlib.blake2b(f"falhook-migrate:{schema}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+async def migrate(conn: asyncpg.Connection, schema: str) -> int:
+    """Create the schema or bring it up to date; returns the version now applied.
+
+    The transaction-scoped advisory lock makes processes starting at once take turns: the
+    first applies, the others then find nothing left to do. It is released at commit or
+    rollback, so a crashed migration cannot leave it held.
+    """
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", lock_key(schema))
+        await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+        await conn.execute(
+            f'CREATE TABLE IF NOT EXISTS "{schema}".schema_migrations ('
+            " version integer PRIMARY KEY,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        version = await conn.fetchval(
+            f'SELECT COALESCE(max(version), 0) FROM "{schema}".schema_migrations'
+        )
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"database schema version {version} is newer than this falhook "
+                f"({SCHEMA_VERSION}): upgrade falhook"
+            )
+        # Tables are created unqualified, in the first schema of search_path: ours.
+        await conn.execute(f'SET LOCAL search_path = "{schema}"')
+        for number, statements in enumerate(MIGRATIONS[version:], start=version + 1):
+            for statement in statements:
+                await conn.execute(statement)
+            await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", number)
+    return SCHEMA_VERSION
+
+
+# --- statements --------------------------------------------------------------------------------
+
+# One statement, so one round trip and its own transaction: the event and its deliveries are
+# committed together or not at all. A duplicate inserts nothing (the CTE yields no row), and a
+# concurrent insert of the same request_id waits for the first to commit, then yields nothing.
+# A new delivery is due at the event's arrival (so the oldest go first), never later than now
+# (a receiver whose clock runs ahead of the database's must not delay it).
+ACCEPT = """
+WITH ins AS (
+    INSERT INTO events (request_id, route, fal_status, error, payload_error,
+                        gateway_request_id, received_at, headers, body, files, source)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+    ON CONFLICT (request_id) DO NOTHING
+    RETURNING request_id
+), d AS (
+    INSERT INTO deliveries (request_id, sink, position, state, next_attempt_at, updated_at)
+    SELECT ins.request_id, s.sink, s.position, 'pending', least($7, now()), now()
+    FROM ins CROSS JOIN unnest($12::text[]) WITH ORDINALITY AS s (sink, position)
+)
+SELECT EXISTS (SELECT 1 FROM ins)
+"""
+
+# Due deliveries in due order; rows another worker is leasing right now are skipped, not
+# waited for, and the lock is re-checked against the newest row version, so a delivery is
+# never handed to two workers.
+LEASE_DUE = """
+WITH due AS (
+    SELECT request_id, sink, due_at FROM deliveries
+    WHERE due_at <= now()
+    ORDER BY due_at, request_id, position
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE deliveries d SET state = 'delivering', lease_token = gen_random_uuid()::text,
+    lease_owner = $2, lease_expires_at = now() + $3 * interval '1 second', updated_at = now()
+FROM due WHERE d.request_id = due.request_id AND d.sink = due.sink
+RETURNING d.request_id, d.sink, d.attempts, d.lease_token, d.position, due.due_at AS due
+"""
+
+# One event's pending or retrying deliveries, due or not (serverless inline mode), and its
+# expired leases.
+LEASE_ONE = """
+WITH due AS (
+    SELECT request_id, sink, due_at FROM deliveries
+    WHERE request_id = $4 AND (state IN ('pending', 'retrying')
+                               OR (state = 'delivering' AND lease_expires_at <= now()))
+    ORDER BY position
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE deliveries d SET state = 'delivering', lease_token = gen_random_uuid()::text,
+    lease_owner = $2, lease_expires_at = now() + $3 * interval '1 second', updated_at = now()
+FROM due WHERE d.request_id = due.request_id AND d.sink = due.sink
+RETURNING d.request_id, d.sink, d.attempts, d.lease_token, d.position, due.due_at AS due
+"""
+
+EXTEND = """
+UPDATE deliveries SET lease_expires_at = now() + $2 * interval '1 second'
+WHERE lease_token = ANY($1::text[]) AND state = 'delivering'
+"""
+
+# A retry without a time is due now, never stuck with a NULL time.
+FINISH = """
+UPDATE deliveries SET state = $1, attempts = attempts + 1, last_error = $2,
+    next_attempt_at = CASE WHEN $1 = 'retrying' THEN COALESCE($3, now()) END,
+    output = COALESCE($4, output), lease_token = NULL, lease_owner = NULL,
+    lease_expires_at = NULL, updated_at = now()
+WHERE request_id = $5 AND sink = $6 AND lease_token = $7 AND state = 'delivering'
+"""
+
+RELEASE = """
+UPDATE deliveries SET state = CASE WHEN attempts > 0 THEN 'retrying' ELSE 'pending' END,
+    next_attempt_at = now(), lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL,
+    updated_at = now()
+WHERE request_id = $1 AND sink = $2 AND lease_token = $3 AND state = 'delivering'
+"""
+
+
+def replay_sql(*, one_sink: bool, force: bool) -> str:
+    return (
+        "UPDATE deliveries SET state = 'pending', attempts = 0, last_error = NULL,"
+        " next_attempt_at = now(), lease_token = NULL, lease_owner = NULL,"
+        " lease_expires_at = NULL, updated_at = now()"
+        + (", output = NULL" if force else "")
+        + " WHERE request_id = $1"
+        + (" AND sink = $2" if one_sink else "")
+    )
+
+
+RECORD_SUBMISSION = """
+INSERT INTO submissions (request_id, endpoint, route, input, status_url, response_url,
+                         cancel_url, submitted_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+ON CONFLICT (request_id) DO NOTHING
+"""
+
+# --- event state (the contract's rule, in SQL) --------------------------------------------------
+
+
+def _has(condition: str) -> str:
+    return f"EXISTS (SELECT 1 FROM deliveries d WHERE d.request_id = e.request_id AND {condition})"
+
+
+_DEAD = _has("d.state = 'dead'")
+_RETRYING = _has("d.state = 'retrying'")
+_ANY = _has("true")
+_UNFINISHED = _has("d.state <> 'delivered'")
+EVENT_STATE_WHERE: dict[str, str] = {
+    "dead": _DEAD,
+    "retrying": f"NOT {_DEAD} AND {_RETRYING}",
+    "delivered": f"{_ANY} AND NOT {_UNFINISHED}",
+    "pending": f"NOT {_DEAD} AND NOT {_RETRYING} AND (NOT {_ANY} OR {_UNFINISHED})",
+}
+
+
+def state_where(state: str, param: int) -> tuple[str, list[Any]]:
+    """A WHERE clause on events `e` for an event state, or for events holding a delivery in a
+    delivery state ("delivering", using placeholder $param); an unknown state matches
+    nothing."""
+    if state in EVENT_STATE_WHERE:
+        return EVENT_STATE_WHERE[state], []
+    if state in DELIVERY_STATES:
+        return _has(f"d.state = ${param}"), [state]
+    return "false", []
+
+
+SUBMISSION_STATE_SQL = """
+    CASE
+        WHEN e.source = 'poll' THEN 'recovered'
+        WHEN e.request_id IS NOT NULL THEN 'completed'
+        ELSE s.state
+    END
+"""
+
+
+def as_utc(value: datetime) -> datetime:
+    """A naive time is taken as UTC, never as the host's zone."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+# --- rows to views -----------------------------------------------------------------------------
+
+
+async def load_submissions(
+    c: asyncpg.Connection,
+    where: str,
+    params: list[Any],
+    limit: int,
+    *,
+    oldest_first: bool = False,
+) -> list[SubmissionView]:
+    order = "ASC" if oldest_first else "DESC"
+    rows = await c.fetch(
+        "SELECT s.request_id, s.endpoint, s.route, s.input, s.status_url, s.response_url,"
+        f" s.cancel_url, s.submitted_at, {SUBMISSION_STATE_SQL} AS state, s.detail,"
+        " s.checked_at, e.received_at"
+        " FROM submissions s LEFT JOIN events e ON e.request_id = s.request_id"
+        f" WHERE {where} ORDER BY s.submitted_at {order}, s.request_id {order}"
+        f" LIMIT ${len(params) + 1}",
+        *params,
+        limit,
+    )
+    return [
+        SubmissionView(
+            request_id=r["request_id"],
+            endpoint=r["endpoint"],
+            route=r["route"],
+            input=r["input"],
+            status_url=r["status_url"],
+            response_url=r["response_url"],
+            cancel_url=r["cancel_url"],
+            submitted_at=r["submitted_at"],
+            state=r["state"],
+            detail=r["detail"],
+            checked_at=r["checked_at"],
+            received_at=r["received_at"],
+        )
+        for r in rows
+    ]
+
+
+async def load_events(c: asyncpg.Connection, ids: list[str]) -> list[EventView]:
+    """Events (in the order of ids) with their deliveries and submission. Call inside a
+    transaction to read all three tables in one snapshot."""
+    if not ids:
+        return []
+    deliveries: dict[str, dict[str, DeliveryView]] = {rid: {} for rid in ids}
+    for r in await c.fetch(
+        "SELECT request_id, sink, state, attempts, last_error, next_attempt_at, updated_at,"
+        " output FROM deliveries WHERE request_id = ANY($1::text[])"
+        " ORDER BY request_id, position",
+        ids,
+    ):
+        deliveries[r["request_id"]][r["sink"]] = DeliveryView(
+            sink=r["sink"],
+            state=r["state"],
+            attempts=r["attempts"],
+            last_error=r["last_error"],
+            next_attempt_at=r["next_attempt_at"],
+            updated_at=r["updated_at"],
+            output=r["output"],
+        )
+    subs = {
+        s.request_id: s
+        for s in await load_submissions(c, "s.request_id = ANY($1::text[])", [ids], len(ids))
+    }
+    events: dict[str, EventView] = {}
+    for r in await c.fetch(
+        "SELECT request_id, route, fal_status, error, payload_error, gateway_request_id,"
+        " received_at, headers, body, files, source FROM events"
+        " WHERE request_id = ANY($1::text[])",
+        ids,
+    ):
+        rid = r["request_id"]
+        events[rid] = EventView(
+            request_id=rid,
+            route=r["route"],
+            fal_status=r["fal_status"],
+            error=r["error"],
+            payload_error=r["payload_error"],
+            gateway_request_id=r["gateway_request_id"],
+            received_at=r["received_at"],
+            headers=r["headers"],
+            body=bytes(r["body"]),
+            files=r["files"],
+            deliveries=deliveries[rid],
+            source=r["source"],
+            submission=subs.get(rid),
+        )
+    return [events[rid] for rid in ids if rid in events]

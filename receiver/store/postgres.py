@@ -1,0 +1,499 @@
+"""The PostgreSQL store: many `falhook serve` and `falhook worker` processes on one database.
+
+- Intake: one statement per accept (event + deliveries, ON CONFLICT DO NOTHING), so an
+  accepted event is committed whole; PostgreSQL groups concurrent commits into shared WAL
+  flushes by itself.
+- Leases: `FOR UPDATE SKIP LOCKED` in due order, with server time (now()), so workers on
+  several hosts never take the same delivery and agree on what is due.
+- Wake-ups: accept and replay NOTIFY a channel named after the schema; each store keeps one
+  dedicated LISTEN connection (reconnected when it drops) and wakes its workers on any
+  notification, from any process. Workers still poll, so a lost notification only delays.
+- Schema: created and migrated by falhook itself under an advisory lock (pg_schema.py).
+
+The driver is asyncpg: see bench/pg_driver.py and docs/deploy.md for the measurement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import msgspec
+
+from receiver.logs import get_logger
+from receiver.store import pg_schema as q
+from receiver.store.base import (
+    EventView,
+    Finish,
+    Job,
+    LeasedDelivery,
+    NewEvent,
+    NewSubmission,
+    StoreUnavailable,
+    SubmissionView,
+)
+
+log = get_logger("falhook.store.postgres")
+
+# What "the database is not there right now" looks like from asyncpg: connection refused or
+# reset (OSError), a dropped session (InterfaceError and friends), a server shutting down or
+# out of resources (PostgresError subclasses), or a stalled server (TimeoutError).
+_UNAVAILABLE = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresError)
+
+CONNECT_TIMEOUT = 10.0  # seconds to open one connection
+ACQUIRE_TIMEOUT = 15.0  # seconds to wait for a pooled connection
+COMMAND_TIMEOUT = 60.0  # seconds for one statement
+LISTEN_CHECK = 10.0  # seconds between liveness checks of an idle LISTEN connection
+RECONNECT_MAX = 10.0  # seconds: the cap of the LISTEN reconnect backoff
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced, for logs and messages."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        host = parts.hostname or ""
+        if parts.port is not None:
+            host = f"{host}:{parts.port}"
+        netloc = f"{parts.username or ''}:***@{host}"
+        return urlunsplit(parts._replace(netloc=netloc))
+    except ValueError:
+        return "postgresql://<unparsable URL>"
+
+
+def _json_encode(value: Any) -> str:
+    return msgspec.json.encode(value).decode()
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # json columns in and out as Python objects, through msgspec (fast, and keeps key order).
+    await conn.set_type_codec(
+        "json", encoder=_json_encode, decoder=msgspec.json.decode, schema="pg_catalog"
+    )
+
+
+class PostgresStore:
+    """The Store protocol on a PostgreSQL database, in schema `schema` (created if missing)."""
+
+    def __init__(
+        self, url: str, *, schema: str = "falhook", min_pool: int = 1, max_pool: int = 10
+    ) -> None:
+        if not q.SCHEMA_NAME.match(schema):
+            raise ValueError(
+                f"schema {schema!r}: use lower-case letters, digits and '_' (at most 48)"
+            )
+        if not 1 <= min_pool <= max_pool:
+            raise ValueError("need 1 <= min_pool <= max_pool")
+        self.url = url
+        self.schema = schema
+        self.channel = f"falhook_work:{schema}"
+        self.min_pool = min_pool
+        self.max_pool = max_pool
+        self._pool: asyncpg.Pool | None = None
+        self._wake: asyncio.Event | None = None
+        self._closing: asyncio.Event | None = None
+        self._listener_task: asyncio.Task[None] | None = None
+        self._listen_conn: asyncpg.Connection | None = None
+        self._notify_task: asyncio.Task[None] | None = None
+        self._notify_again = False
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({redact(self.url)!r}, schema={self.schema!r})"
+
+    # --- plumbing ----------------------------------------------------------------------------
+
+    def _settings(self) -> dict[str, str]:
+        return {"search_path": self.schema, "application_name": "falhook"}
+
+    async def _connect(self) -> asyncpg.Connection:
+        return await asyncpg.connect(
+            self.url,
+            timeout=CONNECT_TIMEOUT,
+            command_timeout=COMMAND_TIMEOUT,
+            server_settings=self._settings(),
+        )
+
+    async def open(self) -> None:
+        self._wake = asyncio.Event()
+        self._closing = asyncio.Event()
+        try:
+            conn = await self._connect()
+            try:
+                version = await q.migrate(conn, self.schema)
+            finally:
+                await conn.close()
+            self._pool = await asyncpg.create_pool(
+                self.url,
+                min_size=self.min_pool,
+                max_size=self.max_pool,
+                timeout=CONNECT_TIMEOUT,
+                command_timeout=COMMAND_TIMEOUT,
+                server_settings=self._settings(),
+                init=_init_connection,
+            )
+            # The first LISTEN connection before open() returns: from here on, no
+            # notification is missed.
+            self._listen_conn = await self._listen()
+        except _UNAVAILABLE as exc:
+            await self.close()
+            raise StoreUnavailable(f"postgresql {redact(self.url)}: {_describe(exc)}") from exc
+        except BaseException:
+            await self.close()
+            raise
+        self._listener_task = asyncio.create_task(
+            self._supervise_listener(), name=f"falhook-listen-{self.schema}"
+        )
+        log.info("postgres store open", url=redact(self.url), schema=self.schema, version=version)
+
+    async def close(self) -> None:
+        if self._closing is not None:
+            self._closing.set()
+        task, self._listener_task = self._listener_task, None
+        if task is not None:
+            await asyncio.gather(task, return_exceptions=True)
+        conn, self._listen_conn = self._listen_conn, None
+        if conn is not None:
+            await _close_quietly(conn)
+        notify, self._notify_task = self._notify_task, None
+        if notify is not None:
+            await asyncio.gather(notify, return_exceptions=True)
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            try:
+                await asyncio.wait_for(pool.close(), CONNECT_TIMEOUT)
+            except (TimeoutError, *_UNAVAILABLE):
+                pool.terminate()  # a server gone away cannot say goodbye
+
+    @contextlib.asynccontextmanager
+    async def _conn(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection; any sign of an unreachable database is StoreUnavailable."""
+        pool = self._pool
+        if pool is None:
+            raise StoreUnavailable("the store is not open")
+        try:
+            async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+                yield conn
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"postgresql: {_describe(exc)}") from exc
+
+    async def ping(self) -> bool:
+        try:
+            async with self._conn() as conn:
+                await conn.fetchval("SELECT 1", timeout=5)
+        except Exception:
+            return False
+        return True
+
+    # --- wake-ups ----------------------------------------------------------------------------
+
+    async def _listen(self) -> asyncpg.Connection:
+        conn = await self._connect()
+        try:
+            await conn.add_listener(self.channel, self._on_notification)
+        except BaseException:
+            await _close_quietly(conn)
+            raise
+        return conn
+
+    def _on_notification(self, *_: Any) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    def listener_pid(self) -> int | None:
+        """The server process id of the LISTEN connection (None while reconnecting)."""
+        conn = self._listen_conn
+        return None if conn is None or conn.is_closed() else conn.get_server_pid()
+
+    async def _supervise_listener(self) -> None:
+        """Keep one LISTEN connection up for the store's lifetime (ends at close())."""
+        closing = self._closing
+        assert closing is not None
+        delay = 0.2
+        while not closing.is_set():
+            conn = self._listen_conn
+            if conn is None:
+                try:
+                    conn = await self._listen()
+                except _UNAVAILABLE as exc:
+                    log.warning("LISTEN reconnect failed", error=_describe(exc), retry_in=delay)
+                    await _wait(closing, delay)
+                    delay = min(delay * 2, RECONNECT_MAX)
+                    continue
+                self._listen_conn = conn
+                delay = 0.2
+                log.info("LISTEN connection re-established", schema=self.schema)
+                # Notifications sent while we were deaf are lost: look for work now.
+                self._on_notification()
+            await self._watch(conn, closing)
+            self._listen_conn = None
+            await _close_quietly(conn)
+
+    async def _watch(self, conn: asyncpg.Connection, closing: asyncio.Event) -> None:
+        """Return when the LISTEN connection is lost (or the store closes)."""
+        lost = asyncio.Event()
+        conn.add_termination_listener(lambda _c: lost.set())
+        while not (closing.is_set() or lost.is_set() or conn.is_closed()):
+            await _wait_any(closing, lost, LISTEN_CHECK)
+            if closing.is_set() or lost.is_set():
+                return
+            try:  # idle for a while: make sure the session is still there
+                await conn.execute("SELECT 1", timeout=5)
+            except _UNAVAILABLE:
+                return
+
+    def _notify(self) -> None:
+        """Wake this process's workers now and other processes' through NOTIFY. Sent outside
+        the accept, coalesced (one in flight, one more queued), so intake never waits on
+        PostgreSQL's commit-time NOTIFY lock."""
+        self._on_notification()
+        if self._notify_task is not None and not self._notify_task.done():
+            self._notify_again = True
+            return
+        self._notify_again = False
+        self._notify_task = asyncio.create_task(self._send_notify())
+
+    async def _send_notify(self) -> None:
+        for _ in range(2):  # the first send, then once more if accepts came meanwhile
+            try:
+                async with self._conn() as conn:
+                    await conn.execute("SELECT pg_notify($1, '')", self.channel)
+            except Exception as exc:  # workers poll anyway; a lost wake-up only delays
+                log.warning("NOTIFY failed", error=_describe(exc))
+            if not self._notify_again:
+                return
+            self._notify_again = False
+
+    async def wait_for_work(self, max_wait: float) -> None:
+        wake = self._wake
+        if wake is None:
+            await asyncio.sleep(max_wait)
+            return
+        try:
+            await asyncio.wait_for(wake.wait(), max_wait)
+        except TimeoutError:
+            pass
+        finally:
+            wake.clear()
+
+    # --- events ------------------------------------------------------------------------------
+
+    async def accept(self, event: NewEvent) -> bool:
+        sinks = list(dict.fromkeys(event.sinks))  # a sink named twice is one delivery
+        async with self._conn() as conn:
+            fresh = await conn.fetchval(
+                q.ACCEPT,
+                event.request_id,
+                event.route,
+                event.fal_status,
+                event.error,
+                event.payload_error,
+                event.gateway_request_id,
+                q.as_utc(event.received_at),
+                event.headers,
+                event.body,
+                event.files,
+                event.source,
+                sinks,
+            )
+        if fresh:
+            self._notify()
+        return bool(fresh)
+
+    async def _read_events(self, sql: str, *params: Any) -> list[EventView]:
+        async with self._conn() as conn, conn.transaction(isolation="repeatable_read"):
+            ids = [r[0] for r in await conn.fetch(sql, *params)]
+            return await q.load_events(conn, ids)
+
+    async def get_event(self, request_id: str) -> EventView | None:
+        views = await self._read_events("SELECT $1::text", request_id)
+        return views[0] if views else None
+
+    async def list_events(
+        self, *, state: str | None = None, route: str | None = None, limit: int = 100
+    ) -> list[EventView]:
+        where: list[str] = ["true"]
+        params: list[Any] = []
+        if route is not None:
+            params.append(route)
+            where.append(f"e.route = ${len(params)}")
+        if state is not None:
+            clause, extra = q.state_where(state, len(params) + 1)
+            where.append(clause)
+            params.extend(extra)
+        params.append(limit)
+        sql = (
+            f"SELECT e.request_id FROM events e WHERE {' AND '.join(where)}"
+            f" ORDER BY e.received_at DESC, e.request_id DESC LIMIT ${len(params)}"
+        )
+        return await self._read_events(sql, *params)
+
+    async def record_files(self, request_id: str, files: list[dict[str, Any]]) -> None:
+        async with self._conn() as conn:
+            await conn.execute(
+                "UPDATE events SET files = $1 WHERE request_id = $2", files, request_id
+            )
+
+    async def counts(self) -> dict[str, int]:
+        async with self._conn() as conn:
+            rows = await conn.fetch("SELECT state, count(*) FROM deliveries GROUP BY state")
+        return {r[0]: r[1] for r in rows}
+
+    # --- deliveries --------------------------------------------------------------------------
+
+    async def lease(
+        self, *, owner: str, limit: int, lease_seconds: float, request_id: str | None = None
+    ) -> list[Job]:
+        args: list[Any] = [limit, owner, float(lease_seconds)]
+        sql = q.LEASE_DUE
+        if request_id is not None:
+            sql = q.LEASE_ONE
+            args.append(request_id)
+        async with self._conn() as conn:
+            # The UPDATE commits at once (the rows are ours by their token); the views are
+            # read afterwards without holding any lock.
+            rows = await conn.fetch(sql, *args)
+            if not rows:
+                return []
+            # RETURNING comes in no particular order: jobs go oldest due first, each
+            # event's deliveries in the route's sink order.
+            rows = sorted(rows, key=lambda r: (r["due"], r["request_id"], r["position"]))
+            leased: dict[str, list[LeasedDelivery]] = {}
+            for r in rows:
+                held = LeasedDelivery(r["sink"], r["lease_token"], r["attempts"])
+                leased.setdefault(r["request_id"], []).append(held)
+            async with conn.transaction(isolation="repeatable_read"):
+                events = {v.request_id: v for v in await q.load_events(conn, list(leased))}
+        return [Job(events[rid], held) for rid, held in leased.items() if rid in events]
+
+    async def extend(self, tokens: Sequence[str], lease_seconds: float) -> None:
+        held = list(tokens)
+        if not held:
+            return
+        async with self._conn() as conn:
+            await conn.execute(q.EXTEND, held, float(lease_seconds))
+
+    async def finish(self, result: Finish) -> bool:
+        outcome = result.outcome
+        state = {"delivered": "delivered", "retry": "retrying", "dead": "dead"}[outcome]
+        next_at = result.next_attempt_at
+        async with self._conn() as conn:
+            status = await conn.execute(
+                q.FINISH,
+                state,
+                None if outcome == "delivered" else result.error,
+                q.as_utc(next_at) if next_at is not None and outcome == "retry" else None,
+                result.output if outcome == "delivered" else None,
+                result.request_id,
+                result.sink,
+                result.token,
+            )
+        return _rowcount(status) == 1
+
+    async def release(self, request_id: str, sink: str, token: str) -> None:
+        async with self._conn() as conn:
+            status = await conn.execute(q.RELEASE, request_id, sink, token)
+        if _rowcount(status):
+            self._notify()
+
+    async def replay(self, request_id: str, sink: str | None = None, *, force: bool = False) -> int:
+        sql = q.replay_sql(one_sink=sink is not None, force=force)
+        params: list[Any] = [request_id] if sink is None else [request_id, sink]
+        async with self._conn() as conn:
+            count = _rowcount(await conn.execute(sql, *params))
+        if count:
+            self._notify()
+        return count
+
+    # --- submissions -------------------------------------------------------------------------
+
+    async def record_submission(self, submission: NewSubmission) -> None:
+        s = submission
+        async with self._conn() as conn:
+            await conn.execute(
+                q.RECORD_SUBMISSION,
+                s.request_id,
+                s.endpoint,
+                s.route,
+                s.input,
+                s.status_url,
+                s.response_url,
+                s.cancel_url,
+                q.as_utc(s.submitted_at),
+            )
+
+    async def get_submission(self, request_id: str) -> SubmissionView | None:
+        async with self._conn() as conn:
+            rows = await q.load_submissions(conn, "s.request_id = $1", [request_id], 1)
+        return rows[0] if rows else None
+
+    async def list_submissions(
+        self, *, state: str | None = None, limit: int = 100
+    ) -> list[SubmissionView]:
+        where, params = "true", []
+        if state is not None:
+            where, params = f"({q.SUBMISSION_STATE_SQL}) = $1", [state]
+        async with self._conn() as conn:
+            return await q.load_submissions(conn, where, params, limit)
+
+    async def update_submission(
+        self, request_id: str, *, state: str, detail: str | None = None
+    ) -> None:
+        async with self._conn() as conn:
+            await conn.execute(
+                "UPDATE submissions SET state = $1, detail = $2, checked_at = now()"
+                " WHERE request_id = $3",
+                state,
+                detail,
+                request_id,
+            )
+
+    async def overdue_submissions(
+        self, *, older_than: datetime, limit: int
+    ) -> list[SubmissionView]:
+        where = "s.state = 'pending' AND e.request_id IS NULL AND s.submitted_at < $1"
+        async with self._conn() as conn:
+            return await q.load_submissions(
+                conn, where, [q.as_utc(older_than)], limit, oldest_first=True
+            )
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def _rowcount(status: str) -> int:
+    """The row count of a command tag such as 'UPDATE 3'."""
+    tail = status.rsplit(" ", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
+
+
+def _describe(exc: BaseException) -> str:
+    # asyncpg's messages name hosts, users and databases, never the password.
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+async def _close_quietly(conn: asyncpg.Connection) -> None:
+    try:
+        await asyncio.wait_for(conn.close(), 5)
+    except Exception:
+        conn.terminate()
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), seconds)
+
+
+async def _wait_any(a: asyncio.Event, b: asyncio.Event, seconds: float) -> None:
+    tasks = [asyncio.create_task(a.wait()), asyncio.create_task(b.wait())]
+    try:
+        await asyncio.wait(tasks, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
