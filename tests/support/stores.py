@@ -8,20 +8,57 @@ multi-process leasing test); a different tmp_path must give an empty store.
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import hashlib
+import os
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from receiver.store.base import Store
+from receiver.store.postgres import PostgresStore
 from receiver.store.sqlite import SQLiteStore
 
-STORE_BACKENDS: list[str] = ["sqlite"]
+STORE_BACKENDS: list[str] = ["sqlite", "postgres"]
+
+# The machine's PostgreSQL (trust auth on loopback); each test gets its own schema.
+PG_URL = os.environ.get("FALHOOK_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+_SESSION = secrets.token_hex(4)
+_PG_SCHEMAS: set[str] = set()
+
+
+def pg_schema(tmp_path: Path) -> str:
+    """This test session's schema for tmp_path (same path, same schema); dropped at exit."""
+    digest = hashlib.blake2b(str(tmp_path).encode(), digest_size=6).hexdigest()
+    name = f"falhook_t_{_SESSION}_{digest}"
+    if not _PG_SCHEMAS:
+        atexit.register(_drop_pg_schemas)
+    _PG_SCHEMAS.add(name)
+    return name
+
+
+def _drop_pg_schemas() -> None:
+    async def drop() -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(PG_URL, timeout=10)
+        try:
+            for name in sorted(_PG_SCHEMAS):
+                await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+        finally:
+            await conn.close()
+
+    asyncio.run(drop())
 
 
 def make_backend(name: str, tmp_path: Path) -> Store:
     """A store of this backend, not yet opened; same arguments, same data."""
     if name == "sqlite":
         return SQLiteStore(tmp_path / "store.db")
+    if name == "postgres":
+        return PostgresStore(PG_URL, schema=pg_schema(tmp_path), max_pool=4)
     raise ValueError(f"unknown store backend {name!r}")
 
 
