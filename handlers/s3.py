@@ -1,8 +1,8 @@
 """S3 sink: each file and ``event.json`` under ``<prefix>``, in any S3-protocol store.
 
 - Streams from the spool: small files in one PUT, large ones as a multipart upload whose parts
-  are read with ``pread`` and uploaded concurrently. A sink-wide semaphore bounds the parts in
-  flight across all events, so memory stays at about ``concurrency * part_size``.
+  are streamed from the file (``FilePart``: never a whole part in memory), several at once. A
+  sink-wide semaphore bounds the parts in flight across all events (``concurrency``).
 - Idempotent: each object carries ``x-amz-meta-sha256``; a HEAD showing the same digest and
   size means the upload is skipped, so redeliveries and replays upload nothing twice.
 - Returns presigned GET links that sinks declared ``after`` this one (Slack) can show.
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import math
 import os
 from pathlib import Path
@@ -226,21 +227,19 @@ class S3Sink:
         slots = self._slots
 
         async def one(number: int) -> None:
+            offset = (number - 1) * part_size
+            part = FilePart(file.local_path, offset, min(part_size, file.size - offset))
             try:
-                offset = (number - 1) * part_size
-                length = min(part_size, file.size - offset)
-                data = await asyncio.to_thread(_pread, file.local_path, offset, length)
-                if len(data) != length:
-                    raise Retryable(f"spool file {file.name} is shorter than its recorded size")
-                got = await client.upload_part(PartNumber=number, Body=data, **where)
+                got = await client.upload_part(PartNumber=number, Body=part, **where)
                 etags[number] = got["ETag"]
             finally:
+                part.close()
                 slots.release()
 
         try:
             async with asyncio.TaskGroup() as group:
                 for number in range(1, count + 1):
-                    await slots.acquire()  # bounded memory: read a part only when a slot frees
+                    await slots.acquire()  # bounded: parts in flight across all uploads
                     group.create_task(one(number))
             parts = [{"PartNumber": n, "ETag": etags[n]} for n in range(1, count + 1)]
             await client.complete_multipart_upload(MultipartUpload={"Parts": parts}, **where)
@@ -291,12 +290,51 @@ async def _abort_quietly(client: Any, where: dict[str, str]) -> None:
             await asyncio.shield(client.abort_multipart_upload(**where))
 
 
-def _pread(path: Path, offset: int, length: int) -> bytes:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return os.pread(fd, length, offset)
-    finally:
-        os.close(fd)
+class FilePart(io.RawIOBase):
+    """A window of a file, read in the client's own small chunks: a part is never held in
+    memory whole. Seekable (the signer may hash it, a retry rewinds it) and sized."""
+
+    def __init__(self, path: Path, offset: int, length: int) -> None:
+        super().__init__()
+        self._fd = os.open(path, os.O_RDONLY)
+        self._start, self._length, self._pos = offset, length, 0
+        if os.fstat(self._fd).st_size < offset + length:
+            os.close(self._fd)
+            raise Retryable(f"spool file {path.name} is shorter than its recorded size")
+
+    def __len__(self) -> int:
+        return self._length - self._pos
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._length}[whence]
+        self._pos = min(max(base + pos, 0), self._length)
+        return self._pos
+
+    def read(self, size: int = -1) -> bytes:
+        left = self._length - self._pos
+        size = left if size is None or size < 0 else min(size, left)
+        data = os.pread(self._fd, size, self._start + self._pos) if size else b""
+        self._pos += len(data)
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            os.close(self._fd)
+        super().close()
 
 
 def _ascii(value: str) -> str:

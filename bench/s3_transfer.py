@@ -1,0 +1,364 @@
+"""S3 transfer: a large file from a loopback HTTP server through `falhook serve` (download once,
+then the S3 sink), against `curl -o` followed by boto3's `upload_file` (the sequential
+baseline), both to the same moto S3 server on loopback; with falhook's peak RSS growth.
+
+    python bench/s3_transfer.py [--size-mib 1024] [--runs 3] [--workdir /tmp/falhook-bench-s3]
+    python bench/s3_transfer.py --clients [--size-mib 1024]   # upload-only client comparison
+
+`--clients` uploads the same local file with each candidate client in a fresh process
+(aiobotocore through our S3 sink, boto3 upload_file, obstore when importable) and reports the
+cold import time, upload wall time and peak RSS of each: the figures behind the client choice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+from common import (
+    ROOT,
+    falhook_config,
+    free_port,
+    median,
+    proc_status,
+    reset_peak_rss,
+    start,
+    start_falhook,
+    stop,
+    wait_http,
+)
+
+from receiver.testing import FalSigner, JWKSServer, webhook_body
+
+MiB = 1024 * 1024
+BUCKET = "bench"
+AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "bench",
+    "AWS_SECRET_ACCESS_KEY": "bench",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_CONFIG_FILE": os.devnull,
+    "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+    "AWS_EC2_METADATA_DISABLED": "true",
+}
+
+
+class MotoProcess:
+    """moto's standalone S3 server as our own child process, on a loopback port."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> MotoProcess:
+        args = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
+        self.proc = subprocess.Popen(
+            args,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, **AWS_ENV},
+        )
+        wait_http(self.url + "/moto-api/")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop(self.proc)
+
+
+def boto3_client(endpoint: str) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name=AWS_ENV["AWS_DEFAULT_REGION"],
+        aws_access_key_id=AWS_ENV["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=AWS_ENV["AWS_SECRET_ACCESS_KEY"],
+        config=Config(s3={"addressing_style": "path"}),
+    )
+
+
+def make_file(path: Path, size: int) -> None:
+    if path.exists() and path.stat().st_size == size:
+        return
+    subprocess.run(
+        ["dd", "if=/dev/urandom", f"of={path}", "bs=1M", f"count={size // MiB}"],
+        check=True,
+        capture_output=True,
+    )
+
+
+def sink_type() -> dict[str, Any]:
+    """`type = "s3"` once the registry lists it; until then the same class via a shim."""
+    from handlers.registry import BUILTIN_SINKS
+
+    if "s3" in BUILTIN_SINKS:
+        return {"type": "s3"}
+    return {"type": "python", "handler": "s3_shim:archive"}
+
+
+SHIM = """
+from pathlib import Path
+from handlers.base import SinkEnv
+from handlers.s3 import S3Sink
+
+def archive(**options):
+    return S3Sink("archive", options, SinkEnv(base_dir=Path("."), settings=None))
+"""
+
+
+def baseline_once(url: str, work: Path, s3: Any, key: str) -> float:
+    out = work / "curl.out"
+    out.unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    subprocess.run(["curl", "-s", "-f", "-o", str(out), url], check=True)
+    s3.upload_file(str(out), BUCKET, key)
+    elapsed = time.perf_counter() - t0
+    out.unlink()
+    s3.delete_object(Bucket=BUCKET, Key=key)
+    return elapsed
+
+
+def falhook_once(
+    base: str, signer: FalSigner, url: str, size: int, s3: Any, pid: int
+) -> tuple[float, int]:
+    rid, body = webhook_body(
+        str(uuid.uuid4()),
+        payload={
+            "video": {
+                "url": url,
+                "content_type": "video/mp4",
+                "file_name": "big.mp4",
+                "file_size": size,
+            }
+        },
+    )
+    rss_before = proc_status(pid, "VmRSS")
+    reset_peak_rss(pid)
+    done = f"fal/default/{rid}/event.json"  # the sink writes it after the file
+    t0 = time.perf_counter()
+    r = httpx.post(f"{base}/webhooks/default", content=body, headers=signer.headers(body, rid))
+    r.raise_for_status()
+    deadline = time.monotonic() + 900
+    while True:
+        try:
+            s3.head_object(Bucket=BUCKET, Key=done)
+            break
+        except s3.exceptions.ClientError:
+            if time.monotonic() > deadline:
+                raise RuntimeError("delivery did not finish") from None
+            time.sleep(0.02)
+    elapsed = time.perf_counter() - t0
+    growth = proc_status(pid, "VmHWM") - rss_before
+    head = s3.head_object(Bucket=BUCKET, Key=f"fal/default/{rid}/big.mp4")
+    assert head["ContentLength"] == size, head
+    for key in (done, f"fal/default/{rid}/big.mp4"):
+        s3.delete_object(Bucket=BUCKET, Key=key)
+    return elapsed, growth
+
+
+def pipeline(args: argparse.Namespace) -> None:
+    work = Path(args.workdir)
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "serve").mkdir(parents=True)
+    (work / "s3_shim.py").write_text(SHIM)
+    os.environ.update(AWS_ENV)
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(work), str(ROOT)])
+    signer = FalSigner()
+    jwks = JWKSServer()
+    jwks.set_jwks(signer.jwks())
+    jwks.start()
+    fport, hport = free_port(), free_port()
+    procs = []
+    moto = MotoProcess().start()
+    try:
+        s3 = boto3_client(moto.url)
+        s3.create_bucket(Bucket=BUCKET)
+        files = start(
+            [
+                sys.executable,
+                str(ROOT / "bench" / "fileserver.py"),
+                str(work / "serve"),
+                str(fport),
+            ],
+            log=work / "fileserver.log",
+        )
+        procs.append(files)
+        sink = {**sink_type(), "bucket": BUCKET, "endpoint_url": moto.url}
+        config = falhook_config(
+            work,
+            jwks.url,
+            sinks={"local": {"type": "disk", "root": str(work / "files")}, "archive": sink},
+            routes={"default": {"sinks": ["archive"]}},
+        )
+        fh = start_falhook(config, hport, log=work / "falhook.log")
+        procs.append(fh)
+        wait_http(f"http://127.0.0.1:{fport}/")
+        size = args.size_mib * MiB
+        make_file(work / "serve" / "big.bin", size)
+        url = f"http://127.0.0.1:{fport}/big.bin"
+        base = f"http://127.0.0.1:{hport}"
+        falhook_once(base, signer, url, size, s3, fh.pid)  # warm-up (imports, connections)
+        base_t, fal_t, growths = [], [], []
+        for i in range(args.runs):  # interleaved, so drift hits both alike
+            base_t.append(baseline_once(url, work, s3, f"baseline/{i}.bin"))
+            t, g = falhook_once(base, signer, url, size, s3, fh.pid)
+            fal_t.append(t)
+            growths.append(g)
+        ratios = [f / b for f, b in zip(fal_t, base_t, strict=True)]
+        print(
+            f"{args.size_mib} MiB: curl+upload_file {median(base_t):.2f} s, "
+            f"falhook (download + S3 sink) {median(fal_t):.2f} s, "
+            f"ratio {median(ratios):.2f}x (runs {', '.join(f'{r:.2f}' for r in ratios)}), "
+            f"peak RSS growth {max(growths) / MiB:.1f} MB"
+        )
+    finally:
+        for p in procs:
+            stop(p)
+        moto.stop()
+        jwks.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# --- client comparison -----------------------------------------------------------------------
+
+
+def one_client(name: str, file: Path, endpoint: str) -> dict[str, float]:
+    """Runs in a fresh process: import, then upload `file` once."""
+    t0 = time.perf_counter()
+    if name == "aiobotocore":
+        import aiobotocore.session  # noqa: F401 - what a cold start pays
+
+        from handlers.base import LocalFile, SinkEnv
+        from handlers.s3 import S3Sink
+    elif name == "boto3":
+        import boto3  # noqa: F401
+    elif name == "obstore":
+        import obstore
+        from obstore.store import S3Store
+    imported = time.perf_counter() - t0
+    key = f"clients/{name}.bin"
+    t1 = time.perf_counter()
+    if name == "aiobotocore":
+        from tests.support.sink_ctx import make_ctx
+
+        sink = S3Sink(
+            "archive",
+            {"bucket": BUCKET, "endpoint_url": endpoint, "prefix": "clients/"},
+            SinkEnv(base_dir=Path("."), settings=None),
+        )
+        f = LocalFile(
+            path="video",
+            name=f"{name}.bin",
+            url="https://example.invalid/x",
+            local_path=file,
+            size=file.stat().st_size,
+            sha256="0" * 64,
+            content_type="video/mp4",
+        )
+
+        async def go() -> None:
+            try:
+                await sink.deliver(make_ctx([f]))
+            finally:
+                await sink.aclose()
+
+        asyncio.run(go())
+    elif name == "boto3":
+        boto3_client(endpoint).upload_file(str(file), BUCKET, key)
+    elif name == "obstore":
+        store = S3Store(
+            BUCKET,
+            endpoint=endpoint,
+            region="us-east-1",
+            access_key_id=AWS_ENV["AWS_ACCESS_KEY_ID"],
+            secret_access_key=AWS_ENV["AWS_SECRET_ACCESS_KEY"],
+            virtual_hosted_style_request=False,
+            client_options={"allow_http": True},
+        )
+
+        async def put() -> None:
+            await obstore.put_async(
+                store,
+                key,
+                file,
+                attributes={"Content-Type": "video/mp4"},
+                chunk_size=16 * MiB,
+                max_concurrency=4,
+            )
+
+        asyncio.run(put())
+    upload = time.perf_counter() - t1
+    return {"import_s": imported, "upload_s": upload, "peak_rss_mb": proc_status_self() / MiB}
+
+
+def proc_status_self() -> int:
+    return proc_status(os.getpid(), "VmHWM")
+
+
+def clients(args: argparse.Namespace) -> None:
+    work = Path(args.workdir)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    os.environ.update(AWS_ENV)
+    moto = MotoProcess().start()
+    try:
+        boto3_client(moto.url).create_bucket(Bucket=BUCKET)
+        file = work / "big.bin"
+        make_file(file, args.size_mib * MiB)
+        names = ["aiobotocore", "boto3", "obstore"]
+        print(f"{'client':>12} {'import s':>9} {'upload s':>9} {'MiB/s':>7} {'peak RSS MB':>12}")
+        for _ in range(args.runs):
+            for name in names:
+                done = subprocess.run(
+                    [sys.executable, __file__, "--one", name, str(file), moto.url],
+                    capture_output=True,
+                    text=True,
+                    env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+                )
+                if done.returncode != 0:
+                    print(f"{name:>12} failed: {done.stderr.strip().splitlines()[-1:]}")
+                    continue
+                r = json.loads(done.stdout.strip().splitlines()[-1])
+                print(
+                    f"{name:>12} {r['import_s']:>9.3f} {r['upload_s']:>9.2f} "
+                    f"{args.size_mib / r['upload_s']:>7.0f} {r['peak_rss_mb']:>12.0f}"
+                )
+    finally:
+        moto.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size-mib", type=int, default=1024)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--workdir", default="/tmp/falhook-bench-s3")
+    ap.add_argument("--clients", action="store_true", help="compare S3 clients, upload only")
+    ap.add_argument(
+        "--one", nargs=3, metavar=("CLIENT", "FILE", "ENDPOINT"), help=argparse.SUPPRESS
+    )
+    args = ap.parse_args()
+    if args.one:
+        print(json.dumps(one_client(args.one[0], Path(args.one[1]), args.one[2])))
+    elif args.clients:
+        clients(args)
+    else:
+        pipeline(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
