@@ -10,6 +10,7 @@ keep-alive), ephemeral port, stops on exit.
 from __future__ import annotations
 
 import hashlib
+import ssl
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -61,7 +62,11 @@ class _Entry:
 
 
 class FileServer(LoopbackServer):
-    def __init__(self, host: str = "127.0.0.1") -> None:
+    """Serves what `add` registers. With certfile and keyfile it speaks HTTPS only."""
+
+    def __init__(
+        self, host: str = "127.0.0.1", *, certfile: str | None = None, keyfile: str | None = None
+    ) -> None:
         self._entries: dict[str, _Entry] = {}
         self._hits: dict[str, int] = {}
         self._headers: dict[str, dict[str, str]] = {}
@@ -78,11 +83,17 @@ class FileServer(LoopbackServer):
                 pass
 
         super().__init__(Handler, host)
+        self.scheme = "http"
+        if certfile is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(certfile, keyfile)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+            self.scheme = "https"
 
     def url(self, path: str, host: str = "127.0.0.1") -> str:
         """The URL of path; `host` names the same server another way (127.0.0.2, a name
         a test resolver maps to 127.0.0.1)."""
-        return f"http://{host}:{self.port}{path}"
+        return f"{self.scheme}://{host}:{self.port}{path}"
 
     def add(
         self,
