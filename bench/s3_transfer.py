@@ -203,7 +203,11 @@ def pipeline(args: argparse.Namespace) -> None:
             sinks={"local": {"type": "disk", "root": str(work / "files")}, "archive": sink},
             routes={"default": {"sinks": ["archive"]}},
         )
-        fh = start_falhook(config, hport, log=work / "falhook.log")
+        try:
+            fh = start_falhook(config, hport, log=work / "falhook.log")
+        except RuntimeError:
+            print((work / "falhook.log").read_text()[-3000:], file=sys.stderr)
+            raise
         procs.append(fh)
         wait_http(f"http://127.0.0.1:{fport}/")
         size = args.size_mib * MiB
