@@ -165,11 +165,11 @@ class _Hasher:
     a download; overlapped with the socket and the disk, downloads keep pace with curl.
     Chunks handed over must not change afterwards."""
 
-    _DONE = b""
+    _DONE = object()  # the end marker: no chunk is ever this object
 
     def __init__(self) -> None:
         self._digest = hashlib.sha256()
-        self._queue: queue.Queue[bytes | bytearray] = queue.Queue(maxsize=HASH_QUEUE)
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=HASH_QUEUE)
         self._thread = threading.Thread(target=self._run, name="falhook-hash", daemon=True)
         self._thread.start()
 
