@@ -102,6 +102,7 @@ class PostgresStore:
         self._listen_conn: asyncpg.Connection | None = None
         self._notify_task: asyncio.Task[None] | None = None
         self._notify_again = False
+        self.version: int | None = None  # the schema version, once open
 
     def __repr__(self) -> str:
         return f"PostgresStore({redact(self.url)!r}, schema={self.schema!r})"
@@ -149,7 +150,8 @@ class PostgresStore:
         self._listener_task = asyncio.create_task(
             self._supervise_listener(), name=f"falhook-listen-{self.schema}"
         )
-        log.info("postgres store open", url=redact(self.url), schema=self.schema, version=version)
+        # No log line here: CLI commands open stores too, and their stdout is for --json.
+        self.version = version
 
     async def close(self) -> None:
         if self._closing is not None:
