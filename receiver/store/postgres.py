@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -50,6 +50,7 @@ ACQUIRE_TIMEOUT = 15.0  # seconds to wait for a pooled connection
 COMMAND_TIMEOUT = 60.0  # seconds for one statement
 LISTEN_CHECK = 10.0  # seconds between liveness checks of an idle LISTEN connection
 RECONNECT_MAX = 10.0  # seconds: the cap of the LISTEN reconnect backoff
+_NEVER = datetime.max.replace(tzinfo=UTC)  # sorts a (never expected) NULL due time last
 
 
 def redact(url: str) -> str:
@@ -364,7 +365,7 @@ class PostgresStore:
                 return []
             # RETURNING comes in no particular order: jobs go oldest due first, each
             # event's deliveries in the route's sink order.
-            rows = sorted(rows, key=lambda r: (r["due"], r["request_id"], r["position"]))
+            rows = sorted(rows, key=lambda r: (r["due"] or _NEVER, r["request_id"], r["position"]))
             leased: dict[str, list[LeasedDelivery]] = {}
             for r in rows:
                 held = LeasedDelivery(r["sink"], r["lease_token"], r["attempts"])
