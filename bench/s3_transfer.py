@@ -233,7 +233,10 @@ def pipeline(args: argparse.Namespace) -> None:
             stop(p)
         moto.stop()
         jwks.stop()
-        shutil.rmtree(work, ignore_errors=True)
+        if args.keep_logs:
+            shutil.rmtree(work / "serve", ignore_errors=True)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 # --- client comparison -----------------------------------------------------------------------
@@ -350,6 +353,7 @@ def main() -> int:
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--workdir", default="/tmp/falhook-bench-s3")
+    ap.add_argument("--keep-logs", action="store_true", help="keep falhook's log in the workdir")
     ap.add_argument("--clients", action="store_true", help="compare S3 clients, upload only")
     ap.add_argument(
         "--one", nargs=3, metavar=("CLIENT", "FILE", "ENDPOINT"), help=argparse.SUPPRESS
