@@ -12,9 +12,13 @@ from receiver.config import ConfigError, Settings
 ENTRY_POINT_GROUP = "falhook.sinks"
 
 # Built-ins by module path, so a broken or missing optional dependency of one sink type only
-# matters to configs that use it. (S3, Slack, HTTP and custom Python sinks are next.)
+# matters to configs that use it (the S3 sink needs the `s3` extra, aiobotocore).
 BUILTIN_SINKS: dict[str, str] = {
     "disk": "handlers.disk:DiskSink",
+    "s3": "handlers.s3:S3Sink",
+    "slack": "handlers.slack:SlackSink",
+    "http": "handlers.http:HttpSink",
+    "python": "handlers.python:python_sink",
 }
 
 

@@ -1,0 +1,232 @@
+"""S3 sink against moto's standalone server on loopback: real S3 requests, real bytes."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from handlers.base import Permanent, Retryable, SinkEnv
+from handlers.s3 import S3Sink
+from receiver.config import ConfigError
+from tests.support.fileserver import generated_bytes
+from tests.support.moto import AWS_ENV, MotoServer, boto3_client
+from tests.support.sink_ctx import local_file, make_ctx
+
+MIB = 1024 * 1024
+BUCKET = "falhook-test"
+
+
+@pytest.fixture(autouse=True)
+def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in AWS_ENV.items():
+        monkeypatch.setenv(key, value)
+
+
+@pytest.fixture
+def moto() -> Iterator[MotoServer]:
+    with MotoServer() as server:
+        yield server
+
+
+@pytest.fixture
+def s3(moto: MotoServer) -> Any:
+    client = boto3_client(moto.url)
+    client.create_bucket(Bucket=BUCKET)
+    return client
+
+
+def make_sink(moto: MotoServer, tmp_path: Path, **options: Any) -> S3Sink:
+    opts = {"bucket": BUCKET, "endpoint_url": moto.url, **options}
+    return S3Sink("archive", opts, SinkEnv(base_dir=tmp_path, settings=None))
+
+
+def object_sha256(s3: Any, key: str) -> str:
+    body = s3.get_object(Bucket=BUCKET, Key=key)["Body"]
+    digest = hashlib.sha256()
+    for chunk in iter(lambda: body.read(MIB), b""):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+@pytest.mark.parametrize("size", [5 * MIB, 200 * MIB], ids=["5MB", "200MB"])
+async def test_file_lands_byte_identical_with_metadata(
+    tmp_path: Path, moto: MotoServer, s3: Any, size: int
+) -> None:
+    video = local_file(tmp_path / "spool", "video", "clip.mp4", generated_bytes(size), "video/mp4")
+    sink = make_sink(moto, tmp_path)
+    try:
+        out = await sink.deliver(make_ctx([video]))
+    finally:
+        await sink.aclose()
+
+    key = "fal/reframe/req-123/clip.mp4"
+    assert out["objects"]["video"]["key"] == key
+    assert out["objects"]["video"]["uploaded"] is True
+    head = s3.head_object(Bucket=BUCKET, Key=key)
+    assert head["ContentLength"] == size
+    assert head["ContentType"] == "video/mp4"
+    assert head["Metadata"] == {
+        "sha256": video.sha256,
+        "request_id": "req-123",
+        "route": "reframe",
+        "path": "video",
+    }
+    assert object_sha256(s3, key) == video.sha256
+    # event.json beside the file, and nothing half-done left behind.
+    event = s3.get_object(Bucket=BUCKET, Key="fal/reframe/req-123/event.json")
+    assert event["ContentType"] == "application/json"
+    assert b'"request_id": "req-123"' in event["Body"].read()
+    assert s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
+
+
+async def test_presigned_link_serves_the_object(tmp_path: Path, moto: MotoServer, s3: Any) -> None:
+    image = local_file(tmp_path / "spool", "images[0]", "a.png", b"\x89PNG...", "image/png")
+    sink = make_sink(moto, tmp_path, presign_seconds=600)
+    try:
+        out = await sink.deliver(make_ctx([image]))
+    finally:
+        await sink.aclose()
+    url = out["objects"]["images[0]"]["url"]
+    assert "X-Amz-Expires=600" in url
+    got = httpx.get(url)
+    assert got.status_code == 200 and got.content == b"\x89PNG..."
+    assert httpx.get(out["event_url"]).json()["request_id"] == "req-123"
+
+
+async def test_redelivery_does_not_upload_again(tmp_path: Path, moto: MotoServer, s3: Any) -> None:
+    video = local_file(tmp_path / "spool", "video", "v.mp4", generated_bytes(6 * MIB), "video/mp4")
+    key = "fal/reframe/req-123/v.mp4"
+    sink = make_sink(moto, tmp_path, part_size=5 * MIB)
+    try:
+        await sink.deliver(make_ctx([video]))
+        # Mark the stored object in place (same sha256): a second upload would drop the mark.
+        meta = s3.head_object(Bucket=BUCKET, Key=key)["Metadata"]
+        s3.copy_object(
+            Bucket=BUCKET,
+            Key=key,
+            CopySource={"Bucket": BUCKET, "Key": key},
+            Metadata={**meta, "mark": "first"},
+            MetadataDirective="REPLACE",
+            ContentType="video/mp4",
+        )
+        again = await sink.deliver(make_ctx([video], attempt=2))
+    finally:
+        await sink.aclose()
+    assert again["objects"]["video"]["uploaded"] is False
+    assert s3.head_object(Bucket=BUCKET, Key=key)["Metadata"]["mark"] == "first"
+
+
+async def test_changed_content_is_uploaded_again(tmp_path: Path, moto: MotoServer, s3: Any) -> None:
+    sink = make_sink(moto, tmp_path)
+    try:
+        first = local_file(tmp_path / "a", "video", "v.mp4", b"one", "video/mp4")
+        await sink.deliver(make_ctx([first]))
+        second = local_file(tmp_path / "b", "video", "v.mp4", b"two!", "video/mp4")
+        out = await sink.deliver(make_ctx([second]))
+    finally:
+        await sink.aclose()
+    assert out["objects"]["video"]["uploaded"] is True
+    body = s3.get_object(Bucket=BUCKET, Key="fal/reframe/req-123/v.mp4")["Body"].read()
+    assert body == b"two!"
+
+
+async def test_store_down_then_back_ends_delivered(
+    tmp_path: Path, moto: MotoServer, s3: Any
+) -> None:
+    video = local_file(tmp_path / "spool", "video", "v.mp4", generated_bytes(6 * MIB), "video/mp4")
+    sink = make_sink(moto, tmp_path, part_size=5 * MIB, connect_timeout=2, read_timeout=10)
+    outcomes: list[str] = []
+    try:
+        moto.stop()
+        for attempt in range(1, 6):  # the worker's retries, bounded
+            try:
+                out = await sink.deliver(make_ctx([video], attempt=attempt))
+                outcomes.append("delivered")
+                break
+            except Retryable as exc:
+                assert BUCKET in str(exc)
+                outcomes.append("retry")
+                if attempt == 2:
+                    moto.start()  # same port, same buckets
+    finally:
+        await sink.aclose()
+    assert outcomes == ["retry", "retry", "delivered"]
+    assert out["objects"]["video"]["uploaded"] is True
+    assert object_sha256(s3, "fal/reframe/req-123/v.mp4") == video.sha256
+
+
+async def test_missing_bucket_is_permanent_and_named(tmp_path: Path, moto: MotoServer) -> None:
+    video = local_file(tmp_path / "spool", "video", "v.mp4", b"data", "video/mp4")
+    sink = make_sink(moto, tmp_path, bucket="no-such-bucket")
+    try:
+        with pytest.raises(Permanent) as err:
+            await sink.deliver(make_ctx([video]))
+    finally:
+        await sink.aclose()
+    assert "no-such-bucket" in str(err.value)
+    assert "NoSuchBucket" in str(err.value)
+
+
+async def test_failed_multipart_upload_is_aborted(
+    tmp_path: Path, moto: MotoServer, s3: Any
+) -> None:
+    real = local_file(tmp_path / "spool", "video", "v.mp4", generated_bytes(7 * MIB), "video/mp4")
+    # The spool file claims more bytes than it holds: a part read comes up short.
+    liar = type(real)(**{**real.__dict__, "size": 12 * MIB})
+    sink = make_sink(moto, tmp_path, part_size=5 * MIB)
+    try:
+        with pytest.raises(Retryable, match="shorter"):
+            await sink.deliver(make_ctx([liar]))
+    finally:
+        await sink.aclose()
+    assert s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
+    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET)
+
+
+async def test_prefix_template_is_sanitised(tmp_path: Path, moto: MotoServer, s3: Any) -> None:
+    f = local_file(tmp_path / "spool", "video", "v.mp4", b"x", "video/mp4")
+    sink = make_sink(moto, tmp_path, prefix="/{date}/{endpoint}/{route}/{request_id}/")
+    try:
+        out = await sink.deliver(make_ctx([f], request_id="../../etc passwd"))
+    finally:
+        await sink.aclose()
+    key = out["objects"]["video"]["key"]
+    assert key == "2026-11-23/luma/agent/ray/v3.2/reframe/reframe/_.._etc_passwd/v.mp4"
+    assert s3.head_object(Bucket=BUCKET, Key=key)["ContentLength"] == 1
+
+
+async def test_unknown_endpoint_renders_unknown(tmp_path: Path, moto: MotoServer, s3: Any) -> None:
+    sink = make_sink(moto, tmp_path, prefix="{endpoint}/{request_id}/")
+    try:
+        out = await sink.deliver(make_ctx([], endpoint=None, status="ERROR", error="boom"))
+    finally:
+        await sink.aclose()
+    assert out["event_key"] == "unknown/req-123/event.json"
+    assert out["objects"] == {}
+
+
+@pytest.mark.parametrize(
+    ("options", "key"),
+    [
+        ({"bucket": None}, "[sinks.archive].bucket"),
+        ({"prefix": "{route}/{user}/"}, "[sinks.archive].prefix"),
+        ({"prefix": "{route!r}/"}, "[sinks.archive].prefix"),
+        ({"prefix": "{route"}, "[sinks.archive].prefix"),
+        ({"presign_seconds": 604801}, "[sinks.archive].presign_seconds"),
+        ({"part_size": 1024}, "[sinks.archive].part_size"),
+        ({"addressing_style": "sideways"}, "[sinks.archive].addressing_style"),
+        ({"endpoint_url": "ftp://x"}, "[sinks.archive].endpoint_url"),
+        ({"buckett": "x"}, "[sinks.archive].buckett"),
+    ],
+)
+def test_bad_options_are_named(tmp_path: Path, options: dict[str, Any], key: str) -> None:
+    opts = {"bucket": BUCKET, **options}
+    opts = {k: v for k, v in opts.items() if v is not None}
+    with pytest.raises(ConfigError) as err:
+        S3Sink("archive", opts, SinkEnv(base_dir=tmp_path, settings=None))
+    assert err.value.key == key
