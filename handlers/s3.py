@@ -225,21 +225,27 @@ class S3Sink:
         etags: dict[int, str] = {}
         assert self._slots is not None
         slots = self._slots
+        held = 0  # slots taken for parts whose task has not given them back yet
 
         async def one(number: int) -> None:
-            offset = (number - 1) * part_size
-            part = FilePart(file.local_path, offset, min(part_size, file.size - offset))
+            nonlocal held
             try:
-                got = await client.upload_part(PartNumber=number, Body=part, **where)
-                etags[number] = got["ETag"]
+                offset = (number - 1) * part_size
+                part = FilePart(file.local_path, offset, min(part_size, file.size - offset))
+                try:
+                    got = await client.upload_part(PartNumber=number, Body=part, **where)
+                    etags[number] = got["ETag"]
+                finally:
+                    part.close()
             finally:
-                part.close()
+                held -= 1
                 slots.release()
 
         try:
             async with asyncio.TaskGroup() as group:
                 for number in range(1, count + 1):
                     await slots.acquire()  # bounded: parts in flight across all uploads
+                    held += 1
                     group.create_task(one(number))
             parts = [{"PartNumber": n, "ETag": etags[n]} for n in range(1, count + 1)]
             await client.complete_multipart_upload(MultipartUpload={"Parts": parts}, **where)
@@ -248,6 +254,11 @@ class S3Sink:
             if isinstance(exc, BaseExceptionGroup):
                 raise _first(exc) from None
             raise
+        finally:
+            # A task cancelled before it started never runs its own finally: give its slot back
+            # here, or the sink-wide limit shrinks with every failed upload until none can run.
+            for _ in range(held):
+                slots.release()
 
     # --- errors ----------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -230,3 +231,23 @@ def test_bad_options_are_named(tmp_path: Path, options: dict[str, Any], key: str
     with pytest.raises(ConfigError) as err:
         S3Sink("archive", opts, SinkEnv(base_dir=tmp_path, settings=None))
     assert err.value.key == key
+
+
+async def test_a_failed_multipart_upload_gives_back_its_part_slots(
+    tmp_path: Path, moto: MotoServer, s3: Any
+) -> None:
+    # One part in flight for the whole sink: a slot lost by the failed upload would leave
+    # the next multipart upload waiting forever (bounded here so a leak fails, not hangs).
+    real = local_file(tmp_path / "a", "video", "v.mp4", generated_bytes(7 * MIB), "video/mp4")
+    liar = type(real)(**{**real.__dict__, "size": 12 * MIB})
+    good = local_file(tmp_path / "b", "video", "w.mp4", generated_bytes(11 * MIB), "video/mp4")
+    sink = make_sink(moto, tmp_path, part_size=5 * MIB, concurrency=1)
+    try:
+        with pytest.raises(Retryable, match="shorter"):
+            await sink.deliver(make_ctx([liar]))
+        async with asyncio.timeout(60):
+            out = await sink.deliver(make_ctx([good], request_id="req-456"))
+    finally:
+        await sink.aclose()
+    assert out["objects"]["video"]["uploaded"] is True
+    assert object_sha256(s3, "fal/reframe/req-456/w.mp4") == good.sha256
