@@ -62,7 +62,8 @@ class HttpSink:
             isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
         ):
             raise opts.error("headers", "must be a table of strings")
-        self.extra_headers = dict(headers)
+        # Lower-cased, so the signing headers set per request replace a same-named extra.
+        self.extra_headers = {k.lower(): v for k, v in headers.items()}
         opts.no_unknown()
         self._client: httpx.AsyncClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -62,7 +62,8 @@ def _file_line(ctx: DeliveryContext, file: LocalFile) -> str:
         details.append(file.content_type)
     if stored_link(ctx, file):
         details.append("stored copy")
-    tail = " · ".join(escape(d) for d in details) + f"  `{fit(file.path, 200)}`"
+    # The content type comes from the payload or the file server: bounded like the rest.
+    tail = " · ".join(fit(d, 100) for d in details) + f"  `{fit(file.path, 200)}`"
     budget = SECTION_MAX - len(tail) - 8
     if link and len(link) + 200 < budget and "|" not in link and ">" not in link:
         label = fit(name, min(200, budget - len(link)))

@@ -28,6 +28,7 @@ class Receiver(LoopbackServer):
 
     def __init__(self) -> None:
         self.requests: list[tuple[dict[str, str], bytes]] = []
+        self.raw_headers: list[list[tuple[str, str]]] = []  # as sent, repeats included
         self.script: list[tuple[int, dict[str, str]]] = []
         self._lock = threading.Lock()
         outer = self
@@ -39,6 +40,7 @@ class Receiver(LoopbackServer):
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 with outer._lock:
                     outer.requests.append((dict(self.headers.items()), body))
+                    outer.raw_headers.append(list(self.headers.items()))
                     status, headers = outer.script.pop(0) if outer.script else (204, {})
                 reply = b"" if status == 204 else b"nope"
                 self.send_response(status)
@@ -103,6 +105,24 @@ async def test_signature_verifies_with_standardwebhooks(tmp_path: Path, receiver
     other = "whsec_" + base64.b64encode(b"x" * 32).decode()
     with pytest.raises(WebhookVerificationError):
         Webhook(other).verify(body, lower)
+
+
+async def test_extra_headers_cannot_replace_the_signature(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    extra = {"Authorization": "Bearer t", "Webhook-Signature": "v1,forged", "Content-Type": "x"}
+    sink = make_sink(receiver.url, headers=extra)
+    try:
+        await sink.deliver(make_ctx([]))
+    finally:
+        await sink.aclose()
+    [(headers, body)] = receiver.requests
+    sent = [k.lower() for k, _ in receiver.raw_headers[0]]
+    assert sent.count("webhook-signature") == 1 and sent.count("content-type") == 1
+    lower = {k.lower(): v for k, v in headers.items()}
+    assert lower["authorization"] == "Bearer t"
+    assert lower["content-type"] == "application/json"
+    assert Webhook(SECRET).verify(body, lower)["data"]["request_id"] == "req-123"
 
 
 async def test_stored_links_replace_fal_urls(tmp_path: Path, receiver: Receiver) -> None:

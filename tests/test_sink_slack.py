@@ -186,6 +186,16 @@ async def test_many_files_stay_within_block_limits(tmp_path: Path, slack: SlackS
     assert doc["blocks"][-2]["text"]["text"] == "…and 37 more file(s), not listed"
 
 
+async def test_huge_content_type_is_cut_to_fit(tmp_path: Path, slack: SlackStub) -> None:
+    f = local_file(tmp_path, "video", "v.mp4", b"x", "video/" + "<x>" * 5000)
+    out = await deliver(webhook_sink(slack), make_ctx([f]))
+    assert out["posted"] is True
+    [post] = slack.posts()  # accepted at once: within Block Kit's limits
+    line = post.json["blocks"][2]["text"]["text"]
+    assert block_problems(post.json, set()) is None
+    assert "video/&lt;x&gt;" in line and "…" in line and "<x>" not in line
+
+
 async def test_hostile_file_name_cannot_inject_links(tmp_path: Path, slack: SlackStub) -> None:
     f = local_file(tmp_path, "video", "v.mp4", b"x", "video/mp4")
     f = type(f)(**{**f.__dict__, "file_name": "<https://evil.example|click> *me*"})
