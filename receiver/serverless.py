@@ -11,25 +11,142 @@ Two modes, from ``[serverless].mode``:
 
 The app is built once per container, at first use, and its store connection and key cache
 live as long as the container: Mangum's per-invocation lifespan is switched off for that.
+
+Secrets: ``FALHOOK_SSM_PARAMETERS="FAL_KEY=/falhook/fal-key,FALHOOK_DATABASE_URL=/falhook/db"``
+names SSM Parameter Store parameters to read (decrypted) into those environment variables once
+per container, before the config is loaded, so ``${FAL_KEY}`` in it resolves. A Secrets Manager
+secret is read the same way through Parameter Store's reference name
+``/aws/reference/secretsmanager/<secret-id>``. botocore (in every AWS Python runtime, and in the
+package through the ``s3`` extra) is imported only when the variable is set.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import re
 from typing import Any
 
 from receiver.config import Settings, config_path_from, load_settings
-from receiver.logs import get_logger
+from receiver.logs import configure_logging, get_logger
 
 LAMBDA_MAX_BODY = 6 * 1024 * 1024  # Lambda's synchronous request payload limit
 log = get_logger("falhook.serverless")
 _handler: Any = None
 _settings: Settings | None = None
+_secrets_loaded = False
+
+SSM_PARAMETERS_ENV = "FALHOOK_SSM_PARAMETERS"
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_SSM_CONNECT_TIMEOUT = 5.0
+_SSM_READ_TIMEOUT = 10.0
+
+
+class SecretsError(RuntimeError):
+    """A secret named in FALHOOK_SSM_PARAMETERS could not be read. The message names the
+    parameter and the variable, never a value."""
+
+
+def parse_ssm_parameters(spec: str) -> list[tuple[str, str]]:
+    """``ENV=/name,ENV2=/name2`` -> [(ENV, /name), ...]; blanks around items are ignored."""
+    pairs: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for item in spec.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        env, sep, name = (part.strip() for part in item.partition("="))
+        if not sep or not name or not _ENV_NAME.match(env):
+            raise SecretsError(
+                f"{SSM_PARAMETERS_ENV}: {item!r} must look like ENV_NAME=/parameter/name"
+            )
+        if env in seen:
+            raise SecretsError(f"{SSM_PARAMETERS_ENV}: {env} is named twice")
+        seen.add(env)
+        pairs.append((env, name))
+    return pairs
+
+
+def _ssm_client() -> Any:
+    try:
+        import botocore.session
+        from botocore.config import Config
+    except ImportError:
+        raise SecretsError(
+            f"{SSM_PARAMETERS_ENV} is set but botocore is not installed (AWS's Python "
+            "runtimes include it; elsewhere install falhook's s3 extra or boto3)"
+        ) from None
+    from botocore.exceptions import BotoCoreError
+
+    config = Config(
+        connect_timeout=_SSM_CONNECT_TIMEOUT,
+        read_timeout=_SSM_READ_TIMEOUT,
+        retries={"mode": "standard"},  # 3 attempts; AWS_MAX_ATTEMPTS overrides
+    )
+    # Lambda sets AWS_REGION (and AWS_DEFAULT_REGION, which botocore reads); an endpoint
+    # override comes from AWS_ENDPOINT_URL_SSM / AWS_ENDPOINT_URL, as botocore resolves them.
+    region = os.environ.get("AWS_REGION") or None
+    try:
+        return botocore.session.get_session().create_client(
+            "ssm", region_name=region, config=config
+        )
+    except BotoCoreError as exc:
+        raise SecretsError(f"{SSM_PARAMETERS_ENV}: no SSM client: {exc}") from None
+
+
+def load_ssm_parameters(spec: str | None = None) -> list[str]:
+    """Read each named parameter (decrypted) into its environment variable; returns the
+    variables set. An existing value of such a variable is replaced: the parameter is the
+    source of truth. Any failure raises SecretsError naming the parameter, never a value."""
+    text = os.environ.get(SSM_PARAMETERS_ENV, "") if spec is None else spec
+    pairs = parse_ssm_parameters(text)
+    if not pairs:
+        return []
+    client = _ssm_client()
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    values: dict[str, str] = {}
+    for env, name in pairs:
+        what = f"SSM parameter {name} (for {env})"
+        try:
+            answer = client.get_parameter(Name=name, WithDecryption=True)
+        except ClientError as exc:
+            error = exc.response.get("Error", {})
+            code = str(error.get("Code", "error"))
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code == "ParameterNotFound":
+                raise SecretsError(f"{what} does not exist") from None
+            if code in ("AccessDeniedException", "AccessDenied") or status == 403:
+                raise SecretsError(
+                    f"{what}: access denied; grant ssm:GetParameter on it (and "
+                    "kms:Decrypt on a customer-managed key) to the function's role"
+                ) from None
+            detail = " ".join(str(error.get("Message", "")).split())[:300]
+            raise SecretsError(f"{what}: {code}: {detail}".rstrip(": ")) from None
+        except BotoCoreError as exc:
+            raise SecretsError(f"{what} cannot be read: {exc}") from None
+        value = (answer.get("Parameter") or {}).get("Value")
+        if not isinstance(value, str):
+            raise SecretsError(f"{what}: the answer holds no value")
+        values[env] = value
+    os.environ.update(values)  # all or nothing
+    log.info("secrets read from SSM", variables=sorted(values))
+    return sorted(values)
+
+
+def _load_secrets() -> None:
+    """Once per container (a failure is retried by the next invocation)."""
+    global _secrets_loaded
+    if not _secrets_loaded:
+        load_ssm_parameters()
+        _secrets_loaded = True
 
 
 def _load() -> Settings:
     global _settings
     if _settings is None:
+        configure_logging()
+        _load_secrets()
         _settings = load_settings(config_path_from(None))
         if _settings.receiver.max_body_bytes > LAMBDA_MAX_BODY:
             from dataclasses import replace
