@@ -85,3 +85,14 @@ def test_missing_option_is_named_at_start_up(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         python_sink("manifest", {"handler": HANDLER}, _env(tmp_path))
     assert "[sinks.manifest].path" in str(err.value)
+
+
+async def test_packaged_factory_takes_the_same_options(tmp_path: Path) -> None:
+    from falhook_example.sink import factory
+
+    manifest = tmp_path / "m.jsonl"
+    sink = factory("manifest", {"path": str(manifest)}, _env(tmp_path))
+    assert (await sink.deliver(_ctx(tmp_path)))["written"] is True
+    with pytest.raises(ConfigError) as err:
+        factory("manifest", {"path": str(manifest), "pth": "x"}, _env(tmp_path))
+    assert "[sinks.manifest].pth" in str(err.value)

@@ -1,0 +1,14 @@
+"""The same handler, packaged: register ``factory`` under the ``falhook.sinks`` entry-point
+group (see ``examples/pyproject.toml``) and configure it by its type::
+
+    [sinks.manifest]
+    type = "manifest"
+    path = "manifest.jsonl"
+"""
+
+from __future__ import annotations
+
+from falhook_example.handler import record
+from handlers.python import as_sink_factory
+
+factory = as_sink_factory(record)  # same keyword-option rules as type = "python"
