@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import io
 import math
 import os
@@ -83,6 +84,9 @@ class S3Sink:
         opts.no_unknown()
         if self.endpoint_url and not self.endpoint_url.startswith(("http://", "https://")):
             raise opts.error("endpoint_url", "must be an http:// or https:// URL")
+        # Imported lazily, but missing is a start-up error, not a failure at the first delivery.
+        if importlib.util.find_spec("aiobotocore") is None:
+            raise opts.error("type", "the s3 sink needs aiobotocore: pip install 'falhook[s3]'")
         self._client: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stack: contextlib.AsyncExitStack | None = None

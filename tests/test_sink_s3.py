@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -251,3 +252,13 @@ async def test_a_failed_multipart_upload_gives_back_its_part_slots(
         await sink.aclose()
     assert out["objects"]["video"]["uploaded"] is True
     assert object_sha256(s3, "fal/reframe/req-456/w.mp4") == good.sha256
+
+
+def test_missing_client_library_stops_start_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "aiobotocore", None)  # as if the s3 extra were not installed
+    with pytest.raises(ConfigError) as err:
+        S3Sink("archive", {"bucket": BUCKET}, SinkEnv(base_dir=tmp_path, settings=None))
+    assert err.value.key == "[sinks.archive].type"
+    assert "falhook[s3]" in err.value.problem
