@@ -76,11 +76,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from handlers.registry import build_sinks, close_sinks
-    from receiver.logs import configure_logging
     from receiver.worker import Worker
 
     settings = settings_from(args)
-    configure_logging()
     sinks = build_sinks(settings)
 
     async def run() -> int:
@@ -198,10 +196,8 @@ def cmd_events_replay(args: argparse.Namespace) -> int:
 async def _deliver_now(settings: Settings, store: Store, args: argparse.Namespace) -> int:
     """Run a worker in this process until the replayed deliveries are settled."""
     from handlers.registry import build_sinks, close_sinks
-    from receiver.logs import configure_logging
     from receiver.worker import Worker
 
-    configure_logging()
     wanted = [args.sink] if args.sink else None
     sinks = build_sinks(settings)
     worker = Worker(settings, store, sinks)
@@ -288,8 +284,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command_name(args: argparse.Namespace) -> str:
+    parts = [args.command]
+    parts += [getattr(args, f"{args.command}_command", None) or ""]
+    return " ".join(p for p in parts if p)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from receiver.logs import configure_logging, get_logger
+
+    # Before any command runs: every log line of every command (falhook's, its stores' and
+    # sinks', stdlib loggers') goes to stderr, so stdout holds only the command's output and
+    # `--json` output stays one JSON document. `serve` logs to stderr too.
+    configure_logging()
+    get_logger("falhook.cli").debug(
+        "falhook command",
+        command=_command_name(args),
+        config=str(config_path_from(getattr(args, "config", None)) or "embedded defaults"),
+    )
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:

@@ -218,13 +218,11 @@ def cmd_submissions_list(args: argparse.Namespace) -> int:
 
 
 def cmd_submissions_reconcile(args: argparse.Namespace) -> int:
-    from receiver.logs import configure_logging
     from receiver.reconcile import Reconciler, reconcile_settings
     from receiver.store import make_store
     from receiver.submit import make_queue
 
-    configure_logging()  # log lines go to stderr: stdout holds the counts
-
+    # Log lines go to stderr (receiver.cli.main configured logging): stdout holds the counts.
     try:
         settings = _settings(args)
     except ConfigError as exc:
