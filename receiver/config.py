@@ -21,6 +21,7 @@ CONFIG_ENV = "FALHOOK_CONFIG"
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+_PG_SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")  # as receiver/store/pg_schema.py takes it
 
 
 class ConfigError(ValueError):
@@ -47,6 +48,7 @@ class ReceiverSettings:
 @dataclass(frozen=True)
 class StoreSettings:
     url: str = f"sqlite:///{DEFAULT_DATA_DIR}/events.db"
+    schema: str = "falhook"  # PostgreSQL only: the schema falhook's tables live in
 
 
 @dataclass(frozen=True)
@@ -315,6 +317,10 @@ def _check_store(s: StoreSettings) -> None:
         raise ConfigError(
             "[store].url",
             "must start with sqlite:/// or postgresql:// (for example sqlite:///events.db)",
+        )
+    if not _PG_SCHEMA.match(s.schema):
+        raise ConfigError(
+            "[store].schema", "must be lower-case letters, digits and '_' (at most 48)"
         )
 
 

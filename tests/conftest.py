@@ -1,5 +1,12 @@
 """Shared fixtures: a test signer and its JWKS served on loopback, a file server, and
-`falhook serve` processes configured per test."""
+`falhook serve` processes configured per test.
+
+Every test that uses `store_backend` (directly, or through `store_section`, `falhook_factory`
+or `falhook`) runs once per store backend (SQLite and PostgreSQL), each on its own data: a
+SQLite file under tmp_path, or a PostgreSQL schema of its own, dropped after the test. A test
+whose outcome does not depend on the store says so with `@pytest.mark.one_store("why")` and
+runs on SQLite only.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +20,24 @@ import pytest
 from receiver.testing import FalSigner, JWKSServer
 from tests.support.falhook_server import Falhook, base_config
 from tests.support.fileserver import FileServer
+from tests.support.stores import STORE_BACKENDS, drop_pg_schemas
+from tests.support.stores import store_section as make_section
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "one_store(reason): the test does not depend on the store; run it on SQLite only",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "store_backend" not in metafunc.fixturenames:
+        return
+    one = metafunc.definition.get_closest_marker("one_store")
+    if one is not None and not (one.args and isinstance(one.args[0], str) and one.args[0]):
+        raise pytest.UsageError(f"{metafunc.definition.nodeid}: one_store needs a reason")
+    metafunc.parametrize("store_backend", ["sqlite"] if one else STORE_BACKENDS)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -52,13 +77,33 @@ def files() -> Iterator[FileServer]:
 
 
 @pytest.fixture
-def falhook_factory(tmp_path: Path, jwks: JWKSServer) -> Iterator[Callable[..., Falhook]]:
-    """Build (not start) falhook processes; all are stopped at the end of the test."""
+def store_backend() -> str:
+    """The store backend this test runs on (parametrised by pytest_generate_tests)."""
+    return "sqlite"
+
+
+@pytest.fixture
+def store_section(store_backend: str, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """The `[store]` table of this test's falhook configs; a PostgreSQL schema is dropped once
+    the test (and every falhook process it started) is done."""
+    section = make_section(store_backend, tmp_path)
+    yield section
+    if "schema" in section:
+        drop_pg_schemas([section["schema"]])
+
+
+@pytest.fixture
+def falhook_factory(
+    tmp_path: Path, jwks: JWKSServer, store_section: dict[str, str]
+) -> Iterator[Callable[..., Falhook]]:
+    """Build (not start) falhook processes on this test's store; all are stopped at the end of
+    the test."""
     made: list[Falhook] = []
 
     def make(
         name: str = "falhook", command: tuple[str, ...] = ("serve",), **overrides: Any
     ) -> Falhook:
+        overrides["store"] = {**store_section, **overrides.get("store", {})}
         config = overrides.pop("config", None) or base_config(tmp_path, jwks.url, **overrides)
         proc = Falhook(tmp_path, config, command=command, name=name)
         made.append(proc)

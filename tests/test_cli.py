@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
 
 from receiver.testing import FalSigner, webhook_body
 from tests.support.falhook_server import Falhook, to_toml
@@ -118,6 +119,7 @@ def test_config_mistakes_fail_at_start_up_naming_the_key(tmp_path: Path) -> None
     assert out.returncode == 2 and "missing.toml" in out.stderr
 
 
+@pytest.mark.one_store("which config file is read, not what it stores")
 def test_falhook_config_names_the_file_when_no_flag_is_given(
     falhook: Falhook, signer: FalSigner, tmp_path: Path
 ) -> None:

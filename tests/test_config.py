@@ -232,6 +232,19 @@ def test_a_sqlite_url_without_a_file_names_store_url(tmp_path: Path) -> None:
     assert error_key({"store": {"url": "sqlite:///"}}, tmp_path) == "[store].url"
 
 
+def test_the_postgresql_schema_defaults_to_falhook_and_can_be_named(tmp_path: Path) -> None:
+    url = "postgresql://falhook@db:5432/falhook"
+    assert from_dict({"store": {"url": url}}, base_dir=tmp_path).store.schema == "falhook"
+    named = from_dict({"store": {"url": url, "schema": "team_a"}}, base_dir=tmp_path)
+    assert named.store.schema == "team_a"
+
+
+@pytest.mark.parametrize("schema", ["", "Upper", "1st", "has-dash", 'q"uote', "x" * 49])
+def test_a_bad_postgresql_schema_names_store_schema(schema: str, tmp_path: Path) -> None:
+    raw = {"store": {"url": "postgresql://falhook@db/falhook", "schema": schema}}
+    assert error_key(raw, tmp_path) == "[store].schema"
+
+
 @pytest.mark.parametrize(
     ("key", "value"),
     [("public_url", "hooks.example.com"), ("jwks_url", "ftp://x"), ("public_url", "https://")],

@@ -6,12 +6,14 @@ import json
 import uuid
 
 import httpx
+import pytest
 
 from receiver.testing import FalSigner, webhook_body
 from tests.support.falhook_server import Falhook
 from tests.support.fileserver import FileServer
 
 
+@pytest.mark.one_store("what is logged, not where events are stored")
 def test_request_and_delivery_lines_carry_request_id_and_route_and_no_secrets(
     falhook: Falhook, signer: FalSigner, files: FileServer
 ) -> None:

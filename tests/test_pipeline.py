@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from receiver.testing import FalSigner, webhook_body
 from tests.support.falhook_server import Falhook
@@ -168,6 +169,7 @@ def test_a_private_address_is_refused_and_the_event_says_why(
     assert [e["request_id"] for e in listed] == [rid]
 
 
+@pytest.mark.one_store("the disk sink's naming, not the store")
 def test_a_traversing_file_name_stays_inside_root(
     falhook: Falhook, signer: FalSigner, files: FileServer
 ) -> None:

@@ -32,9 +32,9 @@ def fal() -> Iterator[EmulatorServer]:
 
 
 @pytest.fixture
-def settings(tmp_path: Path, fal: EmulatorServer) -> Settings:
+def settings(tmp_path: Path, fal: EmulatorServer, store_section: dict[str, str]) -> Settings:
     receiver = {"public_url": DEAD_WEBHOOK, "queue_url": fal.url}
-    config = base_config(tmp_path, fal.jwks_url, receiver=receiver)
+    config = base_config(tmp_path, fal.jwks_url, receiver=receiver, store=store_section)
     return settings_from_dict(config, base_dir=tmp_path)
 
 
@@ -156,11 +156,13 @@ async def test_an_unreachable_queue_leaves_it_pending(
 
 
 @pytest.fixture
-def emulated(tmp_path: Path) -> Iterator[tuple[EmulatorServer, Falhook]]:
+def emulated(
+    tmp_path: Path, store_section: dict[str, str]
+) -> Iterator[tuple[EmulatorServer, Falhook]]:
     with EmulatorServer(Emulator(delay=0.2)) as server:
         port = free_port()
         receiver = {"public_url": f"http://127.0.0.1:{port}", "queue_url": server.url}
-        config = base_config(tmp_path, server.jwks_url, receiver=receiver)
+        config = base_config(tmp_path, server.jwks_url, receiver=receiver, store=store_section)
         with Falhook(tmp_path, config, port=port, env={"FAL_KEY": KEY}) as falhook:
             yield server, falhook
 
@@ -192,12 +194,15 @@ def test_dropped_webhook_recovered_and_delivered_to_disk(
     assert rid in shown.stdout and "recovered" in shown.stdout
 
 
-def test_falhook_serve_recovers_a_dropped_webhook_by_itself(tmp_path: Path) -> None:
+def test_falhook_serve_recovers_a_dropped_webhook_by_itself(
+    tmp_path: Path, store_section: dict[str, str]
+) -> None:
     with EmulatorServer(Emulator(delay=0.2)) as fal:
         port = free_port()
         receiver = {"public_url": f"http://127.0.0.1:{port}", "queue_url": fal.url}
+        reconcile = {"deadline": 1.0, "interval": 0.3}
         config = base_config(
-            tmp_path, fal.jwks_url, receiver=receiver, reconcile={"deadline": 1.0, "interval": 0.3}
+            tmp_path, fal.jwks_url, receiver=receiver, reconcile=reconcile, store=store_section
         )
         with Falhook(tmp_path, config, port=port, env={"FAL_KEY": KEY}) as falhook:
             body = json.dumps({**INPUT, "_emulate": {"outcome": "drop"}})

@@ -25,6 +25,7 @@ from receiver.submit import (
 )
 from receiver.testing import LoopbackServer
 from tests.support.falhook_server import Falhook, base_config, free_port, wait_for
+from tests.support.stores import pg_schema_text
 
 REFRAME = "luma/agent/ray/v3.2/reframe"
 KEY = "test-key-0123456789"
@@ -45,8 +46,9 @@ def settings_for(tmp_path: Path, queue_url: str, jwks_url: str = PUBLIC) -> Sett
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = make_store(settings_for(tmp_path, PUBLIC))
+async def store(tmp_path: Path, store_section: dict[str, str]) -> AsyncIterator[Store]:
+    config = base_config(tmp_path, PUBLIC, store=store_section)
+    s = make_store(settings_from_dict(config, base_dir=tmp_path))
     await s.open()
     try:
         yield s
@@ -217,21 +219,23 @@ def test_uploads_go_to_fal_storage_only_for_fals_queue() -> None:
 
 
 @pytest.fixture
-def emulated(tmp_path: Path) -> Iterator[tuple[EmulatorServer, Falhook]]:
+def emulated(
+    tmp_path: Path, store_section: dict[str, str]
+) -> Iterator[tuple[EmulatorServer, Falhook]]:
     with EmulatorServer(Emulator(delay=0.3)) as server:
         port = free_port()
         receiver: dict[str, Any] = {
             "public_url": f"http://127.0.0.1:{port}",
             "queue_url": server.url,
         }
-        config = base_config(tmp_path, server.jwks_url, receiver=receiver)
+        config = base_config(tmp_path, server.jwks_url, receiver=receiver, store=store_section)
         falhook = Falhook(tmp_path, config, port=port, env={"FAL_KEY": KEY})
         with falhook:
             yield server, falhook
 
 
 def test_submit_command_webhook_verified_correlated_and_delivered(
-    emulated: tuple[EmulatorServer, Falhook], tmp_path: Path
+    emulated: tuple[EmulatorServer, Falhook], tmp_path: Path, store_section: dict[str, str]
 ) -> None:
     fal, falhook = emulated
     clip = tmp_path / "clip.mp4"
@@ -259,8 +263,12 @@ def test_submit_command_webhook_verified_correlated_and_delivered(
     # The key went into the Authorization header only.
     for path in [falhook.log_path, *(tmp_path / "data").glob("events.db*")]:
         assert KEY.encode() not in path.read_bytes(), path
+    if "schema" in store_section:  # PostgreSQL: nowhere in falhook's tables either
+        stored = pg_schema_text(store_section["schema"])
+        assert rid in stored and KEY not in stored
 
 
+@pytest.mark.one_store("input validation before anything is sent or stored")
 def test_submit_command_refuses_a_bad_input_with_the_field_named(
     emulated: tuple[EmulatorServer, Falhook],
 ) -> None:

@@ -3,18 +3,22 @@ with its JSON error body, and nothing stored for a rejected request."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
 
 from receiver.testing import FalSigner, JWKSServer, webhook_body
-from tests.support.falhook_server import Falhook
+from tests.support.falhook_server import Falhook, wait_for
+from tests.support.stores import PG_URL
+from tests.support.tcp_relay import TCPRelay
 
 
 def post(
@@ -70,11 +74,13 @@ def test_a_replayed_request_id_is_a_duplicate_on_any_route(
     assert falhook.event(rid)["route"] == "default"  # type: ignore[index]
 
 
+@pytest.mark.one_store("verification answers before the store is touched")
 def test_unknown_route_is_404_before_method_and_signature(falhook: Falhook) -> None:
     assert_error(post(falhook, b"{}", {}, route="nope"), 404, "unknown_route")
     assert_error(post(falhook, b"", {}, route="nope", method="GET"), 404)
 
 
+@pytest.mark.one_store("verification answers before the store is touched")
 def test_other_methods_on_a_known_route_are_405(falhook: Falhook) -> None:
     resp = post(falhook, b"", {}, method="GET")
     assert_error(resp, 405)
@@ -82,6 +88,7 @@ def test_other_methods_on_a_known_route_are_405(falhook: Falhook) -> None:
     assert_error(post(falhook, b"{}", {}, method="PUT"), 405)
 
 
+@pytest.mark.one_store("verification answers before the store is touched")
 def test_body_over_the_limit_is_413_with_content_length(
     falhook_factory: Callable[..., Falhook], signer: FalSigner
 ) -> None:
@@ -91,6 +98,7 @@ def test_body_over_the_limit_is_413_with_content_length(
     assert not stored(fh, rid)
 
 
+@pytest.mark.one_store("verification answers before the store is touched")
 def test_body_over_the_limit_is_413_without_content_length(
     falhook_factory: Callable[..., Falhook], signer: FalSigner
 ) -> None:
@@ -111,6 +119,7 @@ def test_body_over_the_limit_is_413_without_content_length(
     assert not stored(fh, rid)
 
 
+@pytest.mark.one_store("verification answers before the store is touched")
 @pytest.mark.parametrize(
     "mutate",
     [
@@ -147,6 +156,7 @@ def test_bad_signature_headers_are_401(
     assert not stored(falhook, rid)
 
 
+@pytest.mark.one_store("verification answers before the store is touched")
 def test_timestamp_tolerance_is_inclusive(falhook: Falhook, signer: FalSigner) -> None:
     now = int(time.time())
     for offset, status in ((-290, 200), (290, 200), (-400, 401), (400, 401)):
@@ -155,6 +165,7 @@ def test_timestamp_tolerance_is_inclusive(falhook: Falhook, signer: FalSigner) -
         assert resp.status_code == status, (offset, resp.text)
 
 
+@pytest.mark.one_store("verification answers before the store is touched")
 def test_a_tampered_body_is_401(falhook: Falhook, signer: FalSigner) -> None:
     rid, body, headers = signed(signer)
     tampered = body.replace(b"no files", b"evil file")
@@ -162,12 +173,14 @@ def test_a_tampered_body_is_401(falhook: Falhook, signer: FalSigner) -> None:
     assert not stored(falhook, rid)
 
 
+@pytest.mark.one_store("verification answers before the store is touched")
 def test_a_request_signed_by_another_key_is_401(falhook: Falhook) -> None:
     rid, body, headers = signed(FalSigner(user_id="user-1"))
     assert_error(post(falhook, body, headers), 401, "bad_signature")
     assert not stored(falhook, rid)
 
 
+@pytest.mark.one_store("verification answers before the store is touched")
 def test_users_outside_allowed_user_ids_are_401(
     falhook_factory: Callable[..., Falhook], signer: FalSigner
 ) -> None:
@@ -177,6 +190,7 @@ def test_users_outside_allowed_user_ids_are_401(
     assert not stored(fh, rid)
 
 
+@pytest.mark.one_store("verification answers before the store is touched")
 def test_valid_signature_but_bad_body_is_400(falhook: Falhook, signer: FalSigner) -> None:
     cases = [b"not json", b"[1, 2]", b'{"status": "OK"}', b'{"request_id": 7}']
     for body in cases:
@@ -185,6 +199,7 @@ def test_valid_signature_but_bad_body_is_400(falhook: Falhook, signer: FalSigner
         assert not stored(falhook, rid)
 
 
+@pytest.mark.one_store("verification answers before the store is touched")
 def test_body_request_id_must_match_the_header(falhook: Falhook, signer: FalSigner) -> None:
     rid, body = webhook_body(str(uuid.uuid4()), payload=None)
     other = str(uuid.uuid4())
@@ -192,6 +207,7 @@ def test_body_request_id_must_match_the_header(falhook: Falhook, signer: FalSign
     assert not stored(falhook, rid) and not stored(falhook, other)
 
 
+@pytest.mark.one_store("verification answers before the store is touched")
 def test_no_keys_at_all_is_503_for_a_well_formed_request(
     falhook_factory: Callable[..., Falhook], jwks: JWKSServer, signer: FalSigner
 ) -> None:
@@ -208,6 +224,7 @@ def test_no_keys_at_all_is_503_for_a_well_formed_request(
     assert httpx.get(fh.url("/readyz")).status_code == 200
 
 
+@pytest.mark.one_store("verification answers before the store is touched")
 def test_rotated_keys_are_fetched_and_accepted(
     falhook: Falhook, jwks: JWKSServer, signer: FalSigner
 ) -> None:
@@ -217,6 +234,7 @@ def test_rotated_keys_are_fetched_and_accepted(
     assert post(falhook, body, headers).json() == {"status": "accepted", "request_id": rid}
 
 
+@pytest.mark.one_store("verification answers before the store is touched")
 def test_cached_keys_keep_working_while_the_jwks_endpoint_fails(
     falhook: Falhook, jwks: JWKSServer, signer: FalSigner
 ) -> None:
@@ -227,18 +245,51 @@ def test_cached_keys_keep_working_while_the_jwks_endpoint_fails(
     assert_error(post(falhook, body, headers), 401)
 
 
-def test_store_that_cannot_take_the_event_is_503(falhook: Falhook, signer: FalSigner) -> None:
-    db = falhook.tmp_path / "data" / "events.db"
+@contextlib.contextmanager
+def sqlite_outage(fh: Falhook) -> Iterator[None]:
+    """Another writer holds the database past busy_timeout."""
+    db = fh.tmp_path / "data" / "events.db"
     blocker = sqlite3.connect(db, timeout=1, check_same_thread=False)
-    blocker.execute("BEGIN EXCLUSIVE")  # another writer holds the database past busy_timeout
+    blocker.execute("BEGIN EXCLUSIVE")
     try:
-        rid, body, headers = signed(signer)
-        assert_error(post(falhook, body, headers), 503, "store_unavailable")
+        yield
     finally:
         blocker.rollback()
         blocker.close()
-    assert not stored(falhook, rid)
-    assert post(falhook, body, headers).json()["status"] == "accepted"  # fal's retry works
+
+
+def test_store_that_cannot_take_the_event_is_503(
+    falhook_factory: Callable[..., Falhook], signer: FalSigner, store_backend: str
+) -> None:
+    relay: TCPRelay | None = None
+    if store_backend == "postgres":  # falhook reaches PostgreSQL through a relay we can cut
+        pg = urlsplit(PG_URL)
+        relay = TCPRelay((pg.hostname or "127.0.0.1", pg.port or 5432)).start()
+        user = pg.netloc.rpartition("@")[0]
+        url = urlunsplit(pg._replace(netloc=f"{user}@127.0.0.1:{relay.port}".lstrip("@")))
+        fh = falhook_factory(store={"url": url}).start()
+    else:
+        fh = falhook_factory().start()
+    try:
+        rid, body, headers = signed(signer)
+        if relay is not None:
+            relay.cut()  # the database is away: connections reset, new ones refused
+            assert_error(post(fh, body, headers), 503, "store_unavailable")
+            assert httpx.get(fh.url("/readyz")).status_code == 503
+            relay.restore()
+            wait_for(
+                lambda: httpx.get(fh.url("/readyz")).status_code == 200,
+                what="readiness once the database is back",
+            )
+        else:
+            with sqlite_outage(fh):
+                assert_error(post(fh, body, headers), 503, "store_unavailable")
+        assert not stored(fh, rid)
+        assert post(fh, body, headers).json()["status"] == "accepted"  # fal's retry works
+    finally:
+        if relay is not None:
+            fh.stop()
+            relay.stop()
 
 
 def test_health_readiness_and_metrics(falhook: Falhook, signer: FalSigner) -> None:

@@ -44,7 +44,7 @@ def make_store(settings: Settings) -> Store:
                 "[store].url",
                 "the PostgreSQL store is not part of this version yet; use sqlite:///",
             ) from None
-        return PostgresStore(url)  # pragma: no cover - arrives with the PostgreSQL store
+        return PostgresStore(url, schema=settings.store.schema)
     from receiver.store.sqlite import SQLiteStore
 
     path = settings.sqlite_path()

@@ -40,17 +40,60 @@ def pg_schema(tmp_path: Path) -> str:
 
 
 def _drop_pg_schemas() -> None:
+    drop_pg_schemas(sorted(_PG_SCHEMAS))
+
+
+def drop_pg_schemas(names: list[str]) -> None:
+    """Drop these schemas now (from synchronous code: no event loop may be running)."""
+
     async def drop() -> None:
         import asyncpg
 
         conn = await asyncpg.connect(PG_URL, timeout=10)
         try:
-            for name in sorted(_PG_SCHEMAS):
+            # A backend of a just-killed process may still hold a lock for a moment; wait for
+            # it, but never hang a test session on it.
+            await conn.execute("SET lock_timeout = '10s'")
+            for name in names:
                 await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
         finally:
             await conn.close()
 
     asyncio.run(drop())
+    _PG_SCHEMAS.difference_update(names)
+
+
+def pg_schema_text(schema: str) -> str:
+    """Every row of every table in the schema, as text: to look for what must not be stored."""
+
+    async def dump() -> str:
+        import asyncpg
+
+        conn = await asyncpg.connect(PG_URL, timeout=10)
+        try:
+            tables = await conn.fetch(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = $1",
+                schema,
+            )
+            parts = []
+            for t in tables:
+                rows = await conn.fetch(f'SELECT x::text AS row FROM "{schema}"."{t[0]}" x')
+                parts += [r["row"] for r in rows]
+            return "\n".join(parts)
+        finally:
+            await conn.close()
+
+    return asyncio.run(dump())
+
+
+def store_section(name: str, tmp_path: Path) -> dict[str, str]:
+    """The `[store]` table of a falhook config on this backend, for tmp_path's data: what
+    `falhook serve`/`falhook worker` processes of one test share."""
+    if name == "sqlite":
+        return {"url": f"sqlite:///{tmp_path}/data/events.db"}
+    if name == "postgres":
+        return {"url": PG_URL, "schema": pg_schema(tmp_path)}
+    raise ValueError(f"unknown store backend {name!r}")
 
 
 def make_backend(name: str, tmp_path: Path) -> Store:
