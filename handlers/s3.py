@@ -314,7 +314,9 @@ class FilePart(io.RawIOBase):
         self._fd = os.open(path, os.O_RDONLY)
         self._start, self._length, self._pos = offset, length, 0
         if os.fstat(self._fd).st_size < offset + length:
-            os.close(self._fd)
+            # close(), not os.close(): marked closed, so __del__ cannot close the fd number a
+            # second time (by then it may be another file's or socket's).
+            self.close()
             raise Retryable(f"spool file {path.name} is shorter than its recorded size")
 
     def __len__(self) -> int:

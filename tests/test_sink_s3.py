@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +15,7 @@ import httpx
 import pytest
 
 from handlers.base import Permanent, Retryable, SinkEnv
-from handlers.s3 import S3Sink
+from handlers.s3 import FilePart, S3Sink
 from receiver.config import ConfigError
 from tests.support.fileserver import generated_bytes
 from tests.support.moto import AWS_ENV, MotoServer, boto3_client
@@ -262,3 +264,21 @@ def test_missing_client_library_stops_start_up(
         S3Sink("archive", {"bucket": BUCKET}, SinkEnv(base_dir=tmp_path, settings=None))
     assert err.value.key == "[sinks.archive].type"
     assert "falhook[s3]" in err.value.problem
+
+
+def test_short_spool_file_closes_its_descriptor_once(tmp_path: Path) -> None:
+    path = tmp_path / "short.bin"
+    path.write_bytes(b"abc")
+    with pytest.raises(Retryable, match="shorter") as err:
+        FilePart(path, 0, 10)
+    failed = err.traceback[-1].frame.f_locals["self"]
+    # The number it used is free again: the next open takes it. Collecting the failed part
+    # must not close that number a second time (it is now another file's).
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert fd == failed._fd
+        del failed, err
+        gc.collect()
+        os.fstat(fd)  # EBADF if the failed part closed it again
+    finally:
+        os.close(fd)
