@@ -502,16 +502,21 @@ def test_a_malformed_parameter_list_is_refused(spec: str) -> None:
         serverless.parse_ssm_parameters(spec)
 
 
-def test_without_ssm_parameters_nothing_aws_is_imported(tmp_path: Path, jwks: JWKSServer) -> None:
-    """A config without secrets in SSM pays nothing for them at cold start."""
+def test_the_cold_start_imports_nothing_a_webhook_does_not_need(
+    tmp_path: Path, jwks: JWKSServer
+) -> None:
+    """Without FALHOOK_SSM_PARAMETERS nothing of AWS's SDK is imported, and asyncpg only for a
+    PostgreSQL store (this one is SQLite)."""
     config = tmp_path / "lambda.toml"
     config.write_text(to_toml(base_config(tmp_path, jwks.url)))
     env = {k: v for k, v in os.environ.items() if k != serverless.SSM_PARAMETERS_ENV}
     code = (
         "import sys\n"
         "from receiver import serverless\n"
-        "serverless._load()\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('botocore', 'boto3')))\n"
+        "serverless._handler = serverless.build_handler(serverless._load())\n"
+        "roots = {m.split('.')[0] for m in sys.modules}\n"
+        "wanted = ('botocore', 'boto3', 'aiobotocore', 'asyncpg', 'mangum')\n"
+        "print(sorted(roots.intersection(wanted)))\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code],
@@ -522,4 +527,4 @@ def test_without_ssm_parameters_nothing_aws_is_imported(tmp_path: Path, jwks: JW
         timeout=60,
         check=True,
     )
-    assert out.stdout.strip() == "[]"
+    assert out.stdout.strip() == "['mangum']"
