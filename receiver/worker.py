@@ -19,7 +19,7 @@ import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ class _Attempt:
     error: str | None = None
     retry_after: float | None = None
     output: dict[str, Any] | None = None
+    waits_for: list[str] | None = None  # not tried: its `after` sinks have not delivered
 
 
 class Worker:
@@ -191,6 +192,17 @@ class Worker:
         unknown = [s for s in attempts if s not in self.sinks]
         for name in unknown:  # a sink removed from the config since the event arrived
             self._decide(attempts[name], Permanent(f"sink {name!r} is not configured"))
+        # Sinks whose prerequisites are neither delivered nor part of this job wait, without
+        # a download and without spending an attempt.
+        for name, a in attempts.items():
+            if a.outcome is None:
+                deps = [
+                    d
+                    for d in self.settings.sinks[name].after
+                    if d not in attempts and self._dep_state(event, attempts, d) != "delivered"
+                ]
+                if deps:
+                    self._wait_or_fail(event, attempts, name, deps)
         runnable = {s: a for s, a in attempts.items() if a.outcome is None}
         if not runnable:
             return await self._record_all(event, attempts)
@@ -227,12 +239,9 @@ class Worker:
             blocked = waiting - wave
             if not wave:
                 for s in blocked:
-                    deps = [d for d in conf[s].after if d not in outputs]
-                    states = {d: self._dep_state(event, attempts, d) for d in deps}
-                    if any(st == "dead" for st in states.values()):
-                        self._decide(attempts[s], Permanent(f"runs after {deps}, which is dead"))
-                    else:
-                        self._decide(attempts[s], Retryable(f"waiting for {deps} to deliver"))
+                    self._wait_or_fail(
+                        event, attempts, s, [d for d in conf[s].after if d not in outputs]
+                    )
                 return
             results = await asyncio.gather(
                 *(self._call_sink(s, attempts[s], event, info, files, outputs) for s in wave)
@@ -241,6 +250,18 @@ class Worker:
                 if ok:
                     outputs[s] = attempts[s].output or {}
             waiting = blocked
+
+    def _wait_or_fail(
+        self, event: EventView, attempts: dict[str, _Attempt], name: str, deps: list[str]
+    ) -> None:
+        """A sink whose `after` sinks have not delivered: dead if one of them is dead,
+        otherwise rescheduled for when they are next due, without counting an attempt."""
+        if any(self._dep_state(event, attempts, d) == "dead" for d in deps):
+            self._decide(attempts[name], Permanent(f"runs after {deps}, which is dead"))
+            return
+        a = attempts[name]
+        a.outcome, a.waits_for = "retry", deps
+        a.error = f"waiting for {deps} to deliver"
 
     def _dep_state(self, event: EventView, attempts: dict[str, _Attempt], dep: str) -> str:
         if dep in attempts and attempts[dep].outcome is not None:
@@ -296,12 +317,18 @@ class Worker:
         attempt.retry_after = exc.retry_after if isinstance(exc, Retryable) else None
 
     async def _record_all(self, event: EventView, attempts: dict[str, _Attempt]) -> None:
-        for sink, a in attempts.items():
+        due: dict[str, datetime] = {}  # when each sink retried in this job is next due
+        # Waiting sinks last: they become due with the sinks they wait for, so one lease
+        # takes both and the waves run them in order.
+        for sink, a in sorted(attempts.items(), key=lambda item: item[1].waits_for is not None):
             outcome = a.outcome or "retry"
             next_at = None
-            if outcome == "retry":
+            if a.waits_for is not None:
+                next_at = self._when_due(event, a.waits_for, due)
+            elif outcome == "retry":
                 delay = self.policy.delay(a.lease.attempts + 1, retry_after=a.retry_after)
                 next_at = utcnow() + timedelta(seconds=delay)
+                due[sink] = next_at
             finish = Finish(
                 request_id=event.request_id,
                 sink=sink,
@@ -310,18 +337,32 @@ class Worker:
                 error=a.error,
                 next_attempt_at=next_at,
                 output=a.output,
+                counted=a.waits_for is None,
             )
             held = await self.store.finish(finish)
-            self.metrics.deliveries.labels(sink=sink, outcome=outcome).inc()
-            level = "info" if outcome == "delivered" else "warning"
+            waiting = a.waits_for is not None
+            label = "waiting" if waiting else outcome
+            self.metrics.deliveries.labels(sink=sink, outcome=label).inc()
+            level = "info" if outcome == "delivered" or waiting else "warning"
             getattr(log, level)(
-                "delivery " + ("delivered" if outcome == "delivered" else outcome),
+                "delivery " + label,
                 sink=sink,
-                attempt=a.lease.attempts + 1,
+                attempt=a.lease.attempts + (0 if waiting else 1),
                 error=a.error,
                 retry_at=next_at.isoformat() if next_at else None,
                 lease_lost=not held or None,
             )
+
+    def _when_due(self, event: EventView, deps: list[str], due: dict[str, datetime]) -> datetime:
+        """The latest next attempt among deps; the first backoff step when one is unknown
+        (leased by another worker right now, say)."""
+        fallback = utcnow() + timedelta(seconds=self.policy.delay(1))
+        times = []
+        for dep in deps:
+            stored = event.deliveries.get(dep)
+            when = due.get(dep) or (stored.next_attempt_at if stored else None)
+            times.append(when if when is not None and when > utcnow() else fallback)
+        return max(times)
 
     async def _give_back(self, event: EventView, attempts: dict[str, _Attempt]) -> None:
         for sink, a in attempts.items():

@@ -285,6 +285,8 @@ def test_s3_down_then_back_delivers_and_slack_waits_for_it(
         moto.start()  # same port, same bucket
     event = fh.wait_state(rid, "delivered", timeout=120)
     assert event["deliveries"]["archive"]["attempts"] >= 3
+    # Waiting for S3 spent none of Slack's attempts: it was tried once, when S3 had delivered.
+    assert event["deliveries"]["team"]["attempts"] == 1
     [post] = slack.posts()
     video_key = f"fal/reframe/{event['received_at'][:10]}/{rid}/clip.mp4"
     assert file_links(post.json)["clip.mp4"].startswith(f"{moto.url}/{BUCKET}/{video_key}?")

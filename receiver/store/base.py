@@ -162,6 +162,9 @@ class Finish:
     error: str | None = None
     next_attempt_at: datetime | None = None  # for "retry"
     output: dict[str, Any] | None = None  # for "delivered"
+    # False when the sink was not tried at all (it waits for a sink it runs `after`): the
+    # delivery is rescheduled without spending one of its max_attempts.
+    counted: bool = True
 
 
 @runtime_checkable

@@ -188,7 +188,7 @@ WHERE lease_token = ANY($1::text[]) AND state = 'delivering'
 
 # A retry without a time is due now, never stuck with a NULL time.
 FINISH = """
-UPDATE deliveries SET state = $1, attempts = attempts + 1, last_error = $2,
+UPDATE deliveries SET state = $1, attempts = attempts + $8, last_error = $2,
     next_attempt_at = CASE WHEN $1 = 'retrying' THEN COALESCE($3, now()) END,
     output = COALESCE($4, output), lease_token = NULL, lease_owner = NULL,
     lease_expires_at = NULL, updated_at = now()

@@ -395,6 +395,7 @@ class PostgresStore:
                 result.request_id,
                 result.sink,
                 result.token,
+                1 if result.counted else 0,
             )
         return _rowcount(status) == 1
 

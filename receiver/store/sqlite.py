@@ -494,12 +494,13 @@ class SQLiteStore:
         def op(c: sqlite3.Connection) -> bool:
             now = time.time()
             cur = c.execute(
-                "UPDATE deliveries SET state = ?, attempts = attempts + 1, last_error = ?,"
+                "UPDATE deliveries SET state = ?, attempts = attempts + ?, last_error = ?,"
                 " next_attempt_at = ?, output = COALESCE(?, output), lease_token = NULL,"
                 " lease_owner = NULL, lease_expires_at = NULL, updated_at = ?"
                 " WHERE request_id = ? AND sink = ? AND lease_token = ? AND state = 'delivering'",
                 (
                     state,
+                    1 if result.counted else 0,
                     None if outcome == "delivered" else result.error,
                     # A retry without a time is due now, never stuck with a NULL time.
                     (next_at if next_at is not None else now) if outcome == "retry" else None,
