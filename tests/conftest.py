@@ -5,7 +5,7 @@ Every test that uses `store_backend` (directly, or through `store_section`, `fal
 or `falhook`) runs once per store backend (SQLite and PostgreSQL), each on its own data: a
 SQLite file under tmp_path, or a PostgreSQL schema of its own, dropped after the test. A test
 whose outcome does not depend on the store says so with `@pytest.mark.one_store("why")` and
-runs on SQLite only.
+runs on SQLite only; `one_store("why", backend="postgres")` marks a test about PostgreSQL.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from tests.support.stores import store_section as make_section
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "one_store(reason): the test does not depend on the store; run it on SQLite only",
+        "one_store(reason, backend='sqlite'): run the test on that store backend only (its"
+        " outcome does not depend on the store, or it is about that store)",
     )
 
 
@@ -35,9 +36,15 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "store_backend" not in metafunc.fixturenames:
         return
     one = metafunc.definition.get_closest_marker("one_store")
-    if one is not None and not (one.args and isinstance(one.args[0], str) and one.args[0]):
+    if one is None:
+        metafunc.parametrize("store_backend", STORE_BACKENDS)
+        return
+    if not (one.args and isinstance(one.args[0], str) and one.args[0]):
         raise pytest.UsageError(f"{metafunc.definition.nodeid}: one_store needs a reason")
-    metafunc.parametrize("store_backend", ["sqlite"] if one else STORE_BACKENDS)
+    backend = one.kwargs.get("backend", "sqlite")
+    if backend not in STORE_BACKENDS:
+        raise pytest.UsageError(f"{metafunc.definition.nodeid}: no store backend {backend!r}")
+    metafunc.parametrize("store_backend", [backend])
 
 
 @pytest.hookimpl(hookwrapper=True)

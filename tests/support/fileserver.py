@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
@@ -20,6 +21,7 @@ from receiver.testing import LoopbackServer
 
 _BLOCK = 1024 * 1024
 _PAUSE_LIMIT = 30.0  # seconds a paused body waits for resume() at most
+_SLOW_PIECE = 16 * 1024  # bytes written at once by a slow (bytes_per_second) body
 
 
 def generated_block(index: int) -> bytes:
@@ -59,6 +61,7 @@ class _Entry:
     headers: dict[str, str]
     pause_after: int | None
     resume: threading.Event
+    bytes_per_second: float | None
 
 
 class FileServer(LoopbackServer):
@@ -110,12 +113,14 @@ class FileServer(LoopbackServer):
         chunked: bool = False,
         headers: dict[str, str] | None = None,
         pause_after: int | None = None,
+        bytes_per_second: float | None = None,
     ) -> None:
         """Serve path. `size` serves generated content (see generated_sha256); `fail_times`
         answers fail_status that many times first; `short_by` declares the full
         Content-Length but sends fewer bytes and closes; `chunked` sends no Content-Length
         (the body ends when the connection closes); `headers` are added to a 200 answer;
-        `pause_after` sends that many body bytes, then waits for resume(path)."""
+        `pause_after` sends that many body bytes, then waits for resume(path);
+        `bytes_per_second` sends the body slowly, in small pieces, at about that rate."""
         total = len(data) if data is not None else (size or 0)
         with self._lock:
             self._entries[path] = _Entry(
@@ -131,6 +136,7 @@ class FileServer(LoopbackServer):
                 dict(headers or {}),
                 pause_after,
                 threading.Event(),
+                bytes_per_second,
             )
 
     def hits(self, path: str) -> int:
@@ -211,6 +217,17 @@ def _send_body(h: BaseHTTPRequestHandler, entry: _Entry) -> None:
             h.wfile.flush()
             entry.resume.wait(_PAUSE_LIMIT)
             block, sent = block[cut:], sent + cut
-        h.wfile.write(block)
+        _write(h, block, entry.bytes_per_second)
         sent += len(block)
     h.wfile.flush()
+
+
+def _write(h: BaseHTTPRequestHandler, block: bytes, rate: float | None) -> None:
+    if not rate:
+        h.wfile.write(block)
+        return
+    piece = max(1, min(_SLOW_PIECE, int(rate / 10)))
+    for start in range(0, len(block), piece):
+        h.wfile.write(block[start : start + piece])
+        h.wfile.flush()
+        time.sleep(piece / rate)
