@@ -2,13 +2,23 @@
 -- request_id \t user_id \t timestamp \t signature \t body. Each wrk thread takes every
 -- Nth line, so every request_id is sent once; `wrapped` in the summary says if a thread ran
 -- out and began repeating (repeats are duplicates: cheaper, so the figure would flatter us).
+-- Optional $FALHOOK_BENCH_PORTS ("8001,8002"): thread i connects to 127.0.0.1 on the
+-- (i mod n)th port, so one wrk spreads its threads, and their connections, over n servers.
 local requests = {}
 counter = 0
 wrapped = 0  -- globals: done() reads them through thread:get
+loaded = 0
 local next_id = 0
 local threads = {}
 
 function setup(thread)
+  local ports = {}
+  for port in string.gmatch(os.getenv("FALHOOK_BENCH_PORTS") or "", "%d+") do
+    ports[#ports + 1] = port
+  end
+  if #ports > 0 then
+    thread.addr = wrk.lookup("127.0.0.1", ports[next_id % #ports + 1])[1]
+  end
   thread:set("id", next_id)
   next_id = next_id + 1
   table.insert(threads, thread)
@@ -31,6 +41,7 @@ function init(args)
     end
     i = i + 1
   end
+  loaded = #requests
 end
 
 function request()
@@ -44,8 +55,11 @@ end
 
 function done(summary, latency, requests)
   local w = 0
-  for _, t in ipairs(threads) do
-    w = w + (t:get("wrapped") or 0)
+  for i, t in ipairs(threads) do
+    local tw = t:get("wrapped") or 0
+    w = w + tw
+    -- requests this thread sent (with any still in flight when wrk stopped)
+    io.write(string.format("sent %d %d\n", i - 1, tw * (t:get("loaded") or 0) + (t:get("counter") or 0)))
   end
   io.write(string.format("wrapped %d\n", w))
   io.write(string.format("non2xx %d\n", summary.errors.status))
