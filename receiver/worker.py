@@ -49,6 +49,7 @@ class _Attempt:
     retry_after: float | None = None
     output: dict[str, Any] | None = None
     waits_for: list[str] | None = None  # not tried: its `after` sinks have not delivered
+    tried: bool = True  # False: decided without calling the sink (no attempt is counted)
 
 
 class Worker:
@@ -203,6 +204,12 @@ class Worker:
                 ]
                 if deps:
                     self._wait_or_fail(event, attempts, name, deps)
+        for a in attempts.values():
+            # Taken over from workers that died mid-attempt max_attempts times: this event
+            # kills whoever tries it, so it is dead-lettered rather than tried again.
+            if a.outcome is None and a.lease.attempts >= self.policy.max_attempts:
+                a.outcome, a.tried = "dead", False
+                a.error = f"{a.lease.attempts} attempts ended with the worker gone (lease expired)"
         runnable = {s: a for s, a in attempts.items() if a.outcome is None}
         if not runnable:
             return await self._record_all(event, attempts)
@@ -260,7 +267,7 @@ class Worker:
             self._decide(attempts[name], Permanent(f"runs after {deps}, which is dead"))
             return
         a = attempts[name]
-        a.outcome, a.waits_for = "retry", deps
+        a.outcome, a.waits_for, a.tried = "retry", deps, False
         a.error = f"waiting for {deps} to deliver"
 
     def _dep_state(self, event: EventView, attempts: dict[str, _Attempt], dep: str) -> str:
@@ -337,7 +344,7 @@ class Worker:
                 error=a.error,
                 next_attempt_at=next_at,
                 output=a.output,
-                counted=a.waits_for is None,
+                counted=a.tried,
             )
             held = await self.store.finish(finish)
             waiting = a.waits_for is not None
@@ -347,7 +354,7 @@ class Worker:
             getattr(log, level)(
                 "delivery " + label,
                 sink=sink,
-                attempt=a.lease.attempts + (0 if waiting else 1),
+                attempt=a.lease.attempts + a.tried,
                 error=a.error,
                 retry_at=next_at.isoformat() if next_at else None,
                 lease_lost=not held or None,

@@ -80,3 +80,25 @@ def test_sigkill_under_load_loses_nothing_acknowledged(
         assert names == ["clip.mp4", "event.json"], (rid, names)
     leftovers = [p for p in root.rglob("*") if p.name.endswith(".tmp")]
     assert leftovers == []
+
+
+def test_an_event_that_kills_every_worker_ends_dead_after_max_attempts(
+    falhook_factory: Callable[..., Falhook], signer: FalSigner, files: FileServer
+) -> None:
+    # A slow file keeps each attempt in flight; SIGKILL stands in for a crash it causes.
+    files.add("/slow.bin", size=4 * 1024 * 1024, bytes_per_second=64 * 1024)
+    fh = falhook_factory(
+        delivery={"max_attempts": 2, "lease_seconds": 1, "backoff_initial": 0.1},
+    ).start()
+    rid, body = webhook_body(str(uuid.uuid4()), payload={"video": {"url": files.url("/slow.bin")}})
+    r = httpx.post(fh.url("/webhooks/default"), content=body, headers=signer.headers(body, rid))
+    assert r.status_code == 200
+    for crash in (1, 2):
+        wait_for(lambda n=crash: files.hits("/slow.bin") >= n, timeout=60, what="an attempt")
+        fh.stop(signal.SIGKILL)
+        fh.start()
+    event = fh.wait_state(rid, "dead", timeout=60)
+    local = event["deliveries"]["local"]
+    assert local["attempts"] == 2  # both crashed attempts counted, no third one made
+    assert "worker gone" in (local["last_error"] or "")
+    assert files.hits("/slow.bin") == 2

@@ -18,6 +18,7 @@ import pytest
 
 from receiver.store import schema
 from receiver.store.base import (
+    LEASE_EXPIRED,
     Finish,
     Job,
     NewEvent,
@@ -206,6 +207,11 @@ async def test_an_expired_lease_is_taken_over_and_the_old_holder_is_fenced(store
     [second] = await lease_all(store, owner="w2")
     old, new = first.deliveries[0].token, second.deliveries[0].token
     assert old != new
+    # The crashed worker's attempt counts (an event that kills every worker still ends dead).
+    assert [d.attempts for d in first.deliveries] == [0]
+    assert [d.attempts for d in second.deliveries] == [1]
+    taken = await store.get_event(e.request_id)
+    assert taken is not None and taken.deliveries["a"].last_error == LEASE_EXPIRED
     assert await store.finish(Finish(e.request_id, "a", old, "delivered")) is False
     await store.release(e.request_id, "a", old)  # no effect either
     assert await lease_all(store, owner="w3") == []
@@ -213,7 +219,24 @@ async def test_an_expired_lease_is_taken_over_and_the_old_holder_is_fenced(store
     view = await store.get_event(e.request_id)
     assert view is not None
     d = view.deliveries["a"]
-    assert (d.state, d.attempts, d.output) == ("delivered", 1, {"k": 1})  # the crash: no count
+    assert (d.state, d.attempts, d.output) == ("delivered", 2, {"k": 1})  # crash + success
+    assert d.last_error is None
+
+
+async def test_a_finish_not_counted_reschedules_without_spending_an_attempt(store: Store) -> None:
+    e = event(sinks=("a",))
+    await store.accept(e)
+    [job] = await lease_all(store)
+    token = job.deliveries[0].token
+    later = utcnow() + HOUR
+    waiting = Finish(e.request_id, "a", token, "retry", "waiting", later, counted=False)
+    assert await store.finish(waiting)
+    view = await store.get_event(e.request_id)
+    assert view is not None
+    d = view.deliveries["a"]
+    assert (d.state, d.attempts, d.last_error) == ("retrying", 0, "waiting")
+    assert d.next_attempt_at is not None
+    assert abs((d.next_attempt_at - later).total_seconds()) < 60
 
 
 async def test_finish_records_each_outcome_and_counts_attempts(store: Store) -> None:

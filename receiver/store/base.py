@@ -35,6 +35,10 @@ def iso(ts: datetime | None) -> str | None:
     return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+# last_error of a delivery taken over from a worker whose lease ran out (it counts as an attempt).
+LEASE_EXPIRED = "lease expired: the worker holding it stopped mid-attempt (crashed or killed)"
+
+
 @dataclass(frozen=True, slots=True)
 class NewEvent:
     """A verified webhook, ready to be stored with one delivery per sink of its route."""

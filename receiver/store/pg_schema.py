@@ -15,7 +15,13 @@ from typing import Any
 
 import asyncpg
 
-from receiver.store.base import DELIVERY_STATES, DeliveryView, EventView, SubmissionView
+from receiver.store.base import (
+    DELIVERY_STATES,
+    LEASE_EXPIRED,
+    DeliveryView,
+    EventView,
+    SubmissionView,
+)
 
 # A schema name we can put in search_path and a NOTIFY channel without quoting games; short
 # enough that the channel name stays under PostgreSQL's 63-byte identifier limit.
@@ -150,7 +156,7 @@ SELECT EXISTS (SELECT 1 FROM ins)
 # Due deliveries in due order; rows another worker is leasing right now are skipped, not
 # waited for, and the lock is re-checked against the newest row version, so a delivery is
 # never handed to two workers.
-LEASE_DUE = """
+LEASE_DUE = f"""
 WITH due AS (
     SELECT request_id, sink, due_at FROM deliveries
     WHERE due_at <= now()
@@ -159,14 +165,16 @@ WITH due AS (
     FOR UPDATE SKIP LOCKED
 )
 UPDATE deliveries d SET state = 'delivering', lease_token = gen_random_uuid()::text,
-    lease_owner = $2, lease_expires_at = now() + $3 * interval '1 second', updated_at = now()
+    lease_owner = $2, lease_expires_at = now() + $3 * interval '1 second', updated_at = now(),
+    attempts = d.attempts + (d.state = 'delivering')::int,
+    last_error = CASE WHEN d.state = 'delivering' THEN '{LEASE_EXPIRED}' ELSE d.last_error END
 FROM due WHERE d.request_id = due.request_id AND d.sink = due.sink
 RETURNING d.request_id, d.sink, d.attempts, d.lease_token, d.position, due.due_at AS due
 """
 
 # One event's pending or retrying deliveries, due or not (serverless inline mode), and its
 # expired leases.
-LEASE_ONE = """
+LEASE_ONE = f"""
 WITH due AS (
     SELECT request_id, sink, due_at FROM deliveries
     WHERE request_id = $4 AND (state IN ('pending', 'retrying')
@@ -176,7 +184,9 @@ WITH due AS (
     FOR UPDATE SKIP LOCKED
 )
 UPDATE deliveries d SET state = 'delivering', lease_token = gen_random_uuid()::text,
-    lease_owner = $2, lease_expires_at = now() + $3 * interval '1 second', updated_at = now()
+    lease_owner = $2, lease_expires_at = now() + $3 * interval '1 second', updated_at = now(),
+    attempts = d.attempts + (d.state = 'delivering')::int,
+    last_error = CASE WHEN d.state = 'delivering' THEN '{LEASE_EXPIRED}' ELSE d.last_error END
 FROM due WHERE d.request_id = due.request_id AND d.sink = due.sink
 RETURNING d.request_id, d.sink, d.attempts, d.lease_token, d.position, due.due_at AS due
 """
@@ -189,7 +199,8 @@ WHERE lease_token = ANY($1::text[]) AND state = 'delivering'
 # A retry without a time is due now, never stuck with a NULL time.
 FINISH = """
 UPDATE deliveries SET state = $1, attempts = attempts + $8, last_error = $2,
-    next_attempt_at = CASE WHEN $1 = 'retrying' THEN COALESCE($3, now()) END,
+    next_attempt_at = CASE WHEN $1 = 'retrying'
+        THEN now() + COALESCE($3::float8, 0) * interval '1 second' END,
     output = COALESCE($4, output), lease_token = NULL, lease_owner = NULL,
     lease_expires_at = NULL, updated_at = now()
 WHERE request_id = $5 AND sink = $6 AND lease_token = $7 AND state = 'delivering'

@@ -36,6 +36,7 @@ from receiver.store.base import (
     NewSubmission,
     StoreUnavailable,
     SubmissionView,
+    utcnow,
 )
 
 log = get_logger("falhook.store.postgres")
@@ -390,7 +391,11 @@ class PostgresStore:
                 q.FINISH,
                 state,
                 None if outcome == "delivered" else result.error,
-                q.as_utc(next_at) if next_at is not None and outcome == "retry" else None,
+                # As a delay from the database's clock, not the worker's: workers on hosts
+                # whose clocks drift still agree on when a retry is due.
+                (next_at - utcnow()).total_seconds()
+                if next_at is not None and outcome == "retry"
+                else None,
                 result.output if outcome == "delivered" else None,
                 result.request_id,
                 result.sink,

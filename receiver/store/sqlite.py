@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from receiver.store.base import (
+    LEASE_EXPIRED,
     EventView,
     Finish,
     Job,
@@ -60,14 +61,17 @@ _READERS = 2
 # order and cut at the limit before the merge, so a backlog of 100k due deliveries costs a
 # lease (which holds the writer, hence intake) a few rows, not a sort of all of them.
 _DUE_SQL = """
-    SELECT request_id, sink, attempts FROM (
-        SELECT * FROM (SELECT request_id, sink, attempts, next_attempt_at AS t FROM deliveries
-            WHERE state = 'pending' AND next_attempt_at <= ?1 ORDER BY next_attempt_at LIMIT ?2)
+    SELECT request_id, sink, attempts, state FROM (
+        SELECT * FROM (SELECT request_id, sink, attempts, state, next_attempt_at AS t
+            FROM deliveries WHERE state = 'pending' AND next_attempt_at <= ?1
+            ORDER BY next_attempt_at LIMIT ?2)
         UNION ALL
-        SELECT * FROM (SELECT request_id, sink, attempts, next_attempt_at AS t FROM deliveries
-            WHERE state = 'retrying' AND next_attempt_at <= ?1 ORDER BY next_attempt_at LIMIT ?2)
+        SELECT * FROM (SELECT request_id, sink, attempts, state, next_attempt_at AS t
+            FROM deliveries WHERE state = 'retrying' AND next_attempt_at <= ?1
+            ORDER BY next_attempt_at LIMIT ?2)
         UNION ALL
-        SELECT * FROM (SELECT request_id, sink, attempts, lease_expires_at AS t FROM deliveries
+        SELECT * FROM (SELECT request_id, sink, attempts, state, lease_expires_at AS t
+            FROM deliveries
             WHERE state = 'delivering' AND lease_expires_at <= ?1
             ORDER BY lease_expires_at LIMIT ?2)
     ) ORDER BY t LIMIT ?2
@@ -446,7 +450,7 @@ class SQLiteStore:
                 rows = c.execute(_DUE_SQL, (now, limit)).fetchall()
             else:
                 rows = c.execute(
-                    "SELECT request_id, sink, attempts FROM deliveries WHERE request_id = ?"
+                    "SELECT request_id, sink, attempts, state FROM deliveries WHERE request_id = ?"
                     " AND (state IN ('pending', 'retrying')"
                     "      OR (state = 'delivering' AND lease_expires_at <= ?)) LIMIT ?",
                     (request_id, now, limit),
@@ -455,13 +459,19 @@ class SQLiteStore:
                 return []
             leased: dict[str, list[LeasedDelivery]] = {}
             updates = []
-            for rid, sink, attempts in rows:
+            for rid, sink, attempts, state in rows:
                 token = secrets.token_hex(16)
-                updates.append((token, owner, now + lease_seconds, now, rid, sink))
+                # An expired lease is an attempt whose worker died: it counts, so an event
+                # that kills its worker every time still ends dead after max_attempts.
+                crashed = state == "delivering"
+                attempts += crashed
+                error = LEASE_EXPIRED if crashed else None
+                updates.append((token, owner, now + lease_seconds, now, attempts, error, rid, sink))
                 leased.setdefault(rid, []).append(LeasedDelivery(sink, token, attempts))
             c.executemany(
                 "UPDATE deliveries SET state = 'delivering', lease_token = ?, lease_owner = ?,"
-                " lease_expires_at = ?, updated_at = ? WHERE request_id = ? AND sink = ?",
+                " lease_expires_at = ?, updated_at = ?, attempts = ?,"
+                " last_error = COALESCE(?, last_error) WHERE request_id = ? AND sink = ?",
                 updates,
             )
             events = {v.request_id: v for v in load_events(c, list(leased))}
