@@ -208,8 +208,10 @@ class Worker:
             # Taken over from workers that died mid-attempt max_attempts times: this event
             # kills whoever tries it, so it is dead-lettered rather than tried again.
             if a.outcome is None and a.lease.attempts >= self.policy.max_attempts:
+                stored = event.deliveries.get(a.lease.sink)
+                last = stored.last_error if stored else None
                 a.outcome, a.tried = "dead", False
-                a.error = f"{a.lease.attempts} attempts ended with the worker gone (lease expired)"
+                a.error = f"no attempts left ({a.lease.attempts} made); last: {last}"
         runnable = {s: a for s, a in attempts.items() if a.outcome is None}
         if not runnable:
             return await self._record_all(event, attempts)

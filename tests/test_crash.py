@@ -100,5 +100,6 @@ def test_an_event_that_kills_every_worker_ends_dead_after_max_attempts(
     event = fh.wait_state(rid, "dead", timeout=60)
     local = event["deliveries"]["local"]
     assert local["attempts"] == 2  # both crashed attempts counted, no third one made
-    assert "worker gone" in (local["last_error"] or "")
+    assert "no attempts left (2 made)" in local["last_error"]
+    assert "lease expired" in local["last_error"]
     assert files.hits("/slow.bin") == 2
