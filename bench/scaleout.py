@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import secrets
 import shutil
 import sqlite3
@@ -53,7 +52,7 @@ from common import (
     start,
     wait_http,
 )
-from intake import to_ms, write_requests
+from intake import parse_wrk, write_requests, wrk_command, wrk_env
 
 from receiver.testing import FalSigner, JWKSServer, webhook_body
 
@@ -206,28 +205,6 @@ def wait_log(path: Path, text: str, proc: subprocess.Popen[bytes], timeout: floa
 # --- intake ----------------------------------------------------------------------------------
 
 
-def parse_wrk(out: str) -> dict[str, Any]:
-    def grab(pattern: str) -> str:
-        m = re.search(pattern, out)
-        if m is None:
-            raise RuntimeError(f"wrk output lacks {pattern!r}:\n{out}")
-        return m.group(1)
-
-    user, system, wall = map(float, grab(r"cpu ([\d.]+ [\d.]+ [\d.]+)").split())
-    socket_errors = re.search(r"Socket errors: (.*)", out)
-    return {
-        "rps": float(grab(r"Requests/sec:\s+([\d.]+)")),
-        "completed": int(grab(r"(\d+) requests in")),
-        "p50": to_ms(grab(r"50%\s+(\S+)")),
-        "p99": to_ms(grab(r"99%\s+(\S+)")),
-        "wrk_cpu": (user + system) / wall,
-        "wrapped": int(grab(r"wrapped (\d+)")),
-        "non2xx": int(grab(r"non2xx (\d+)")),
-        "sent": [int(n) for n in re.findall(r"sent \d+ (\d+)", out)],
-        "socket_errors": socket_errors.group(1) if socket_errors else "",
-    }
-
-
 def intake_run(
     kind: str,
     rnd: int,
@@ -261,8 +238,8 @@ def intake_run(
         meter = CpuMeter(db if kind == "pg" else None)
         meter.start({"falhook": [s.pid for s in servers]})
         wrk = subprocess.run(
-            wrk_command(ports, requests, args),
-            env=wrk_env(ports, requests, args),
+            wrk_command(f"http://127.0.0.1:{ports[0]}", args),
+            env=wrk_env(requests, args, ports),
             capture_output=True,
             text=True,
             timeout=args.duration + 120,
@@ -287,31 +264,6 @@ def intake_run(
     res["ms_postgres"] = cpu.get("postgres", 0.0) * cpu["wall"] / res["completed"] * 1000
     shutil.rmtree(run_dir, ignore_errors=True)
     return res
-
-
-def wrk_command(ports: list[int], requests: Path, args: argparse.Namespace) -> list[str]:
-    return [
-        "/usr/bin/time",
-        "-f",
-        "cpu %U %S %e",
-        "wrk",
-        f"-t{args.threads}",
-        f"-c{args.connections}",
-        f"-d{args.duration}s",
-        "--latency",
-        "-s",
-        str(ROOT / "bench" / "replay.lua"),
-        f"http://127.0.0.1:{ports[0]}",
-    ]
-
-
-def wrk_env(ports: list[int], requests: Path, args: argparse.Namespace) -> dict[str, str]:
-    return {
-        **os.environ,
-        "FALHOOK_BENCH_REQUESTS": str(requests),
-        "FALHOOK_BENCH_THREADS": str(args.threads),
-        "FALHOOK_BENCH_PORTS": ",".join(map(str, ports)),
-    }
 
 
 def intake(args: argparse.Namespace, work: Path, db: Db, procs: Procs) -> None:
