@@ -20,6 +20,7 @@ import pytest
 from receiver.testing import FalSigner, JWKSServer
 from tests.support.falhook_server import Falhook, base_config
 from tests.support.fileserver import FileServer
+from tests.support.moto import BUCKET, MotoServer, boto3_client
 from tests.support.stores import STORE_BACKENDS, drop_pg_schemas
 from tests.support.stores import store_section as make_section
 
@@ -124,3 +125,18 @@ def falhook_factory(
 @pytest.fixture
 def falhook(falhook_factory: Callable[..., Falhook]) -> Falhook:
     return falhook_factory().start()
+
+
+@pytest.fixture
+def moto() -> Iterator[MotoServer]:
+    """moto's S3-protocol server on loopback, restartable (stop/start keeps its state)."""
+    with MotoServer() as server:
+        yield server
+
+
+@pytest.fixture
+def s3(moto: MotoServer) -> Any:
+    """A boto3 client for assertions, with BUCKET created."""
+    client = boto3_client(moto.url)
+    client.create_bucket(Bucket=BUCKET)
+    return client

@@ -7,7 +7,6 @@ import gc
 import hashlib
 import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,30 +17,16 @@ from handlers.base import Permanent, Retryable, SinkEnv
 from handlers.s3 import FilePart, S3Sink
 from receiver.config import ConfigError
 from tests.support.fileserver import generated_bytes
-from tests.support.moto import AWS_ENV, MotoServer, boto3_client
+from tests.support.moto import AWS_ENV, BUCKET, MotoServer
 from tests.support.sink_ctx import local_file, make_ctx
 
 MIB = 1024 * 1024
-BUCKET = "falhook-test"
 
 
 @pytest.fixture(autouse=True)
 def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for key, value in AWS_ENV.items():
         monkeypatch.setenv(key, value)
-
-
-@pytest.fixture
-def moto() -> Iterator[MotoServer]:
-    with MotoServer() as server:
-        yield server
-
-
-@pytest.fixture
-def s3(moto: MotoServer) -> Any:
-    client = boto3_client(moto.url)
-    client.create_bucket(Bucket=BUCKET)
-    return client
 
 
 def make_sink(moto: MotoServer, tmp_path: Path, **options: Any) -> S3Sink:

@@ -21,27 +21,13 @@ import pytest
 from receiver.testing import FalSigner, JWKSServer, webhook_body
 from tests.support.falhook_server import ROOT, Falhook, base_config, wait_for
 from tests.support.fileserver import FileServer, generated_sha256
-from tests.support.moto import AWS_ENV, MotoServer, boto3_client
+from tests.support.moto import AWS_ENV, BUCKET, MotoServer
 from tests.support.slack_stub import SlackStub, block_problems
 
 MIB = 1024 * 1024
-BUCKET = "falhook-route"
 VIDEO_SIZE = 6 * MIB  # over part_size: a multipart upload
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 64
 LINK = re.compile(r"\*<([^|>]+)\|([^>]+)>\*")
-
-
-@pytest.fixture
-def moto() -> Iterator[MotoServer]:
-    with MotoServer() as server:
-        yield server
-
-
-@pytest.fixture
-def s3(moto: MotoServer) -> Any:
-    client = boto3_client(moto.url)
-    client.create_bucket(Bucket=BUCKET)
-    return client
 
 
 @pytest.fixture
@@ -279,7 +265,7 @@ def test_s3_down_then_back_delivers_and_slack_waits_for_it(
 
         event = wait_for(archive_retried, timeout=60, interval=0.2, what="S3 retries")
         assert event["deliveries"]["archive"]["state"] in ("retrying", "delivering")
-        assert "falhook-route" in (event["deliveries"]["archive"]["last_error"] or "")
+        assert BUCKET in (event["deliveries"]["archive"]["last_error"] or "")
         assert slack.posts() == []  # Slack waits for S3
     finally:
         moto.start()  # same port, same bucket

@@ -20,6 +20,8 @@ import httpx
 
 from tests.support.falhook_server import free_port, wait_for
 
+BUCKET = "falhook-test"  # the bucket the `s3` fixture creates
+
 AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
