@@ -39,55 +39,10 @@ from common import (
 )
 
 from receiver.testing import FalSigner, JWKSServer, webhook_body
+from tests.support.moto import AWS_ENV, MotoProcess, boto3_client  # common puts ROOT on sys.path
 
 MiB = 1024 * 1024
 BUCKET = "bench"
-AWS_ENV = {
-    "AWS_ACCESS_KEY_ID": "bench",
-    "AWS_SECRET_ACCESS_KEY": "bench",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_CONFIG_FILE": os.devnull,
-    "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-    "AWS_EC2_METADATA_DISABLED": "true",
-}
-
-
-class MotoProcess:
-    """moto's standalone S3 server as our own child process, on a loopback port."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> MotoProcess:
-        args = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
-        self.proc = subprocess.Popen(
-            args,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env={**os.environ, **AWS_ENV},
-        )
-        wait_http(self.url + "/moto-api/")
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop(self.proc)
-
-
-def boto3_client(endpoint: str) -> Any:
-    import boto3
-    from botocore.config import Config
-
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name=AWS_ENV["AWS_DEFAULT_REGION"],
-        aws_access_key_id=AWS_ENV["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=AWS_ENV["AWS_SECRET_ACCESS_KEY"],
-        config=Config(s3={"addressing_style": "path"}),
-    )
 
 
 def make_file(path: Path, size: int) -> None:
@@ -256,14 +211,17 @@ def one_client(name: str, file: Path, endpoint: str) -> dict[str, float]:
         import obstore
         from obstore.store import S3Store
     imported = time.perf_counter() - t0
-    key = f"clients/{name}.bin"
+    # A fresh key each run: the S3 sink skips an object already stored with the same sha256,
+    # so reusing one would time a HEAD instead of an upload from the second run on.
+    run = uuid.uuid4().hex
+    key = f"clients/{run}/{name}.bin"
     t1 = time.perf_counter()
     if name == "aiobotocore":
         from tests.support.sink_ctx import make_ctx
 
         sink = S3Sink(
             "archive",
-            {"bucket": BUCKET, "endpoint_url": endpoint, "prefix": "clients/"},
+            {"bucket": BUCKET, "endpoint_url": endpoint, "prefix": f"clients/{run}/"},
             SinkEnv(base_dir=Path("."), settings=None),
         )
         f = LocalFile(
