@@ -21,7 +21,9 @@ CONFIG_ENV = "FALHOOK_CONFIG"
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
-_PG_SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")  # as receiver/store/pg_schema.py takes it
+# A schema name falhook can put in search_path and a NOTIFY channel without quoting, short
+# enough for the channel to stay under PostgreSQL's 63-byte identifiers (the store uses it too).
+PG_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
 
 
 class ConfigError(ValueError):
@@ -318,7 +320,7 @@ def _check_store(s: StoreSettings) -> None:
             "[store].url",
             "must start with sqlite:/// or postgresql:// (for example sqlite:///events.db)",
         )
-    if not _PG_SCHEMA.match(s.schema):
+    if not PG_SCHEMA_NAME.match(s.schema):
         raise ConfigError(
             "[store].schema", "must be lower-case letters, digits and '_' (at most 48)"
         )

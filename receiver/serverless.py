@@ -34,7 +34,6 @@ LAMBDA_MAX_BODY = 6 * 1024 * 1024  # Lambda's synchronous request payload limit
 log = get_logger("falhook.serverless")
 _handler: Any = None
 _settings: Settings | None = None
-_secrets_loaded = False
 
 SSM_PARAMETERS_ENV = "FALHOOK_SSM_PARAMETERS"
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -134,19 +133,12 @@ def load_ssm_parameters(spec: str | None = None) -> list[str]:
     return sorted(values)
 
 
-def _load_secrets() -> None:
-    """Once per container (a failure is retried by the next invocation)."""
-    global _secrets_loaded
-    if not _secrets_loaded:
-        load_ssm_parameters()
-        _secrets_loaded = True
-
-
 def _load() -> Settings:
     global _settings
     if _settings is None:
         configure_logging()
-        _load_secrets()
+        # Once per container, like the settings; a failure is retried by the next invocation.
+        load_ssm_parameters()
         _settings = load_settings(config_path_from(None))
         if _settings.receiver.max_body_bytes > LAMBDA_MAX_BODY:
             from dataclasses import replace

@@ -176,7 +176,6 @@ def lambda_env(
         monkeypatch.delenv(serverless.SSM_PARAMETERS_ENV, raising=False)
         monkeypatch.setattr(serverless, "_handler", None)
         monkeypatch.setattr(serverless, "_settings", None)
-        monkeypatch.setattr(serverless, "_secrets_loaded", False)
         return path
 
     yield configure

@@ -42,7 +42,7 @@ def make_store(settings: Settings) -> Store:
         except ImportError:
             raise ConfigError(
                 "[store].url",
-                "the PostgreSQL store is not part of this version yet; use sqlite:///",
+                "the PostgreSQL store needs the postgres extra: pip install 'falhook[postgres]'",
             ) from None
         return PostgresStore(url, schema=settings.store.schema)
     from receiver.store.sqlite import SQLiteStore

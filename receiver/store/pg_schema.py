@@ -9,12 +9,12 @@ Times are timestamptz; JSON columns are `json` (kept as written, key order inclu
 from __future__ import annotations
 
 import hashlib
-import re
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 
+from receiver.config import PG_SCHEMA_NAME
 from receiver.store.base import (
     DELIVERY_STATES,
     LEASE_EXPIRED,
@@ -25,7 +25,7 @@ from receiver.store.base import (
 
 # A schema name we can put in search_path and a NOTIFY channel without quoting games; short
 # enough that the channel name stays under PostgreSQL's 63-byte identifier limit.
-SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
+SCHEMA_NAME = PG_SCHEMA_NAME
 
 # Ordered and append only: a database at version N gets MIGRATIONS[N:], each in the one
 # transaction that holds the advisory lock. Never edit one that has shipped.
