@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PATHS = ["receiver", "handlers", "tests", "bench"]
+PATHS = ["receiver", "handlers", "tests", "bench", "examples"]
 
 
 def ruff(*args: str) -> subprocess.CompletedProcess[str]:
