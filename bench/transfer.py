@@ -44,6 +44,13 @@ def make_file(path: Path, size: int) -> None:
     )
 
 
+def settle(folder: Path) -> None:
+    """Commit the file system's pending work (the last run's deleted blocks, which this
+    disk's `discard` mount option turns into discards at the next journal commit) before
+    the next timed run, so no run pays for the one before it."""
+    subprocess.run(["sync", "-f", str(folder)], check=True)
+
+
 def curl_once(url: str, out: Path, then_sync: bool) -> float:
     out.unlink(missing_ok=True)
     t0 = time.perf_counter()
@@ -52,6 +59,7 @@ def curl_once(url: str, out: Path, then_sync: bool) -> float:
         subprocess.run(["sync", str(out)], check=True)
     elapsed = time.perf_counter() - t0
     out.unlink()
+    settle(out.parent)
     return elapsed
 
 
@@ -83,6 +91,7 @@ def falhook_once(
     elapsed = time.perf_counter() - t0
     growth = proc_status(pid, "VmHWM") - rss_before
     shutil.rmtree(root / "default" / rid)
+    settle(root)
     return elapsed, growth
 
 

@@ -1,11 +1,10 @@
 """Downloads: each File streamed once to a spool file, never whole in memory.
 
-The download runs in a worker thread with a synchronous httpx client reading raw chunks:
-the event loop that serves webhooks never waits on it, and reading this way keeps pace with
-curl (an async `aiter_bytes` loop reached about a third of curl's throughput here). The
-sha256 is computed on the way; Content-Length, `file_size` and `max_file_bytes` are checked
-while streaming; the file is fsync'd before it is handed over, and on any failure (or
-cancellation) the partial file is removed.
+Each download runs in a worker thread, so the event loop that serves webhooks never waits on
+it. The body is read with http.client straight into the spool writer's buffers (see
+receiver.connections for why not httpx), hashed with sha256 on the way, and written back to
+disk as it arrives (receiver.spool). Content-Length, `file_size` and `max_file_bytes` are
+checked while streaming; on any failure (or cancellation) the partial file is removed.
 
 `timeout` is an inactivity limit (connect, and each read), not a total: a 4 GiB video may
 legitimately take longer than five minutes to arrive.
@@ -15,32 +14,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
-import hashlib
+import http.client
 import os
-import queue
 import secrets
+import ssl
 import threading
-from collections.abc import Iterable, Iterator
+import zlib
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
-import httpcore
 import httpx
 
+from receiver.connections import ConnectionPool, GuardedConnection, Origin, split_url
 from receiver.envelope import FileRef, decode_data_uri
-from receiver.netguard import AddressGuard, GuardedBackend, RefusedAddress, Resolver, resolve
+from receiver.netguard import AddressGuard, RefusedAddress, Resolver, connect_guarded, resolve
+from receiver.spool import CHUNK, SpoolWriter
 
-CHUNK = 1024 * 1024  # what is hashed and written at once, and what one socket read may return
 DOWNLOAD_NICE = 10  # downloads yield the CPU to webhook intake when both want it
 DOWNLOAD_THREADS = 8
-WRITEBACK_EVERY = 8 * 1024 * 1024
-HASH_QUEUE = 4  # chunks waiting for the hasher thread, at most
 _REDIRECTS = (301, 302, 303, 307, 308)
+_DRAIN_LIMIT = 64 * 1024  # a redirect body up to this size is read off to keep the connection
+# identity: the bytes hashed and stored are the file's own, not a compressed form
+_HEADERS = {"User-Agent": "falhook", "Accept-Encoding": "identity"}
 
 
 class FetchError(Exception):
@@ -81,11 +79,8 @@ class FetchedFile:
     content_type: str | None
 
 
-# --- the spool file ------------------------------------------------------------------------
-
-
 def _lower_priority() -> None:
-    """Run this download thread (and the flusher it starts) at a higher nice value: Linux
+    """Run this download thread (and the threads it starts) at a higher nice value: Linux
     schedules threads one by one, so webhook intake on the event loop keeps the CPU it
     needs while a 1 GiB download takes whatever is left."""
     # Elsewhere (not Linux, or not permitted) downloads simply run at normal priority.
@@ -93,199 +88,49 @@ def _lower_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), DOWNLOAD_NICE)
 
 
-def _load_sync_file_range() -> Any:
-    """Linux's sync_file_range(2), through libc: writeback without a device cache flush."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fn = libc.sync_file_range
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_sync_file_range = _load_sync_file_range()
-# SYNC_FILE_RANGE_WRITE alone: start writeback of the new range and return. Waiting for it
-# as well (WAIT_BEFORE | WRITE | WAIT_AFTER) doubled the kernel time of a 1 GiB download and
-# halved its throughput here; the block queue already throttles a writer that runs ahead
-# (sync_file_range blocks when it is full), and the final fsync waits for what is left.
-_SYNC_RANGE_FLAGS = 2
-
-
-class _Flusher:
-    """Writes a growing file back to disk while it downloads, on its own thread.
-
-    Doing the disk's work alongside the network's leaves the final fsync almost nothing,
-    so a download takes about max(network, disk) instead of network + disk, and a 4 GiB
-    file never sits dirty in the page cache in front of the store's own commits. On Linux,
-    sync_file_range writes each range back without the journal commit and device cache
-    flush of an fdatasync (the final fsync does those once); elsewhere fdatasync.
-    """
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.target = 0  # bytes written so far, as last announced by the downloader
-        self._synced = 0
-        self._wake = threading.Event()
-        self._done = False
-        self._thread: threading.Thread | None = None
-
-    def poke(self, written: int) -> None:
-        self.target = written
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="falhook-flush", daemon=True)
-            self._thread.start()
-        self._wake.set()
-
-    def _run(self) -> None:
-        while True:
-            self._wake.wait()
-            self._wake.clear()
-            if self._done:
-                return
-            target = self.target
-            try:
-                if _sync_file_range is not None:
-                    length = target - self._synced
-                    if _sync_file_range(self.fd, self._synced, length, _SYNC_RANGE_FLAGS) != 0:
-                        return  # the final fsync will report a real problem
-                else:
-                    os.fdatasync(self.fd)
-            except OSError:
-                return
-            self._synced = target
-
-    def stop(self) -> None:
-        if self._thread is not None:
-            self._done = True
-            self._wake.set()
-            self._thread.join()
-
-
-class _Hasher:
-    """sha256 on its own thread. Hashing (about 2 GB/s on one core) is the costliest step of
-    a download; overlapped with the socket and the disk, downloads keep pace with curl.
-    Chunks handed over must not change afterwards."""
-
-    _DONE = object()  # the end marker: no chunk is ever this object
+class _Job:
+    """One download in flight: stopping it also ends a read blocked on its connection."""
 
     def __init__(self) -> None:
-        self._digest = hashlib.sha256()
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=HASH_QUEUE)
-        self._thread = threading.Thread(target=self._run, name="falhook-hash", daemon=True)
-        self._thread.start()
+        self._stop = threading.Event()
+        self.conn: GuardedConnection | None = None
 
-    def update(self, data: bytes | bytearray) -> None:
-        self._queue.put(data)  # blocks when HASH_QUEUE chunks behind: memory stays bounded
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
 
-    def hexdigest(self) -> str:
-        self.close()
-        return self._digest.hexdigest()
-
-    def close(self) -> None:
-        if self._thread.is_alive():
-            self._queue.put(self._DONE)
-            self._thread.join()
-
-    def _run(self) -> None:
-        while True:
-            data = self._queue.get()
-            if data is self._DONE:
-                return
-            self._digest.update(data)  # releases the GIL for large buffers
+    def stop(self) -> None:
+        self._stop.set()
+        conn = self.conn
+        if conn is not None:
+            conn.abort()
 
 
-class _SpoolWriter:
-    """Hashes and writes a stream in CHUNK-sized pieces: small reads are gathered into a
-    CHUNK buffer, full-sized ones go straight through."""
+class _Inflater:
+    """Decodes a gzip or deflate body a server sent although we asked for identity, in
+    bounded pieces (a small body may inflate to gigabytes: the size limit sees each piece)."""
 
-    def __init__(self, path: Path) -> None:
-        self.size = 0
-        self._hasher = _Hasher()
-        self._buffer = bytearray(CHUNK)
-        self._view = memoryview(self._buffer)
-        self._fill = 0
-        self._written = 0
-        self._announced = 0
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        self._flusher = _Flusher(self._fd)
+    def __init__(self, encoding: str) -> None:
+        self.encoding = encoding
+        self._z: zlib._Decompress | None = None
 
-    def add(self, data: bytes) -> None:
-        self.size += len(data)
-        if self._fill == 0 and len(data) >= CHUNK:
-            self._emit(data)
-            return
-        pos = 0
-        while pos < len(data):
-            take = min(CHUNK - self._fill, len(data) - pos)
-            self._view[self._fill : self._fill + take] = data[pos : pos + take]
-            self._fill += take
-            pos += take
-            if self._fill == CHUNK:
-                self._emit(self._buffer)
-                # the hasher still holds that buffer: gather the next one in a new one
-                self._buffer = bytearray(CHUNK)
-                self._view = memoryview(self._buffer)
-                self._fill = 0
+    def feed(self, data: bytes | memoryview) -> Iterator[bytes]:
+        if self._z is None:
+            self._z = zlib.decompressobj(self._wbits(bytes(data[:2])))
+        piece = self._z.decompress(data, CHUNK)
+        while piece:
+            yield piece
+            piece = self._z.decompress(self._z.unconsumed_tail, CHUNK)
 
-    def finish(self) -> str:
-        """Write what is left, fsync, close; the hex sha256."""
-        if self._fill:
-            self._emit(self._buffer[: self._fill])
-            self._fill = 0
-        self._flusher.stop()
-        os.fsync(self._fd)
-        self.close()
-        return self._hasher.hexdigest()
+    def flush(self) -> bytes:
+        return self._z.flush() if self._z is not None else b""
 
-    def close(self) -> None:
-        self._hasher.close()
-        self._flusher.stop()
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
-    def _emit(self, data: bytes | bytearray) -> None:
-        self._hasher.update(data)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._fd, view) :]
-        self._written += len(data)
-        if self._written - self._announced >= WRITEBACK_EVERY:
-            self._flusher.poke(self._written)
-            self._announced = self._written
-
-
-# --- the network ---------------------------------------------------------------------------
-
-
-class _LargeReadStream(httpcore.NetworkStream):
-    """Lets one socket read return up to CHUNK bytes instead of httpcore's 64 KiB: the
-    per-read cost of the HTTP parser is what kept httpx at a fraction of curl's speed."""
-
-    def __init__(self, stream: httpcore.NetworkStream) -> None:
-        self._stream = stream
-
-    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self._stream.read(max(max_bytes, CHUNK), timeout)
-
-    def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self._stream.write(buffer, timeout)
-
-    def close(self) -> None:
-        self._stream.close()
-
-    def start_tls(self, *args: Any, **kwargs: Any) -> httpcore.NetworkStream:
-        return _LargeReadStream(self._stream.start_tls(*args, **kwargs))
-
-    def get_extra_info(self, info: str) -> Any:
-        return self._stream.get_extra_info(info)
-
-
-class _LargeReadBackend(GuardedBackend):
-    def connect_tcp(self, *args: Any, **kwargs: Any) -> httpcore.NetworkStream:
-        return _LargeReadStream(super().connect_tcp(*args, **kwargs))
+    def _wbits(self, start: bytes) -> int:
+        if self.encoding in ("gzip", "x-gzip"):
+            return 16 + zlib.MAX_WBITS
+        # "deflate" is zlib-wrapped by the standard, raw in some servers: look at the header.
+        zlib_header = len(start) == 2 and start[0] & 0x0F == 8 and int.from_bytes(start) % 31 == 0
+        return zlib.MAX_WBITS if zlib_header else -zlib.MAX_WBITS
 
 
 class Fetcher:
@@ -308,62 +153,69 @@ class Fetcher:
     ) -> None:
         self.max_file_bytes = max_file_bytes
         self.max_redirects = max_redirects
+        self.timeout = timeout
         self.guard = guard or AddressGuard(allow_private=allow_private_hosts)
-        self._closed = threading.Event()
-        transport = httpx.HTTPTransport(retries=0)
-        # httpx has no public seam for the connection backend: give its pool one that
-        # resolves, judges and connects to the checked address itself (tests prove it is used).
-        transport._pool = httpcore.ConnectionPool(
-            ssl_context=httpx.create_ssl_context(),
-            max_connections=DOWNLOAD_THREADS,
-            network_backend=_LargeReadBackend(self.guard, resolver or resolve),
+        lookup = resolver or resolve
+        # certifi's CAs, or SSL_CERT_FILE / SSL_CERT_DIR: the same trust as httpx elsewhere
+        tls = httpx.create_ssl_context()
+        tls.set_alpn_protocols(["http/1.1"])
+        self._connections = ConnectionPool(
+            lambda host, port, t: connect_guarded(host, port, t, self.guard, lookup),
+            tls,
+            timeout,
         )
+        self._closed = threading.Event()
+        self._jobs: set[_Job] = set()
+        self._jobs_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(
             DOWNLOAD_THREADS, thread_name_prefix="falhook-fetch", initializer=_lower_priority
-        )
-        self._client = httpx.Client(
-            transport=transport,
-            timeout=httpx.Timeout(timeout),
-            follow_redirects=False,  # each hop is checked here, then by the guard
-            trust_env=False,  # no .netrc credentials sent to whatever host a payload names
-            # identity: the bytes hashed and stored are the file's own, not a compressed form
-            headers={"User-Agent": "falhook", "Accept-Encoding": "identity"},
         )
 
     async def fetch(self, ref: FileRef, dest_dir: Path) -> FetchedFile:
         """Download (or decode) ref into a new file in dest_dir; FetchError on failure."""
         if self._closed.is_set():
             raise FetchRetryable(f"{ref.path}: the fetcher is closed")
-        stop = threading.Event()
+        job = _Job()
         try:
-            job = self._pool.submit(self._fetch, ref, dest_dir, stop)
+            future = self._pool.submit(self._fetch, ref, dest_dir, job)
         except RuntimeError:  # closed between the check and here
             raise FetchRetryable(f"{ref.path}: the fetcher is closed") from None
         try:
-            return await asyncio.wrap_future(job)
+            return await asyncio.wrap_future(future)
         except asyncio.CancelledError:
-            # The thread notices within one read; if it finished meanwhile, drop its file.
-            stop.set()
-            job.add_done_callback(_discard)
+            # The thread stops at once; if it finished meanwhile, drop its file.
+            job.stop()
+            future.add_done_callback(_discard)
             raise
 
     async def aclose(self) -> None:
-        """Stop: running downloads abandon their files at their next read."""
+        """Stop: running downloads end now and abandon their files."""
         self._closed.set()
+        with self._jobs_lock:
+            running = list(self._jobs)
+        for job in running:
+            job.stop()
         self._pool.shutdown(wait=False, cancel_futures=True)
-        await asyncio.to_thread(self._client.close)
+        await asyncio.to_thread(self._connections.close)
 
     # --- in the worker thread ----------------------------------------------------------------
 
-    def _fetch(self, ref: FileRef, dest_dir: Path, stop: threading.Event) -> FetchedFile:
+    def _fetch(self, ref: FileRef, dest_dir: Path, job: _Job) -> FetchedFile:
         dest = dest_dir / f"dl-{secrets.token_hex(8)}"
+        with self._jobs_lock:
+            self._jobs.add(job)
         try:
+            if self._closed.is_set():
+                raise _Stopped()
             if ref.is_data_uri:
                 return self._write_data_uri(ref, dest)
-            return self._download(ref, dest, stop)
+            return self._download(ref, dest, job)
         except BaseException:
             dest.unlink(missing_ok=True)
             raise
+        finally:
+            with self._jobs_lock:
+                self._jobs.discard(job)
 
     def _write_data_uri(self, ref: FileRef, dest: Path) -> FetchedFile:
         try:
@@ -372,7 +224,7 @@ class Fetcher:
             raise FetchPermanent(f"{ref.path}: {exc}") from None
         self._check_size_limit(ref, len(data))
         self._check_file_size(ref, len(data))
-        writer = _SpoolWriter(dest)
+        writer = SpoolWriter(dest)
         try:
             writer.add(data)
             digest = writer.finish()
@@ -380,68 +232,157 @@ class Fetcher:
             writer.close()
         return FetchedFile(ref, dest, len(data), digest, ref.content_type or mime)
 
-    def _download(self, ref: FileRef, dest: Path, stop: threading.Event) -> FetchedFile:
+    def _download(self, ref: FileRef, dest: Path, job: _Job) -> FetchedFile:
         if ref.file_size is not None:
             self._check_size_limit(ref, ref.file_size)
         url = ref.url
-        for _ in range(self.max_redirects + 1):
-            _check_url(ref, url)
-            try:
-                with self._client.stream("GET", url) as resp:
-                    if resp.status_code in _REDIRECTS and "location" in resp.headers:
-                        url = _follow(ref, url, resp.headers["location"])
-                        continue
-                    _check_status(ref, resp.status_code)
-                    return self._stream_to(ref, resp, dest, stop)
-            except RefusedAddress as exc:
-                raise FetchPermanent(f"{ref.path}: {exc}") from None
-            except httpx.InvalidURL as exc:
-                raise FetchPermanent(f"{ref.path}: invalid URL ({exc})") from None
-            except httpx.RemoteProtocolError as exc:
-                raise FetchRetryable(
-                    f"{ref.path}: body short or connection broken ({exc})"
-                ) from None
-            except httpx.HTTPError as exc:
-                cause = exc.__context__ or exc.__cause__
-                if isinstance(cause, RefusedAddress):
-                    raise FetchPermanent(f"{ref.path}: {cause}") from None
-                raise FetchRetryable(f"{ref.path}: {type(exc).__name__}: {exc}") from None
+        try:
+            for _ in range(self.max_redirects + 1):
+                origin, target = _split(ref, url)
+                conn, resp = self._request(origin, target, job)
+                got: FetchedFile | None = None
+                try:
+                    location = resp.getheader("location")
+                    if resp.status in _REDIRECTS and location:
+                        url = _follow(ref, url, location)
+                    else:
+                        _check_status(ref, resp.status)
+                        got = self._stream_to(ref, resp, dest, job)
+                except BaseException:
+                    conn.close()
+                    raise
+                self._release(conn, resp)
+                if got is not None:
+                    return got
+        except FetchError:
+            raise
+        except RefusedAddress as exc:
+            raise FetchPermanent(f"{ref.path}: {exc}") from None
+        except http.client.InvalidURL as exc:
+            raise FetchPermanent(f"{ref.path}: invalid URL ({exc})") from None
+        except (OSError, http.client.HTTPException) as exc:
+            if job.stopped or self._closed.is_set():
+                raise _Stopped() from None
+            raise FetchRetryable(f"{ref.path}: {self._describe(exc)}") from None
+        finally:
+            job.conn = None
         raise FetchPermanent(f"{ref.path}: more than {self.max_redirects} redirects")
 
+    def _request(
+        self, origin: Origin, target: str, job: _Job
+    ) -> tuple[GuardedConnection, http.client.HTTPResponse]:
+        """Send the GET and read the response head. A kept-alive connection the server has
+        closed meanwhile fails before any answer: that one is retried on a new connection."""
+        while True:
+            conn, reused = self._connections.take(origin)
+            job.conn = conn
+            if job.stopped:
+                conn.close()
+                raise _Stopped()
+            try:
+                conn.request("GET", target, headers=_HEADERS)
+                return conn, conn.getresponse()
+            except (ConnectionError, http.client.RemoteDisconnected):
+                conn.close()
+                if not reused or job.stopped:
+                    raise
+            except BaseException:
+                conn.close()
+                raise
+
+    def _release(self, conn: GuardedConnection, resp: http.client.HTTPResponse) -> None:
+        """Keep the connection for the next download when its response is fully read."""
+        if not resp.isclosed() and resp.length is not None and resp.length <= _DRAIN_LIMIT:
+            with contextlib.suppress(OSError, http.client.HTTPException):
+                resp.read()  # a redirect's small body
+        if resp.isclosed() and not resp.will_close:
+            self._connections.give_back(conn)
+        else:
+            conn.close()
+
     def _stream_to(
-        self, ref: FileRef, resp: httpx.Response, dest: Path, stop: threading.Event
+        self, ref: FileRef, resp: http.client.HTTPResponse, dest: Path, job: _Job
     ) -> FetchedFile:
-        declared = resp.headers.get("content-length", "")
-        expected = int(declared) if declared.isdigit() else None
-        encoding = resp.headers.get("content-encoding", "identity").strip().lower()
-        raw = encoding in ("", "identity")
-        if expected is not None and raw:
+        declared = resp.getheader("content-length", "").strip()
+        expected = int(declared) if declared.isdigit() and not resp.chunked else None
+        encoding = (resp.getheader("content-encoding") or "identity").strip().lower()
+        inflater: _Inflater | None = None
+        if encoding in ("gzip", "x-gzip", "deflate"):
+            # A server that encodes anyway (we asked for identity) gets decoded: the file is
+            # what is stored and hashed, never its compressed form.
+            inflater = _Inflater(encoding)
+        elif encoding != "identity":
+            raise FetchPermanent(
+                f"{ref.path}: the file server sent Content-Encoding {encoding!r}, which "
+                "falhook cannot decode (it asks for identity)"
+            )
+        elif expected is not None:
             self._check_size_limit(ref, expected)
             self._check_file_size(ref, expected)
-        # A server that encodes anyway (we asked for identity) gets decoded: the file is
-        # what is stored and hashed, never its compressed form.
-        chunks: Iterable[bytes] = resp.iter_raw() if raw else resp.iter_bytes(CHUNK)
-        writer = _SpoolWriter(dest)
+        writer = SpoolWriter(dest)
         try:
-            for chunk in _until(stop, self._closed, chunks):
-                if writer.size + len(chunk) > self.max_file_bytes:
-                    raise FetchPermanent(
-                        f"{ref.path}: more than max_file_bytes ({self.max_file_bytes}) bytes"
-                    )
-                writer.add(chunk)
-            received = resp.num_bytes_downloaded
+            received = self._read_body(ref, resp, writer, inflater, job)
             if expected is not None and received != expected:
                 raise FetchRetryable(f"{ref.path}: body short: {received} of {expected} bytes")
             self._check_file_size(ref, writer.size)
             digest = writer.finish()
         finally:
             writer.close()
-        if stop.is_set() or self._closed.is_set():
+        if job.stopped or self._closed.is_set():
             raise _Stopped()
         content_type = ref.content_type or (
-            resp.headers.get("content-type", "").split(";", 1)[0].strip() or None
+            (resp.getheader("content-type") or "").split(";", 1)[0].strip() or None
         )
         return FetchedFile(ref, dest, writer.size, digest, content_type)
+
+    def _read_body(
+        self,
+        ref: FileRef,
+        resp: http.client.HTTPResponse,
+        writer: SpoolWriter,
+        inflater: _Inflater | None,
+        job: _Job,
+    ) -> int:
+        """Read the body into the writer; the bytes received (before any decoding)."""
+        received = 0
+        scratch = memoryview(bytearray(CHUNK)) if inflater is not None else None
+        while True:
+            if job.stopped or self._closed.is_set():
+                raise _Stopped()
+            if scratch is None:
+                # Straight into the writer's buffer, never more than one byte past the limit.
+                room = writer.buffer()
+                room = room[: min(len(room), self.max_file_bytes - writer.size + 1)]
+                n = resp.readinto(room)
+                if n:
+                    writer.commit(n)
+            else:
+                n = resp.readinto(scratch)
+                for piece in inflater.feed(scratch[:n]) if n else [inflater.flush()]:
+                    writer.add(piece)
+                    self._check_over_limit(ref, writer.size)
+            received += n
+            self._check_over_limit(ref, writer.size)
+            if not n:
+                # An aborted connection reads as the end of the body: say why it ended.
+                if job.stopped or self._closed.is_set():
+                    raise _Stopped()
+                return received
+
+    def _check_over_limit(self, ref: FileRef, size: int) -> None:
+        if size > self.max_file_bytes:
+            raise FetchPermanent(
+                f"{ref.path}: more than max_file_bytes ({self.max_file_bytes}) bytes"
+            )
+
+    def _describe(self, exc: BaseException) -> str:
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            return f"TLS certificate check failed: {exc.verify_message}"
+        if isinstance(exc, TimeoutError):
+            return f"timed out (nothing for {self.timeout:g} s)"
+        if isinstance(exc, http.client.IncompleteRead | http.client.RemoteDisconnected):
+            return f"body short or connection broken ({exc})"
+        return f"{type(exc).__name__}: {exc}"
 
     def _check_size_limit(self, ref: FileRef, size: int) -> None:
         if size > self.max_file_bytes:
@@ -455,16 +396,11 @@ class Fetcher:
             raise FetchRetryable(f"{ref.path}: {size} bytes where file_size says {ref.file_size}")
 
 
-def _check_url(ref: FileRef, url: str) -> None:
+def _split(ref: FileRef, url: str) -> tuple[Origin, str]:
     try:
-        parts = urlsplit(url)
-        host = parts.hostname
+        return split_url(url)
     except ValueError as exc:
         raise FetchPermanent(f"{ref.path}: invalid URL ({exc})") from None
-    if parts.scheme.lower() not in ("http", "https"):
-        raise FetchPermanent(f"{ref.path}: unsupported URL scheme {parts.scheme!r}")
-    if not host:
-        raise FetchPermanent(f"{ref.path}: the URL names no host")
 
 
 def _follow(ref: FileRef, url: str, location: str) -> str:
@@ -481,16 +417,6 @@ def _check_status(ref: FileRef, status: int) -> None:
     if status in (408, 429) or status >= 500:
         raise FetchRetryable(message)
     raise FetchPermanent(message)
-
-
-def _until(
-    stop: threading.Event, closed: threading.Event, chunks: Iterable[bytes]
-) -> Iterator[bytes]:
-    """The chunks, until the caller or the fetcher gives up (checked between reads)."""
-    for chunk in chunks:
-        if stop.is_set() or closed.is_set():
-            raise _Stopped()
-        yield chunk
 
 
 def _discard(job: Future[FetchedFile]) -> None:

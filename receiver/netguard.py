@@ -1,6 +1,6 @@
-"""Which addresses a file download may reach (SSRF guard): pure verdicts, plus an httpcore
-network backend that resolves a host itself, judges every address, and connects only to one
-it judged (no second lookup, so DNS rebinding cannot swap the address in between)."""
+"""Which addresses a file download may reach (SSRF guard): pure verdicts, plus a connector
+that resolves a host itself, judges every address, and connects only to one it judged (no
+second lookup, so DNS rebinding cannot swap the address in between)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ import ipaddress
 import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-
-from httpcore import ConnectError, NetworkStream, SyncBackend
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -105,37 +103,23 @@ def resolve(host: str, port: int) -> list[str]:
     return seen
 
 
-class GuardedBackend(SyncBackend):
-    """httpcore's sync backend, connecting only to addresses the guard allows.
+def connect_guarded(
+    host: str, port: int, timeout: float | None, guard: AddressGuard, resolver: Resolver = resolve
+) -> socket.socket:
+    """A TCP connection to host:port through an address the guard allowed.
 
-    httpcore hands connect_tcp the URL's host; the TLS handshake that follows still uses
-    that host name for SNI and certificate checks, and the Host header is untouched, so
-    only the choice of address changes. `resolver` is a seam for operators and tests.
+    The host is resolved once here, every address is judged (RefusedAddress names the
+    first refused one), and the connection goes to a judged address: there is no second
+    lookup, so DNS rebinding cannot swap the address in between. The caller keeps using the
+    host name for the Host header, SNI and the certificate check. OSError when the name does
+    not resolve or no address answers (both worth a retry).
     """
-
-    def __init__(self, guard: AddressGuard, resolver: Resolver = resolve) -> None:
-        self.guard = guard
-        self.resolver = resolver
-
-    def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[tuple[int, int, int | bytes]] | None = None,
-    ) -> NetworkStream:
+    addresses = guard.judge(host, resolver(host, port))
+    last: OSError | None = None
+    for address in addresses:  # in the resolver's order, as a resolver-aware client would
         try:
-            found = self.resolver(host, port)
+            return socket.create_connection((address, port), timeout)
         except OSError as exc:
-            # A name that does not resolve (now) is a network error: retryable.
-            raise ConnectError(str(exc)) from None
-        addresses = self.guard.judge(host, found)  # RefusedAddress passes through httpx as is
-        last: Exception | None = None
-        for address in addresses:
-            try:
-                return super().connect_tcp(address, port, timeout, local_address, socket_options)
-            except Exception as exc:  # try the next address, as a resolver-aware client would
-                last = exc
-        assert last is not None
-        raise last
+            last = exc
+    assert last is not None
+    raise last

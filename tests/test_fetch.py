@@ -354,3 +354,127 @@ async def test_tls_is_verified_against_the_host_name_not_the_address(
         await f.fetch(FileRef("v", server.url("/v", host="other.test")), tmp_path)
     await f.aclose()
     assert server.hits("/v") == 1
+
+
+async def test_downloads_from_one_server_reuse_a_kept_alive_connection(
+    server: FileServer, tmp_path: Path
+) -> None:
+    server.add("/a", data=b"first")
+    server.add("/b", data=b"second")
+    f = fetcher()
+    for path in ("/a", "/b", "/a"):
+        await f.fetch(FileRef("v", server.url(path)), tmp_path)
+    await f.aclose()
+    assert (server.hits("/a"), server.hits("/b"), server.connections) == (2, 1, 1)
+
+
+async def test_a_kept_alive_connection_the_server_dropped_is_replaced_transparently(
+    server: FileServer, tmp_path: Path
+) -> None:
+    server.add("/a", data=b"first")
+    f = fetcher()
+    await f.fetch(FileRef("v", server.url("/a")), tmp_path)
+    server.drop_connections()  # the pooled connection is now dead, and nobody told us
+    got = await f.fetch(FileRef("v", server.url("/a")), tmp_path)
+    await f.aclose()
+    assert got.local_path.read_bytes() == b"first"
+    assert server.connections == 2
+
+
+async def test_a_redirect_keeps_its_connection(server: FileServer, tmp_path: Path) -> None:
+    server.add("/there", data=b"moved")
+    server.add("/here", redirect_to="/there")
+    f = fetcher()
+    await f.fetch(FileRef("v", server.url("/here")), tmp_path)
+    await f.aclose()
+    assert server.connections == 1
+
+
+async def test_a_cancelled_download_stops_at_once_even_while_the_server_is_silent(
+    server: FileServer, tmp_path: Path
+) -> None:
+    """The blocked read is ended, not left to wait out the inactivity timeout."""
+    size = 8 * 1024 * 1024
+    server.add("/stuck", size=size, pause_after=3 * 1024 * 1024)
+    f = fetcher(max_file_bytes=size, timeout=60)
+    task = asyncio.create_task(f.fetch(FileRef("v", server.url("/stuck")), tmp_path))
+    await wait_until(lambda: partial_download_started(tmp_path), "the download to start")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await wait_until(lambda: left_in(tmp_path) == [], "the partial file to be removed", 10)
+    # and the fetcher goes on: the next download works
+    server.add("/ok", data=b"ok")
+    got = await f.fetch(FileRef("v", server.url("/ok")), tmp_path)
+    assert got.local_path.read_bytes() == b"ok"
+    await f.aclose()
+
+
+async def test_closing_the_fetcher_ends_a_download_while_the_server_is_silent(
+    server: FileServer, tmp_path: Path
+) -> None:
+    size = 8 * 1024 * 1024
+    server.add("/stuck", size=size, pause_after=3 * 1024 * 1024)
+    f = fetcher(max_file_bytes=size, timeout=60)
+    task = asyncio.create_task(f.fetch(FileRef("v", server.url("/stuck")), tmp_path))
+    await wait_until(lambda: partial_download_started(tmp_path), "the download to start")
+    await f.aclose()
+    with pytest.raises(FetchRetryable, match="abandoned"):
+        await asyncio.wait_for(task, 10)
+    assert left_in(tmp_path) == []
+
+
+async def test_an_encoding_falhook_cannot_decode_is_permanent(
+    server: FileServer, tmp_path: Path
+) -> None:
+    server.add("/br", data=b"\x0b\x02\x80hello\x03", headers={"Content-Encoding": "br"})
+    with pytest.raises(FetchPermanent, match="Content-Encoding 'br'"):
+        await fetcher().fetch(FileRef("v", server.url("/br")), tmp_path)
+    assert left_in(tmp_path) == []
+
+
+async def test_a_deflate_body_is_decoded_wrapped_or_raw(server: FileServer, tmp_path: Path) -> None:
+    import zlib
+
+    data = b"exr " * 40_000
+    raw = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    server.add("/zlib", data=zlib.compress(data), headers={"Content-Encoding": "deflate"})
+    server.add(
+        "/raw", data=raw.compress(data) + raw.flush(), headers={"Content-Encoding": "deflate"}
+    )
+    for path in ("/zlib", "/raw"):
+        got = await fetcher().fetch(FileRef("v", server.url(path)), tmp_path)
+        assert got.local_path.read_bytes() == data
+
+
+async def test_a_small_body_that_inflates_past_max_file_bytes_is_stopped(
+    server: FileServer, tmp_path: Path
+) -> None:
+    bomb = gzip.compress(b"\0" * (64 * 1024 * 1024))  # 64 MiB in about 64 KiB
+    server.add("/bomb", data=bomb, headers={"Content-Encoding": "gzip"})
+    with pytest.raises(FetchPermanent, match="max_file_bytes"):
+        await fetcher(max_file_bytes=4 * 1024 * 1024).fetch(
+            FileRef("v", server.url("/bomb")), tmp_path
+        )
+    assert left_in(tmp_path) == []
+
+
+async def test_a_url_with_spaces_and_non_ascii_is_requested_percent_encoded(
+    server: FileServer, tmp_path: Path
+) -> None:
+    server.add("/out%20put/vid%C3%A9o.mp4", data=b"encoded")
+    url = server.url("/out put/vidéo.mp4") + "?sig=a%2Fb&x=1"
+    got = await fetcher().fetch(FileRef("v", url), tmp_path)
+    assert got.local_path.read_bytes() == b"encoded"
+
+
+async def test_a_body_exactly_at_max_file_bytes_is_accepted(
+    server: FileServer, tmp_path: Path
+) -> None:
+    size = 3 * 1024 * 1024 + 5
+    server.add("/edge", size=size, chunked=True)  # no Content-Length: only streaming sees it
+    got = await fetcher(max_file_bytes=size).fetch(FileRef("v", server.url("/edge")), tmp_path)
+    assert (got.size, got.sha256) == (size, generated_sha256(size))
+    server.add("/over", size=size + 1, chunked=True)
+    with pytest.raises(FetchPermanent, match="max_file_bytes"):
+        await fetcher(max_file_bytes=size).fetch(FileRef("v", server.url("/over")), tmp_path)

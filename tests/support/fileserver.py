@@ -9,7 +9,9 @@ keep-alive), ephemeral port, stops on exit.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import socket
 import ssl
 import threading
 import time
@@ -73,11 +75,17 @@ class FileServer(LoopbackServer):
         self._entries: dict[str, _Entry] = {}
         self._hits: dict[str, int] = {}
         self._headers: dict[str, dict[str, str]] = {}
+        self._sockets: list[socket.socket] = []  # every client connection, in accept order
         self._lock = threading.Lock()
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                super().setup()
+                with outer._lock:
+                    outer._sockets.append(self.connection)
 
             def do_GET(self) -> None:
                 outer._serve(self)
@@ -148,6 +156,21 @@ class FileServer(LoopbackServer):
         """The request headers of path's latest request (names lower-cased)."""
         with self._lock:
             return dict(self._headers.get(path, {}))
+
+    @property
+    def connections(self) -> int:
+        """How many TCP connections clients have opened so far."""
+        with self._lock:
+            return len(self._sockets)
+
+    def drop_connections(self) -> None:
+        """Close every client connection from this side without a word, as a server does
+        with idle keep-alive connections (the client learns it on its next request)."""
+        with self._lock:
+            sockets = list(self._sockets)
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     def resume(self, path: str) -> None:
         """Let a body paused by `pause_after` go on."""
