@@ -72,7 +72,7 @@ def write_requests(
 def to_ms(text: str) -> float:
     """wrk's latency text (`850.00us`, `12.3ms`, `1.02s`, `1.50m`) in milliseconds."""
     m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
-    if m is None:  # seen once, intermittently, in scaleout's intake: name what wrk printed
+    if m is None:  # name what wrk printed
         raise RuntimeError(f"wrk latency {text!r} not understood")
     return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[m.group(2)]
 
@@ -112,7 +112,7 @@ def parse_wrk(out: str) -> dict[str, Any]:
     """Throughput, latency percentiles, wrk's own CPU and replay.lua's counters."""
 
     def grab(pattern: str) -> str:
-        m = re.search(pattern, out)
+        m = re.search(pattern, out, re.MULTILINE)
         if m is None:
             raise RuntimeError(f"wrk output lacks {pattern!r}:\n{out}")
         return m.group(1)
@@ -122,8 +122,9 @@ def parse_wrk(out: str) -> dict[str, Any]:
     return {
         "rps": float(grab(r"Requests/sec:\s+([\d.]+)")),
         "completed": int(grab(r"(\d+) requests in")),
-        "p50": to_ms(grab(r"50%\s+(\S+)")),
-        "p99": to_ms(grab(r"99%\s+(\S+)")),
+        # Anchored: the Req/Sec line's "+/- Stdev" column (such as 50.99%) holds these too.
+        "p50": to_ms(grab(r"^\s+50%\s+(\S+)")),
+        "p99": to_ms(grab(r"^\s+99%\s+(\S+)")),
         "wrk_cpu": (user + system) / wall,
         "wrapped": int(grab(r"wrapped (\d+)")),
         "non2xx": int(grab(r"non2xx (\d+)")),

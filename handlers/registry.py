@@ -12,7 +12,7 @@ from receiver.config import ConfigError, Settings
 ENTRY_POINT_GROUP = "falhook.sinks"
 
 # Built-ins by module path, so a broken or missing optional dependency of one sink type only
-# matters to configs that use it (the S3 sink needs the `s3` extra, aiobotocore).
+# matters to configs that use it (the S3 sink needs the `s3` extra, boto3).
 BUILTIN_SINKS: dict[str, str] = {
     "disk": "handlers.disk:DiskSink",
     "s3": "handlers.s3:S3Sink",

@@ -3,26 +3,36 @@
 - Streams from the spool: small files in one PUT, large ones as a multipart upload whose parts
   are streamed from the file (``FilePart``: never a whole part in memory), several at once. A
   sink-wide semaphore bounds the parts in flight across all events (``concurrency``).
+- Integrity: each part (and each small object) carries its CRC32, computed here and sent as a
+  header; the store checks it and refuses a part damaged on the way (``checksum = "none"``
+  for stores that do not take checksum headers).
 - Idempotent: each object carries ``x-amz-meta-sha256``; a HEAD showing the same digest and
   size means the upload is skipped, so redeliveries and replays upload nothing twice.
 - Returns presigned GET links that sinks declared ``after`` this one (Slack) can show.
 - Credentials come from the standard AWS chain (env, shared files/profile, SSO, web identity,
   container and instance roles); ``profile`` picks a named profile.
 
-aiobotocore is the client (see docs/sinks.md for the measurement behind the choice); it is
-imported lazily so configs without an S3 sink never pay for it.
+boto3 is the client, called from this sink's own thread pool: request signing (which hashes
+every part over plain HTTP), CRC32 and socket writes all stay off the event loop that serves
+webhooks, and run in parallel. See docs/sinks.md for the measurement behind the choice. It is
+imported lazily, so configs without an S3 sink never pay for it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import importlib.util
 import io
 import math
 import os
+import threading
+import zlib
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from handlers.base import DeliveryContext, LocalFile, Options, Permanent, Retryable, SinkEnv
 from handlers.templates import check_template, render
@@ -31,6 +41,9 @@ MIB = 1024 * 1024
 MIN_PART = 5 * MIB  # S3's smallest part (except the last)
 MAX_PARTS = 10_000
 MAX_PRESIGN = 7 * 24 * 3600  # SigV4's limit
+_CRC_READ = 1024 * 1024
+_ABORT_WAIT = 15.0  # seconds a failed upload waits for its parts in flight before aborting
+T = TypeVar("T")
 
 # Codes that retrying will not fix; everything else 4xx is permanent too, these get a hint.
 _PERMANENT_HINTS = {
@@ -53,6 +66,8 @@ _RETRYABLE_CODES = {
     "ThrottlingException",
     "RequestLimitExceeded",
     "OperationAborted",
+    "BadDigest",  # a part damaged on the way: its checksum did not match
+    "XAmzContentSHA256Mismatch",
 }
 
 
@@ -71,95 +86,125 @@ class S3Sink:
         if style not in ("auto", "path", "virtual"):
             raise opts.error("addressing_style", 'must be "auto", "path" or "virtual"')
         self.addressing_style = style
+        checksum = opts.str("checksum", "crc32")
+        if checksum not in ("crc32", "none"):
+            raise opts.error("checksum", 'must be "crc32" or "none"')
+        self.crc32 = checksum == "crc32"
         self.presign_seconds = int(opts.number("presign_seconds", MAX_PRESIGN))
         if self.presign_seconds > MAX_PRESIGN:
             raise opts.error("presign_seconds", f"must be at most {MAX_PRESIGN} (7 days, SigV4)")
-        self.part_size = int(opts.number("part_size", 16 * MIB))
+        self.part_size = int(opts.number("part_size", 8 * MIB))
         if self.part_size < MIN_PART:
             raise opts.error("part_size", f"must be at least {MIN_PART} (5 MiB, S3's minimum)")
         self.threshold = int(opts.number("multipart_threshold", self.part_size))
-        self.concurrency = int(opts.number("concurrency", 4))
+        self.concurrency = int(opts.number("concurrency", 8))
+        if self.concurrency < 1:
+            raise opts.error("concurrency", "must be at least 1")
         self.connect_timeout = opts.number("connect_timeout", 10)
         self.read_timeout = opts.number("read_timeout", 120)
         opts.no_unknown()
         if self.endpoint_url and not self.endpoint_url.startswith(("http://", "https://")):
             raise opts.error("endpoint_url", "must be an http:// or https:// URL")
         # Imported lazily, but missing is a start-up error, not a failure at the first delivery.
-        if importlib.util.find_spec("aiobotocore") is None:
-            raise opts.error("type", "the s3 sink needs aiobotocore: pip install 'falhook[s3]'")
+        if importlib.util.find_spec("boto3") is None:
+            raise opts.error("type", "the s3 sink needs boto3: pip install 'falhook[s3]'")
         self._client: Any = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stack: contextlib.AsyncExitStack | None = None
-        self._slots: asyncio.Semaphore | None = None
+        self._client_lock = threading.Lock()
+        self._threads: ThreadPoolExecutor | None = None
+        self._slots: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
 
-    # --- client lifecycle ------------------------------------------------------------------
+    # --- the client and its threads ------------------------------------------------------------
 
-    async def _get_client(self) -> Any:
-        """One client per event loop (the CLI and tests run several loops in one process)."""
-        loop = asyncio.get_running_loop()
-        if self._client is not None and self._loop is loop:
+    def _get_client(self) -> Any:
+        """The boto3 client, made once, in a pool thread (making one takes ~0.1 s of CPU).
+        botocore clients are thread-safe; one serves every event loop and thread."""
+        with self._client_lock:
+            if self._client is None:
+                import boto3
+                from botocore.config import Config
+
+                session = boto3.session.Session(profile_name=self.profile or None)
+                config = Config(
+                    connect_timeout=self.connect_timeout,
+                    read_timeout=self.read_timeout,
+                    max_pool_connections=self.concurrency + 4,
+                    # The worker owns retries; one quick retry here saves restarting an upload.
+                    retries={"mode": "standard", "total_max_attempts": 2},
+                    s3={"addressing_style": self.addressing_style},
+                    signature_version="s3v4",  # presigned links too (SigV2 is long gone)
+                    # botocore's own default sends CRCs as aws-chunked trailers over HTTPS,
+                    # which several S3-compatible stores refuse; this sink computes the CRC32
+                    # itself and sends it as a plain header instead (see `checksum`).
+                    request_checksum_calculation="when_required",
+                    response_checksum_validation="when_required",
+                )
+                self._client = session.client(
+                    "s3", region_name=self.region, endpoint_url=self.endpoint_url, config=config
+                )
             return self._client
-        from aiobotocore.config import AioConfig
-        from aiobotocore.session import get_session
 
-        session = get_session()
-        if self.profile:
-            session.set_config_variable("profile", self.profile)
-        config = AioConfig(
-            connect_timeout=self.connect_timeout,
-            read_timeout=self.read_timeout,
-            max_pool_connections=max(10, self.concurrency * 2),
-            # The worker owns retries; one quick retry here saves restarting a whole upload.
-            retries={"mode": "standard", "total_max_attempts": 2},
-            s3={"addressing_style": self.addressing_style},
-            signature_version="s3v4",  # presigned links too (botocore may pick SigV2 for them)
-            # The newer default (CRC trailers on every PUT) breaks several S3-compatible
-            # stores; our own sha256 in the metadata is the integrity check we rely on.
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-        )
-        stack = contextlib.AsyncExitStack()
-        client = await stack.enter_async_context(
-            session.create_client(
-                "s3", region_name=self.region, endpoint_url=self.endpoint_url, config=config
+    def _submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        """fn(client, *args, **kwargs) in one of this sink's threads."""
+        if self._threads is None:
+            # Parts in flight, plus room for the HEADs, small PUTs and presigns of other
+            # events, so those never queue behind a large upload's parts.
+            self._threads = ThreadPoolExecutor(
+                self.concurrency + 4, thread_name_prefix=f"falhook-s3-{self.name}"
             )
-        )
-        self._client, self._loop, self._stack = client, loop, stack
-        self._slots = asyncio.Semaphore(self.concurrency)
-        return client
+        return self._threads.submit(lambda: fn(self._get_client(), *args, **kwargs))
+
+    async def _run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        return await asyncio.wrap_future(self._submit(fn, *args, **kwargs))
+
+    def _part_slots(self) -> asyncio.Semaphore:
+        """The sink-wide bound on parts in flight (asyncio primitives belong to one loop)."""
+        loop = asyncio.get_running_loop()
+        slots = self._slots.get(loop)
+        if slots is None:
+            slots = self._slots[loop] = asyncio.Semaphore(self.concurrency)
+        return slots
 
     async def aclose(self) -> None:
-        stack, self._stack, self._client = self._stack, None, None
-        if stack is not None and self._loop is asyncio.get_running_loop():
-            await stack.aclose()
+        # Queued calls are dropped; a part already in a thread ends within read_timeout (the
+        # interpreter waits for it at exit), and its delivery's lease covers a hard stop.
+        threads, self._threads = self._threads, None
+        if threads is not None:
+            threads.shutdown(wait=False, cancel_futures=True)
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
 
     # --- delivery --------------------------------------------------------------------------
 
     async def deliver(self, ctx: DeliveryContext) -> dict[str, Any]:
         prefix = render(self.prefix, ctx.event)
         try:
-            client = await self._get_client()
             objects: dict[str, dict[str, Any]] = {}
             for file in ctx.files:
                 key = prefix + file.name
-                uploaded = await self._put_file(client, ctx, file, key)
+                uploaded = await self._put_file(ctx, file, key)
                 objects[file.path] = {
                     "bucket": self.bucket,
                     "key": key,
-                    "url": await self._presign(client, key),
+                    "url": await self._run(self._presign, key),
                     "size": file.size,
                     "sha256": file.sha256,
                     "uploaded": uploaded,
                 }
             event_key = prefix + "event.json"
-            await client.put_object(
+            body = ctx.event.to_json_bytes()
+            await self._run(
+                _call,
+                "put_object",
                 Bucket=self.bucket,
                 Key=event_key,
-                Body=ctx.event.to_json_bytes(),
+                Body=body,
                 ContentType="application/json",
                 Metadata=self._metadata(ctx, None),
                 **self._class_arg(),
+                **self._crc_arg(zlib.crc32(body)),
             )
+            event_url = await self._run(self._presign, event_key)
         except (Retryable, Permanent):
             raise
         except Exception as exc:
@@ -168,11 +213,12 @@ class S3Sink:
             "bucket": self.bucket,
             "objects": objects,
             "event_key": event_key,
-            "event_url": await self._presign(client, event_key),
+            "event_url": event_url,
         }
 
-    async def _presign(self, client: Any, key: str) -> str:
-        return await client.generate_presigned_url(
+    def _presign(self, client: Any, key: str) -> str:
+        # Off the loop: no request, but refreshing temporary credentials may make one.
+        return client.generate_presigned_url(
             "get_object",
             Params={"Bucket": self.bucket, "Key": key},
             ExpiresIn=self.presign_seconds,
@@ -189,11 +235,14 @@ class S3Sink:
     def _class_arg(self) -> dict[str, str]:
         return {"StorageClass": self.storage_class} if self.storage_class else {}
 
-    async def _already_there(self, client: Any, file: LocalFile, key: str) -> bool:
+    def _crc_arg(self, crc: int) -> dict[str, str]:
+        return {"ChecksumCRC32": _b64_crc(crc)} if self.crc32 else {}
+
+    def _already_there(self, client: Any, file: LocalFile, key: str) -> bool:
         from botocore.exceptions import ClientError
 
         try:
-            head = await client.head_object(Bucket=self.bucket, Key=key)
+            head = client.head_object(Bucket=self.bucket, Key=key)
         except ClientError as exc:
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             if status in (403, 404):  # missing (403 without s3:ListBucket): upload decides
@@ -202,8 +251,8 @@ class S3Sink:
         meta = head.get("Metadata") or {}
         return meta.get("sha256") == file.sha256 and head.get("ContentLength") == file.size
 
-    async def _put_file(self, client: Any, ctx: DeliveryContext, file: LocalFile, key: str) -> bool:
-        if await self._already_there(client, file, key):
+    async def _put_file(self, ctx: DeliveryContext, file: LocalFile, key: str) -> bool:
+        if await self._run(self._already_there, file, key):
             ctx.log.info("s3 object already stored", path=file.path, key=key)
             return False
         args: dict[str, Any] = {
@@ -214,33 +263,48 @@ class S3Sink:
             **self._class_arg(),
         }
         if file.size < self.threshold:
-            body = await asyncio.to_thread(file.local_path.read_bytes)
-            await client.put_object(Body=body, **args)
+            await self._run(self._put_small, file, args)
         else:
-            await self._multipart(client, file, args)
+            await self._multipart(file, args)
         ctx.log.info("s3 object stored", path=file.path, key=key, bytes=file.size)
         return True
 
-    async def _multipart(self, client: Any, file: LocalFile, args: dict[str, Any]) -> None:
+    def _put_small(self, client: Any, file: LocalFile, args: dict[str, Any]) -> None:
+        body = file.local_path.read_bytes()
+        client.put_object(Body=body, **args, **self._crc_arg(zlib.crc32(body)))
+
+    def _upload_part(
+        self, client: Any, where: dict[str, Any], number: int, path: Path, offset: int, size: int
+    ) -> dict[str, Any]:
+        """One part, in a pool thread: its CRC32 (a read of the spool file from the page
+        cache), then the part itself, streamed."""
+        checksum = self._crc_arg(_crc32_of(path, offset, size)) if self.crc32 else {}
+        part = FilePart(path, offset, size)
+        try:
+            got = client.upload_part(PartNumber=number, Body=part, **where, **checksum)
+        finally:
+            part.close()
+        return {"PartNumber": number, "ETag": got["ETag"], **checksum}
+
+    async def _multipart(self, file: LocalFile, args: dict[str, Any]) -> None:
         part_size = max(self.part_size, math.ceil(file.size / MAX_PARTS))
         count = max(1, math.ceil(file.size / part_size))
-        upload_id = (await client.create_multipart_upload(**args))["UploadId"]
-        where = {"Bucket": args["Bucket"], "Key": args["Key"], "UploadId": upload_id}
-        etags: dict[int, str] = {}
-        assert self._slots is not None
-        slots = self._slots
+        algorithm = {"ChecksumAlgorithm": "CRC32"} if self.crc32 else {}
+        created = await self._run(_call, "create_multipart_upload", **args, **algorithm)
+        where = {"Bucket": args["Bucket"], "Key": args["Key"], "UploadId": created["UploadId"]}
+        slots = self._part_slots()
+        done: dict[int, dict[str, Any]] = {}
+        running: list[Future[dict[str, Any]]] = []  # the threads' own futures, not the loop's
         held = 0  # slots taken for parts whose task has not given them back yet
 
         async def one(number: int) -> None:
             nonlocal held
             try:
                 offset = (number - 1) * part_size
-                part = FilePart(file.local_path, offset, min(part_size, file.size - offset))
-                try:
-                    got = await client.upload_part(PartNumber=number, Body=part, **where)
-                    etags[number] = got["ETag"]
-                finally:
-                    part.close()
+                size = min(part_size, file.size - offset)
+                job = self._submit(self._upload_part, where, number, file.local_path, offset, size)
+                running.append(job)
+                done[number] = await asyncio.wrap_future(job)
             finally:
                 held -= 1
                 slots.release()
@@ -251,10 +315,12 @@ class S3Sink:
                     await slots.acquire()  # bounded: parts in flight across all uploads
                     held += 1
                     group.create_task(one(number))
-            parts = [{"PartNumber": n, "ETag": etags[n]} for n in range(1, count + 1)]
-            await client.complete_multipart_upload(MultipartUpload={"Parts": parts}, **where)
+            parts = [done[n] for n in range(1, count + 1)]
+            await self._run(
+                _call, "complete_multipart_upload", MultipartUpload={"Parts": parts}, **where
+            )
         except BaseException as exc:
-            await _abort_quietly(client, where)
+            await self._abort_quietly(where, running)
             if isinstance(exc, BaseExceptionGroup):
                 raise _first(exc) from None
             raise
@@ -263,6 +329,25 @@ class S3Sink:
             # here, or the sink-wide limit shrinks with every failed upload until none can run.
             for _ in range(held):
                 slots.release()
+
+    async def _abort_quietly(
+        self, where: dict[str, str], running: list[Future[dict[str, Any]]]
+    ) -> None:
+        """Abort a failed upload. A part already in a thread cannot be stopped, and one that
+        finishes after the abort would leave storage behind (S3's own warning), so the abort
+        waits for those first. Shielded and bounded: a cancelled attempt still cleans up, a
+        dead store does not hang us."""
+
+        async def abort() -> None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(_ABORT_WAIT):
+                    busy = [asyncio.wrap_future(job) for job in running if not job.done()]
+                    if busy:
+                        await asyncio.wait(busy)
+                    await self._run(_call, "abort_multipart_upload", **where)
+
+        with contextlib.suppress(Exception):
+            await asyncio.shield(abort())
 
     # --- errors ----------------------------------------------------------------------------
 
@@ -298,11 +383,29 @@ def _first(group: BaseExceptionGroup) -> BaseException:
     return group.exceptions[0]
 
 
-async def _abort_quietly(client: Any, where: dict[str, str]) -> None:
-    # Shielded and bounded: a cancelled attempt still cleans up, a dead store doesn't hang us.
-    with contextlib.suppress(Exception):
-        async with asyncio.timeout(15):
-            await asyncio.shield(client.abort_multipart_upload(**where))
+def _call(client: Any, operation: str, /, **params: Any) -> Any:
+    """client.<operation>(**params): a client call to hand to S3Sink._run."""
+    return getattr(client, operation)(**params)
+
+
+def _crc32_of(path: Path, offset: int, size: int) -> int:
+    crc = 0
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        end = offset + size
+        while offset < end:
+            data = os.pread(fd, min(_CRC_READ, end - offset), offset)
+            if not data:
+                raise Retryable(f"spool file {path.name} is shorter than its recorded size")
+            crc = zlib.crc32(data, crc)
+            offset += len(data)
+    finally:
+        os.close(fd)
+    return crc
+
+
+def _b64_crc(crc: int) -> str:
+    return base64.b64encode(crc.to_bytes(4, "big")).decode("ascii")
 
 
 class FilePart(io.RawIOBase):
