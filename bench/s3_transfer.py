@@ -184,6 +184,10 @@ def pipeline(args: argparse.Namespace) -> None:
             f"ratio {median(ratios):.2f}x (runs {', '.join(f'{r:.2f}' for r in ratios)}), "
             f"peak RSS growth {max(growths) / MiB:.1f} MB"
         )
+        print(
+            "  per run (baseline / falhook, s): "
+            + ", ".join(f"{b:.1f}/{f:.1f}" for b, f in zip(base_t, fal_t, strict=True))
+        )
     finally:
         for p in procs:
             stop(p)

@@ -17,6 +17,7 @@ import msgspec
 
 _json_decoder = msgspec.json.Decoder()
 _FILE_KEYS = ("content_type", "file_name", "file_size")
+_NOT_EXTRAS = frozenset(("url", *_FILE_KEYS))
 _DATA_URI = re.compile(r"^data:(?P<mime>[^;,]*)(?P<params>(;[^;,]*)*?)(?P<b64>;base64)?,", re.I)
 
 
@@ -153,7 +154,7 @@ def _file_from(path: str, node: dict[str, Any]) -> tuple[FileRef | None, FilePro
         isinstance(file_size, bool) or not isinstance(file_size, int) or file_size < 0
     ):
         return None, FileProblem(path, "file_size is not a non-negative integer")
-    extras = {k: v for k, v in node.items() if k not in ("url", *_FILE_KEYS)}
+    extras = {k: v for k, v in node.items() if k not in _NOT_EXTRAS}
     return (
         FileRef(
             path=path,

@@ -40,3 +40,20 @@ def test_request_and_delivery_lines_carry_request_id_and_route_and_no_secrets(
     assert all(line["route"] == "reframe" for line in mine)
     for forbidden in (headers["X-Fal-Webhook-Signature"], "ab" * 64, secret_payload):
         assert forbidden not in text
+
+
+def test_log_timestamps_are_iso_utc_with_microseconds() -> None:
+    import re
+    import time
+    from datetime import UTC, datetime
+
+    from receiver.logs import _UtcTimestamp
+
+    stamp = _UtcTimestamp()
+    before = time.time()
+    first = stamp(None, "info", {})["timestamp"]
+    second = stamp(None, "info", {})["timestamp"]  # the cached second, a later time
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", first)
+    parsed = datetime.strptime(first, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    assert abs(parsed.timestamp() - before) < 1.0
+    assert second >= first

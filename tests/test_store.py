@@ -673,3 +673,73 @@ async def test_sqlite_a_file_from_a_newer_falhook_is_refused(tmp_path: Path) -> 
         conn.execute(f"PRAGMA user_version = {schema.SCHEMA_VERSION + 1}")
     with pytest.raises(StoreUnavailable, match="newer"):
         await SQLiteStore(path).open()
+
+
+async def test_sqlite_a_version_2_file_moves_to_integer_keys_with_every_delivery(
+    tmp_path: Path,
+) -> None:
+    """Version 3 rebuilds events and deliveries (integer keys); states, attempts, errors,
+    leases and outputs all survive, and the store works on the result."""
+    path = tmp_path / "events.db"
+    conn = schema.connect(path, busy_timeout=1)
+    for statements in schema.MIGRATIONS[:2]:
+        for statement in statements:
+            conn.execute(statement)
+    conn.execute("PRAGMA user_version = 2")
+    t = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
+    for rid in ("first", "second"):
+        conn.execute(
+            "INSERT INTO events (request_id, route, fal_status, received_at, headers, body,"
+            " files) VALUES (?, 'r', 'OK', ?, '{}', x'7b7d', '[]')",
+            (rid, t),
+        )
+    rows = [
+        ("first", "a", "dead", 12, None, "no attempts left", None, None, None, b'{"k": 1}'),
+        ("first", "b", "delivered", 1, None, None, None, None, None, b'{"url": "u"}'),
+        ("second", "a", "delivering", 2, t, None, "tok", "w9", t + 60, None),
+        ("second", "b", "retrying", 3, t, "503", None, None, None, None),
+    ]
+    conn.executemany(
+        "INSERT INTO deliveries (request_id, sink, state, attempts, next_attempt_at,"
+        " last_error, lease_token, lease_owner, lease_expires_at, output, updated_at)"
+        f" VALUES (?,?,?,?,?,?,?,?,?,?,{t})",
+        rows,
+    )
+    conn.commit()
+    conn.close()
+
+    s = SQLiteStore(path)
+    await s.open()
+    try:
+        first, second = await s.get_event("first"), await s.get_event("second")
+        assert first is not None and second is not None
+        got = {
+            (v.request_id, d.sink): (d.state, d.attempts, d.last_error, d.output)
+            for v in (first, second)
+            for d in v.deliveries.values()
+        }
+        assert got == {
+            ("first", "a"): ("dead", 12, "no attempts left", {"k": 1}),
+            ("first", "b"): ("delivered", 1, None, {"url": "u"}),
+            ("second", "a"): ("delivering", 2, None, None),
+            ("second", "b"): ("retrying", 3, "503", None),
+        }
+        assert [v.request_id for v in await s.list_events(state="dead")] == ["first"]
+        # The lease held before the upgrade is still the one that can finish its delivery.
+        assert await s.finish(Finish("second", "a", "tok", "delivered", output={"x": 1}))
+        jobs = await lease_all(s)
+        assert leased(jobs) == {"second": ["b"]}
+        assert await s.replay("first") == 2
+        new = event(request_id="third")
+        assert await s.accept(new) is True
+        assert (await s.get_event("third")).deliveries.keys() == {"a", "b"}  # type: ignore[union-attr]
+    finally:
+        await s.close()
+    with closing(sqlite3.connect(path)) as check:
+        assert check.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION
+        assert check.execute("PRAGMA foreign_key_check").fetchall() == []
+        ids = dict(check.execute("SELECT request_id, id FROM events"))
+        assert ids["third"] > max(ids["first"], ids["second"])
+        indexes = {r[0] for r in check.execute("SELECT name FROM sqlite_master")}
+        assert {"events_by_time", "events_by_route", "deliveries_due"} <= indexes
+        assert {"deliveries_by_token"} <= indexes

