@@ -2,7 +2,7 @@
 store) against a bare Starlette app that only reads the body and answers 200, on the same
 uvicorn, each server pinned to one core and wrk on the other, a fresh request_id per request.
 
-    python bench/intake.py [--duration 5] [--connections 64] [--rounds 7] [--worker]
+    python bench/intake.py [--duration 5] [--connections 64] [--rounds 7] [--worker] [--minimal]
 
 The host's load comes in waves of seconds that no counter here shows (no steal time is
 reported), so the two apps run in many short phases, in alternating order, and each round's
@@ -151,6 +151,29 @@ def run_wrk(url: str, requests_file: Path, args: argparse.Namespace, log: Path) 
     return parse_wrk(out)
 
 
+def process_cpu(pid: int) -> float:
+    """User + system CPU seconds of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def server_command(
+    kind: str, port: int, work: Path, jwks_url: str, args: argparse.Namespace
+) -> tuple[list[str], str]:
+    """The command that serves `kind` on port, and the URL that answers once it is up."""
+    url = f"http://127.0.0.1:{port}"
+    if kind == "falhook":
+        config = falhook_config(work, jwks_url)
+        return serve_command(config, port, *(() if args.worker else ("--no-worker",))), (
+            url + "/healthz"
+        )
+    (work / "data").mkdir(parents=True, exist_ok=True)
+    os.environ["FALHOOK_BENCH_DB"] = str(work / "data" / "minimal.db")
+    app = {"bare": "bench.bare_app:app", "minimal": "bench.minimal_app:app"}[kind]
+    uvicorn = [sys.executable, "-m", "uvicorn", app, "--port", str(port)]
+    return [*uvicorn, "--log-level", "warning", "--no-access-log"], url + "/"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=int, default=5)
@@ -159,6 +182,11 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--requests", type=int, default=60000, help="signed requests per falhook run")
     ap.add_argument("--worker", action="store_true", help="keep the in-process worker running")
+    ap.add_argument(
+        "--minimal",
+        action="store_true",
+        help="also a receiver that only verifies and inserts (bench/minimal_app.py)",
+    )
     ap.add_argument("--workdir", default="/tmp/falhook-bench-intake")
     args = ap.parse_args()
     if shutil.which("wrk") is None:
@@ -170,62 +198,57 @@ def main() -> int:
     jwks = JWKSServer()
     jwks.set_jwks(signer.jwks())
     jwks.start()
-    results: dict[str, list[dict[str, float]]] = {"bare": [], "falhook": []}
+    kinds = ["bare", "falhook", *(["minimal"] if args.minimal else [])]
+    results: dict[str, list[dict[str, float]]] = {kind: [] for kind in kinds}
+    os.environ["FALHOOK_BENCH_JWKS"] = jwks.url
     try:
         for rnd in range(args.rounds):
-            # Alternating order: a drift during the run favours neither app.
-            for kind in ("bare", "falhook") if rnd % 2 == 0 else ("falhook", "bare"):
+            # The order rotates: a drift during the run favours no app.
+            for kind in kinds[rnd % len(kinds) :] + kinds[: rnd % len(kinds)]:
                 port = free_port()
                 reqs = work / f"requests-{rnd}-{kind}.tsv"
-                write_requests(reqs, signer, args.requests if kind == "falhook" else 20000)
-                if kind == "bare":
-                    cmd = [
-                        sys.executable,
-                        "-m",
-                        "uvicorn",
-                        "bench.bare_app:app",
-                        "--port",
-                        str(port),
-                        "--log-level",
-                        "warning",
-                        "--no-access-log",
-                    ]
-                else:
-                    shutil.rmtree(work / "data", ignore_errors=True)
-                    config = falhook_config(work, jwks.url)
-                    cmd = serve_command(config, port, *(() if args.worker else ("--no-worker",)))
+                write_requests(reqs, signer, args.requests if kind != "bare" else 20000)
+                shutil.rmtree(work / "data", ignore_errors=True)
+                cmd, health = server_command(kind, port, work, jwks.url, args)
                 server = start(cmd, log=work / f"{kind}.log", cpus=SERVER_CPU)
                 try:
-                    wait_http(
-                        f"http://127.0.0.1:{port}/healthz"
-                        if kind == "falhook"
-                        else f"http://127.0.0.1:{port}/"
-                    )
+                    wait_http(health)
+                    cpu_before = process_cpu(server.pid)
                     res = run_wrk(
                         f"http://127.0.0.1:{port}", reqs, args, work / f"wrk-{rnd}-{kind}.txt"
                     )
+                    res["cpu_us"] = (process_cpu(server.pid) - cpu_before) / res["completed"] * 1e6
                 finally:
                     stop(server)
                 results[kind].append(res)
                 print(
                     f"round {rnd} {kind:8} {res['rps']:8.0f} req/s  p50 {res['p50']:6.2f} ms  "
-                    f"p99 {res['p99']:6.2f} ms  wrk cpu {res['wrk_cpu']:.2f} cores  "
+                    f"p99 {res['p99']:6.2f} ms  server cpu {res['cpu_us']:5.0f} us/request  "
+                    f"wrk cpu {res['wrk_cpu']:.2f} cores  "
                     f"non-2xx {int(res['non2xx'])}  wrapped {int(res['wrapped'])}",
                     flush=True,
                 )
     finally:
         jwks.stop()
-    ratios = [f["rps"] / b["rps"] for b, f in zip(results["bare"], results["falhook"], strict=True)]
-    print(
-        f"\nfalhook / bare throughput: median {median(ratios):.2f} "
-        f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)})"
-    )
-    for kind in ("bare", "falhook"):
+    for kind in kinds[1:]:
+        ratios = [k["rps"] / b["rps"] for b, k in zip(results["bare"], results[kind], strict=True)]
+        cpu = [
+            b["cpu_us"] / k["cpu_us"] for b, k in zip(results["bare"], results[kind], strict=True)
+        ]
+        print(
+            f"\n{kind} / bare throughput: median {median(ratios):.2f} "
+            f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)}); "
+            f"bare's CPU per request / {kind}'s: median {median(cpu):.2f}"
+        )
+    for kind in kinds:
         rs = results[kind]
-        med = {key: median([r[key] for r in rs]) for key in ("rps", "p50", "p99", "wrk_cpu")}
+        med = {
+            key: median([r[key] for r in rs]) for key in ("rps", "p50", "p99", "wrk_cpu", "cpu_us")
+        }
         print(
             f"{kind:8} median {med['rps']:.0f} req/s, p50 {med['p50']:.2f} ms, "
-            f"p99 {med['p99']:.2f} ms, load generator {med['wrk_cpu']:.2f} cores"
+            f"p99 {med['p99']:.2f} ms, server {med['cpu_us']:.0f} us CPU per request, "
+            f"load generator {med['wrk_cpu']:.2f} cores"
         )
     shutil.rmtree(work, ignore_errors=True)
     return 0

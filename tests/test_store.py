@@ -741,5 +741,27 @@ async def test_sqlite_a_version_2_file_moves_to_integer_keys_with_every_delivery
         ids = dict(check.execute("SELECT request_id, id FROM events"))
         assert ids["third"] > max(ids["first"], ids["second"])
         indexes = {r[0] for r in check.execute("SELECT name FROM sqlite_master")}
-        assert {"events_by_time", "events_by_route", "deliveries_due"} <= indexes
+        assert {"events_by_route", "deliveries_due"} <= indexes
         assert {"deliveries_by_token"} <= indexes
+
+
+@pytest.mark.parametrize("state", ["dead", "retrying", "delivered", "pending", "delivering"])
+def test_sqlite_listing_by_state_reads_each_event_s_deliveries_by_key(
+    tmp_path: Path, state: str
+) -> None:
+    """Through the state index instead, listing dead events read every dead delivery for
+    each event listed: 6 s for 100 out of 100k events with 5k dead, against 1.4 ms."""
+    conn = schema.connect(tmp_path / "events.db", busy_timeout=1)
+    schema.migrate(conn)
+    where, params = schema.state_where(state)
+    plan = " | ".join(
+        row[3]
+        for row in conn.execute(
+            f"EXPLAIN QUERY PLAN SELECT e.request_id FROM events e WHERE {where}"
+            " ORDER BY e.id DESC LIMIT 10",
+            params,
+        )
+    )
+    conn.close()
+    assert "deliveries_due" not in plan, plan
+    assert "(event_id=?)" in plan, plan

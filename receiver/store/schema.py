@@ -75,9 +75,11 @@ MIGRATIONS: list[tuple[str, ...]] = [
     ),
     (
         # Deliveries keyed by their event's integer id, not its request_id: a random UUID
-        # made every accept write one more random page of the deliveries key (17 KiB written
-        # per event at intake, 12 KiB now; 52 us of SQLite per event at batches of 16, 46 now).
-        # The id is an INTEGER PRIMARY KEY, so VACUUM cannot renumber it.
+        # made every accept write one more random page of the deliveries key. The id (an
+        # INTEGER PRIMARY KEY, which VACUUM cannot renumber) is also the listing order, newest
+        # first, so the table needs no index on time, and the route index holds the route
+        # alone (the id is in every index). Per event at batches of 24 (SQLite alone, min of
+        # 5 runs): 35 us and 9 KiB written, against 52 us and 17 KiB at version 2.
         """CREATE TABLE events_v3 (
             id INTEGER PRIMARY KEY,
             request_id TEXT NOT NULL UNIQUE,
@@ -120,8 +122,7 @@ MIGRATIONS: list[tuple[str, ...]] = [
         # Renaming also points deliveries_v3's foreign key at the new name.
         "ALTER TABLE events_v3 RENAME TO events",
         "ALTER TABLE deliveries_v3 RENAME TO deliveries",
-        "CREATE INDEX events_by_time ON events (received_at DESC, request_id DESC)",
-        "CREATE INDEX events_by_route ON events (route, received_at DESC, request_id DESC)",
+        "CREATE INDEX events_by_route ON events (route)",
         "CREATE INDEX deliveries_due ON deliveries (state, next_attempt_at)",
         "CREATE INDEX deliveries_by_token ON deliveries (lease_token)"
         " WHERE lease_token IS NOT NULL",
@@ -193,13 +194,15 @@ def to_epoch(value: datetime) -> float:
 
 
 def _has(condition: str) -> str:
+    # `+d.state` keeps SQLite from answering through the state index (every dead delivery,
+    # for each event listed) instead of the event's own few deliveries by their key.
     return f"EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND {condition})"
 
 
-_DEAD = _has("d.state = 'dead'")
-_RETRYING = _has("d.state = 'retrying'")
+_DEAD = _has("+d.state = 'dead'")
+_RETRYING = _has("+d.state = 'retrying'")
 _ANY = _has("1")
-_UNFINISHED = _has("d.state <> 'delivered'")
+_UNFINISHED = _has("+d.state <> 'delivered'")
 EVENT_STATE_WHERE: dict[str, str] = {
     "dead": _DEAD,
     "retrying": f"NOT {_DEAD} AND {_RETRYING}",
@@ -214,7 +217,7 @@ def state_where(state: str) -> tuple[str, list[Any]]:
     if state in EVENT_STATE_WHERE:
         return EVENT_STATE_WHERE[state], []
     if state in DELIVERY_STATES:
-        return _has("d.state = ?"), [state]
+        return _has("+d.state = ?"), [state]
     return "0", []
 
 

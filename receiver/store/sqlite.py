@@ -437,7 +437,9 @@ class SQLiteStore:
             params.extend(extra)
         sql = (
             f"SELECT e.request_id FROM events e WHERE {' AND '.join(where)}"
-            " ORDER BY e.received_at DESC, e.request_id DESC LIMIT ?"
+            # Newest stored first: ids grow in commit order (a clock stepping back cannot
+            # reorder them).
+            " ORDER BY e.id DESC LIMIT ?"
         )
 
         def op(c: sqlite3.Connection) -> list[EventView]:
