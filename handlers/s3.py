@@ -111,7 +111,10 @@ class S3Sink:
         self._client: Any = None
         self._client_lock = threading.Lock()
         self._threads: ThreadPoolExecutor | None = None
-        self._slots: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
+        self._slots: tuple[asyncio.AbstractEventLoop | None, asyncio.Semaphore | None] = (
+            None,
+            None,
+        )
 
     # --- the client and its threads ------------------------------------------------------------
 
@@ -157,11 +160,13 @@ class S3Sink:
         return await asyncio.wrap_future(self._submit(fn, *args, **kwargs))
 
     def _part_slots(self) -> asyncio.Semaphore:
-        """The sink-wide bound on parts in flight (asyncio primitives belong to one loop)."""
+        """The sink-wide bound on parts in flight. An asyncio primitive belongs to one loop:
+        a new loop (the CLI and tests run one after another) gets a new one."""
         loop = asyncio.get_running_loop()
-        slots = self._slots.get(loop)
-        if slots is None:
-            slots = self._slots[loop] = asyncio.Semaphore(self.concurrency)
+        owner, slots = self._slots
+        if owner is not loop or slots is None:
+            slots = asyncio.Semaphore(self.concurrency)
+            self._slots = (loop, slots)
         return slots
 
     async def aclose(self) -> None:
