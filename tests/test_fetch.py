@@ -287,12 +287,21 @@ def partial_download_started(folder: Path) -> bool:
     return any(p.stat().st_size > 0 for p in folder.iterdir())
 
 
-async def test_a_cancelled_download_leaves_no_file(server: FileServer, tmp_path: Path) -> None:
+async def stalled_download(
+    server: FileServer, tmp_path: Path, path: str, **options: object
+) -> tuple[Fetcher, asyncio.Task[object]]:
+    """A fetcher and its download of an 8 MiB body that stops after 3 MiB (until
+    server.resume), returned once the first bytes are on disk."""
     size = 8 * 1024 * 1024
-    server.add("/slow", size=size, pause_after=3 * 1024 * 1024)
-    f = fetcher(max_file_bytes=size)
-    task = asyncio.create_task(f.fetch(FileRef("v", server.url("/slow")), tmp_path))
+    server.add(path, size=size, pause_after=3 * 1024 * 1024)
+    f = fetcher(max_file_bytes=size, **options)
+    task = asyncio.create_task(f.fetch(FileRef("v", server.url(path)), tmp_path))
     await wait_until(lambda: partial_download_started(tmp_path), "the download to start")
+    return f, task
+
+
+async def test_a_cancelled_download_leaves_no_file(server: FileServer, tmp_path: Path) -> None:
+    f, task = await stalled_download(server, tmp_path, "/slow")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -304,11 +313,7 @@ async def test_a_cancelled_download_leaves_no_file(server: FileServer, tmp_path:
 async def test_closing_the_fetcher_ends_a_running_download(
     server: FileServer, tmp_path: Path
 ) -> None:
-    size = 8 * 1024 * 1024
-    server.add("/slow", size=size, pause_after=3 * 1024 * 1024)
-    f = fetcher(max_file_bytes=size)
-    task = asyncio.create_task(f.fetch(FileRef("v", server.url("/slow")), tmp_path))
-    await wait_until(lambda: partial_download_started(tmp_path), "the download to start")
+    f, task = await stalled_download(server, tmp_path, "/slow")
     await f.aclose()
     server.resume("/slow")
     with pytest.raises(FetchRetryable):
@@ -394,11 +399,7 @@ async def test_a_cancelled_download_stops_at_once_even_while_the_server_is_silen
     server: FileServer, tmp_path: Path
 ) -> None:
     """The blocked read is ended, not left to wait out the inactivity timeout."""
-    size = 8 * 1024 * 1024
-    server.add("/stuck", size=size, pause_after=3 * 1024 * 1024)
-    f = fetcher(max_file_bytes=size, timeout=60)
-    task = asyncio.create_task(f.fetch(FileRef("v", server.url("/stuck")), tmp_path))
-    await wait_until(lambda: partial_download_started(tmp_path), "the download to start")
+    f, task = await stalled_download(server, tmp_path, "/stuck", timeout=60)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -413,11 +414,7 @@ async def test_a_cancelled_download_stops_at_once_even_while_the_server_is_silen
 async def test_closing_the_fetcher_ends_a_download_while_the_server_is_silent(
     server: FileServer, tmp_path: Path
 ) -> None:
-    size = 8 * 1024 * 1024
-    server.add("/stuck", size=size, pause_after=3 * 1024 * 1024)
-    f = fetcher(max_file_bytes=size, timeout=60)
-    task = asyncio.create_task(f.fetch(FileRef("v", server.url("/stuck")), tmp_path))
-    await wait_until(lambda: partial_download_started(tmp_path), "the download to start")
+    f, task = await stalled_download(server, tmp_path, "/stuck", timeout=60)
     await f.aclose()
     with pytest.raises(FetchRetryable, match="abandoned"):
         await asyncio.wait_for(task, 10)
