@@ -142,6 +142,8 @@ class SpoolWriter:
     bytes that already exist (a decoded data: URI, a decompressed body), then `finish()`."""
 
     def __init__(self, path: Path) -> None:
+        # The file first: if it cannot be made, no thread has been started for it.
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         self.size = 0
         self._free: queue.Queue[bytearray] = queue.Queue()
         for _ in range(BUFFERS):
@@ -150,7 +152,6 @@ class SpoolWriter:
         self._current: bytearray | None = None
         self._fill = 0  # bytes in the current buffer (add() gathers small pieces)
         self._announced = 0
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         self._flusher = _Flusher(self._fd)
 
     def buffer(self) -> memoryview:

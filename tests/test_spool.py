@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import threading
 from pathlib import Path
 
 import pytest
@@ -65,8 +66,10 @@ def test_buffers_are_reused_not_allocated_per_chunk(tmp_path: Path) -> None:
 
 def test_the_file_is_new_and_private(tmp_path: Path) -> None:
     (tmp_path / "taken").write_bytes(b"")
+    threads = threading.active_count()
     with pytest.raises(FileExistsError):
         SpoolWriter(tmp_path / "taken")
+    assert threading.active_count() == threads  # no hasher left waiting for a file
     writer = SpoolWriter(tmp_path / "f")
     writer.finish()
     assert (tmp_path / "f").stat().st_mode & 0o777 == 0o600
