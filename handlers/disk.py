@@ -21,6 +21,10 @@ from receiver.naming import safe_component
 
 
 class DiskSink:
+    # The spool file itself becomes the final file (hard link): the download writes it back
+    # to disk as it arrives, so the fsync here has little left to do.
+    keeps_files = True
+
     def __init__(self, name: str, options: dict[str, Any], env: SinkEnv) -> None:
         opts = Options(name, options)
         root = opts.str("root", "falhook-data/files")

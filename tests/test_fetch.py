@@ -51,6 +51,28 @@ class CountingResolver:
         return self.table[host]
 
 
+@pytest.mark.parametrize("keep", [True, False])
+async def test_only_a_file_a_sink_keeps_is_written_back_as_it_arrives(
+    server: FileServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keep: bool
+) -> None:
+    from handlers.disk import DiskSink
+    from receiver import spool
+
+    ranges: list[tuple[int, int, int]] = []
+    monkeypatch.setattr(spool, "WRITEBACK_EVERY", spool.CHUNK)
+    monkeypatch.setattr(
+        spool, "_sync_file_range", lambda fd, o, n, f: ranges.append((o, n, f)) or 0
+    )
+    data = bytes(range(256)) * 4096  # 8 chunks
+    server.add("/v.mp4", data=data)
+    f = fetcher()
+    got = await f.fetch(FileRef("video", server.url("/v.mp4")), tmp_path, keep=keep)
+    await f.aclose()
+    assert got.local_path.read_bytes() == data
+    assert bool(ranges) is keep
+    assert DiskSink.keeps_files  # the one built-in sink that keeps the spool file
+
+
 async def test_a_file_is_streamed_with_its_size_and_sha256(
     server: FileServer, tmp_path: Path
 ) -> None:

@@ -4,6 +4,7 @@ sha256 are the bytes given, in order, with memory bounded by its reused buffers.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import random
 import threading
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from receiver import spool
 from receiver.spool import BUFFERS, CHUNK, SpoolWriter
 
 
@@ -80,3 +82,79 @@ def test_close_without_finish_releases_everything(tmp_path: Path) -> None:
     writer.add(os.urandom(3 * CHUNK))
     writer.close()
     writer.close()  # twice is harmless
+
+
+class FakeSyncFileRange:
+    """Stands in for sync_file_range(2): records each call; a wait for writeback blocks
+    until `disk` is set, like a disk that has not caught up."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int, int]] = []
+        self.disk = threading.Event()
+        self.disk.set()
+
+    def __call__(self, fd: int, offset: int, length: int, flags: int) -> int:
+        self.calls.append((offset, length, flags))
+        if flags & spool._WAIT_BEFORE:
+            self.disk.wait(30)
+        return 0
+
+
+@pytest.fixture
+def fake_writeback(monkeypatch: pytest.MonkeyPatch) -> FakeSyncFileRange:
+    fake = FakeSyncFileRange()
+    monkeypatch.setattr(spool, "_sync_file_range", fake)
+    monkeypatch.setattr(spool, "WRITEBACK_EVERY", CHUNK)
+    monkeypatch.setattr(spool, "MAX_UNWRITTEN", 4 * CHUNK)
+    return fake
+
+
+def test_write_behind_starts_each_range_once_the_one_before_the_last_is_written(
+    tmp_path: Path, fake_writeback: FakeSyncFileRange
+) -> None:
+    data = os.urandom(10 * CHUNK)
+    writer = SpoolWriter(tmp_path / "f")
+    writer.add(data)
+    writer.finish()
+    assert (tmp_path / "f").read_bytes() == data
+    started = [(o, n) for o, n, f in fake_writeback.calls if f == spool._WRITE]
+    waited = [(o, n) for o, n, f in fake_writeback.calls if f == spool._WAIT_BEFORE]
+    # Consecutive ranges of at most WRITEBACK_EVERY, from the start of the file.
+    assert started[0][0] == 0 and all(n <= CHUNK for _, n in started)
+    assert all(a[0] + a[1] == b[0] for a, b in itertools.pairwise(started))
+    assert sum(n for _, n in started) >= 9 * CHUNK
+    # Each range is waited for right after the next one is started: never more than two
+    # ranges in the disk's queue.
+    order = [(f, o) for o, _, f in fake_writeback.calls]
+    for (offset, _), (next_offset, _) in itertools.pairwise(started):
+        i = order.index((spool._WRITE, next_offset))
+        assert order[i + 1] == (spool._WAIT_BEFORE, offset)
+    assert waited == started[:-1]
+
+
+def test_a_download_waits_while_the_disk_is_far_behind(
+    tmp_path: Path, fake_writeback: FakeSyncFileRange
+) -> None:
+    fake_writeback.disk.clear()
+    data = os.urandom(20 * CHUNK)
+    writer = SpoolWriter(tmp_path / "f")
+    writing = threading.Thread(target=writer.add, args=(data,))
+    writing.start()
+    writing.join(0.5)
+    assert writing.is_alive()  # held back ...
+    assert writer.size <= spool.MAX_UNWRITTEN + spool.WRITEBACK_EVERY  # ... this far ahead
+    fake_writeback.disk.set()
+    writing.join(30)
+    assert not writing.is_alive()
+    writer.finish()
+    assert (tmp_path / "f").read_bytes() == data
+
+
+def test_without_write_behind_the_disk_is_left_to_the_kernel(
+    tmp_path: Path, fake_writeback: FakeSyncFileRange
+) -> None:
+    fake_writeback.disk.clear()  # would block a writer that waited for it
+    writer = SpoolWriter(tmp_path / "f", write_behind=False)
+    writer.add(os.urandom(20 * CHUNK))
+    writer.finish()
+    assert fake_writeback.calls == []
