@@ -3,7 +3,12 @@ against its idle p99. falhook is pinned to one core (its event loop and its down
 share it: the hard case), wrk and the file server to the other; wrk runs a moderate
 closed-loop load (few connections), so latency reflects service time, not queueing.
 
-    python bench/isolation.py [--duration 5] [--rounds 2] [--files 4]
+    python bench/isolation.py [--duration 5] [--rounds 2] [--files 4] [--no-pin]
+                              [--store-dir /dev/shm/falhook-isolation]
+
+The store and the spool share one disk by default, as on one machine with one volume: every
+webhook's commit (an fdatasync) then also waits for the download's data that the disk has
+not yet made durable. `--store-dir` on another device leaves that out.
 """
 
 from __future__ import annotations
@@ -51,6 +56,11 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=40000)
     ap.add_argument("--workdir", default="/tmp/falhook-bench-isolation")
     ap.add_argument("--no-pin", action="store_true", help="let falhook use both cores")
+    ap.add_argument(
+        "--store-dir",
+        help="put the SQLite store here (another device, or /dev/shm) to leave the disk's "
+        "own contention out: what is left is the CPU and the event loop",
+    )
     args = ap.parse_args()
     work = Path(args.workdir)
     shutil.rmtree(work, ignore_errors=True)
@@ -66,7 +76,13 @@ def main() -> int:
     jwks.start()
     fport, hport = free_port(), free_port()
     base = f"http://127.0.0.1:{hport}"
-    config = falhook_config(work, jwks.url, delivery={"concurrency": 1})
+    sections: dict[str, dict[str, object]] = {"delivery": {"concurrency": 1}}
+    if args.store_dir:
+        store_dir = Path(args.store_dir)
+        shutil.rmtree(store_dir, ignore_errors=True)
+        store_dir.mkdir(parents=True)
+        sections["store"] = {"url": f"sqlite:///{store_dir}/events.db"}
+    config = falhook_config(work, jwks.url, **sections)
     text = config.read_text().replace(
         '[routes.default]\nsinks = ["local"]',
         '[routes.default]\nsinks = ["local"]\n\n[routes.downloads]\nsinks = ["local"]',
@@ -126,6 +142,8 @@ def main() -> int:
             stop(p)
         jwks.stop()
         shutil.rmtree(work, ignore_errors=True)
+        if args.store_dir:
+            shutil.rmtree(args.store_dir, ignore_errors=True)
     p99 = [b["p99"] / i["p99"] for i, b in zip(idle, busy, strict=True)]
     rps = [b["rps"] / i["rps"] for i, b in zip(idle, busy, strict=True)]
     print(
