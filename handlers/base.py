@@ -5,7 +5,9 @@ A sink is an object with ``async def deliver(ctx: DeliveryContext) -> dict | Non
 - never retries by itself (raise ``Retryable`` or ``Permanent``; the worker owns retries),
 - writes idempotently (the same event twice leaves one copy),
 - may return a small JSON-able dict (stored links, message ids) that sinks declared
-  ``after = ["this one"]`` read from ``ctx.outputs``.
+  ``after = ["this one"]`` read from ``ctx.outputs``,
+- may set ``keeps_files = True`` when it keeps the spool file itself instead of reading it
+  (the disk sink links it): the download then writes the file back to disk as it arrives.
 
 Sinks are built from ``[sinks.NAME]`` by a factory ``factory(name, options, env) -> sink``;
 built-in types and users' packages register factories under the ``falhook.sinks`` entry-point

@@ -216,9 +216,9 @@ class Worker:
         if not runnable:
             return await self._record_all(event, attempts)
 
+        # Written back to disk as it arrives only when a sink of this job keeps it.
+        keep = any(getattr(self.sinks[s], "keeps_files", False) for s in runnable)
         try:
-            # Written back to disk as it arrives only when a sink of this job keeps it.
-            keep = any(getattr(self.sinks[s], "keeps_files", False) for s in runnable)
             local_files, problems = await self._download(event, spool_dir, keep=keep)
         except FetchError as exc:
             for a in runnable.values():

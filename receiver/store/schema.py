@@ -221,6 +221,24 @@ def state_where(state: str) -> tuple[str, list[Any]]:
     return "0", []
 
 
+def list_events_sql(state: str | None, route: str | None) -> tuple[str, list[Any]]:
+    """The request_ids of events in a state and/or on a route, newest stored first (ids grow
+    in commit order: a clock stepping back cannot reorder them); the limit is the last
+    parameter, left to the caller."""
+    where, params = ["1"], []
+    if route is not None:
+        where.append("e.route = ?")
+        params.append(route)
+    if state is not None:
+        clause, extra = state_where(state)
+        where.append(clause)
+        params.extend(extra)
+    sql = (
+        f"SELECT e.request_id FROM events e WHERE {' AND '.join(where)} ORDER BY e.id DESC LIMIT ?"
+    )
+    return sql, params
+
+
 SUBMISSION_STATE_SQL = """
     CASE
         WHEN e.source = 'poll' THEN 'recovered'

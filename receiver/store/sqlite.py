@@ -42,10 +42,10 @@ from receiver.store.schema import (
     SUBMISSION_STATE_SQL,
     connect,
     encode,
+    list_events_sql,
     load_events,
     load_submissions,
     migrate,
-    state_where,
     to_epoch,
 )
 
@@ -82,8 +82,9 @@ _DUE_SQL = """
             ORDER BY lease_expires_at LIMIT ?2)
     ) d JOIN events e ON e.id = d.event_id ORDER BY d.t LIMIT ?2
 """
-# A delivery named by its event's request_id and its sink.
-_ONE = "event_id = (SELECT id FROM events WHERE request_id = ?) AND sink = ?"
+# The deliveries of the event with a request_id; _ONE: that event's delivery to a sink.
+_OF_EVENT = "event_id = (SELECT id FROM events WHERE request_id = ?)"
+_ONE = f"{_OF_EVENT} AND sink = ?"
 
 
 class _Accept:
@@ -427,20 +428,7 @@ class SQLiteStore:
     async def list_events(
         self, *, state: str | None = None, route: str | None = None, limit: int = 100
     ) -> list[EventView]:
-        where, params = ["1"], []
-        if route is not None:
-            where.append("e.route = ?")
-            params.append(route)
-        if state is not None:
-            clause, extra = state_where(state)
-            where.append(clause)
-            params.extend(extra)
-        sql = (
-            f"SELECT e.request_id FROM events e WHERE {' AND '.join(where)}"
-            # Newest stored first: ids grow in commit order (a clock stepping back cannot
-            # reorder them).
-            " ORDER BY e.id DESC LIMIT ?"
-        )
+        sql, params = list_events_sql(state, route)
 
         def op(c: sqlite3.Connection) -> list[EventView]:
             ids = [r[0] for r in c.execute(sql, [*params, limit])]
@@ -571,7 +559,7 @@ class SQLiteStore:
             " next_attempt_at = ?, lease_token = NULL, lease_owner = NULL,"
             " lease_expires_at = NULL, updated_at = ?"
             + (", output = NULL" if force else "")
-            + " WHERE event_id = (SELECT id FROM events WHERE request_id = ?)"
+            + f" WHERE {_OF_EVENT}"
             + (" AND sink = ?" if sink is not None else "")
         )
 
