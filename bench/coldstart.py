@@ -7,7 +7,7 @@ wall time. Cases:
 
 - bare:       `pass` (the interpreter, site and the editable-install hook)
 - starlette:  `import starlette.applications`
-- import:     `import receiver.serverless` (what Lambda's init phase runs)
+- import:     `import falhook.serverless` (what Lambda's init phase runs)
 - ready:      the import, plus the config loaded and the handler built (app, sinks, store
               object, Mangum): all a cold start pays before its first request, short of the
               network (store connection, JWKS fetch). Two configs: `ready-disk` (SQLite and a
@@ -35,11 +35,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-BUILD = "import receiver.serverless as s; s._handler = s.build_handler(s._load())"
+BUILD = "import falhook.serverless as s; s._handler = s.build_handler(s._load())"
 CASES = {
     "bare": "pass",
     "starlette": "import starlette.applications",
-    "import": "import receiver.serverless",
+    "import": "import falhook.serverless",
     "ready-disk": BUILD,
     "ready-lambda": BUILD,
 }

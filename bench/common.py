@@ -82,7 +82,7 @@ def serve_command(config: Path, port: int, *extra: str) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "receiver.cli",
+        "falhook.cli",
         "serve",
         "--config",
         str(config),

@@ -32,7 +32,7 @@ from common import (
     wait_http,
 )
 
-from receiver.testing import FalSigner, JWKSServer, webhook_body
+from falhook.testing import FalSigner, JWKSServer, webhook_body
 
 SERVER_CPU, LOADGEN_CPU = {0}, {1}
 

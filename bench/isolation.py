@@ -25,7 +25,7 @@ import httpx
 from common import ROOT, falhook_config, free_port, median, start, start_falhook, stop
 from intake import run_wrk, write_requests
 
-from receiver.testing import FalSigner, JWKSServer, webhook_body
+from falhook.testing import FalSigner, JWKSServer, webhook_body
 
 GiB = 1024**3
 # Intake events without files: the worker's only downloads are the 1 GiB ones under test.

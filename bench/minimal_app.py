@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 from nacl.exceptions import BadSignatureError
 
-from receiver.keys import parse_jwks
+from falhook.intake.keys import parse_jwks
 
 _WANTED = {
     b"x-fal-webhook-request-id",

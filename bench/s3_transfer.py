@@ -39,7 +39,7 @@ from common import (
     wait_http,
 )
 
-from receiver.testing import FalSigner, JWKSServer, webhook_body
+from falhook.testing import FalSigner, JWKSServer, webhook_body
 from tests.support.moto import AWS_ENV, MotoProcess, boto3_client  # common puts ROOT on sys.path
 
 MiB = 1024 * 1024
@@ -58,7 +58,7 @@ def make_file(path: Path, size: int) -> None:
 
 def sink_type() -> dict[str, Any]:
     """`type = "s3"` once the registry lists it; until then the same class via a shim."""
-    from handlers.registry import BUILTIN_SINKS
+    from falhook.sinks.registry import BUILTIN_SINKS
 
     if "s3" in BUILTIN_SINKS:
         return {"type": "s3"}
@@ -67,8 +67,8 @@ def sink_type() -> dict[str, Any]:
 
 SHIM = """
 from pathlib import Path
-from handlers.base import SinkEnv
-from handlers.s3 import S3Sink
+from falhook.sinks.base import SinkEnv
+from falhook.sinks.s3 import S3Sink
 
 def archive(**options):
     return S3Sink("archive", options, SinkEnv(base_dir=Path("."), settings=None))
@@ -230,8 +230,8 @@ def one_client(name: str, file: Path, endpoint: str) -> dict[str, float]:
     if name == "sink":
         import boto3  # what a cold start pays (the sink imports it on first use)
 
-        from handlers.base import LocalFile, SinkEnv
-        from handlers.s3 import S3Sink
+        from falhook.sinks.base import LocalFile, SinkEnv
+        from falhook.sinks.s3 import S3Sink
     elif name == "boto3":
         import boto3  # noqa: F401
     elif name == "obstore":

@@ -54,7 +54,7 @@ from common import (
 )
 from intake import parse_wrk, write_requests, wrk_command, wrk_env
 
-from receiver.testing import FalSigner, JWKSServer, webhook_body
+from falhook.testing import FalSigner, JWKSServer, webhook_body
 
 DEFAULT_PG = os.environ.get("FALHOOK_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -388,7 +388,7 @@ def delivery_run(
         cmd = [
             sys.executable,
             "-m",
-            "receiver.cli",
+            "falhook.cli",
             "worker",
             "--config",
             str(configs[concurrency]),

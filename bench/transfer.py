@@ -30,7 +30,7 @@ from common import (
     wait_http,
 )
 
-from receiver.testing import FalSigner, JWKSServer, webhook_body
+from falhook.testing import FalSigner, JWKSServer, webhook_body
 
 MiB = 1024 * 1024
 

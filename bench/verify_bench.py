@@ -1,4 +1,4 @@
-"""Verification cost: microseconds per verified webhook through receiver.verify (header
+"""Verification cost: microseconds per verified webhook through falhook.intake.verify (header
 checks, sha256 of the body, message assembly, Ed25519 verify against the cached key) against
 one bare PyNaCl verify of the same message, in one run.
 
@@ -16,9 +16,9 @@ import time
 import timeit
 import uuid
 
-from receiver.keys import parse_jwks
-from receiver.testing import FalSigner, webhook_body
-from receiver.verify import verify
+from falhook.intake.keys import parse_jwks
+from falhook.intake.verify import verify
+from falhook.testing import FalSigner, webhook_body
 
 
 def main() -> int:
@@ -48,7 +48,7 @@ def main() -> int:
         ours_us.append(o)
         ratios.append(o / b)
     print(f"bare PyNaCl verify : {statistics.median(bare_us):6.1f} us")
-    print(f"receiver.verify    : {statistics.median(ours_us):6.1f} us")
+    print(f"falhook.intake.verify    : {statistics.median(ours_us):6.1f} us")
     ratio = statistics.median(ratios)
     print(f"ratio              : {ratio:6.2f}x (min {min(ratios):.2f}, max {max(ratios):.2f})")
     if ratio > args.max_ratio:

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import structlog
 
-from handlers.base import DeliveryContext, EventInfo, LocalFile, SinkEnv
-from handlers.python import python_sink
-from receiver.config import ConfigError
+from falhook.config import ConfigError
+from falhook.sinks.base import DeliveryContext, EventInfo, LocalFile, SinkEnv
+from falhook.sinks.python import python_sink
 
 
 def _ctx(tmp_path: Path, request_id: str = "req-1") -> DeliveryContext:

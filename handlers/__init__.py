@@ -1,6 +1,6 @@
 """Sinks: where delivered events go (disk, S3, Slack, HTTP, your own Python handler)."""
 
-from handlers.base import (
+from falhook.sinks.base import (
     DeliveryContext,
     DeliveryError,
     EventInfo,

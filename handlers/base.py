@@ -112,7 +112,7 @@ class SinkEnv:
     """What a factory may need besides its own options."""
 
     base_dir: Path  # the config file's folder: resolve relative paths against it
-    settings: Any  # receiver.config.Settings
+    settings: Any  # falhook.config.Settings
 
 
 SinkFactory = Callable[[str, dict[str, Any], SinkEnv], Sink]
@@ -131,7 +131,7 @@ class Options:
         return f"[sinks.{self.sink}].{name}"
 
     def error(self, name: str, problem: str) -> Exception:
-        from receiver.config import ConfigError
+        from falhook.config import ConfigError
 
         return ConfigError(self.key(name), problem)
 

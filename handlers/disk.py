@@ -16,8 +16,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from handlers.base import DeliveryContext, Options, Permanent, Retryable, SinkEnv
-from receiver.naming import safe_component
+from falhook.sinks.base import DeliveryContext, Options, Permanent, Retryable, SinkEnv
+from falhook.sinks.naming import safe_component
 
 
 class DiskSink:

@@ -22,9 +22,9 @@ from typing import Any
 
 import httpx
 
-from handlers.base import DeliveryContext, Options, Permanent, Retryable, SinkEnv
-from handlers.httpcommon import error_for_status, short
-from handlers.links import fal_link, stored_link
+from falhook.sinks.base import DeliveryContext, Options, Permanent, Retryable, SinkEnv
+from falhook.sinks.httpcommon import error_for_status, short
+from falhook.sinks.links import fal_link, stored_link
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the format's prefix, not a secret
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from email.utils import parsedate_to_datetime
 
-from handlers.base import Permanent, Retryable
+from falhook.sinks.base import Permanent, Retryable
 
 RETRYABLE_STATUS = frozenset({408, 429})
 MAX_RETRY_AFTER = 3600.0  # a hostile or broken header must not park a delivery for days

@@ -6,7 +6,7 @@ run ``after`` it find those links in ``ctx.outputs`` without knowing which sink 
 
 from __future__ import annotations
 
-from handlers.base import DeliveryContext, LocalFile
+from falhook.sinks.base import DeliveryContext, LocalFile
 
 
 def stored_link(ctx: DeliveryContext, file: LocalFile) -> str | None:

@@ -21,9 +21,9 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from handlers.base import DeliveryContext, Options, Sink, SinkEnv, SinkFactory
-from handlers.registry import load_object
-from receiver.config import ConfigError
+from falhook.config import ConfigError
+from falhook.sinks.base import DeliveryContext, Options, Sink, SinkEnv, SinkFactory
+from falhook.sinks.registry import load_object
 
 
 class FunctionSink:

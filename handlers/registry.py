@@ -6,19 +6,19 @@ import importlib
 from importlib.metadata import entry_points
 from typing import Any
 
-from handlers.base import Sink, SinkEnv, SinkFactory
-from receiver.config import ConfigError, Settings
+from falhook.config import ConfigError, Settings
+from falhook.sinks.base import Sink, SinkEnv, SinkFactory
 
 ENTRY_POINT_GROUP = "falhook.sinks"
 
 # Built-ins by module path, so a broken or missing optional dependency of one sink type only
 # matters to configs that use it (the S3 sink needs the `s3` extra, boto3).
 BUILTIN_SINKS: dict[str, str] = {
-    "disk": "handlers.disk:DiskSink",
-    "s3": "handlers.s3:S3Sink",
-    "slack": "handlers.slack:SlackSink",
-    "http": "handlers.http:HttpSink",
-    "python": "handlers.python:python_sink",
+    "disk": "falhook.sinks.disk:DiskSink",
+    "s3": "falhook.sinks.s3:S3Sink",
+    "slack": "falhook.sinks.slack:SlackSink",
+    "http": "falhook.sinks.http:HttpSink",
+    "python": "falhook.sinks.python:python_sink",
 }
 
 

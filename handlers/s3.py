@@ -34,8 +34,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from handlers.base import DeliveryContext, LocalFile, Options, Permanent, Retryable, SinkEnv
-from handlers.templates import check_template, render
+from falhook.sinks.base import DeliveryContext, LocalFile, Options, Permanent, Retryable, SinkEnv
+from falhook.sinks.templates import check_template, render
 
 MIB = 1024 * 1024
 MIN_PART = 5 * MIB  # S3's smallest part (except the last)

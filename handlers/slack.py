@@ -21,9 +21,9 @@ from typing import Any
 
 import httpx
 
-from handlers.base import DeliveryContext, Options, Permanent, Retryable, SinkEnv
-from handlers.httpcommon import is_retryable_status, retry_after, short
-from handlers.slack_blocks import build_message
+from falhook.sinks.base import DeliveryContext, Options, Permanent, Retryable, SinkEnv
+from falhook.sinks.httpcommon import is_retryable_status, retry_after, short
+from falhook.sinks.slack_blocks import build_message
 
 _TRANSIENT = frozenset(
     {"ratelimited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"}

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from handlers.base import DeliveryContext, LocalFile
-from handlers.links import best_link, stored_link
+from falhook.sinks.base import DeliveryContext, LocalFile
+from falhook.sinks.links import best_link, stored_link
 
 MAX_BLOCKS = 50
 HEADER_MAX = 150

@@ -11,9 +11,9 @@ import string
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
-from handlers.base import EventInfo
-from receiver.config import ConfigError
-from receiver.naming import safe_component
+from falhook.config import ConfigError
+from falhook.sinks.base import EventInfo
+from falhook.sinks.naming import safe_component
 
 FIELDS = ("route", "request_id", "endpoint", "date")
 

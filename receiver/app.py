@@ -24,14 +24,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from handlers.base import Sink
-from handlers.registry import build_sinks, close_sinks
-from receiver.config import Settings
-from receiver.keys import FalKeys
-from receiver.logs import configure_logging
-from receiver.metrics import Metrics
-from receiver.store import Store, make_store
-from receiver.webhook import PREFIX, Receive, Scope, Send, WebhookEndpoint
+from falhook.config import Settings
+from falhook.intake.endpoint import PREFIX, Receive, Scope, Send, WebhookEndpoint
+from falhook.intake.keys import FalKeys
+from falhook.logs import configure_logging
+from falhook.metrics import Metrics
+from falhook.sinks.base import Sink
+from falhook.sinks.registry import build_sinks, close_sinks
+from falhook.store import Store, make_store
 
 log = structlog.get_logger("falhook.receiver")
 _encode = msgspec.json.encode
@@ -74,7 +74,7 @@ class Runtime:
         await self.store.open()
         await self.keys.start()
         if self.run_worker or self.inline:
-            from receiver.worker import Worker
+            from falhook.delivery.worker import Worker
 
             worker = Worker(self.settings, self.store, self.sinks, metrics=self.metrics)
             if self.inline:
@@ -87,8 +87,8 @@ class Runtime:
         if self.settings.reconcile.enabled and key and not self.inline:
             # Results fal could not deliver (falhook was down past fal's retries) are polled
             # for; several receivers doing it at once is harmless: storing twice is a no-op.
-            from receiver.reconcile import Reconciler
-            from receiver.submit import make_queue
+            from falhook.fal.reconcile import Reconciler
+            from falhook.fal.submit import make_queue
 
             self._queue = make_queue(self.settings, key=key)
             reconciler = Reconciler(self.store, self._queue, self.settings)

@@ -1,5 +1,5 @@
 """The `falhook` command: serve, worker, events list|show|replay (and submit, submissions,
-emulate from receiver.cli_fal).
+emulate from falhook.fal.cli).
 
 Errors go to stderr with a non-zero exit; `--json` prints one JSON document on stdout.
 """
@@ -16,10 +16,10 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from receiver.config import ConfigError, Settings, config_path_from, load_settings
-from receiver.events import event_document
-from receiver.store import Store, make_store
-from receiver.store.base import DELIVERY_STATES, EVENT_STATES, EventView
+from falhook.config import ConfigError, Settings, config_path_from, load_settings
+from falhook.store import Store, make_store
+from falhook.store.document import event_document
+from falhook.store.models import DELIVERY_STATES, EVENT_STATES, EventView
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -51,7 +51,7 @@ async def with_store(settings: Settings, action: Callable[[Store], Awaitable[int
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from receiver.app import create_app
+    from falhook.app import create_app
 
     settings = settings_from(args)
     app = create_app(settings, run_worker=not args.no_worker)  # sinks built: config checked
@@ -75,8 +75,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from handlers.registry import build_sinks, close_sinks
-    from receiver.worker import Worker
+    from falhook.delivery.worker import Worker
+    from falhook.sinks.registry import build_sinks, close_sinks
 
     settings = settings_from(args)
     sinks = build_sinks(settings)
@@ -195,8 +195,8 @@ def cmd_events_replay(args: argparse.Namespace) -> int:
 
 async def _deliver_now(settings: Settings, store: Store, args: argparse.Namespace) -> int:
     """Run a worker in this process until the replayed deliveries are settled."""
-    from handlers.registry import build_sinks, close_sinks
-    from receiver.worker import Worker
+    from falhook.delivery.worker import Worker
+    from falhook.sinks.registry import build_sinks, close_sinks
 
     wanted = [args.sink] if args.sink else None
     sinks = build_sinks(settings)
@@ -278,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.set_defaults(func=cmd_events_replay)
 
     with contextlib.suppress(ImportError):  # submit/emulate need nothing beyond the core
-        from receiver import cli_fal
+        from falhook.fal import cli as cli_fal
 
         cli_fal.register(sub, common)
     return parser
@@ -292,7 +292,7 @@ def _command_name(args: argparse.Namespace) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from receiver.logs import configure_logging, get_logger
+    from falhook.logs import configure_logging, get_logger
 
     # Before any command runs: every log line of every command (falhook's, its stores' and
     # sinks', stdlib loggers') goes to stderr, so stdout holds only the command's output and

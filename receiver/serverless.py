@@ -1,9 +1,9 @@
-"""AWS Lambda entry point: ``receiver.serverless:handler`` (Function URLs and API Gateway HTTP
+"""AWS Lambda entry point: ``falhook.serverless:handler`` (Function URLs and API Gateway HTTP
 APIs, through Mangum; base64-encoded bodies included).
 
 Two modes, from ``[serverless].mode``:
 - ``enqueue``: verify, store, answer. Deliveries are made by `falhook worker` processes
-  elsewhere, or by a scheduled drain function (``receiver.serverless:drain``), on a shared
+  elsewhere, or by a scheduled drain function (``falhook.serverless:drain``), on a shared
   PostgreSQL store.
 - ``inline``: verify, store, then run the route's sinks before answering, within
   ``inline_deadline``. A non-2xx answer hands the retry to fal's own schedule (10 tries over
@@ -27,8 +27,8 @@ import os
 import re
 from typing import Any
 
-from receiver.config import Settings, config_path_from, load_settings
-from receiver.logs import configure_logging, get_logger
+from falhook.config import Settings, config_path_from, load_settings
+from falhook.logs import configure_logging, get_logger
 
 LAMBDA_MAX_BODY = 6 * 1024 * 1024  # Lambda's synchronous request payload limit
 log = get_logger("falhook.serverless")
@@ -154,7 +154,7 @@ def _load() -> Settings:
 def build_handler(settings: Settings) -> Any:
     from mangum import Mangum
 
-    from receiver.app import create_app
+    from falhook.app import create_app
 
     app = create_app(
         settings,
@@ -179,9 +179,9 @@ def drain(event: dict[str, Any] | None = None, context: Any = None) -> dict[str,
 
 
 async def _drain(settings: Settings, context: Any) -> dict[str, int]:
-    from handlers.registry import build_sinks, close_sinks
-    from receiver.store import make_store
-    from receiver.worker import Worker
+    from falhook.delivery.worker import Worker
+    from falhook.sinks.registry import build_sinks, close_sinks
+    from falhook.store import make_store
 
     store = make_store(settings)
     await store.open()

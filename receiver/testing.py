@@ -2,7 +2,7 @@
 Ed25519 key, and serve the matching JWKS on loopback. Only the standard library, PyNaCl and
 (in your own tests) an HTTP client are needed.
 
-    from receiver.testing import FalSigner, JWKSServer, sign_request
+    from falhook.testing import FalSigner, JWKSServer, sign_request
 
     signer = FalSigner(user_id="my-fal-user")
     with JWKSServer() as jwks:               # point [receiver].jwks_url at jwks.url

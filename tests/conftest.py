@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from receiver.testing import FalSigner, JWKSServer
+from falhook.testing import FalSigner, JWKSServer
 from tests.support.falhook_server import Falhook, base_config
 from tests.support.fileserver import FileServer
 from tests.support.moto import BUCKET, MotoServer, boto3_client

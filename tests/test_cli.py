@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from receiver.testing import FalSigner, webhook_body
+from falhook.testing import FalSigner, webhook_body
 from tests.support.falhook_server import Falhook, to_toml
 from tests.support.fileserver import FileServer
 
@@ -22,7 +22,7 @@ def run(
     *args: str, cwd: Path, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "receiver.cli", *args],
+        [sys.executable, "-m", "falhook.cli", *args],
         cwd=cwd,
         env={**os.environ, **(env or {})},
         capture_output=True,

@@ -18,8 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from receiver.emulate import Emulator, EmulatorServer
-from receiver.testing import FalSigner, JWKSServer, webhook_body
+from falhook.fal.emulate import Emulator, EmulatorServer
+from falhook.testing import FalSigner, JWKSServer, webhook_body
 from tests.support.falhook_server import Falhook, base_config, free_port, to_toml, wait_for
 
 REFRAME = "luma/agent/ray/v3.2/reframe"
@@ -40,7 +40,7 @@ def running(tmp_path: Path, jwks: JWKSServer) -> Iterator[tuple[EmulatorServer, 
 def cli(falhook: Falhook, *args: str, fmt: str = "json") -> subprocess.CompletedProcess[str]:
     env = falhook.env | {"FALHOOK_LOG_LEVEL": "debug", "FALHOOK_LOG_FORMAT": fmt}
     out = subprocess.run(
-        [sys.executable, "-m", "receiver.cli", *args, "--config", str(falhook.config_path)],
+        [sys.executable, "-m", "falhook.cli", *args, "--config", str(falhook.config_path)],
         cwd=falhook.tmp_path,
         env=env,
         capture_output=True,
@@ -122,7 +122,7 @@ def test_serve_logs_on_stderr_and_prints_nothing_on_stdout(
         [
             sys.executable,
             "-m",
-            "receiver.cli",
+            "falhook.cli",
             "serve",
             "--port",
             str(port),

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from receiver.config import ConfigError, config_path_from, embedded_defaults, load_settings
-from receiver.config import settings_from_dict as from_dict
+from falhook.config import ConfigError, config_path_from, embedded_defaults, load_settings
+from falhook.config import settings_from_dict as from_dict
 
 
 def error_key(raw: dict[str, Any], tmp_path: Path) -> str:
@@ -386,8 +386,8 @@ def test_a_file_error_is_reported_with_its_key(tmp_path: Path) -> None:
 
 
 def test_submit_and_reconcile_sections_reach_their_modules(tmp_path: Path) -> None:
-    from receiver.reconcile import reconcile_settings
-    from receiver.submit import submit_settings
+    from falhook.fal.reconcile import reconcile_settings
+    from falhook.fal.submit import submit_settings
 
     s = from_dict(
         {

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 import structlog
 
-from handlers.base import DeliveryContext, EventInfo, LocalFile, Permanent, Retryable, SinkEnv
-from handlers.disk import DiskSink
-from receiver.config import ConfigError, embedded_defaults
+from falhook.config import ConfigError, embedded_defaults
+from falhook.sinks.base import DeliveryContext, EventInfo, LocalFile, Permanent, Retryable, SinkEnv
+from falhook.sinks.disk import DiskSink
 
 _spool_names = itertools.count(1)
 
@@ -207,7 +207,7 @@ def test_a_source_on_another_file_system_is_copied(
     def cross_device(src: Any, dst: Any) -> None:
         raise OSError(errno.EXDEV, "Invalid cross-device link")
 
-    monkeypatch.setattr("handlers.disk.os.link", cross_device)
+    monkeypatch.setattr("falhook.sinks.disk.os.link", cross_device)
     ctx = context(tmp_path, files={"clip.mp4": b"video bytes"})
     deliver(sink(tmp_path), ctx)
     final = tmp_path / "files" / "reframe" / "req-1" / "clip.mp4"

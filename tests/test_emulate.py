@@ -15,12 +15,12 @@ from typing import Any
 import httpx
 import pytest
 
-from receiver.emulate import Emulator, EmulatorServer, is_image_endpoint
-from receiver.envelope import parse_envelope
-from receiver.keys import parse_jwks
-from receiver.ray import mp4_duration, reframe_output
-from receiver.testing import LoopbackServer
-from receiver.verify import verify
+from falhook.fal.emulate import Emulator, EmulatorServer, is_image_endpoint
+from falhook.fal.ray import mp4_duration, reframe_output
+from falhook.intake.envelope import parse_envelope
+from falhook.intake.keys import parse_jwks
+from falhook.intake.verify import verify
+from falhook.testing import LoopbackServer
 from tests.support.falhook_server import Falhook, base_config, free_port, wait_for
 
 REFRAME = "luma/agent/ray/v3.2/reframe"
@@ -214,7 +214,7 @@ def test_quick_start_emulate_serve_submit_ends_with_a_file_on_disk(tmp_path: Pat
     fal_url = f"http://127.0.0.1:{fal_port}"
     log = (tmp_path / "emulate.log").open("wb")
     emulate = subprocess.Popen(
-        [sys.executable, "-m", "receiver.cli", "emulate", "--port", str(fal_port),
+        [sys.executable, "-m", "falhook.cli", "emulate", "--port", str(fal_port),
          "--delay", "0.2"],
         cwd=tmp_path, stdout=log, stderr=log,
     )  # fmt: skip

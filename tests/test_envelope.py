@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from receiver.envelope import (
+from falhook.intake.envelope import (
     EnvelopeError,
     FileProblem,
     decode_data_uri,

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from receiver.events import event_document
-from receiver.store.base import DeliveryView, EventView, SubmissionView
+from falhook.store.document import event_document
+from falhook.store.models import DeliveryView, EventView, SubmissionView
 
 RECEIVED = datetime(2026, 11, 23, 19, 12, 29, 654321, tzinfo=UTC)
 CONTRACT_KEYS = {

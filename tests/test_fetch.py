@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from receiver.envelope import FileRef
-from receiver.fetch import Fetcher, FetchPermanent, FetchRetryable
-from receiver.netguard import AddressGuard
+from falhook.downloads.fetch import Fetcher, FetchPermanent, FetchRetryable
+from falhook.downloads.netguard import AddressGuard
+from falhook.intake.envelope import FileRef
 from tests.support.fileserver import FileServer, generated_sha256
 
 
@@ -55,8 +55,8 @@ class CountingResolver:
 async def test_only_a_file_a_sink_keeps_is_written_back_as_it_arrives(
     server: FileServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keep: bool
 ) -> None:
-    from handlers.disk import DiskSink
-    from receiver import spool
+    from falhook.downloads import spool
+    from falhook.sinks.disk import DiskSink
 
     ranges: list[tuple[int, int, int]] = []
     monkeypatch.setattr(spool, "WRITEBACK_EVERY", spool.CHUNK)

@@ -24,7 +24,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from receiver.config import load_settings
+from falhook.config import load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
@@ -85,7 +85,7 @@ def test_the_sam_template_passes_cfn_lint_before_and_after_the_transform(
         ("Runtime: python3.11", "Runtime: python9.9"),  # caught only after the transform
         ("- s3:PutObject", "- s3:PutObjekt"),
         ("Schedule: !Ref DrainSchedule", "Schedule: !Ref DrainSchedul"),
-        ("Handler: receiver.serverless.drain", "Handlr: receiver.serverless.drain"),
+        ("Handler: falhook.serverless.drain", "Handlr: falhook.serverless.drain"),
     ],
 )
 def test_a_broken_sam_template_fails_the_lint(
@@ -100,7 +100,7 @@ def test_the_sam_functions_and_least_privilege(monkeypatch: pytest.MonkeyPatch) 
     expanded = sam_translate(SAM.read_text(), monkeypatch)["Resources"]
     functions = {k: v for k, v in expanded.items() if v["Type"] == "AWS::Lambda::Function"}
     handlers = {v["Properties"]["Handler"] for v in functions.values()}
-    assert handlers == {"receiver.serverless.handler", "receiver.serverless.drain"}
+    assert handlers == {"falhook.serverless.handler", "falhook.serverless.drain"}
     for fn in functions.values():
         props = fn["Properties"]
         assert props["Timeout"] <= 900 and props["MemorySize"] >= 512

@@ -6,9 +6,9 @@ import base64
 import json
 from typing import Any
 
-from receiver.envelope import parse_envelope
-from receiver.intake import new_event
-from receiver.store.base import NewEvent
+from falhook.intake.envelope import parse_envelope
+from falhook.intake.events import new_event
+from falhook.store.models import NewEvent
 
 FAL_HEADERS = {
     "x-fal-webhook-request-id": "r-1",

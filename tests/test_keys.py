@@ -12,9 +12,9 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from receiver import keys as keys_module
-from receiver.keys import MAX_CACHE_SECONDS, MAX_JWKS_BYTES, FalKeys, parse_jwks
-from receiver.testing import FalSigner, JWKSServer
+from falhook.intake import keys as keys_module
+from falhook.intake.keys import MAX_CACHE_SECONDS, MAX_JWKS_BYTES, FalKeys, parse_jwks
+from falhook.testing import FalSigner, JWKSServer
 
 
 class Clock:

@@ -8,7 +8,7 @@ import uuid
 import httpx
 import pytest
 
-from receiver.testing import FalSigner, webhook_body
+from falhook.testing import FalSigner, webhook_body
 from tests.support.falhook_server import Falhook
 from tests.support.fileserver import FileServer
 
@@ -47,7 +47,7 @@ def test_log_timestamps_are_iso_utc_with_microseconds() -> None:
     import time
     from datetime import UTC, datetime
 
-    from receiver.logs import _UtcTimestamp
+    from falhook.logs import _UtcTimestamp
 
     stamp = _UtcTimestamp()
     before = time.time()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from receiver.naming import (
+from falhook.sinks.naming import (
     extension_for,
     file_names,
     name_from_path,

@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from receiver.netguard import AddressGuard, RefusedAddress, classify
+from falhook.downloads.netguard import AddressGuard, RefusedAddress, classify
 
 REFUSED = {
     "127.0.0.1": "loopback",

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from receiver.testing import FalSigner, webhook_body
+from falhook.testing import FalSigner, webhook_body
 from tests.support.falhook_server import Falhook
 from tests.support.fileserver import FileServer
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from receiver.policy import RetryPolicy
+from falhook.delivery.retry import RetryPolicy
 
 P = RetryPolicy(max_attempts=5, initial=2.0, maximum=60.0)
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from receiver.store.base import NewEvent, StoreUnavailable
-from receiver.store.pg_schema import SCHEMA_VERSION
-from receiver.store.postgres import PostgresStore, redact
+from falhook.store.models import NewEvent, StoreUnavailable
+from falhook.store.postgres import PostgresStore, redact
+from falhook.store.postgres_schema import SCHEMA_VERSION
 from tests.support.stores import PG_URL, pg_schema
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from receiver.emulate import tiny_mp4
-from receiver.ray import (
+from falhook.fal.emulate import tiny_mp4
+from falhook.fal.ray import (
     REFRAME,
     OutputError,
     ValidationError,

@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from receiver.config import Settings, settings_from_dict
-from receiver.emulate import Emulator, EmulatorServer
-from receiver.reconcile import Reconciler, ReconcileSettings
-from receiver.store import Store, make_store
-from receiver.store.base import NewSubmission
-from receiver.submit import FalQueue, submit
+from falhook.config import Settings, settings_from_dict
+from falhook.fal.emulate import Emulator, EmulatorServer
+from falhook.fal.reconcile import Reconciler, ReconcileSettings
+from falhook.fal.submit import FalQueue, submit
+from falhook.store import Store, make_store
+from falhook.store.models import NewSubmission
 from tests.support.falhook_server import Falhook, base_config, free_port, wait_for
 
 REFRAME = "luma/agent/ray/v3.2/reframe"

@@ -19,7 +19,7 @@ import asyncpg
 import httpx
 import pytest
 
-from receiver.testing import FalSigner, webhook_body
+from falhook.testing import FalSigner, webhook_body
 from tests.support.falhook_server import Falhook, wait_for
 from tests.support.fileserver import FileServer
 from tests.support.stores import PG_URL

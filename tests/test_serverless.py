@@ -24,8 +24,8 @@ from typing import Any
 import httpx
 import pytest
 
-from receiver import serverless
-from receiver.testing import FalSigner, JWKSServer, webhook_body
+from falhook import serverless
+from falhook.testing import FalSigner, JWKSServer, webhook_body
 from tests.support.falhook_server import base_config, to_toml
 from tests.support.fileserver import FileServer
 from tests.support.moto import AWS_ENV, MotoServer
@@ -511,7 +511,7 @@ def test_the_cold_start_imports_nothing_a_webhook_does_not_need(
     env = {k: v for k, v in os.environ.items() if k != serverless.SSM_PARAMETERS_ENV}
     code = (
         "import sys\n"
-        "from receiver import serverless\n"
+        "from falhook import serverless\n"
         "serverless._handler = serverless.build_handler(serverless._load())\n"
         "roots = {m.split('.')[0] for m in sys.modules}\n"
         "wanted = ('botocore', 'boto3', 'aiobotocore', 'asyncpg', 'mangum')\n"

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import httpx
 
-from receiver.testing import FalSigner, webhook_body
+from falhook.testing import FalSigner, webhook_body
 from tests.support.falhook_server import Falhook, wait_for
 from tests.support.fileserver import FileServer
 

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from handlers.base import Permanent, Retryable, SinkEnv
-from handlers.http import HttpSink
-from receiver.config import ConfigError
-from receiver.testing import LoopbackServer
+from falhook.config import ConfigError
+from falhook.sinks.base import Permanent, Retryable, SinkEnv
+from falhook.sinks.http import HttpSink
+from falhook.testing import LoopbackServer
 from tests.support.falhook_server import free_port
 from tests.support.sink_ctx import local_file, make_ctx
 

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import structlog
 
-from handlers.base import DeliveryContext, EventInfo, Retryable, SinkEnv
-from handlers.python import as_sink_factory, python_sink
-from receiver.config import ConfigError
+from falhook.config import ConfigError
+from falhook.sinks.base import DeliveryContext, EventInfo, Retryable, SinkEnv
+from falhook.sinks.python import as_sink_factory, python_sink
 
 ENV = SinkEnv(base_dir=Path("."), settings=None)
 

@@ -14,9 +14,9 @@ from typing import Any
 import httpx
 import pytest
 
-from handlers.base import Permanent, Retryable, SinkEnv
-from handlers.s3 import FilePart, S3Sink
-from receiver.config import ConfigError
+from falhook.config import ConfigError
+from falhook.sinks.base import Permanent, Retryable, SinkEnv
+from falhook.sinks.s3 import FilePart, S3Sink
 from tests.support.fileserver import generated_bytes
 from tests.support.moto import AWS_ENV, BUCKET, MotoServer
 from tests.support.sink_ctx import local_file, make_ctx

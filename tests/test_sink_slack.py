@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from handlers.base import Permanent, Retryable, SinkEnv
-from handlers.slack import SlackSink
-from receiver.config import ConfigError
+from falhook.config import ConfigError
+from falhook.sinks.base import Permanent, Retryable, SinkEnv
+from falhook.sinks.slack import SlackSink
 from tests.support.sink_ctx import local_file, make_ctx
 from tests.support.slack_stub import HOOK_PATH, TOKEN, SlackStub, block_problems
 

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from receiver.testing import FalSigner, JWKSServer, webhook_body
+from falhook.testing import FalSigner, JWKSServer, webhook_body
 from tests.support.falhook_server import ROOT, Falhook, base_config, wait_for
 from tests.support.fileserver import FileServer, generated_sha256
 from tests.support.moto import AWS_ENV, BUCKET, MotoServer

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from receiver import spool
-from receiver.spool import BUFFERS, CHUNK, SpoolWriter
+from falhook.downloads import spool
+from falhook.downloads.spool import BUFFERS, CHUNK, SpoolWriter
 
 
 def write_in_place(writer: SpoolWriter, data: bytes, rng: random.Random) -> None:

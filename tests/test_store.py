@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from receiver.store import schema
-from receiver.store.base import (
+from falhook.store import sqlite_schema as schema
+from falhook.store.models import (
     LEASE_EXPIRED,
     Finish,
     Job,
@@ -27,7 +27,7 @@ from receiver.store.base import (
     StoreUnavailable,
     utcnow,
 )
-from receiver.store.sqlite import SQLiteStore
+from falhook.store.sqlite import SQLiteStore
 from tests.support.stores import STORE_BACKENDS, open_backend, reopen_backend
 
 HOUR = timedelta(hours=1)

@@ -11,11 +11,10 @@ from typing import Any
 
 import pytest
 
-from receiver.config import Settings, settings_from_dict
-from receiver.emulate import Emulator, EmulatorServer, tiny_mp4
-from receiver.ray import ValidationError
-from receiver.store import Store, make_store
-from receiver.submit import (
+from falhook.config import Settings, settings_from_dict
+from falhook.fal.emulate import Emulator, EmulatorServer, tiny_mp4
+from falhook.fal.ray import ValidationError
+from falhook.fal.submit import (
     FalQueue,
     MissingKey,
     SubmitError,
@@ -23,7 +22,8 @@ from receiver.submit import (
     is_fal_queue,
     submit,
 )
-from receiver.testing import LoopbackServer
+from falhook.store import Store, make_store
+from falhook.testing import LoopbackServer
 from tests.support.falhook_server import Falhook, base_config, free_port, wait_for
 from tests.support.stores import pg_schema_text
 

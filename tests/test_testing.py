@@ -10,9 +10,9 @@ import uuid
 import httpx
 import pytest
 
-from receiver.keys import FalKeys, parse_jwks
-from receiver.testing import FalSigner, JWKSServer, sign_request, webhook_body
-from receiver.verify import VerificationError, verify
+from falhook.intake.keys import FalKeys, parse_jwks
+from falhook.intake.verify import VerificationError, verify
+from falhook.testing import FalSigner, JWKSServer, sign_request, webhook_body
 
 FAL_HEADERS = {
     "X-Fal-Webhook-Request-Id",

@@ -6,9 +6,9 @@ import uuid
 
 import pytest
 
-from receiver.keys import parse_jwks
-from receiver.testing import FalSigner, webhook_body
-from receiver.verify import VerificationError, check_headers, verify
+from falhook.intake.keys import parse_jwks
+from falhook.intake.verify import VerificationError, check_headers, verify
+from falhook.testing import FalSigner, webhook_body
 
 NOW = 1_800_000_000
 

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import pytest
 
-from receiver.testing import FalSigner, JWKSServer, webhook_body
+from falhook.testing import FalSigner, JWKSServer, webhook_body
 from tests.support.falhook_server import Falhook, wait_for
 from tests.support.stores import PG_URL
 from tests.support.tcp_relay import TCPRelay

@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from handlers.base import DeliveryContext, Permanent, Retryable
+from falhook.sinks.base import DeliveryContext, Permanent, Retryable
 
 
 async def record(ctx: DeliveryContext, *, path: str, include_urls: bool = False) -> dict[str, Any]:

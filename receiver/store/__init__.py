@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from receiver.config import ConfigError, Settings
-from receiver.store.base import (
+from falhook.config import ConfigError, Settings
+from falhook.store.models import (
     DeliveryView,
     EventView,
     Finish,
@@ -38,14 +38,14 @@ def make_store(settings: Settings) -> Store:
     url = settings.store.url
     if url.startswith(("postgresql://", "postgres://")):
         try:
-            from receiver.store.postgres import PostgresStore  # type: ignore[import-not-found]
+            from falhook.store.postgres import PostgresStore  # type: ignore[import-not-found]
         except ImportError:
             raise ConfigError(
                 "[store].url",
                 "the PostgreSQL store needs the postgres extra: pip install 'falhook[postgres]'",
             ) from None
         return PostgresStore(url, schema=settings.store.schema)
-    from receiver.store.sqlite import SQLiteStore
+    from falhook.store.sqlite import SQLiteStore
 
     path = settings.sqlite_path()
     assert path is not None  # config validation admits only these two schemes

@@ -25,9 +25,9 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import msgspec
 
-from receiver.logs import get_logger
-from receiver.store import pg_schema as q
-from receiver.store.base import (
+from falhook.logs import get_logger
+from falhook.store import postgres_schema as q
+from falhook.store.models import (
     EventView,
     Finish,
     Job,

@@ -27,7 +27,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from receiver.store.base import (
+from falhook.store.models import (
     LEASE_EXPIRED,
     EventView,
     Finish,
@@ -38,7 +38,7 @@ from receiver.store.base import (
     StoreUnavailable,
     SubmissionView,
 )
-from receiver.store.schema import (
+from falhook.store.sqlite_schema import (
     SUBMISSION_STATE_SQL,
     connect,
     encode,

@@ -122,7 +122,7 @@ class Falhook:
         args = [
             sys.executable,
             "-m",
-            "receiver.cli",
+            "falhook.cli",
             *self.command,
             "--config",
             str(self.config_path),
@@ -165,7 +165,7 @@ class Falhook:
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         """Run another falhook command against this config."""
         return subprocess.run(
-            [sys.executable, "-m", "receiver.cli", *args, "--config", str(self.config_path)],
+            [sys.executable, "-m", "falhook.cli", *args, "--config", str(self.config_path)],
             cwd=self.tmp_path,
             env=self.env,
             capture_output=True,

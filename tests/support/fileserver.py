@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 
-from receiver.testing import LoopbackServer
+from falhook.testing import LoopbackServer
 
 _BLOCK = 1024 * 1024
 _PAUSE_LIMIT = 30.0  # seconds a paused body waits for resume() at most

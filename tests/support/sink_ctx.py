@@ -11,7 +11,7 @@ from typing import Any
 
 import structlog
 
-from handlers.base import DeliveryContext, EventInfo, LocalFile
+from falhook.sinks.base import DeliveryContext, EventInfo, LocalFile
 
 RECEIVED = datetime(2026, 11, 23, 19, 12, 29, tzinfo=UTC)
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from receiver.testing import LoopbackServer
+from falhook.testing import LoopbackServer
 
 HOOK_PATH = "/services/T0000/B0000/abcdefghijklmnopqrstuvwx"
 TOKEN = "xoxb-test-token"

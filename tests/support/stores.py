@@ -17,9 +17,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from receiver.store.base import Store
-from receiver.store.postgres import PostgresStore
-from receiver.store.sqlite import SQLiteStore
+from falhook.store.models import Store
+from falhook.store.postgres import PostgresStore
+from falhook.store.sqlite import SQLiteStore
 
 STORE_BACKENDS: list[str] = ["sqlite", "postgres"]
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import asyncpg
 
-from receiver.config import PG_SCHEMA_NAME
-from receiver.store.base import (
+from falhook.config import PG_SCHEMA_NAME
+from falhook.store.models import (
     DELIVERY_STATES,
     LEASE_EXPIRED,
     DeliveryView,

@@ -42,7 +42,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from receiver.testing import FalSigner
+from falhook.testing import FalSigner
 
 OUTCOMES = ("ok", "error", "payload_error", "drop")
 CONTROL_FIELD = "_emulate"

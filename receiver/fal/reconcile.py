@@ -20,18 +20,18 @@ from typing import Any
 
 import structlog
 
-from receiver.config import Settings
-from receiver.envelope import parse_envelope
-from receiver.intake import new_event
-from receiver.store.base import Store, SubmissionView, utcnow
-from receiver.submit import FalQueue, QueueError, queue_urls
+from falhook.config import Settings
+from falhook.fal.submit import FalQueue, QueueError, queue_urls
+from falhook.intake.envelope import parse_envelope
+from falhook.intake.events import new_event
+from falhook.store.models import Store, SubmissionView, utcnow
 
 log = structlog.get_logger("falhook.reconcile")
 
 
 @dataclass(frozen=True)
 class ReconcileSettings:
-    """Until receiver.config grows a [reconcile] section, these defaults apply."""
+    """Until falhook.config grows a [reconcile] section, these defaults apply."""
 
     deadline: float = 900.0  # seconds after submit before a webhook is considered overdue
     interval: float = 60.0  # seconds between passes

@@ -2,8 +2,8 @@
 
 Each download runs in a worker thread, so the event loop that serves webhooks never waits on
 it. The body is read with http.client straight into the spool writer's buffers (see
-receiver.connections for why not httpx), hashed with sha256 on the way, and written back to
-disk as it arrives (receiver.spool). Content-Length, `file_size` and `max_file_bytes` are
+falhook.downloads.connections for why not httpx), hashed with sha256 on the way, and written back to
+disk as it arrives (falhook.downloads.spool). Content-Length, `file_size` and `max_file_bytes` are
 checked while streaming; on any failure (or cancellation) the partial file is removed.
 
 `timeout` is an inactivity limit (connect, and each read), not a total: a 4 GiB video may
@@ -28,10 +28,16 @@ from urllib.parse import urljoin
 
 import httpx
 
-from receiver.connections import ConnectionPool, GuardedConnection, Origin, split_url
-from receiver.envelope import FileRef, decode_data_uri
-from receiver.netguard import AddressGuard, RefusedAddress, Resolver, connect_guarded, resolve
-from receiver.spool import CHUNK, SpoolWriter
+from falhook.downloads.connections import ConnectionPool, GuardedConnection, Origin, split_url
+from falhook.downloads.netguard import (
+    AddressGuard,
+    RefusedAddress,
+    Resolver,
+    connect_guarded,
+    resolve,
+)
+from falhook.downloads.spool import CHUNK, SpoolWriter
+from falhook.intake.envelope import FileRef, decode_data_uri
 
 DOWNLOAD_NICE = 10  # downloads yield the CPU to webhook intake when both want it
 DOWNLOAD_THREADS = 8

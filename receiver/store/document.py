@@ -6,7 +6,7 @@ from typing import Any
 
 import msgspec
 
-from receiver.store.base import EventView, iso
+from falhook.store.models import EventView, iso
 
 
 def payload_of(view: EventView) -> Any:

@@ -31,18 +31,18 @@ from urllib.parse import urlencode, urlsplit
 
 import httpx
 
-from receiver.config import DEFAULT_QUEUE_URL, Settings
-from receiver.ray import validate_input
-from receiver.store.base import NewSubmission, Store
+from falhook.config import DEFAULT_QUEUE_URL, Settings
+from falhook.fal.ray import validate_input
+from falhook.store.models import NewSubmission, Store
 
 KEY_ENV = "FAL_KEY"
 UPLOAD_MODES = ("auto", "fal", "queue")
-EMULATOR_UPLOAD_PATH = "/storage/upload"  # receiver.emulate serves it
+EMULATOR_UPLOAD_PATH = "/storage/upload"  # falhook.fal.emulate serves it
 
 
 @dataclass(frozen=True)
 class SubmitSettings:
-    """Until receiver.config grows a [submit] section, these defaults apply."""
+    """Until falhook.config grows a [submit] section, these defaults apply."""
 
     timeout: float = 60.0  # seconds for one queue call (the submit POST included)
     upload: str = "auto"  # "fal": fal-client to fal storage; "queue": the queue's upload path;
@@ -445,7 +445,7 @@ def submit_sync(
             return await submit(
                 endpoint, input, route=route, settings=settings, files=files, validate=validate
             )
-        from receiver.store import make_store
+        from falhook.store import make_store
 
         store = make_store(settings)
         await store.open()

@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import structlog
 
-from receiver.envelope import EnvelopeError, parse_envelope
-from receiver.intake import FAL_HEADERS, new_event
-from receiver.store import StoreUnavailable
-from receiver.verify import VerificationError, check_headers, check_user, verify_signature
+from falhook.intake.envelope import EnvelopeError, parse_envelope
+from falhook.intake.events import FAL_HEADERS, new_event
+from falhook.intake.verify import VerificationError, check_headers, check_user, verify_signature
+from falhook.store import StoreUnavailable
 
 if TYPE_CHECKING:
-    from receiver.app import Runtime
+    from falhook.app import Runtime
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]

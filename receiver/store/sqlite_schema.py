@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from receiver.store.base import DELIVERY_STATES, DeliveryView, EventView, SubmissionView
+from falhook.store.models import DELIVERY_STATES, DeliveryView, EventView, SubmissionView
 
 encode = msgspec.json.encode
 decode = msgspec.json.decode

@@ -25,16 +25,16 @@ from typing import Any
 
 import structlog
 
-from handlers.base import DeliveryContext, EventInfo, LocalFile, Permanent, Retryable, Sink
-from receiver.config import Settings
-from receiver.envelope import EnvelopeError, FileRef, parse_envelope
-from receiver.events import event_document
-from receiver.fetch import FetchedFile, Fetcher, FetchError
-from receiver.intake import files_of
-from receiver.metrics import Metrics
-from receiver.naming import file_names, safe_component
-from receiver.policy import RetryPolicy
-from receiver.store.base import EventView, Finish, Job, LeasedDelivery, Store, utcnow
+from falhook.config import Settings
+from falhook.delivery.retry import RetryPolicy
+from falhook.downloads.fetch import FetchedFile, Fetcher, FetchError
+from falhook.intake.envelope import EnvelopeError, FileRef, parse_envelope
+from falhook.intake.events import files_of
+from falhook.metrics import Metrics
+from falhook.sinks.base import DeliveryContext, EventInfo, LocalFile, Permanent, Retryable, Sink
+from falhook.sinks.naming import file_names, safe_component
+from falhook.store.document import event_document
+from falhook.store.models import EventView, Finish, Job, LeasedDelivery, Store, utcnow
 
 log = structlog.get_logger("falhook.worker")
 

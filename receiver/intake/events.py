@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from receiver.envelope import Envelope, FileProblem, FileRef, find_files
-from receiver.store.base import NewEvent
+from falhook.intake.envelope import Envelope, FileProblem, FileRef, find_files
+from falhook.store.models import NewEvent
 
 FAL_HEADERS = (
     "x-fal-webhook-request-id",

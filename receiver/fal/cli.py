@@ -1,6 +1,6 @@
 """The fal-facing subcommands of `falhook`: submit, submissions list|reconcile, emulate.
 
-receiver.cli calls register(); every handler is sync, takes the parsed args and returns the
+falhook.cli calls register(); every handler is sync, takes the parsed args and returns the
 exit code: 0 done, 1 failed (message on stderr), 2 bad input or config, 3 the submit's answer
 was lost (the job may be running: not resubmitted).
 """
@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from receiver.config import ConfigError, Settings, config_path_from, load_settings
-from receiver.store.base import SUBMISSION_STATES, SubmissionView, iso
+from falhook.config import ConfigError, Settings, config_path_from, load_settings
+from falhook.store.models import SUBMISSION_STATES, SubmissionView, iso
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_UNKNOWN = 0, 1, 2, 3
 
@@ -123,8 +123,8 @@ def _read_files(specs: list[str]) -> dict[str, str]:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from receiver.ray import ValidationError
-    from receiver.submit import NotRecorded, SubmitError, SubmitUnknown, submit_sync
+    from falhook.fal.ray import ValidationError
+    from falhook.fal.submit import NotRecorded, SubmitError, SubmitUnknown, submit_sync
 
     try:
         settings = _settings(args)
@@ -187,7 +187,7 @@ def submission_doc(view: SubmissionView) -> dict[str, Any]:
 
 
 def cmd_submissions_list(args: argparse.Namespace) -> int:
-    from receiver.store import make_store
+    from falhook.store import make_store
 
     async def run(settings: Settings) -> list[SubmissionView]:
         store = make_store(settings)
@@ -218,11 +218,11 @@ def cmd_submissions_list(args: argparse.Namespace) -> int:
 
 
 def cmd_submissions_reconcile(args: argparse.Namespace) -> int:
-    from receiver.reconcile import Reconciler, reconcile_settings
-    from receiver.store import make_store
-    from receiver.submit import make_queue
+    from falhook.fal.reconcile import Reconciler, reconcile_settings
+    from falhook.fal.submit import make_queue
+    from falhook.store import make_store
 
-    # Log lines go to stderr (receiver.cli.main configured logging): stdout holds the counts.
+    # Log lines go to stderr (falhook.cli.main configured logging): stdout holds the counts.
     try:
         settings = _settings(args)
     except ConfigError as exc:
@@ -257,7 +257,7 @@ def cmd_submissions_reconcile(args: argparse.Namespace) -> int:
 
 
 def cmd_emulate(args: argparse.Namespace) -> int:
-    from receiver.emulate import Emulator, serve
+    from falhook.fal.emulate import Emulator, serve
 
     emulator = Emulator(
         delay=args.delay, user_id=args.webhook_user_id, default_outcome=args.outcome
