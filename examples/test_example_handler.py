@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 import structlog
 
-from falhook.config import ConfigError
-from falhook.sinks.base import DeliveryContext, EventInfo, LocalFile, SinkEnv
+from falhook.sinks.base import DeliveryContext, EventInfo, LocalFile, OptionError, SinkEnv
 from falhook.sinks.python import python_sink
 
 
@@ -40,12 +39,10 @@ def _ctx(tmp_path: Path, request_id: str = "req-1") -> DeliveryContext:
         received_at=datetime(2026, 1, 2, tzinfo=UTC),
         files=[],
         file_problems=[],
-        document={"request_id": request_id},
     )
     return DeliveryContext(
         event=event,
         files=[file],
-        route="reframe",
         sink="manifest",
         attempt=1,
         log=structlog.get_logger(),
@@ -53,7 +50,7 @@ def _ctx(tmp_path: Path, request_id: str = "req-1") -> DeliveryContext:
 
 
 def _env(tmp_path: Path) -> SinkEnv:
-    return SinkEnv(base_dir=tmp_path, settings=None)
+    return SinkEnv(base_dir=tmp_path)
 
 
 HANDLER = "falhook_example.handler:record"
@@ -82,7 +79,7 @@ async def test_include_urls_option(tmp_path: Path) -> None:
 
 
 def test_missing_option_is_named_at_start_up(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError) as err:
+    with pytest.raises(OptionError) as err:
         python_sink("manifest", {"handler": HANDLER}, _env(tmp_path))
     assert "[sinks.manifest].path" in str(err.value)
 
@@ -93,6 +90,6 @@ async def test_packaged_factory_takes_the_same_options(tmp_path: Path) -> None:
     manifest = tmp_path / "m.jsonl"
     sink = factory("manifest", {"path": str(manifest)}, _env(tmp_path))
     assert (await sink.deliver(_ctx(tmp_path)))["written"] is True
-    with pytest.raises(ConfigError) as err:
+    with pytest.raises(OptionError) as err:
         factory("manifest", {"path": str(manifest), "pth": "x"}, _env(tmp_path))
     assert "[sinks.manifest].pth" in str(err.value)

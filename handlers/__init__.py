@@ -1,25 +1,30 @@
-"""Sinks: where delivered events go (disk, S3, Slack, HTTP, your own Python handler)."""
+"""falhook.sinks: where delivered events go (disk, S3, Slack, HTTP, your own Python handler),
+and the API to write your own: subclass ``Sink``, declare options with ``SinkOptions``."""
 
 from falhook.sinks.base import (
     DeliveryContext,
     DeliveryError,
     EventInfo,
     LocalFile,
-    Options,
+    OptionError,
     Permanent,
     Retryable,
     Sink,
     SinkEnv,
 )
+from falhook.sinks.options import Invalid, SinkOptions, read_options
 
 __all__ = [
     "DeliveryContext",
     "DeliveryError",
     "EventInfo",
+    "Invalid",
     "LocalFile",
-    "Options",
+    "OptionError",
     "Permanent",
     "Retryable",
     "Sink",
     "SinkEnv",
+    "SinkOptions",
+    "read_options",
 ]

@@ -1,17 +1,17 @@
 """The sink API: how an event reaches the places users work.
 
-A sink is an object with ``async def deliver(ctx: DeliveryContext) -> dict | None``. It:
+A sink subclasses ``Sink`` (or is any object with ``async def deliver(ctx)``; the registry
+wraps such an object so the worker sees a ``Sink``). It:
 - never downloads (the worker already put every file on local disk: ``ctx.files``),
 - never retries by itself (raise ``Retryable`` or ``Permanent``; the worker owns retries),
 - writes idempotently (the same event twice leaves one copy),
 - may return a small JSON-able dict (stored links, message ids) that sinks declared
-  ``after = ["this one"]`` read from ``ctx.outputs``,
-- may set ``keeps_files = True`` when it keeps the spool file itself instead of reading it
-  (the disk sink links it): the download then writes the file back to disk as it arrives.
+  ``after = ["this one"]`` read from ``ctx.outputs``.
 
-Sinks are built from ``[sinks.NAME]`` by a factory ``factory(name, options, env) -> sink``;
+Sinks are built from ``[sinks.NAME]`` by a factory ``factory(name, options, env) -> Sink``;
 built-in types and users' packages register factories under the ``falhook.sinks`` entry-point
-group, and ``type = "python"`` loads ``handler = "pkg.mod:attr"`` directly.
+group, and ``type = "python"`` loads ``handler = "pkg.mod:attr"`` directly. A factory that
+rejects its options raises ``OptionError`` naming ``[sinks.NAME].option``.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 
 class DeliveryError(Exception):
@@ -40,6 +40,15 @@ class Permanent(DeliveryError):
     """Retrying will not help (bad credentials, missing bucket, 4xx): dead-letter at once."""
 
 
+class OptionError(ValueError):
+    """A sink's option is wrong; ``key`` names it as ``[sinks.NAME].option``."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}")
+        self.key = key
+        self.problem = problem
+
+
 @dataclass(frozen=True)
 class LocalFile:
     """A file of the event, downloaded once by the worker and shared by every sink.
@@ -49,7 +58,7 @@ class LocalFile:
 
     path: str  # JSON path in the payload: "video", "images[0]"
     name: str  # sanitised, unique within the event: "clip.mp4", "images_0.png"
-    url: str  # fal's URL (or the data: URI's first bytes are not kept here)
+    url: str  # fal's URL (a data: URI is cut short: its bytes are in local_path)
     local_path: Path
     size: int
     sha256: str
@@ -60,7 +69,11 @@ class LocalFile:
 
 @dataclass(frozen=True)
 class EventInfo:
-    """What a sink knows of the event."""
+    """The event as fal sent it (and as falhook submitted it): what every sink may read.
+
+    Delivery state is not part of it: it changes after the sink ran, and lives in the store
+    (``falhook events show``).
+    """
 
     request_id: str
     route: str
@@ -70,10 +83,10 @@ class EventInfo:
     payload: Any
     gateway_request_id: str | None
     received_at: datetime
-    files: list[dict[str, Any]]  # the FileView dicts (path, url, content_type, size, sha256...)
+    files: list[dict[str, Any]]  # the file views (path, url, content_type, size, sha256...)
     file_problems: list[dict[str, str]]  # malformed Files: {"path", "reason"}
-    document: dict[str, Any]  # the event as JSON (what event.json holds)
     submission: dict[str, Any] | None = None  # endpoint/input when falhook submitted the job
+    source: str = "webhook"  # or "poll": recovered from fal's queue
 
     @property
     def ok(self) -> bool:
@@ -83,15 +96,37 @@ class EventInfo:
     def endpoint(self) -> str | None:
         return (self.submission or {}).get("endpoint")
 
+    def document(self) -> dict[str, Any]:
+        """The event as JSON (what event.json holds): the keys of ``falhook events show
+        --json`` that describe the event itself, and its payload."""
+        return {
+            "request_id": self.request_id,
+            "route": self.route,
+            "fal_status": self.fal_status,
+            "error": self.error,
+            "payload_error": self.payload_error,
+            "received_at": iso_utc(self.received_at),
+            "files": self.files,
+            "gateway_request_id": self.gateway_request_id,
+            "source": self.source,
+            "submission": self.submission,
+            "payload": self.payload,
+        }
+
     def to_json_bytes(self) -> bytes:
-        return json.dumps(self.document, indent=2, sort_keys=True, default=str).encode() + b"\n"
+        return json.dumps(self.document(), indent=2, sort_keys=True, default=str).encode() + b"\n"
+
+
+def iso_utc(at: datetime) -> str:
+    """2026-11-23T19:12:29Z: how every document of falhook writes a time."""
+    at = at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+    return at.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True)
 class DeliveryContext:
     event: EventInfo
     files: list[LocalFile]
-    route: str
     sink: str  # this sink's name in the config
     attempt: int  # 1 for the first attempt
     log: Any  # a structlog logger bound to request_id, route and sink
@@ -102,9 +137,21 @@ class DeliveryContext:
     previous: dict[str, Any] | None = None
 
 
-@runtime_checkable
-class Sink(Protocol):
-    async def deliver(self, ctx: DeliveryContext) -> dict[str, Any] | None: ...
+class Sink:
+    """What the worker calls. Subclass it and implement ``deliver``.
+
+    ``keeps_files``: the sink keeps the spool file itself instead of reading it (the disk
+    sink hard-links it under its root); the download then writes the file back to disk as
+    it arrives, so the sink's fsync has little left to do.
+    """
+
+    keeps_files: bool = False
+
+    async def deliver(self, ctx: DeliveryContext) -> dict[str, Any] | None:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        """Release clients and threads; called once when falhook stops."""
 
 
 @dataclass(frozen=True)
@@ -112,63 +159,7 @@ class SinkEnv:
     """What a factory may need besides its own options."""
 
     base_dir: Path  # the config file's folder: resolve relative paths against it
-    settings: Any  # falhook.config.Settings
 
 
-SinkFactory = Callable[[str, dict[str, Any], SinkEnv], Sink]
+SinkFactory = Callable[[str, dict[str, Any], SinkEnv], Any]
 HandlerFunc = Callable[[DeliveryContext], Awaitable[dict[str, Any] | None]]
-
-
-class Options:
-    """Reads a sink's options, raising ConfigError that names ``[sinks.NAME].key``."""
-
-    def __init__(self, sink: str, options: dict[str, Any]) -> None:
-        self.sink = sink
-        self._options = dict(options)
-        self._used: set[str] = set()
-
-    def key(self, name: str) -> str:
-        return f"[sinks.{self.sink}].{name}"
-
-    def error(self, name: str, problem: str) -> Exception:
-        from falhook.config import ConfigError
-
-        return ConfigError(self.key(name), problem)
-
-    def str(self, name: str, default: str | None = None, *, required: bool = False) -> str | None:
-        self._used.add(name)
-        value = self._options.get(name, default)
-        if value is None:
-            if required:
-                raise self.error(name, "is required")
-            return None
-        if not isinstance(value, str) or (required and not value):
-            raise self.error(name, "must be a non-empty string" if required else "must be a string")
-        return value
-
-    def number(self, name: str, default: float) -> float:
-        self._used.add(name)
-        value = self._options.get(name, default)
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-            raise self.error(name, "must be a positive number")
-        return float(value)
-
-    def bool(self, name: str, default: bool) -> bool:
-        self._used.add(name)
-        value = self._options.get(name, default)
-        if not isinstance(value, bool):
-            raise self.error(name, "must be true or false")
-        return value
-
-    def raw(self, name: str, default: Any = None) -> Any:
-        self._used.add(name)
-        return self._options.get(name, default)
-
-    def rest(self) -> dict[str, Any]:
-        """Options not read so far (passed through to a user's handler)."""
-        return {k: v for k, v in self._options.items() if k not in self._used}
-
-    def no_unknown(self) -> None:
-        for name in self._options:
-            if name not in self._used:
-                raise self.error(name, "unknown option")

@@ -16,22 +16,25 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from falhook.sinks.base import DeliveryContext, Options, Permanent, Retryable, SinkEnv
+from falhook.sinks.base import DeliveryContext, Permanent, Retryable, Sink, SinkEnv
 from falhook.sinks.naming import safe_component
+from falhook.sinks.options import SinkOptions, read_options
 
 
-class DiskSink:
+class DiskOptions(SinkOptions):
+    root: str = "falhook-data/files"  # relative to the config file's folder
+    fsync: bool = True
+
+
+class DiskSink(Sink):
     # The spool file itself becomes the final file (hard link): the download writes it back
     # to disk as it arrives, so the fsync here has little left to do.
     keeps_files = True
 
     def __init__(self, name: str, options: dict[str, Any], env: SinkEnv) -> None:
-        opts = Options(name, options)
-        root = opts.str("root", "falhook-data/files")
-        self.fsync = opts.bool("fsync", True)
-        opts.no_unknown()
-        assert root is not None
-        path = Path(root).expanduser()
+        opts = read_options(name, DiskOptions, options)
+        self.fsync = opts.fsync
+        path = Path(opts.root).expanduser()
         self.root = (path if path.is_absolute() else env.base_dir / path).resolve()
         self.name = name
 
@@ -45,7 +48,7 @@ class DiskSink:
             raise Retryable(f"disk write failed: {exc.strerror or exc}") from exc
 
     def _folder(self, ctx: DeliveryContext) -> Path:
-        folder = self.root / safe_component(ctx.route) / safe_component(ctx.event.request_id)
+        folder = self.root / safe_component(ctx.event.route) / safe_component(ctx.event.request_id)
         # Defence in depth: whatever the names, nothing leaves root.
         if os.path.commonpath([self.root, folder.resolve()]) != str(self.root):
             raise Permanent("refusing a path outside the sink's root")

@@ -18,13 +18,15 @@ import hashlib
 import hmac
 import json
 import time
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
+from msgspec import Meta
 
-from falhook.sinks.base import DeliveryContext, Options, Permanent, Retryable, SinkEnv
+from falhook.sinks.base import DeliveryContext, Permanent, Retryable, Sink, SinkEnv, iso_utc
 from falhook.sinks.httpcommon import error_for_status, short
 from falhook.sinks.links import fal_link, stored_link
+from falhook.sinks.options import Invalid, SinkOptions, read_options
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the format's prefix, not a secret
 
@@ -41,30 +43,34 @@ def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(digest).decode()
 
 
-class HttpSink:
-    def __init__(self, name: str, options: dict[str, Any], env: SinkEnv) -> None:
-        opts = Options(name, options)
-        self.name = name
-        self.url = opts.str("url", required=True) or ""
+class HttpOptions(SinkOptions):
+    url: str
+    secret: str  # whsec_... (base64 of at least 24 bytes)
+    timeout: Annotated[float, Meta(gt=0)] = 30.0
+    include_payload: bool = True
+    headers: dict[str, str] = {}
+
+    def check(self) -> None:
         if not self.url.startswith(("http://", "https://")):
-            raise opts.error("url", "must be an http:// or https:// URL")
-        secret = opts.str("secret", required=True) or ""
+            raise Invalid("url", "must be an http:// or https:// URL")
         try:
-            self.key = decode_secret(secret)
+            key = decode_secret(self.secret)
         except (binascii.Error, ValueError):
-            raise opts.error("secret", "must be base64 (optionally prefixed whsec_)") from None
-        if len(self.key) < 24:
-            raise opts.error("secret", "must decode to at least 24 bytes")
-        self.timeout = opts.number("timeout", 30)
-        self.include_payload = opts.bool("include_payload", True)
-        headers = opts.raw("headers", {})
-        if not isinstance(headers, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
-        ):
-            raise opts.error("headers", "must be a table of strings")
+            raise Invalid("secret", "must be base64 (optionally prefixed whsec_)") from None
+        if len(key) < 24:
+            raise Invalid("secret", "must decode to at least 24 bytes")
+
+
+class HttpSink(Sink):
+    def __init__(self, name: str, options: dict[str, Any], env: SinkEnv) -> None:
+        opts = read_options(name, HttpOptions, options)
+        self.name = name
+        self.url = opts.url
+        self.key = decode_secret(opts.secret)
+        self.timeout = opts.timeout
+        self.include_payload = opts.include_payload
         # Lower-cased, so the signing headers set per request replace a same-named extra.
-        self.extra_headers = {k.lower(): v for k, v in headers.items()}
-        opts.no_unknown()
+        self.extra_headers = {k.lower(): v for k, v in opts.headers.items()}
         self._client: httpx.AsyncClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -105,19 +111,19 @@ class HttpSink:
         data: dict[str, Any] = {
             "request_id": ev.request_id,
             "gateway_request_id": ev.gateway_request_id,
-            "route": ctx.route,
+            "route": ev.route,
             "endpoint": ev.endpoint,
             "fal_status": ev.fal_status,
             "error": ev.error,
             "payload_error": ev.payload_error,
-            "received_at": ev.document.get("received_at"),
+            "received_at": iso_utc(ev.received_at),
             "files": files,
         }
         if self.include_payload:
             data["payload"] = ev.payload
         return {
             "type": "fal.request.completed" if ev.ok else "fal.request.failed",
-            "timestamp": ev.document.get("received_at"),
+            "timestamp": iso_utc(ev.received_at),
             "data": data,
         }
 

@@ -1,7 +1,7 @@
 """Custom Python sinks: ``type = "python"`` with ``handler = "pkg.mod:attr"``.
 
 The other options of ``[sinks.NAME]`` become keyword arguments, checked against the
-handler's signature at start-up (a missing one, or one it does not take, is a ConfigError
+handler's signature at start-up (a missing one, or one it does not take, is a OptionError
 naming ``[sinks.NAME].option``). ``attr`` is one of:
 
 - an async function ``async def handle(ctx, *, opt1, opt2="x")``: called per delivery with
@@ -21,12 +21,11 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from falhook.config import ConfigError
-from falhook.sinks.base import DeliveryContext, Options, Sink, SinkEnv, SinkFactory
-from falhook.sinks.registry import load_object
+from falhook.sinks.base import DeliveryContext, OptionError, Sink, SinkEnv, SinkFactory
+from falhook.sinks.registry import as_sink, load_object
 
 
-class FunctionSink:
+class FunctionSink(Sink):
     """An async handler function with its options bound once, at start-up."""
 
     def __init__(self, func: Callable[..., Any], options: dict[str, Any]) -> None:
@@ -38,7 +37,7 @@ class FunctionSink:
         return result if isinstance(result, dict) else None
 
 
-class CallableSink:
+class CallableSink(Sink):
     """An async callable of ``ctx`` returned by a user's factory (closures, partials)."""
 
     def __init__(self, func: Callable[..., Any]) -> None:
@@ -50,12 +49,16 @@ class CallableSink:
 
 
 def python_sink(name: str, options: dict[str, Any], env: SinkEnv) -> Sink:
-    """The ``type = "python"`` factory."""
-    opts = Options(name, options)
-    spec = opts.str("handler", required=True)
-    assert spec is not None
-    target = load_object(spec, opts.key("handler"))
-    return build(name, target, opts.rest(), handler_key=opts.key("handler"))
+    """The ``type = "python"`` factory: ``handler`` names the target, every other option is
+    the handler's."""
+    rest = dict(options)
+    spec = rest.pop("handler", None)
+    key = f"[sinks.{name}].handler"
+    if spec is None:
+        raise OptionError(key, "is required")
+    if not isinstance(spec, str) or not spec:
+        raise OptionError(key, "must be a non-empty string")
+    return build(name, load_object(spec, key), rest, handler_key=key)
 
 
 def as_sink_factory(target: Any) -> SinkFactory:
@@ -69,7 +72,7 @@ def as_sink_factory(target: Any) -> SinkFactory:
 
 def build(name: str, target: Any, options: dict[str, Any], *, handler_key: str) -> Sink:
     if not callable(target):
-        raise ConfigError(handler_key, "must name an async function or a factory")
+        raise OptionError(handler_key, "must name an async function or a factory")
     if inspect.iscoroutinefunction(target):
         _check_options(name, target, options, handler_key, skip_first=True)
         return FunctionSink(target, options)
@@ -77,12 +80,12 @@ def build(name: str, target: Any, options: dict[str, Any], *, handler_key: str) 
     try:
         made = target(**options)
     except (ValueError, TypeError) as exc:
-        raise ConfigError(f"[sinks.{name}]", f"rejected by the handler: {exc}") from None
+        raise OptionError(f"[sinks.{name}]", f"rejected by the handler: {exc}") from None
     if callable(getattr(made, "deliver", None)):
-        return made
+        return as_sink(made, handler_key)
     if callable(made) and inspect.iscoroutinefunction(made):
         return CallableSink(made)
-    raise ConfigError(handler_key, "the factory returned neither a sink nor an async function")
+    raise OptionError(handler_key, "the factory returned neither a sink nor an async function")
 
 
 def _check_options(
@@ -96,7 +99,7 @@ def _check_options(
     if skip_first:
         positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
         if not params or params[0].kind not in positional:
-            raise ConfigError(handler_key, "an async handler must take the context first")
+            raise OptionError(handler_key, "an async handler must take the context first")
         params = params[1:]
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
     named = {
@@ -106,15 +109,15 @@ def _check_options(
     }
     for p in named.values():
         if p.default is inspect.Parameter.empty and p.name not in options:
-            raise ConfigError(f"[sinks.{name}].{p.name}", "is required")
+            raise OptionError(f"[sinks.{name}].{p.name}", "is required")
     if not takes_any:
         for key in options:
             if key not in named:
-                raise ConfigError(f"[sinks.{name}].{key}", "unknown option")
+                raise OptionError(f"[sinks.{name}].{key}", "unknown option")
     extra = [
         p.name
         for p in params
         if p.kind is inspect.Parameter.POSITIONAL_ONLY and p.default is inspect.Parameter.empty
     ]
     if extra:
-        raise ConfigError(handler_key, f"takes positional-only parameters {extra}")
+        raise OptionError(handler_key, f"takes positional-only parameters {extra}")

@@ -1,13 +1,13 @@
-"""Turning ``[sinks.NAME]`` tables into sink objects, at start-up, with errors naming the key."""
+"""Turning ``[sinks.NAME]`` tables into sinks, at start-up, with errors naming the key."""
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterable, Mapping
 from importlib.metadata import entry_points
-from typing import Any
+from typing import Any, Protocol
 
-from falhook.config import ConfigError, Settings
-from falhook.sinks.base import Sink, SinkEnv, SinkFactory
+from falhook.sinks.base import DeliveryContext, OptionError, Sink, SinkEnv, SinkFactory
 
 ENTRY_POINT_GROUP = "falhook.sinks"
 
@@ -22,58 +22,95 @@ BUILTIN_SINKS: dict[str, str] = {
 }
 
 
+class SinkSpec(Protocol):
+    """One ``[sinks.NAME]`` table: its name, type and the type's own options."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def type(self) -> str: ...
+
+    @property
+    def options(self) -> Mapping[str, Any]: ...
+
+
 def load_object(spec: str, key: str) -> Any:
-    """Import ``pkg.module:attr`` (attr may be dotted); ConfigError naming key on failure."""
+    """Import ``pkg.module:attr`` (attr may be dotted); OptionError naming key on failure."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        raise ConfigError(key, f"{spec!r} must look like 'package.module:attribute'")
+        raise OptionError(key, f"{spec!r} must look like 'package.module:attribute'")
     try:
         obj: Any = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ConfigError(key, f"cannot import {module_name!r}: {exc}") from None
+        raise OptionError(key, f"cannot import {module_name!r}: {exc}") from None
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)
         except AttributeError:
-            raise ConfigError(key, f"{module_name!r} has no attribute {attr!r}") from None
+            raise OptionError(key, f"{module_name!r} has no attribute {attr!r}") from None
     return obj
+
+
+def known_types() -> list[str]:
+    return sorted(set(BUILTIN_SINKS) | {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)})
 
 
 def factory_for(sink_type: str, key: str) -> SinkFactory:
     if sink_type in BUILTIN_SINKS:
-        return load_object(BUILTIN_SINKS[sink_type], key)
+        factory: SinkFactory = load_object(BUILTIN_SINKS[sink_type], key)
+        return factory
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name == sink_type:
             try:
-                return ep.load()
+                loaded: SinkFactory = ep.load()
             except Exception as exc:
-                raise ConfigError(key, f"sink type {sink_type!r} failed to load: {exc}") from None
-    known = sorted(set(BUILTIN_SINKS) | {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)})
-    raise ConfigError(key, f"unknown sink type {sink_type!r} (known: {', '.join(known)})")
+                raise OptionError(key, f"sink type {sink_type!r} failed to load: {exc}") from None
+            return loaded
+    raise OptionError(key, f"unknown sink type {sink_type!r} (known: {', '.join(known_types())})")
 
 
-def build_sinks(settings: Settings, only: set[str] | None = None) -> dict[str, Sink]:
-    """Every configured sink (or those named in `only`), built and validated."""
-    env = SinkEnv(base_dir=settings.base_dir, settings=settings)
-    sinks: dict[str, Sink] = {}
-    for name, conf in settings.sinks.items():
-        if only is not None and name not in only:
-            continue
-        factory = factory_for(conf.type, f"[sinks.{name}].type")
-        try:
-            sink = factory(name, dict(conf.options), env)
-        except ConfigError:
-            raise
-        except Exception as exc:
-            raise ConfigError(f"[sinks.{name}]", f"could not be set up: {exc}") from None
-        if not callable(getattr(sink, "deliver", None)):
-            raise ConfigError(f"[sinks.{name}].type", "the factory did not return a sink")
-        sinks[name] = sink
-    return sinks
+def build_sink(name: str, sink_type: str, options: Mapping[str, Any], env: SinkEnv) -> Sink:
+    """One sink, built and validated (OptionError naming the key when it cannot be)."""
+    factory = factory_for(sink_type, f"[sinks.{name}].type")
+    try:
+        made = factory(name, dict(options), env)
+    except OptionError:
+        raise
+    except Exception as exc:
+        raise OptionError(f"[sinks.{name}]", f"could not be set up: {exc}") from None
+    return as_sink(made, f"[sinks.{name}].type")
 
 
-async def close_sinks(sinks: dict[str, Sink]) -> None:
-    for sink in sinks.values():
-        close = getattr(sink, "aclose", None)
+def build_sinks(specs: Iterable[SinkSpec], env: SinkEnv) -> dict[str, Sink]:
+    return {spec.name: build_sink(spec.name, spec.type, spec.options, env) for spec in specs}
+
+
+def as_sink(made: Any, key: str) -> Sink:
+    """A Sink, or an object with ``deliver`` (and maybe ``aclose``, ``keeps_files``) seen
+    through one: the worker never has to ask what an object can do."""
+    if isinstance(made, Sink):
+        return made
+    if not callable(getattr(made, "deliver", None)):
+        raise OptionError(key, "the factory did not return a sink (an object with deliver)")
+    return _Adapted(made)
+
+
+class _Adapted(Sink):
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.keeps_files = bool(getattr(inner, "keeps_files", False))
+
+    async def deliver(self, ctx: DeliveryContext) -> dict[str, Any] | None:
+        result = await self.inner.deliver(ctx)
+        return result if isinstance(result, dict) else None
+
+    async def aclose(self) -> None:
+        close = getattr(self.inner, "aclose", None)
         if close is not None:
             await close()
+
+
+async def close_sinks(sinks: Mapping[str, Sink]) -> None:
+    for sink in sinks.values():
+        await sink.aclose()

@@ -32,9 +32,20 @@ import zlib
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from falhook.sinks.base import DeliveryContext, LocalFile, Options, Permanent, Retryable, SinkEnv
+from msgspec import Meta
+
+from falhook.sinks.base import (
+    DeliveryContext,
+    LocalFile,
+    OptionError,
+    Permanent,
+    Retryable,
+    Sink,
+    SinkEnv,
+)
+from falhook.sinks.options import Invalid, SinkOptions, option_key, read_options
 from falhook.sinks.templates import check_template, render
 
 MIB = 1024 * 1024
@@ -71,43 +82,51 @@ _RETRYABLE_CODES = {
 }
 
 
-class S3Sink:
-    def __init__(self, name: str, options: dict[str, Any], env: SinkEnv) -> None:
-        opts = Options(name, options)
-        self.name = name
-        self.bucket = opts.str("bucket", required=True) or ""
-        self.prefix = (opts.str("prefix", "fal/{route}/{request_id}/") or "").lstrip("/")
-        check_template(self.prefix, opts.key("prefix"))
-        self.endpoint_url = opts.str("endpoint_url") or None  # "" from an unset ${VAR}: AWS
-        self.region = opts.str("region")
-        self.profile = opts.str("profile")
-        self.storage_class = opts.str("storage_class")
-        style = opts.str("addressing_style", "path" if self.endpoint_url else "auto")
-        if style not in ("auto", "path", "virtual"):
-            raise opts.error("addressing_style", 'must be "auto", "path" or "virtual"')
-        self.addressing_style = style
-        checksum = opts.str("checksum", "crc32")
-        if checksum not in ("crc32", "none"):
-            raise opts.error("checksum", 'must be "crc32" or "none"')
-        self.crc32 = checksum == "crc32"
-        self.presign_seconds = int(opts.number("presign_seconds", MAX_PRESIGN))
-        if self.presign_seconds > MAX_PRESIGN:
-            raise opts.error("presign_seconds", f"must be at most {MAX_PRESIGN} (7 days, SigV4)")
-        self.part_size = int(opts.number("part_size", 8 * MIB))
-        if self.part_size < MIN_PART:
-            raise opts.error("part_size", f"must be at least {MIN_PART} (5 MiB, S3's minimum)")
-        self.threshold = int(opts.number("multipart_threshold", self.part_size))
-        self.concurrency = int(opts.number("concurrency", 8))
-        if self.concurrency < 1:
-            raise opts.error("concurrency", "must be at least 1")
-        self.connect_timeout = opts.number("connect_timeout", 10)
-        self.read_timeout = opts.number("read_timeout", 120)
-        opts.no_unknown()
+class S3Options(SinkOptions):
+    bucket: Annotated[str, Meta(min_length=1)]
+    prefix: str = "fal/{route}/{request_id}/"
+    endpoint_url: str = ""  # any S3-compatible store; "" (an empty ${VAR}): AWS itself
+    region: str | None = None
+    profile: str | None = None
+    storage_class: str | None = None
+    addressing_style: Literal["auto", "path", "virtual"] | None = None  # path with endpoint_url
+    checksum: Literal["crc32", "none"] = "crc32"
+    presign_seconds: Annotated[int, Meta(ge=1, le=MAX_PRESIGN)] = MAX_PRESIGN  # SigV4: 7 days
+    part_size: Annotated[int, Meta(ge=MIN_PART)] = 8 * MIB  # S3's smallest part: 5 MiB
+    multipart_threshold: Annotated[int, Meta(ge=1)] | None = None  # default: part_size
+    concurrency: Annotated[int, Meta(ge=1)] = 8
+    connect_timeout: Annotated[float, Meta(gt=0)] = 10.0
+    read_timeout: Annotated[float, Meta(gt=0)] = 120.0
+
+    def check(self) -> None:
+        check_template(self.prefix, "prefix")
         if self.endpoint_url and not self.endpoint_url.startswith(("http://", "https://")):
-            raise opts.error("endpoint_url", "must be an http:// or https:// URL")
+            raise Invalid("endpoint_url", "must be an http:// or https:// URL")
+
+
+class S3Sink(Sink):
+    def __init__(self, name: str, options: dict[str, Any], env: SinkEnv) -> None:
+        opts = read_options(name, S3Options, options)
+        self.name = name
+        self.bucket = opts.bucket
+        self.prefix = opts.prefix.lstrip("/")
+        self.endpoint_url = opts.endpoint_url or None
+        self.region = opts.region
+        self.profile = opts.profile
+        self.storage_class = opts.storage_class
+        self.addressing_style = opts.addressing_style or ("path" if self.endpoint_url else "auto")
+        self.crc32 = opts.checksum == "crc32"
+        self.presign_seconds = opts.presign_seconds
+        self.part_size = opts.part_size
+        self.threshold = opts.multipart_threshold or self.part_size
+        self.concurrency = opts.concurrency
+        self.connect_timeout = opts.connect_timeout
+        self.read_timeout = opts.read_timeout
         # Imported lazily, but missing is a start-up error, not a failure at the first delivery.
         if importlib.util.find_spec("boto3") is None:
-            raise opts.error("type", "the s3 sink needs boto3: pip install 'falhook[s3]'")
+            raise OptionError(
+                option_key(name, "type"), "the s3 sink needs boto3: pip install 'falhook[s3]'"
+            )
         self._client: Any = None
         self._client_lock = threading.Lock()
         self._threads: ThreadPoolExecutor | None = None
@@ -231,7 +250,7 @@ class S3Sink:
 
     def _metadata(self, ctx: DeliveryContext, file: LocalFile | None) -> dict[str, str]:
         # Metadata travels as HTTP headers: keep it ASCII (identifiers are sanitised names).
-        meta = {"request_id": _ascii(ctx.event.request_id), "route": _ascii(ctx.route)}
+        meta = {"request_id": _ascii(ctx.event.request_id), "route": _ascii(ctx.event.route)}
         if file is not None:
             meta["sha256"] = file.sha256
             meta["path"] = _ascii(file.path)

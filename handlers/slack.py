@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
+from msgspec import Meta
 
-from falhook.sinks.base import DeliveryContext, Options, Permanent, Retryable, SinkEnv
+from falhook.sinks.base import DeliveryContext, Permanent, Retryable, Sink, SinkEnv
 from falhook.sinks.httpcommon import is_retryable_status, retry_after, short
+from falhook.sinks.options import Invalid, SinkOptions, read_options
 from falhook.sinks.slack_blocks import build_message
 
 _TRANSIENT = frozenset(
@@ -30,26 +32,36 @@ _TRANSIENT = frozenset(
 )
 
 
-class SlackSink:
-    def __init__(self, name: str, options: dict[str, Any], env: SinkEnv) -> None:
-        opts = Options(name, options)
-        self.name = name
-        self.webhook_url = opts.str("webhook_url") or None
-        self.bot_token = opts.str("bot_token") or None
-        self.channel = opts.str("channel") or None
-        self.api_url = (opts.str("api_url", "https://slack.com/api") or "").rstrip("/")
-        self.previews = opts.bool("image_previews", True)
-        self.timeout = opts.number("timeout", 15)
-        opts.no_unknown()
+class SlackOptions(SinkOptions):
+    webhook_url: str = ""  # an incoming webhook; or bot_token and channel
+    bot_token: str = ""
+    channel: str = ""
+    api_url: str = "https://slack.com/api"
+    image_previews: bool = True
+    timeout: Annotated[float, Meta(gt=0)] = 15.0
+
+    def check(self) -> None:
         if self.webhook_url and self.bot_token:
-            raise opts.error("bot_token", "set either webhook_url or bot_token (+ channel)")
+            raise Invalid("bot_token", "set either webhook_url or bot_token (+ channel)")
         if not self.webhook_url and not self.bot_token:
-            raise opts.error("webhook_url", "is required (or bot_token and channel)")
+            raise Invalid("webhook_url", "is required (or bot_token and channel)")
         if self.bot_token and not self.channel:
-            raise opts.error("channel", "is required with bot_token")
-        for key, url in (("webhook_url", self.webhook_url), ("api_url", self.api_url)):
+            raise Invalid("channel", "is required with bot_token")
+        for option, url in (("webhook_url", self.webhook_url), ("api_url", self.api_url)):
             if url and not url.startswith(("https://", "http://")):
-                raise opts.error(key, "must be an https:// URL")
+                raise Invalid(option, "must be an https:// URL")
+
+
+class SlackSink(Sink):
+    def __init__(self, name: str, options: dict[str, Any], env: SinkEnv) -> None:
+        opts = read_options(name, SlackOptions, options)
+        self.name = name
+        self.webhook_url = opts.webhook_url or None
+        self.bot_token = opts.bot_token or None
+        self.channel = opts.channel or None
+        self.api_url = opts.api_url.rstrip("/")
+        self.previews = opts.image_previews
+        self.timeout = opts.timeout
         self._client: httpx.AsyncClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 

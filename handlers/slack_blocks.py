@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from falhook.sinks.base import DeliveryContext, LocalFile
+from falhook.sinks.base import DeliveryContext, LocalFile, iso_utc
 from falhook.sinks.links import best_link, stored_link
 
 MAX_BLOCKS = 50
@@ -92,7 +92,11 @@ def build_message(ctx: DeliveryContext, *, previews: bool = True) -> dict[str, A
     ev = ctx.event
     endpoint = ev.endpoint or "unknown"
     failed = not ev.ok or ev.payload_error
-    title = f"fal request failed · {ctx.route}" if failed else f"fal request done · {ctx.route}"
+    title = (
+        f"fal request failed · {ctx.event.route}"
+        if failed
+        else f"fal request done · {ctx.event.route}"
+    )
     blocks: list[dict[str, Any]] = [
         {
             "type": "header",
@@ -101,7 +105,7 @@ def build_message(ctx: DeliveryContext, *, previews: bool = True) -> dict[str, A
         {
             "type": "section",
             "fields": [
-                _field("Route", ctx.route),
+                _field("Route", ctx.event.route),
                 _field("Endpoint", endpoint),
                 _field("Status", ev.fal_status),
                 _field("Request", ev.request_id),
@@ -121,7 +125,7 @@ def build_message(ctx: DeliveryContext, *, previews: bool = True) -> dict[str, A
             "elements": [
                 {
                     "type": "mrkdwn",
-                    "text": fit(f"falhook · received {ev.document.get('received_at', '')}", 300),
+                    "text": fit(f"falhook · received {iso_utc(ev.received_at)}", 300),
                 }
             ],
         }

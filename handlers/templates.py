@@ -11,26 +11,26 @@ import string
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
-from falhook.config import ConfigError
 from falhook.sinks.base import EventInfo
 from falhook.sinks.naming import safe_component
+from falhook.sinks.options import Invalid
 
 FIELDS = ("route", "request_id", "endpoint", "date")
 
 
-def check_template(template: str, key: str, fields: Iterable[str] = FIELDS) -> None:
-    """ConfigError naming `key` for unknown fields, format specs or unbalanced braces."""
+def check_template(template: str, option: str, fields: Iterable[str] = FIELDS) -> None:
+    """Invalid naming `option` for unknown fields, format specs or unbalanced braces."""
     allowed = set(fields)
     try:
         parsed = list(string.Formatter().parse(template))
     except ValueError as exc:
-        raise ConfigError(key, f"is not a valid template: {exc}") from None
+        raise Invalid(option, f"is not a valid template: {exc}") from None
     for _, field, spec, conversion in parsed:
         if field is None:
             continue
         if field not in allowed or spec or conversion:
             names = ", ".join("{" + f + "}" for f in sorted(allowed))
-            raise ConfigError(key, f"unknown placeholder {{{field}}} (use {names})")
+            raise Invalid(option, f"unknown placeholder {{{field}}} (use {names})")
 
 
 def endpoint_path(endpoint: str | None) -> str:

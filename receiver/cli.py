@@ -17,9 +17,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from falhook.config import ConfigError, Settings, config_path_from, load_settings
-from falhook.store import Store, make_store
+from falhook.runtime import Runtime, open_runtime
+from falhook.store import Store
 from falhook.store.document import event_document
-from falhook.store.models import DELIVERY_STATES, EVENT_STATES, EventView
+from falhook.store.models import EventView
+from falhook.store.states import DELIVERY_STATES, EVENT_STATES
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -37,12 +39,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 
 async def with_store(settings: Settings, action: Callable[[Store], Awaitable[int]]) -> int:
-    store = make_store(settings)
-    await store.open()
-    try:
-        return await action(store)
-    finally:
-        await store.close()
+    async with open_runtime(settings) as runtime:
+        return await action(runtime.store)
 
 
 # --- serve / worker --------------------------------------------------------------------------
@@ -75,26 +73,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from falhook.delivery.worker import Worker
-    from falhook.sinks.registry import build_sinks, close_sinks
-
     settings = settings_from(args)
-    sinks = build_sinks(settings)
+    runtime = Runtime(settings, worker="run")  # sinks built: config checked
 
     async def run() -> int:
-        store = make_store(settings)
-        await store.open()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        worker = Worker(settings, store, sinks)
+        await runtime.start()
         try:
-            await worker.run(stop)
+            await stop.wait()
         finally:
-            await worker.aclose()
-            await close_sinks(sinks)
-            await store.close()
+            await runtime.close()
         return EXIT_OK
 
     return asyncio.run(run())
@@ -176,6 +167,15 @@ def cmd_events_show(args: argparse.Namespace) -> int:
 
 def cmd_events_replay(args: argparse.Namespace) -> int:
     settings = settings_from(args)
+    # --now delivers here: its sinks are built (and the config checked) before anything runs.
+    runtime = Runtime(settings, worker="on_demand" if args.now else None)
+
+    async def run() -> int:
+        await runtime.start()
+        try:
+            return await action(runtime.store)
+        finally:
+            await runtime.close()
 
     async def action(store: Store) -> int:
         view = await store.get_event(args.request_id)
@@ -188,34 +188,27 @@ def cmd_events_replay(args: argparse.Namespace) -> int:
         if not args.now:
             print(f"scheduled {count} deliver{'y' if count == 1 else 'ies'} of {args.request_id}")
             return EXIT_OK
-        return await _deliver_now(settings, store, args)
+        return await _deliver_now(runtime, args)
 
-    return asyncio.run(with_store(settings, action))
+    return asyncio.run(run())
 
 
-async def _deliver_now(settings: Settings, store: Store, args: argparse.Namespace) -> int:
+async def _deliver_now(runtime: Runtime, args: argparse.Namespace) -> int:
     """Run a worker in this process until the replayed deliveries are settled."""
-    from falhook.delivery.worker import Worker
-    from falhook.sinks.registry import build_sinks, close_sinks
-
+    worker, store = runtime.worker, runtime.store
+    assert worker is not None
     wanted = [args.sink] if args.sink else None
-    sinks = build_sinks(settings)
-    worker = Worker(settings, store, sinks)
     deadline = time.monotonic() + args.timeout
-    try:
-        while True:
-            view = await store.get_event(args.request_id)
-            assert view is not None
-            mine = {k: d for k, d in view.deliveries.items() if wanted is None or k in wanted}
-            if all(d.state in ("delivered", "dead", "retrying") for d in mine.values()):
-                break
-            if time.monotonic() > deadline:
-                raise CLIError(f"gave up after {args.timeout:g} s; deliveries are still running")
-            if await worker.run_once() == 0:
-                await store.wait_for_work(0.2)  # another worker may hold them: check again
-    finally:
-        await worker.aclose()
-        await close_sinks(sinks)
+    while True:
+        view = await store.get_event(args.request_id)
+        assert view is not None
+        mine = {k: d for k, d in view.deliveries.items() if wanted is None or k in wanted}
+        if all(d.state in ("delivered", "dead", "retrying") for d in mine.values()):
+            break
+        if time.monotonic() > deadline:
+            raise CLIError(f"gave up after {args.timeout:g} s; deliveries are still running")
+        if await worker.run_once() == 0:
+            await store.wait_for_work(0.2)  # another worker may hold them: check again
     failed = {k: d for k, d in mine.items() if d.state != "delivered"}
     for name, d in sorted(mine.items()):
         print(f"{name}: {d.state}" + (f" ({d.last_error})" if d.last_error else ""))

@@ -179,24 +179,15 @@ def drain(event: dict[str, Any] | None = None, context: Any = None) -> dict[str,
 
 
 async def _drain(settings: Settings, context: Any) -> dict[str, int]:
-    from falhook.delivery.worker import Worker
-    from falhook.sinks.registry import build_sinks, close_sinks
-    from falhook.store import make_store
+    from falhook.runtime import open_runtime
 
-    store = make_store(settings)
-    await store.open()
-    sinks = build_sinks(settings)
-    worker = Worker(settings, store, sinks)
     attempted = 0
-    try:
+    async with open_runtime(settings, worker="on_demand") as runtime:
+        assert runtime.worker is not None
         # Leave a margin before Lambda's own deadline; each batch is bounded by concurrency.
         while context is None or context.get_remaining_time_in_millis() > 30_000:
-            done = await worker.run_once()
+            done = await runtime.worker.run_once()
             attempted += done
             if done == 0 or context is None:
                 break
-    finally:
-        await worker.aclose()
-        await close_sinks(sinks)
-        await store.close()
     return {"attempted": attempted}

@@ -385,10 +385,7 @@ def test_a_file_error_is_reported_with_its_key(tmp_path: Path) -> None:
         load_settings(cfg)
 
 
-def test_submit_and_reconcile_sections_reach_their_modules(tmp_path: Path) -> None:
-    from falhook.fal.reconcile import reconcile_settings
-    from falhook.fal.submit import submit_settings
-
+def test_submit_and_reconcile_sections_are_read(tmp_path: Path) -> None:
     s = from_dict(
         {
             "submit": {"schemas": {"my-org/ray": "text-to-video"}, "upload": "queue"},
@@ -396,6 +393,6 @@ def test_submit_and_reconcile_sections_reach_their_modules(tmp_path: Path) -> No
         },
         base_dir=tmp_path,
     )
-    assert submit_settings(s).schemas == {"my-org/ray": "text-to-video"}
-    assert submit_settings(s).upload == "queue"
-    assert (reconcile_settings(s).deadline, reconcile_settings(s).interval) == (30.0, 5.0)
+    assert s.submit.schemas == {"my-org/ray": "text-to-video"}
+    assert s.submit.upload == "queue"
+    assert (s.reconcile.deadline, s.reconcile.interval) == (30.0, 5.0)

@@ -16,8 +16,15 @@ from typing import Any
 import pytest
 import structlog
 
-from falhook.config import ConfigError, embedded_defaults
-from falhook.sinks.base import DeliveryContext, EventInfo, LocalFile, Permanent, Retryable, SinkEnv
+from falhook.sinks.base import (
+    DeliveryContext,
+    EventInfo,
+    LocalFile,
+    OptionError,
+    Permanent,
+    Retryable,
+    SinkEnv,
+)
 from falhook.sinks.disk import DiskSink
 
 _spool_names = itertools.count(1)
@@ -53,7 +60,6 @@ def context(
     status: str = "OK",
 ) -> DeliveryContext:
     files = {"clip.mp4": b"video bytes"} if files is None else files
-    document = {"request_id": request_id, "route": route, "fal_status": status, "state": "pending"}
     info = EventInfo(
         request_id=request_id,
         route=route,
@@ -65,7 +71,6 @@ def context(
         received_at=datetime(2026, 11, 23, 19, 12, 29, tzinfo=UTC),
         files=[],
         file_problems=[],
-        document=document,
     )
     return DeliveryContext(
         event=info,
@@ -73,7 +78,6 @@ def context(
             local_file(tmp_path, name, data, path=f"out[{i}]")
             for i, (name, data) in enumerate(files.items())
         ],
-        route=route,
         sink="local",
         attempt=1,
         log=structlog.get_logger(),
@@ -81,7 +85,7 @@ def context(
 
 
 def sink(tmp_path: Path, name: str = "local", **options: Any) -> DiskSink:
-    env = SinkEnv(base_dir=tmp_path, settings=embedded_defaults(tmp_path))
+    env = SinkEnv(base_dir=tmp_path)
     return DiskSink(name, {"root": "files", **options}, env)
 
 
@@ -104,7 +108,7 @@ def test_event_json_lands_beside_the_files(tmp_path: Path) -> None:
     ctx = context(tmp_path)
     deliver(sink(tmp_path), ctx)
     written = tmp_path / "files" / "reframe" / "req-1" / "event.json"
-    assert json.loads(written.read_bytes()) == ctx.event.document
+    assert json.loads(written.read_bytes()) == json.loads(json.dumps(ctx.event.document()))
 
 
 def test_the_output_says_where_each_file_went(tmp_path: Path) -> None:
@@ -175,13 +179,13 @@ def test_an_absolute_root_is_used_as_is(tmp_path: Path) -> None:
 
 
 def test_an_unknown_option_names_sinks_name_option(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError) as err:
+    with pytest.raises(OptionError) as err:
         sink(tmp_path, "archive_disk", rooot="x")
     assert err.value.key == "[sinks.archive_disk].rooot"
 
 
 def test_a_mistyped_option_names_sinks_name_option(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError) as err:
+    with pytest.raises(OptionError) as err:
         sink(tmp_path, fsync="yes")
     assert err.value.key == "[sinks.local].fsync"
 

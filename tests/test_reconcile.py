@@ -12,8 +12,9 @@ import pytest
 
 from falhook.config import Settings, settings_from_dict
 from falhook.fal.emulate import Emulator, EmulatorServer
+from falhook.fal.queue import FalQueue
 from falhook.fal.reconcile import Reconciler, ReconcileSettings
-from falhook.fal.submit import FalQueue, submit
+from falhook.fal.submit import submit
 from falhook.store import Store, make_store
 from falhook.store.models import NewSubmission
 from tests.support.falhook_server import Falhook, base_config, free_port, wait_for

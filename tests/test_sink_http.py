@@ -13,8 +13,7 @@ from typing import Any
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from falhook.config import ConfigError
-from falhook.sinks.base import Permanent, Retryable, SinkEnv
+from falhook.sinks.base import OptionError, Permanent, Retryable, SinkEnv
 from falhook.sinks.http import HttpSink
 from falhook.testing import LoopbackServer
 from tests.support.falhook_server import free_port
@@ -68,7 +67,7 @@ def receiver() -> Iterator[Receiver]:
 
 def make_sink(url: str, **options: Any) -> HttpSink:
     opts = {"url": url, "secret": SECRET, **options}
-    return HttpSink("forward", opts, SinkEnv(base_dir=Path("."), settings=None))
+    return HttpSink("forward", opts, SinkEnv(base_dir=Path(".")))
 
 
 async def test_signature_verifies_with_standardwebhooks(tmp_path: Path, receiver: Receiver) -> None:
@@ -211,6 +210,6 @@ async def test_unreachable_target_is_retryable() -> None:
 def test_bad_options_are_named(options: dict[str, Any], key: str) -> None:
     opts = {"url": "https://example.invalid/hook", "secret": SECRET, **options}
     opts = {k: v for k, v in opts.items() if v is not None}
-    with pytest.raises(ConfigError) as err:
-        HttpSink("forward", opts, SinkEnv(base_dir=Path("."), settings=None))
+    with pytest.raises(OptionError) as err:
+        HttpSink("forward", opts, SinkEnv(base_dir=Path(".")))
     assert err.value.key == key

@@ -11,11 +11,10 @@ from typing import Any
 import pytest
 import structlog
 
-from falhook.config import ConfigError
-from falhook.sinks.base import DeliveryContext, EventInfo, Retryable, SinkEnv
+from falhook.sinks.base import DeliveryContext, EventInfo, OptionError, Retryable, SinkEnv
 from falhook.sinks.python import as_sink_factory, python_sink
 
-ENV = SinkEnv(base_dir=Path("."), settings=None)
+ENV = SinkEnv(base_dir=Path("."))
 
 
 def _ctx() -> DeliveryContext:
@@ -30,10 +29,9 @@ def _ctx() -> DeliveryContext:
         received_at=datetime(2026, 1, 1, tzinfo=UTC),
         files=[],
         file_problems=[],
-        document={},
     )
     return DeliveryContext(
-        event=event, files=[], route="default", sink="mine", attempt=1, log=structlog.get_logger()
+        event=event, files=[], sink="mine", attempt=1, log=structlog.get_logger()
     )
 
 
@@ -117,7 +115,7 @@ async def test_entry_point_adapter_uses_the_same_rules(module: Any) -> None:
     factory = as_sink_factory(module.handle)
     sink = factory("mine", {"greeting": "yo"}, ENV)
     assert (await sink.deliver(_ctx()))["said"] == "yo"
-    with pytest.raises(ConfigError, match=r"\[sinks.mine\].greeting"):
+    with pytest.raises(OptionError, match=r"\[sinks.mine\].greeting"):
         factory("mine", {}, ENV)
 
 
@@ -141,7 +139,7 @@ async def test_entry_point_adapter_uses_the_same_rules(module: Any) -> None:
 def test_start_up_errors_name_the_key(
     module: Any, options: dict[str, Any], key: str, problem: str
 ) -> None:
-    with pytest.raises(ConfigError) as err:
+    with pytest.raises(OptionError) as err:
         python_sink("mine", options, ENV)
     assert err.value.key == key
     assert problem in err.value.problem

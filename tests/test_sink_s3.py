@@ -14,8 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from falhook.config import ConfigError
-from falhook.sinks.base import Permanent, Retryable, SinkEnv
+from falhook.sinks.base import OptionError, Permanent, Retryable, SinkEnv
 from falhook.sinks.s3 import FilePart, S3Sink
 from tests.support.fileserver import generated_bytes
 from tests.support.moto import AWS_ENV, BUCKET, MotoServer
@@ -32,7 +31,7 @@ def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def make_sink(moto: MotoServer, tmp_path: Path, **options: Any) -> S3Sink:
     opts = {"bucket": BUCKET, "endpoint_url": moto.url, **options}
-    return S3Sink("archive", opts, SinkEnv(base_dir=tmp_path, settings=None))
+    return S3Sink("archive", opts, SinkEnv(base_dir=tmp_path))
 
 
 def object_sha256(s3: Any, key: str) -> str:
@@ -217,8 +216,8 @@ async def test_unknown_endpoint_renders_unknown(tmp_path: Path, moto: MotoServer
 def test_bad_options_are_named(tmp_path: Path, options: dict[str, Any], key: str) -> None:
     opts = {"bucket": BUCKET, **options}
     opts = {k: v for k, v in opts.items() if v is not None}
-    with pytest.raises(ConfigError) as err:
-        S3Sink("archive", opts, SinkEnv(base_dir=tmp_path, settings=None))
+    with pytest.raises(OptionError) as err:
+        S3Sink("archive", opts, SinkEnv(base_dir=tmp_path))
     assert err.value.key == key
 
 
@@ -246,8 +245,8 @@ def test_missing_client_library_stops_start_up(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(sys.modules, "boto3", None)  # as if the s3 extra were not installed
-    with pytest.raises(ConfigError) as err:
-        S3Sink("archive", {"bucket": BUCKET}, SinkEnv(base_dir=tmp_path, settings=None))
+    with pytest.raises(OptionError) as err:
+        S3Sink("archive", {"bucket": BUCKET}, SinkEnv(base_dir=tmp_path))
     assert err.value.key == "[sinks.archive].type"
     assert "falhook[s3]" in err.value.problem
 
@@ -350,7 +349,7 @@ async def test_checksum_none_sends_no_checksum_headers(
 def test_a_part_damaged_on_the_way_is_retried(tmp_path: Path) -> None:
     from botocore.exceptions import ClientError
 
-    sink = S3Sink("archive", {"bucket": BUCKET}, SinkEnv(base_dir=tmp_path, settings=None))
+    sink = S3Sink("archive", {"bucket": BUCKET}, SinkEnv(base_dir=tmp_path))
     damaged = ClientError(
         {
             "Error": {"Code": "BadDigest", "Message": "CRC32 mismatch"},

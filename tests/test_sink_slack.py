@@ -8,8 +8,7 @@ from typing import Any
 
 import pytest
 
-from falhook.config import ConfigError
-from falhook.sinks.base import Permanent, Retryable, SinkEnv
+from falhook.sinks.base import OptionError, Permanent, Retryable, SinkEnv
 from falhook.sinks.slack import SlackSink
 from tests.support.sink_ctx import local_file, make_ctx
 from tests.support.slack_stub import HOOK_PATH, TOKEN, SlackStub, block_problems
@@ -25,12 +24,12 @@ def slack() -> Iterator[SlackStub]:
 
 def webhook_sink(slack: SlackStub, **options: Any) -> SlackSink:
     opts = {"webhook_url": slack.webhook_url, **options}
-    return SlackSink("team", opts, SinkEnv(base_dir=Path("."), settings=None))
+    return SlackSink("team", opts, SinkEnv(base_dir=Path(".")))
 
 
 def bot_sink(slack: SlackStub, **options: Any) -> SlackSink:
     opts = {"bot_token": TOKEN, "channel": "#renders", "api_url": slack.api_url, **options}
-    return SlackSink("team", opts, SinkEnv(base_dir=Path("."), settings=None))
+    return SlackSink("team", opts, SinkEnv(base_dir=Path(".")))
 
 
 async def deliver(sink: SlackSink, ctx: Any) -> dict[str, Any]:
@@ -157,7 +156,7 @@ async def test_unknown_hook_is_permanent_no_service(slack: SlackStub) -> None:
     sink = SlackSink(
         "team",
         {"webhook_url": f"http://127.0.0.1:{slack.port}/services/T0/B0/wrong"},
-        SinkEnv(base_dir=Path("."), settings=None),
+        SinkEnv(base_dir=Path(".")),
     )
     with pytest.raises(Permanent, match="404: no_service"):
         await deliver(sink, make_ctx([]))
@@ -248,6 +247,6 @@ async def test_chat_post_message_rate_limit_and_errors(slack: SlackStub) -> None
     ],
 )
 def test_bad_options_are_named(options: dict[str, Any], key: str) -> None:
-    with pytest.raises(ConfigError) as err:
-        SlackSink("team", options, SinkEnv(base_dir=Path("."), settings=None))
+    with pytest.raises(OptionError) as err:
+        SlackSink("team", options, SinkEnv(base_dir=Path(".")))
     assert err.value.key == key

@@ -122,7 +122,8 @@ def test_write_behind_starts_each_range_once_the_one_before_the_last_is_written(
     # Consecutive ranges of at most WRITEBACK_EVERY, from the start of the file.
     assert started[0][0] == 0 and all(n <= CHUNK for _, n in started)
     assert all(a[0] + a[1] == b[0] for a, b in itertools.pairwise(started))
-    assert sum(n for _, n in started) >= 9 * CHUNK
+    # The bound holds whatever the threads' timing: never more than MAX_UNWRITTEN behind.
+    assert sum(n for _, n in started) >= 10 * CHUNK - spool.MAX_UNWRITTEN
     # Each range is waited for right after the next one is started: never more than two
     # ranges in the disk's queue.
     order = [(f, o) for o, _, f in fake_writeback.calls]

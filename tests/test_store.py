@@ -23,10 +23,10 @@ from falhook.store.models import (
     Job,
     NewEvent,
     NewSubmission,
-    Store,
     StoreUnavailable,
     utcnow,
 )
+from falhook.store.roles import Store
 from falhook.store.sqlite import SQLiteStore
 from tests.support.stores import STORE_BACKENDS, open_backend, reopen_backend
 

@@ -13,15 +13,9 @@ import pytest
 
 from falhook.config import Settings, settings_from_dict
 from falhook.fal.emulate import Emulator, EmulatorServer, tiny_mp4
+from falhook.fal.queue import FalQueue, MissingKey, SubmitError, SubmitUnknown, is_fal_queue
 from falhook.fal.ray import ValidationError
-from falhook.fal.submit import (
-    FalQueue,
-    MissingKey,
-    SubmitError,
-    SubmitUnknown,
-    is_fal_queue,
-    submit,
-)
+from falhook.fal.submit import submit
 from falhook.store import Store, make_store
 from falhook.testing import LoopbackServer
 from tests.support.falhook_server import Falhook, base_config, free_port, wait_for

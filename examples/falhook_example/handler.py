@@ -27,7 +27,7 @@ from falhook.sinks.base import DeliveryContext, Permanent, Retryable
 async def record(ctx: DeliveryContext, *, path: str, include_urls: bool = False) -> dict[str, Any]:
     line = {
         "request_id": ctx.event.request_id,
-        "route": ctx.route,
+        "route": ctx.event.route,
         "status": ctx.event.fal_status,
         "error": ctx.event.error,
         "files": [

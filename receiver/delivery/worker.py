@@ -18,7 +18,7 @@ import shutil
 import socket
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,17 +26,18 @@ from typing import Any
 import structlog
 
 from falhook.config import Settings
+from falhook.delivery import ordering
+from falhook.delivery.files import download_all, event_info, refs_of, with_downloads
 from falhook.delivery.retry import RetryPolicy
-from falhook.downloads.fetch import FetchedFile, Fetcher, FetchError
-from falhook.intake.envelope import EnvelopeError, FileRef, parse_envelope
-from falhook.intake.events import files_of
+from falhook.downloads.fetch import Fetcher, FetchError
 from falhook.metrics import Metrics
 from falhook.sinks.base import DeliveryContext, EventInfo, LocalFile, Permanent, Retryable, Sink
-from falhook.sinks.naming import file_names, safe_component
-from falhook.store.document import event_document
-from falhook.store.models import EventView, Finish, Job, LeasedDelivery, Store, utcnow
+from falhook.sinks.naming import safe_component
+from falhook.store.models import EventView, Finish, Job, LeasedDelivery, utcnow
+from falhook.store.roles import DeliveryQueue
 
 log = structlog.get_logger("falhook.worker")
+FINISHED = ("delivered", "dead")
 
 
 @dataclass
@@ -56,7 +57,7 @@ class Worker:
     def __init__(
         self,
         settings: Settings,
-        store: Store,
+        store: DeliveryQueue,
         sinks: Mapping[str, Sink],
         *,
         fetcher: Fetcher | None = None,
@@ -66,6 +67,7 @@ class Worker:
         self.settings = settings
         self.store = store
         self.sinks = dict(sinks)
+        self.after = {name: s.after for name, s in settings.sinks.items()}
         d = settings.delivery
         self.policy = RetryPolicy(d.max_attempts, d.backoff_initial, d.backoff_max)
         dl = settings.downloads
@@ -86,7 +88,7 @@ class Worker:
         """Lease and deliver until `stop` is set, then shut down gracefully."""
         d = self.settings.delivery
         self.spool.mkdir(parents=True, exist_ok=True)
-        heartbeat = asyncio.create_task(self._heartbeat(stop), name="falhook-heartbeat")
+        heartbeat = asyncio.create_task(self._heartbeat(), name="falhook-heartbeat")
         log.info("worker started", owner=self.owner, concurrency=d.concurrency)
         try:
             while not stop.is_set():
@@ -109,6 +111,28 @@ class Worker:
         jobs = await self._lease(limit or self.settings.delivery.concurrency)
         await asyncio.gather(*(self.process(job) for job in jobs))
         return sum(len(job.deliveries) for job in jobs)
+
+    async def deliver_now(self, request_id: str, *, deadline: float) -> list[str]:
+        """Run this event's unfinished deliveries now, due or not, within `deadline` seconds
+        (serverless inline mode: fal's retry is the schedule). The sinks still not finished
+        (delivered or dead) afterwards; dead ones count as finished, since fal's retries
+        cannot help them and `events replay` can."""
+        try:
+            async with asyncio.timeout(deadline):
+                jobs = await self.store.lease(
+                    owner=self.owner,
+                    limit=max(1, len(self.sinks)),
+                    lease_seconds=max(deadline * 2, self.settings.delivery.lease_seconds),
+                    request_id=request_id,
+                )
+                for job in jobs:
+                    await self.process(job)  # a timeout cancels it: leases are handed back
+        except TimeoutError:
+            log.warning("inline delivery ran out of time", request_id=request_id, deadline=deadline)
+        view = await self.store.get_event(request_id)
+        if view is None:
+            return ["(event missing)"]
+        return sorted(k for k, d in view.deliveries.items() if d.state not in FINISHED)
 
     async def _lease(self, limit: int) -> list[Job]:
         try:
@@ -146,7 +170,7 @@ class Worker:
                 w.cancel()
             await asyncio.gather(*waiters, return_exceptions=True)
 
-    async def _heartbeat(self, stop: asyncio.Event) -> None:
+    async def _heartbeat(self) -> None:
         lease = self.settings.delivery.lease_seconds
         while True:
             await asyncio.sleep(max(0.5, lease / 3))
@@ -190,18 +214,43 @@ class Worker:
     async def _deliver_job(
         self, event: EventView, attempts: dict[str, _Attempt], spool_dir: Path
     ) -> None:
-        unknown = [s for s in attempts if s not in self.sinks]
-        for name in unknown:  # a sink removed from the config since the event arrived
-            self._decide(attempts[name], Permanent(f"sink {name!r} is not configured"))
-        # Sinks whose prerequisites are neither delivered nor part of this job wait, without
-        # a download and without spending an attempt.
+        self._settle_before_download(event, attempts)
+        runnable = [s for s, a in attempts.items() if a.outcome is None]
+        if not runnable:
+            return await self._record_all(event, attempts)
+        refs, problems = refs_of(event)
+        # Written back to disk as it arrives only when a sink of this job keeps it.
+        keep = any(self.sinks[s].keeps_files for s in runnable)
+        try:
+            local = await download_all(self.fetcher, self.metrics, refs, spool_dir, keep=keep)
+        except FetchError as exc:
+            error = Retryable(exc.message) if exc.retryable else Permanent(exc.message)
+            for s in runnable:
+                self._decide(attempts[s], error)
+            return await self._record_all(event, attempts)
+        if local:
+            event = await self._record_files(event, local)
+        info = event_info(event, event.files, problems)
+        outputs: dict[str, dict[str, Any]] = {
+            name: d.output or {} for name, d in event.deliveries.items() if d.state == "delivered"
+        }
+        await self._run_sinks(event, info, local, attempts, outputs)
+        await self._record_all(event, attempts)
+
+    def _settle_before_download(self, event: EventView, attempts: dict[str, _Attempt]) -> None:
+        """Decide, without calling them, the sinks that cannot run in this job."""
+        for name, a in attempts.items():
+            if name not in self.sinks:  # removed from the config since the event arrived
+                self._decide(a, Permanent(f"sink {name!r} is not configured"))
+        # Prerequisites neither delivered nor part of this job: wait (no download for this
+        # sink alone, no attempt spent), or go dead with a dead prerequisite.
         for name, a in attempts.items():
             if a.outcome is None:
-                deps = [
-                    d
-                    for d in self.settings.sinks[name].after
-                    if d not in attempts and self._dep_state(event, attempts, d) != "delivered"
+                outside = [d for d in self.after.get(name, ()) if d not in attempts]
+                delivered = [
+                    d for d in outside if self._dep_state(event, attempts, d) == "delivered"
                 ]
+                deps = ordering.unmet(outside, delivered)
                 if deps:
                     self._wait_or_fail(event, attempts, name, deps)
         for a in attempts.values():
@@ -212,27 +261,6 @@ class Worker:
                 last = stored.last_error if stored else None
                 a.outcome, a.tried = "dead", False
                 a.error = f"no attempts left ({a.lease.attempts} made); last: {last}"
-        runnable = {s: a for s, a in attempts.items() if a.outcome is None}
-        if not runnable:
-            return await self._record_all(event, attempts)
-
-        # Written back to disk as it arrives only when a sink of this job keeps it.
-        keep = any(getattr(self.sinks[s], "keeps_files", False) for s in runnable)
-        try:
-            local_files, problems = await self._download(event, spool_dir, keep=keep)
-        except FetchError as exc:
-            for a in runnable.values():
-                self._decide(
-                    a, Permanent(exc.message) if not exc.retryable else Retryable(exc.message)
-                )
-            return await self._record_all(event, attempts)
-
-        info = self._event_info(event, local_files, problems)
-        outputs: dict[str, dict[str, Any]] = {
-            name: d.output or {} for name, d in event.deliveries.items() if d.state == "delivered"
-        }
-        await self._run_sinks(event, info, local_files, attempts, outputs)
-        await self._record_all(event, attempts)
 
     async def _run_sinks(
         self,
@@ -243,21 +271,19 @@ class Worker:
         outputs: dict[str, dict[str, Any]],
     ) -> None:
         """Run sinks in waves: each wave holds those whose prerequisites have delivered."""
-        conf = self.settings.sinks
         waiting = {s for s, a in attempts.items() if a.outcome is None}
         while waiting:
-            wave = {s for s in waiting if all(dep in outputs for dep in conf[s].after)}
-            blocked = waiting - wave
+            wave, blocked = ordering.next_wave(waiting, self.after, outputs)
             if not wave:
                 for s in blocked:
-                    self._wait_or_fail(
-                        event, attempts, s, [d for d in conf[s].after if d not in outputs]
-                    )
+                    deps = ordering.unmet(self.after.get(s, ()), outputs)
+                    self._wait_or_fail(event, attempts, s, deps)
                 return
+            ordered = sorted(wave)
             results = await asyncio.gather(
-                *(self._call_sink(s, attempts[s], event, info, files, outputs) for s in wave)
+                *(self._call_sink(s, attempts[s], event, info, files, outputs) for s in ordered)
             )
-            for s, ok in zip(wave, results, strict=True):
+            for s, ok in zip(ordered, results, strict=True):
                 if ok:
                     outputs[s] = attempts[s].output or {}
             waiting = blocked
@@ -267,7 +293,8 @@ class Worker:
     ) -> None:
         """A sink whose `after` sinks have not delivered: dead if one of them is dead,
         otherwise rescheduled for when they are next due, without counting an attempt."""
-        if any(self._dep_state(event, attempts, d) == "dead" for d in deps):
+        states = [self._dep_state(event, attempts, d) for d in deps]
+        if ordering.blocked_verdict(states) == "dead":
             self._decide(attempts[name], Permanent(f"runs after {deps}, which is dead"))
             return
         a = attempts[name]
@@ -294,11 +321,10 @@ class Worker:
         ctx = DeliveryContext(
             event=info,
             files=files,
-            route=event.route,
             sink=name,
             attempt=attempt.lease.attempts + 1,
             log=sink_log,
-            outputs={k: outputs[k] for k in self.settings.sinks[name].after if k in outputs},
+            outputs={k: outputs[k] for k in self.after.get(name, ()) if k in outputs},
             previous=previous.output if previous else None,
         )
         started = time.perf_counter()
@@ -327,11 +353,13 @@ class Worker:
         attempt.error = str(exc) or type(exc).__name__
         attempt.retry_after = exc.retry_after if isinstance(exc, Retryable) else None
 
+    # --- recording ---------------------------------------------------------------------------
+
     async def _record_all(self, event: EventView, attempts: dict[str, _Attempt]) -> None:
         due: dict[str, datetime] = {}  # when each sink retried in this job is next due
-        # Waiting sinks last: they become due with the sinks they wait for, so one lease
-        # takes both and the waves run them in order.
-        for sink, a in sorted(attempts.items(), key=lambda item: item[1].waits_for is not None):
+        waiting = {s for s, a in attempts.items() if a.waits_for is not None}
+        for sink in ordering.waits_last(attempts, waiting):
+            a = attempts[sink]
             outcome = a.outcome or "retry"
             next_at = None
             if a.waits_for is not None:
@@ -351,10 +379,9 @@ class Worker:
                 counted=a.tried,
             )
             held = await self.store.finish(finish)
-            waiting = a.waits_for is not None
-            label = "waiting" if waiting else outcome
+            label = "waiting" if sink in waiting else outcome
             self.metrics.deliveries.labels(sink=sink, outcome=label).inc()
-            level = "info" if outcome == "delivered" or waiting else "warning"
+            level = "info" if outcome == "delivered" or sink in waiting else "warning"
             getattr(log, level)(
                 "delivery " + label,
                 sink=sink,
@@ -382,104 +409,14 @@ class Worker:
             except Exception as exc:  # the lease will expire and be retaken anyway
                 log.warning("release failed", sink=sink, error=str(exc))
 
-    # --- files -------------------------------------------------------------------------------
-
-    async def _download(
-        self, event: EventView, spool_dir: Path, *, keep: bool
-    ) -> tuple[list[LocalFile], list[dict[str, str]]]:
-        """Each File of the event once, into this job's spool folder, shared by its sinks."""
-        refs, problems = _refs_of(event)
-        if not refs:
-            return [], problems
-        await asyncio.to_thread(spool_dir.mkdir, parents=True, exist_ok=True)
-        names = file_names((r.path, r.file_name, r.content_type, r.url) for r in refs)
-        fetched: list[FetchedFile] = []
+    async def _record_files(self, event: EventView, local: list[LocalFile]) -> EventView:
+        """Store the files' sizes and digests (informational: delivery goes on without)."""
+        files = with_downloads(event.files, local)
         try:
-            for ref in refs:  # one at a time: each download already saturates a core
-                started = time.perf_counter()
-                got = await self.fetcher.fetch(ref, spool_dir, keep=keep)
-                seconds = time.perf_counter() - started
-                log.info(
-                    "downloaded",
-                    path=ref.path,
-                    bytes=got.size,
-                    seconds=round(seconds, 3),
-                    mib_per_s=round(got.size / 1048576 / max(seconds, 1e-6), 1),
-                )
-                fetched.append(got)
-                self.metrics.downloads.labels(outcome="ok").inc()
-                self.metrics.download_bytes.inc(got.size)
-        except FetchError as exc:
-            outcome = "retryable" if exc.retryable else "permanent"
-            self.metrics.downloads.labels(outcome=outcome).inc()
-            log.warning("download failed", path=ref.path, error=exc.message, kind=outcome)
-            raise
-        files = [
-            LocalFile(
-                path=f.ref.path,
-                name=name,
-                url=f.ref.url if not f.ref.is_data_uri else f.ref.url[:32] + "...",
-                local_path=f.local_path,
-                size=f.size,
-                sha256=f.sha256,
-                content_type=f.content_type,
-                file_name=f.ref.file_name,
-                extras=f.ref.extras,
-            )
-            for f, name in zip(fetched, names, strict=True)
-        ]
-        await self._record_files(event, files)
-        return files, problems
-
-    async def _record_files(self, event: EventView, files: list[LocalFile]) -> None:
-        by_path = {f.path: f for f in files}
-        updated = []
-        for view in event.files:
-            local = by_path.get(view.get("path", ""))
-            if local is not None:
-                view = view | {
-                    "size": local.size,
-                    "sha256": local.sha256,
-                    "content_type": local.content_type,
-                    "name": local.name,
-                }
-            updated.append(view)
-        try:
-            await self.store.record_files(event.request_id, updated)
-        except Exception as exc:  # informational: the delivery itself still proceeds
+            await self.store.record_files(event.request_id, files)
+        except Exception as exc:
             log.warning("could not record file digests", error=str(exc))
-        object.__setattr__(event, "files", updated)
-
-    def _event_info(
-        self, event: EventView, files: list[LocalFile], problems: list[dict[str, str]]
-    ) -> EventInfo:
-        document = event_document(event, with_payload=True)
-        sub = document.get("submission")
-        return EventInfo(
-            request_id=event.request_id,
-            route=event.route,
-            fal_status=event.fal_status,
-            error=event.error,
-            payload_error=event.payload_error,
-            payload=document.get("payload"),
-            gateway_request_id=event.gateway_request_id,
-            received_at=event.received_at,
-            files=document["files"],
-            file_problems=problems,
-            document=document,
-            submission=sub,
-        )
+        return replace(event, files=files)
 
     async def aclose(self) -> None:
         await self.fetcher.aclose()
-
-
-def _refs_of(event: EventView) -> tuple[list[FileRef], list[dict[str, str]]]:
-    """The Files to download, re-derived from the raw body (the stored list abbreviates
-    data: URIs), and the malformed ones as problems."""
-    try:
-        envelope = parse_envelope(event.body)
-    except EnvelopeError:  # cannot happen for a stored event; never crash on it
-        return [], [{"path": "payload", "reason": "stored body is not an envelope"}]
-    refs, problems = files_of(envelope)
-    return refs, [{"path": p.path, "reason": p.reason} for p in problems]

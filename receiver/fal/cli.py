@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from falhook.config import ConfigError, Settings, config_path_from, load_settings
-from falhook.store.models import SUBMISSION_STATES, SubmissionView, iso
+from falhook.store.models import SubmissionView, iso
+from falhook.store.states import SUBMISSION_STATES
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_UNKNOWN = 0, 1, 2, 3
 
@@ -123,8 +124,9 @@ def _read_files(specs: list[str]) -> dict[str, str]:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
+    from falhook.fal.queue import SubmitError, SubmitUnknown
     from falhook.fal.ray import ValidationError
-    from falhook.fal.submit import NotRecorded, SubmitError, SubmitUnknown, submit_sync
+    from falhook.fal.submit import NotRecorded, submit_sync
 
     try:
         settings = _settings(args)
@@ -218,8 +220,10 @@ def cmd_submissions_list(args: argparse.Namespace) -> int:
 
 
 def cmd_submissions_reconcile(args: argparse.Namespace) -> int:
-    from falhook.fal.reconcile import Reconciler, reconcile_settings
-    from falhook.fal.submit import make_queue
+    from dataclasses import replace
+
+    from falhook.fal.queue import make_queue
+    from falhook.fal.reconcile import Reconciler
     from falhook.store import make_store
 
     # Log lines go to stderr (falhook.cli.main configured logging): stdout holds the counts.
@@ -227,11 +231,8 @@ def cmd_submissions_reconcile(args: argparse.Namespace) -> int:
         settings = _settings(args)
     except ConfigError as exc:
         return _fail(f"config error: {exc}", EXIT_USAGE)
-    config = reconcile_settings(settings)
     overrides = {"deadline": args.deadline, "interval": args.interval}
-    config = type(config)(
-        **{**vars(config), **{k: v for k, v in overrides.items() if v is not None}}
-    )
+    config = replace(settings.reconcile, **{k: v for k, v in overrides.items() if v is not None})
 
     async def run() -> dict[str, int]:
         store = make_store(settings)

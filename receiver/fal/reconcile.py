@@ -14,36 +14,23 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
-from falhook.config import Settings
-from falhook.fal.submit import FalQueue, QueueError, queue_urls
+from falhook.config import ReconcileSettings, Settings
+from falhook.fal.queue import FalQueue, QueueError, queue_urls
 from falhook.intake.envelope import parse_envelope
 from falhook.intake.events import new_event
-from falhook.store.models import Store, SubmissionView, utcnow
+from falhook.store.models import SubmissionView, utcnow
+from falhook.store.roles import IntakeStore, SubmissionStore
 
 log = structlog.get_logger("falhook.reconcile")
 
 
-@dataclass(frozen=True)
-class ReconcileSettings:
-    """Until falhook.config grows a [reconcile] section, these defaults apply."""
-
-    deadline: float = 900.0  # seconds after submit before a webhook is considered overdue
-    interval: float = 60.0  # seconds between passes
-    batch: int = 100  # submissions looked up per pass
-
-
-def reconcile_settings(settings: Settings) -> ReconcileSettings:
-    found = getattr(settings, "reconcile", None)
-    if isinstance(found, ReconcileSettings) or found is None:
-        return found or ReconcileSettings()
-    keys = ("deadline", "interval", "batch")
-    return ReconcileSettings(**{k: getattr(found, k) for k in keys if hasattr(found, k)})
+class ReconcileStore(IntakeStore, SubmissionStore, Protocol):
+    """What reconciliation needs: submissions to look up, and intake for what it finds."""
 
 
 OUTCOMES = ("checked", "pending", "recovered", "completed", "lost", "errors")
@@ -52,7 +39,7 @@ OUTCOMES = ("checked", "pending", "recovered", "completed", "lost", "errors")
 class Reconciler:
     def __init__(
         self,
-        store: Store,
+        store: ReconcileStore,
         queue: FalQueue,
         settings: Settings,
         reconcile: ReconcileSettings | None = None,
@@ -62,7 +49,7 @@ class Reconciler:
         self.store = store
         self.queue = queue
         self.settings = settings
-        self.config = reconcile or reconcile_settings(settings)
+        self.config = reconcile or settings.reconcile
         self._clock = clock
 
     async def run_once(self) -> dict[str, int]:

@@ -14,18 +14,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 import structlog
 
+from falhook.config import Settings
 from falhook.intake.envelope import EnvelopeError, parse_envelope
 from falhook.intake.events import FAL_HEADERS, new_event
+from falhook.intake.keys import FalKeys
 from falhook.intake.verify import VerificationError, check_headers, check_user, verify_signature
-from falhook.store import StoreUnavailable
-
-if TYPE_CHECKING:
-    from falhook.app import Runtime
+from falhook.metrics import Metrics
+from falhook.store.models import StoreUnavailable
+from falhook.store.roles import IntakeStore
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -46,24 +47,47 @@ class Reply(Exception):
         self.status, self.code, self.detail = status, code, detail
 
 
+Ready = Callable[[], Awaitable[None]]
+# Serverless inline mode: deliver this event now; the sinks still not delivered.
+DeliverNow = Callable[[str], Awaitable[list[str]]]
+
+
 class WebhookEndpoint:
-    def __init__(self, runtime: Runtime) -> None:
-        self.rt = runtime
-        r = runtime.settings.receiver
+    """Verifies and stores webhooks. `ready` is awaited before the first check of each
+    request (the serverless runtime starts on its first request); `deliver_now`, when given,
+    runs the event's sinks before answering."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        keys: FalKeys,
+        store: IntakeStore,
+        metrics: Metrics,
+        ready: Ready | None = None,
+        deliver_now: DeliverNow | None = None,
+    ) -> None:
+        r = settings.receiver
+        self.routes = {name: route.sinks for name, route in settings.routes.items()}
+        self.keys = keys
+        self.store = store
+        self.metrics = metrics
+        self.ready = ready
+        self.deliver_now = deliver_now
         self.limit = r.max_body_bytes
         self.tolerance = r.timestamp_tolerance
         self.allowed = frozenset(r.allowed_user_ids)
         # Labelled children resolved once: labels() takes a lock and builds a key each time.
         self.counted = {
-            (route, status): runtime.metrics.webhooks.labels(route, status, "")
-            for route in runtime.settings.routes
+            (route, status): metrics.webhooks.labels(route, status, "")
+            for route in self.routes
             for status in ("accepted", "duplicate")
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = scope["path"][len(PREFIX) :]
         try:
-            if route not in self.rt.settings.routes:
+            if route not in self.routes:
                 raise Reply(404, "unknown_route", f"no route named {route!r}")
             if scope["method"] != "POST":
                 raise Reply(405, "method_not_allowed", "use POST")
@@ -99,20 +123,20 @@ class WebhookEndpoint:
         self, route: str, headers: dict[str, str], body: bytes
     ) -> tuple[int, dict[str, Any]]:
         """Verify, parse and store one webhook whose route and size already passed."""
-        rt = self.rt
-        if not rt.started:
-            await rt.ensure_started()
+        if self.ready is not None:
+            await self.ready()
+        keys = self.keys
         started = time.perf_counter()
         try:
             signed = check_headers(headers, body, now=time.time(), tolerance=self.tolerance)
         except VerificationError as exc:
             raise Reply(401, exc.code, exc.detail) from None
-        if not rt.keys.keys() and not await rt.keys.ensure_loaded():
+        if not keys.keys() and not await keys.ensure_loaded():
             raise Reply(503, "keys_unavailable", "no signing keys could be loaded; retry later")
-        verified = verify_signature(signed, rt.keys.keys())
-        if not verified and await rt.keys.refetch_for_unknown():
-            verified = verify_signature(signed, rt.keys.keys())  # fal rotated its keys
-        rt.metrics.verify_seconds.observe(time.perf_counter() - started)
+        verified = verify_signature(signed, keys.keys())
+        if not verified and await keys.refetch_for_unknown():
+            verified = verify_signature(signed, keys.keys())  # fal rotated its keys
+        self.metrics.verify_seconds.observe(time.perf_counter() - started)
         if not verified:
             raise Reply(401, "bad_signature", "no fal key verifies the signature")
         try:
@@ -127,18 +151,18 @@ class WebhookEndpoint:
         if envelope.request_id != signed.request_id:
             raise Reply(400, "request_id_mismatch", "body request_id differs from the header's")
 
-        conf = rt.settings.routes[route]
-        event = new_event(envelope, route=route, sinks=conf.sinks, body=body, headers=headers)
+        sinks = self.routes[route]
+        event = new_event(envelope, route=route, sinks=sinks, body=body, headers=headers)
         started = time.perf_counter()
         try:
-            fresh = await rt.store.accept(event)
+            fresh = await self.store.accept(event)
         except StoreUnavailable as exc:
             log.error("store refused an event", request_id=envelope.request_id, error=str(exc))
             raise Reply(503, "store_unavailable", "the event could not be stored") from None
-        rt.metrics.accept_seconds.observe(time.perf_counter() - started)
+        self.metrics.accept_seconds.observe(time.perf_counter() - started)
         status = "accepted" if fresh else "duplicate"
-        if rt.inline:
-            unfinished = await rt.deliver_inline(envelope.request_id)
+        if self.deliver_now is not None:
+            unfinished = await self.deliver_now(envelope.request_id)
             if unfinished:  # a non-2xx hands the retry to fal's own schedule
                 raise Reply(
                     503,
@@ -158,7 +182,7 @@ class WebhookEndpoint:
     def _count_rejection(self, route: str, reply: Reply) -> None:
         # Unknown routes are not labelled by name: a scanner must not grow our metrics.
         label = route if reply.status != 404 else "(unknown)"
-        self.rt.metrics.webhooks.labels(label, "rejected", reply.code).inc()
+        self.metrics.webhooks.labels(label, "rejected", reply.code).inc()
         log.info("webhook rejected", route=label, status=reply.status, reason=reply.code)
 
 

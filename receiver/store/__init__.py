@@ -1,4 +1,5 @@
-"""Stores: where events and their deliveries live. Pick one by ``[store].url``."""
+"""Stores: where events and their deliveries live. Pick one by ``[store].url``; the roles
+callers depend on are in ``falhook.store.roles``."""
 
 from __future__ import annotations
 
@@ -11,22 +12,34 @@ from falhook.store.models import (
     LeasedDelivery,
     NewEvent,
     NewSubmission,
-    Store,
     StoreUnavailable,
     SubmissionView,
-    summarise_state,
 )
+from falhook.store.roles import (
+    DeliveryQueue,
+    EventReader,
+    IntakeStore,
+    Store,
+    StoreLifecycle,
+    SubmissionStore,
+)
+from falhook.store.states import summarise_state
 
 __all__ = [
+    "DeliveryQueue",
     "DeliveryView",
+    "EventReader",
     "EventView",
     "Finish",
+    "IntakeStore",
     "Job",
     "LeasedDelivery",
     "NewEvent",
     "NewSubmission",
     "Store",
+    "StoreLifecycle",
     "StoreUnavailable",
+    "SubmissionStore",
     "SubmissionView",
     "make_store",
     "summarise_state",
@@ -38,7 +51,7 @@ def make_store(settings: Settings) -> Store:
     url = settings.store.url
     if url.startswith(("postgresql://", "postgres://")):
         try:
-            from falhook.store.postgres import PostgresStore  # type: ignore[import-not-found]
+            from falhook.store.postgres import PostgresStore
         except ImportError:
             raise ConfigError(
                 "[store].url",

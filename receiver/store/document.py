@@ -1,4 +1,5 @@
-"""The event as JSON: the contract's EVENT document, shared by the CLI and the sinks."""
+"""The event as JSON: the contract's EVENT document (`falhook events show --json`, the
+console's API), and the parts of it the worker hands to sinks."""
 
 from __future__ import annotations
 
@@ -29,6 +30,15 @@ def submission_doc(view: EventView) -> dict[str, Any] | None:
     }
 
 
+def file_views(files: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The event's files as documents show them: the contract's keys, then what is known."""
+    return [
+        {k: f.get(k) for k in ("path", "url", "content_type", "size", "sha256")}
+        | {k: f[k] for k in ("file_name", "name", "error") if f.get(k) is not None}
+        for f in files
+    ]
+
+
 def event_document(view: EventView, *, with_payload: bool = False) -> dict[str, Any]:
     """Keys of the contract first; more may be added, never renamed."""
     doc: dict[str, Any] = {
@@ -50,11 +60,7 @@ def event_document(view: EventView, *, with_payload: bool = False) -> dict[str, 
             }
             for name, d in sorted(view.deliveries.items())
         },
-        "files": [
-            {k: f.get(k) for k in ("path", "url", "content_type", "size", "sha256")}
-            | {k: f[k] for k in ("file_name", "name", "error") if f.get(k) is not None}
-            for f in view.files
-        ],
+        "files": file_views(view.files),
         "gateway_request_id": view.gateway_request_id,
         "source": view.source,
         "submission": submission_doc(view),

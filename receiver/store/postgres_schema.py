@@ -16,12 +16,12 @@ import asyncpg
 
 from falhook.config import PG_SCHEMA_NAME
 from falhook.store.models import (
-    DELIVERY_STATES,
     LEASE_EXPIRED,
     DeliveryView,
     EventView,
     SubmissionView,
 )
+from falhook.store.states import DELIVERY_STATES, state_predicates
 
 # A schema name we can put in search_path and a NOTIFY channel without quoting games; short
 # enough that the channel name stays under PostgreSQL's 63-byte identifier limit.
@@ -232,23 +232,14 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 ON CONFLICT (request_id) DO NOTHING
 """
 
-# --- event state (the contract's rule, in SQL) --------------------------------------------------
+# --- event state (the contract's rule, from falhook.store.states) ------------------------
 
 
 def _has(condition: str) -> str:
     return f"EXISTS (SELECT 1 FROM deliveries d WHERE d.request_id = e.request_id AND {condition})"
 
 
-_DEAD = _has("d.state = 'dead'")
-_RETRYING = _has("d.state = 'retrying'")
-_ANY = _has("true")
-_UNFINISHED = _has("d.state <> 'delivered'")
-EVENT_STATE_WHERE: dict[str, str] = {
-    "dead": _DEAD,
-    "retrying": f"NOT {_DEAD} AND {_RETRYING}",
-    "delivered": f"{_ANY} AND NOT {_UNFINISHED}",
-    "pending": f"NOT {_DEAD} AND NOT {_RETRYING} AND (NOT {_ANY} OR {_UNFINISHED})",
-}
+EVENT_STATE_WHERE = state_predicates(_has)
 
 
 def state_where(state: str, param: int) -> tuple[str, list[Any]]:

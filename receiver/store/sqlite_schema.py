@@ -13,7 +13,8 @@ from typing import Any
 
 import msgspec
 
-from falhook.store.models import DELIVERY_STATES, DeliveryView, EventView, SubmissionView
+from falhook.store.models import DeliveryView, EventView, SubmissionView
+from falhook.store.states import DELIVERY_STATES, state_predicates
 
 encode = msgspec.json.encode
 decode = msgspec.json.decode
@@ -190,7 +191,7 @@ def to_epoch(value: datetime) -> float:
     return value.timestamp()
 
 
-# --- event state (the contract's rule, in SQL) ------------------------------------------------
+# --- event state (the contract's rule, from falhook.store.states) ------------------------
 
 
 def _has(condition: str) -> str:
@@ -199,16 +200,7 @@ def _has(condition: str) -> str:
     return f"EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND {condition})"
 
 
-_DEAD = _has("+d.state = 'dead'")
-_RETRYING = _has("+d.state = 'retrying'")
-_ANY = _has("1")
-_UNFINISHED = _has("+d.state <> 'delivered'")
-EVENT_STATE_WHERE: dict[str, str] = {
-    "dead": _DEAD,
-    "retrying": f"NOT {_DEAD} AND {_RETRYING}",
-    "delivered": f"{_ANY} AND NOT {_UNFINISHED}",
-    "pending": f"NOT {_DEAD} AND NOT {_RETRYING} AND (NOT {_ANY} OR {_UNFINISHED})",
-}
+EVENT_STATE_WHERE = state_predicates(_has, column="+d.state")
 
 
 def state_where(state: str) -> tuple[str, list[Any]]:

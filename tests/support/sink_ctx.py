@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -71,16 +70,6 @@ def make_ctx(
         }
         for f in files
     ]
-    document = {
-        "request_id": request_id,
-        "route": route,
-        "fal_status": status,
-        "error": error,
-        "payload_error": None,
-        "received_at": RECEIVED.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "files": views,
-        "payload": payload,
-    }
     event = EventInfo(
         request_id=request_id,
         route=route,
@@ -92,13 +81,11 @@ def make_ctx(
         received_at=RECEIVED,
         files=views,
         file_problems=[],
-        document=json.loads(json.dumps(document)),
         submission={"endpoint": endpoint} if endpoint else None,
     )
     return DeliveryContext(
         event=event,
         files=files,
-        route=route,
         sink=sink,
         attempt=attempt,
         log=structlog.get_logger().bind(request_id=request_id, sink=sink),

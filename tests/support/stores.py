@@ -17,8 +17,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from falhook.store.models import Store
 from falhook.store.postgres import PostgresStore
+from falhook.store.roles import Store
 from falhook.store.sqlite import SQLiteStore
 
 STORE_BACKENDS: list[str] = ["sqlite", "postgres"]

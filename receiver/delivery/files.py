@@ -1,0 +1,117 @@
+"""From a stored event to what its sinks get: every File downloaded once into the job's spool
+folder and named safely (``LocalFile``), and the event as sinks see it (``EventInfo``)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from falhook.downloads.fetch import FetchedFile, Fetcher, FetchError
+from falhook.intake.envelope import EnvelopeError, FileRef, parse_envelope
+from falhook.intake.events import files_of
+from falhook.metrics import Metrics
+from falhook.sinks.base import EventInfo, LocalFile
+from falhook.sinks.naming import file_names
+from falhook.store.document import file_views, payload_of, submission_doc
+from falhook.store.models import EventView
+
+log = structlog.get_logger("falhook.worker")
+Problems = list[dict[str, str]]
+
+
+def refs_of(event: EventView) -> tuple[list[FileRef], Problems]:
+    """The Files to download, re-derived from the raw body (the stored list abbreviates
+    data: URIs), and the malformed ones as problems."""
+    try:
+        envelope = parse_envelope(event.body)
+    except EnvelopeError:  # cannot happen for a stored event; never crash on it
+        return [], [{"path": "payload", "reason": "stored body is not an envelope"}]
+    refs, problems = files_of(envelope)
+    return refs, [{"path": p.path, "reason": p.reason} for p in problems]
+
+
+async def download_all(
+    fetcher: Fetcher, metrics: Metrics, refs: list[FileRef], spool_dir: Path, *, keep: bool
+) -> list[LocalFile]:
+    """Each File once, one after another (each download already saturates a core), into
+    spool_dir; FetchError when one fails."""
+    if not refs:
+        return []
+    await asyncio.to_thread(spool_dir.mkdir, parents=True, exist_ok=True)
+    fetched: list[FetchedFile] = []
+    for ref in refs:
+        started = time.perf_counter()
+        try:
+            got = await fetcher.fetch(ref, spool_dir, keep=keep)
+        except FetchError as exc:
+            outcome = "retryable" if exc.retryable else "permanent"
+            metrics.downloads.labels(outcome=outcome).inc()
+            log.warning("download failed", path=ref.path, error=exc.message, kind=outcome)
+            raise
+        seconds = time.perf_counter() - started
+        log.info(
+            "downloaded",
+            path=ref.path,
+            bytes=got.size,
+            seconds=round(seconds, 3),
+            mib_per_s=round(got.size / 1048576 / max(seconds, 1e-6), 1),
+        )
+        fetched.append(got)
+        metrics.downloads.labels(outcome="ok").inc()
+        metrics.download_bytes.inc(got.size)
+    names = file_names((r.path, r.file_name, r.content_type, r.url) for r in refs)
+    return [local_file(f, name) for f, name in zip(fetched, names, strict=True)]
+
+
+def local_file(fetched: FetchedFile, name: str) -> LocalFile:
+    ref = fetched.ref
+    return LocalFile(
+        path=ref.path,
+        name=name,
+        url=ref.url if not ref.is_data_uri else ref.url[:32] + "...",
+        local_path=fetched.local_path,
+        size=fetched.size,
+        sha256=fetched.sha256,
+        content_type=fetched.content_type,
+        file_name=ref.file_name,
+        extras=ref.extras,
+    )
+
+
+def with_downloads(files: list[dict[str, Any]], local: list[LocalFile]) -> list[dict[str, Any]]:
+    """The event's stored file list with what the downloads found out (size, sha256, type,
+    the name sinks use)."""
+    by_path = {f.path: f for f in local}
+    updated = []
+    for view in files:
+        got = by_path.get(view.get("path", ""))
+        if got is not None:
+            view = view | {
+                "size": got.size,
+                "sha256": got.sha256,
+                "content_type": got.content_type,
+                "name": got.name,
+            }
+        updated.append(view)
+    return updated
+
+
+def event_info(event: EventView, files: list[dict[str, Any]], problems: Problems) -> EventInfo:
+    return EventInfo(
+        request_id=event.request_id,
+        route=event.route,
+        fal_status=event.fal_status,
+        error=event.error,
+        payload_error=event.payload_error,
+        payload=payload_of(event),
+        gateway_request_id=event.gateway_request_id,
+        received_at=event.received_at,
+        files=file_views(files),
+        file_problems=problems,
+        submission=submission_doc(event),
+        source=event.source,
+    )

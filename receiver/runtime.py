@@ -1,0 +1,164 @@
+"""What a falhook process holds while it runs, built and closed in one place for every entry
+point (`serve`, `worker`, `events replay --now`, the Lambda handler and drain, the CLI's
+store commands):
+
+    async with open_runtime(settings, worker="run") as rt:
+        await stop.wait()
+
+Sinks are built before anything opens, so a config mistake fails first; then the store opens,
+the JWKS cache loads, and the worker and reconciliation loops start. Closing undoes it in
+reverse: the loops stop (in-flight deliveries get `shutdown_grace`), then sinks and store
+close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator, Mapping
+from typing import TYPE_CHECKING, Any, Literal
+
+from falhook.config import ConfigError, Settings
+from falhook.logs import get_logger
+from falhook.metrics import Metrics
+from falhook.sinks.base import OptionError, Sink, SinkEnv
+from falhook.sinks.registry import build_sinks, close_sinks
+from falhook.store import Store, make_store
+
+if TYPE_CHECKING:
+    from falhook.delivery.worker import Worker
+    from falhook.intake.keys import FalKeys
+
+log = get_logger("falhook.runtime")
+
+# "run": deliver in the background for the runtime's life; "on_demand": built for callers that
+# deliver specific events themselves (inline serverless, `events replay --now`, the drain).
+WorkerMode = Literal["run", "on_demand"] | None
+
+
+def make_sinks(settings: Settings) -> dict[str, Sink]:
+    """Every configured sink, built and checked; a mistake is a ConfigError naming the key."""
+    try:
+        return build_sinks(settings.sinks.values(), SinkEnv(base_dir=settings.base_dir))
+    except OptionError as exc:
+        raise ConfigError(exc.key, exc.problem) from None
+
+
+def make_keys(settings: Settings) -> FalKeys:
+    from falhook.intake.keys import FalKeys
+
+    r = settings.receiver
+    return FalKeys(
+        r.jwks_url,
+        refetch_interval=r.jwks_refetch_interval,
+        refresh_interval=r.jwks_refresh_interval,
+    )
+
+
+class Runtime:
+    """The store, sinks, metrics, and (as asked) JWKS keys, worker and reconciliation of one
+    process. ``start()`` / ``close()``, or ``open_runtime`` around both."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        keys: FalKeys | bool = False,
+        worker: WorkerMode = None,
+        reconcile: bool = False,
+        store: Store | None = None,
+        sinks: Mapping[str, Sink] | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.settings = settings
+        if sinks is None:
+            sinks = make_sinks(settings) if worker is not None else {}
+        self.sinks: dict[str, Sink] = dict(sinks)
+        self.store: Store = store or make_store(settings)
+        self.metrics = metrics or Metrics()
+        self.keys: FalKeys | None = make_keys(settings) if keys is True else (keys or None)
+        self.worker_mode = worker
+        self.worker: Worker | None = None
+        self.reconcile = reconcile
+        self.stop = asyncio.Event()
+        self.started = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closers: list[Any] = []
+        self._start_lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        try:
+            await self.store.open()
+            if self.keys is not None:
+                await self.keys.start()
+            if self.worker_mode is not None:
+                self._start_worker()
+            if self.reconcile:
+                self._start_reconciler()
+        except BaseException:
+            await self._close_parts()
+            raise
+        self.started = True
+
+    async def ensure_started(self) -> None:
+        """Start once (serverless: once per container, on its first request)."""
+        if not self.started:
+            async with self._start_lock:
+                if not self.started:
+                    await self.start()
+
+    async def close(self) -> None:
+        if not self.started:
+            return
+        self.started = False
+        await self._close_parts()
+
+    def _start_worker(self) -> None:
+        from falhook.delivery.worker import Worker
+
+        self.worker = Worker(self.settings, self.store, self.sinks, metrics=self.metrics)
+        if self.worker_mode == "run":
+            self._tasks.append(
+                asyncio.create_task(self.worker.run(self.stop), name="falhook-worker")
+            )
+
+    def _start_reconciler(self) -> None:
+        # Results fal could not deliver (falhook was down past fal's retries) are polled for;
+        # several receivers doing it at once is harmless: storing twice is a no-op.
+        key = os.environ.get("FAL_KEY")
+        if not (self.settings.reconcile.enabled and key):
+            return
+        from falhook.fal.queue import make_queue
+        from falhook.fal.reconcile import Reconciler
+
+        queue = make_queue(self.settings, key=key)
+        self._closers.append(queue.aclose)
+        reconciler = Reconciler(self.store, queue, self.settings)
+        self._tasks.append(asyncio.create_task(reconciler.run(self.stop), name="falhook-reconcile"))
+
+    async def _close_parts(self) -> None:
+        self.stop.set()
+        tasks, self._tasks = self._tasks, []
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self.worker is not None:
+            await self.worker.aclose()
+        for close in reversed(self._closers):
+            with contextlib.suppress(Exception):
+                await close()
+        self._closers.clear()
+        if self.keys is not None:
+            await self.keys.aclose()
+        await close_sinks(self.sinks)
+        await self.store.close()
+
+
+@contextlib.asynccontextmanager
+async def open_runtime(settings: Settings, **parts: Any) -> AsyncIterator[Runtime]:
+    """A started Runtime (see Runtime for `parts`), closed on the way out."""
+    runtime = Runtime(settings, **parts)
+    await runtime.start()
+    try:
+        yield runtime
+    finally:
+        await runtime.close()
