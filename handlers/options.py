@@ -31,7 +31,7 @@ class Invalid(ValueError):
         self.problem = problem
 
 
-class SinkOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+class SinkOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Base of every sink's option Struct: unknown options are errors."""
 
     def check(self) -> None:

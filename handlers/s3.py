@@ -138,7 +138,7 @@ class S3Sink(Sink):
     # --- the client and its threads ------------------------------------------------------------
 
     def _get_client(self) -> Any:
-        """The boto3 client, made once, in a pool thread (making one takes ~0.1 s of CPU).
+        """The boto3 client, made once, in a pool thread (making one is costly).
         botocore clients are thread-safe; one serves every event loop and thread."""
         with self._client_lock:
             if self._client is None:
@@ -242,11 +242,12 @@ class S3Sink(Sink):
 
     def _presign(self, client: Any, key: str) -> str:
         # Off the loop: no request, but refreshing temporary credentials may make one.
-        return client.generate_presigned_url(
+        url: str = client.generate_presigned_url(
             "get_object",
             Params={"Bucket": self.bucket, "Key": key},
             ExpiresIn=self.presign_seconds,
         )
+        return url
 
     def _metadata(self, ctx: DeliveryContext, file: LocalFile | None) -> dict[str, str]:
         # Metadata travels as HTTP headers: keep it ASCII (identifiers are sanitised names).

@@ -90,13 +90,22 @@ def _field(label: str, value: str) -> dict[str, str]:
 def build_message(ctx: DeliveryContext, *, previews: bool = True) -> dict[str, Any]:
     """`{"text": fallback, "blocks": [...]}` for this event."""
     ev = ctx.event
-    endpoint = ev.endpoint or "unknown"
     failed = not ev.ok or ev.payload_error
-    title = (
-        f"fal request failed · {ctx.event.route}"
-        if failed
-        else f"fal request done · {ctx.event.route}"
-    )
+    title = f"fal request {'failed' if failed else 'done'} · {ev.route}"
+    blocks = _head(ctx, title)
+    tail = [_context(f"falhook · received {iso_utc(ev.received_at)}")]
+    # Room for the files: keep one block for "and N more" and the closing context.
+    blocks += _file_blocks(ctx, MAX_BLOCKS - len(blocks) - len(tail) - 1, previews=previews)
+    blocks += tail
+    summary = f"{title} ({ev.request_id})"
+    if ev.error:
+        summary += f": {ev.error}"
+    return {"text": fit(summary, FALLBACK_MAX), "blocks": blocks}
+
+
+def _head(ctx: DeliveryContext, title: str) -> list[dict[str, Any]]:
+    """The title, the event's facts and its errors."""
+    ev = ctx.event
     blocks: list[dict[str, Any]] = [
         {
             "type": "header",
@@ -105,8 +114,8 @@ def build_message(ctx: DeliveryContext, *, previews: bool = True) -> dict[str, A
         {
             "type": "section",
             "fields": [
-                _field("Route", ctx.event.route),
-                _field("Endpoint", endpoint),
+                _field("Route", ev.route),
+                _field("Endpoint", ev.endpoint or "unknown"),
                 _field("Status", ev.fal_status),
                 _field("Request", ev.request_id),
             ],
@@ -115,28 +124,16 @@ def build_message(ctx: DeliveryContext, *, previews: bool = True) -> dict[str, A
     for label, problem in (("Error", ev.error), ("Payload error", ev.payload_error)):
         if problem:
             body = fit(problem, SECTION_MAX - len(label) - 12)
-            blocks.append(
-                {"type": "section", "text": {"type": "mrkdwn", "text": f"*{label}*\n```{body}```"}}
-            )
+            blocks.append(_text(f"*{label}*\n```{body}```"))
+    return blocks
 
-    tail_blocks = [
-        {
-            "type": "context",
-            "elements": [
-                {
-                    "type": "mrkdwn",
-                    "text": fit(f"falhook · received {iso_utc(ev.received_at)}", 300),
-                }
-            ],
-        }
-    ]
-    # Room for the files: keep one block for "and N more" and the closing context.
-    room = MAX_BLOCKS - len(blocks) - len(tail_blocks) - 1
+
+def _file_blocks(ctx: DeliveryContext, room: int, *, previews: bool) -> list[dict[str, Any]]:
+    """A line (and a preview) per file, as many as fit in `room` blocks, then how many more."""
+    blocks: list[dict[str, Any]] = []
     shown = 0
     for file in ctx.files:
-        file_blocks = [
-            {"type": "section", "text": {"type": "mrkdwn", "text": _file_line(ctx, file)}}
-        ]
+        file_blocks = [_text(_file_line(ctx, file))]
         preview = _preview(ctx, file) if previews else None
         if preview is not None:
             file_blocks.append(preview)
@@ -146,16 +143,13 @@ def build_message(ctx: DeliveryContext, *, previews: bool = True) -> dict[str, A
         room -= len(file_blocks)
         shown += 1
     if shown < len(ctx.files):
-        more = len(ctx.files) - shown
-        blocks.append(
-            {
-                "type": "section",
-                "text": {"type": "mrkdwn", "text": f"…and {more} more file(s), not listed"},
-            }
-        )
-    blocks.extend(tail_blocks)
+        blocks.append(_text(f"…and {len(ctx.files) - shown} more file(s), not listed"))
+    return blocks
 
-    summary = f"{title} ({ev.request_id})"
-    if ev.error:
-        summary += f": {ev.error}"
-    return {"text": fit(summary, FALLBACK_MAX), "blocks": blocks}
+
+def _text(mrkdwn: str) -> dict[str, Any]:
+    return {"type": "section", "text": {"type": "mrkdwn", "text": mrkdwn}}
+
+
+def _context(mrkdwn: str) -> dict[str, Any]:
+    return {"type": "context", "elements": [{"type": "mrkdwn", "text": fit(mrkdwn, 300)}]}

@@ -1,3 +1,45 @@
-"""falhook's receiver: verified, durable intake of fal.ai webhooks and their delivery."""
+"""falhook: verified, durable intake of fal.ai webhooks and their delivery to sinks.
 
-__version__ = "0.1.0"
+    from falhook import create_app, load_settings
+    app = create_app(load_settings("falhook.toml"))     # an ASGI app: falhook serve's own
+
+The public names below are imported on first use, so `import falhook.sinks` (a sink's only
+dependency) and the Lambda entry point pay only for what they use.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.2.0"
+
+_PUBLIC = {
+    "create_app": "falhook.app",
+    "Settings": "falhook.config",
+    "ConfigError": "falhook.config",
+    "load_settings": "falhook.config",
+    "Runtime": "falhook.runtime",
+    "open_runtime": "falhook.runtime",
+}
+__all__ = [
+    "ConfigError",
+    "Runtime",
+    "Settings",
+    "__version__",
+    "create_app",
+    "load_settings",
+    "open_runtime",
+]
+
+if TYPE_CHECKING:
+    from falhook.app import create_app
+    from falhook.config import ConfigError, Settings, load_settings
+    from falhook.runtime import Runtime, open_runtime
+
+
+def __getattr__(name: str) -> Any:
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'falhook' has no attribute {name!r}")
+    return getattr(import_module(module), name)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import msgspec
@@ -22,15 +23,23 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from falhook.config import Settings
-from falhook.intake.endpoint import PREFIX, Receive, Scope, Send, WebhookEndpoint
+from falhook.intake.endpoint import (
+    PREFIX,
+    DeliverNow,
+    Receive,
+    Scope,
+    Send,
+    WebhookEndpoint,
+)
+from falhook.intake.keys import FalKeys
 from falhook.logs import configure_logging
 from falhook.runtime import Runtime, WorkerMode
-from falhook.store.roles import EventReader
 from falhook.store.states import DELIVERY_STATES
 
 log = structlog.get_logger("falhook.receiver")
 _encode = msgspec.json.encode
 _COUNTS_TTL = 5.0
+Lifespan = Callable[[Starlette], AbstractAsyncContextManager[None]]
 
 
 class JSONBody(Response):
@@ -45,20 +54,48 @@ def error(status: int, code: str, detail: str, headers: dict[str, str] | None = 
     return JSONBody({"error": code, "detail": detail}, status_code=status, headers=headers)
 
 
-class _Counts:
-    """Deliveries per state for /metrics, read from the store at most every few seconds (a
-    scraper must not turn into a load on the store)."""
+class Probes:
+    """/healthz, /readyz and /metrics over one runtime."""
 
-    def __init__(self, store: EventReader) -> None:
-        self.store = store
-        self._at = 0.0
-        self._cached: dict[str, int] = {}
+    def __init__(self, runtime: Runtime, keys: FalKeys) -> None:
+        self.runtime = runtime
+        self.keys = keys
+        self._counted_at = 0.0
+        self._counts: dict[str, int] = {}
 
-    async def get(self) -> dict[str, int]:
-        if time.monotonic() - self._at > _COUNTS_TTL:
-            self._cached = await self.store.counts()
-            self._at = time.monotonic()
-        return self._cached
+    async def healthz(self, _: Request) -> Response:
+        return JSONBody({"status": "ok"})
+
+    async def readyz(self, _: Request) -> Response:
+        await self.runtime.ensure_started()
+        store_ok = await self.runtime.store.ping()
+        keys_ok = self.keys.loaded
+        body = {"store": store_ok, "keys": keys_ok}
+        if store_ok and keys_ok:
+            return JSONBody({"status": "ready", **body})
+        return JSONBody({"status": "not_ready", **body}, status_code=503)
+
+    async def metrics(self, _: Request) -> Response:
+        m = self.runtime.metrics
+        with contextlib.suppress(Exception):  # metrics must answer even with the store away
+            by_state = await self._deliveries_by_state()
+            for state in DELIVERY_STATES:
+                m.deliveries_by_state.labels(state=state).set(by_state.get(state, 0))
+        m.keys_loaded.set(len(self.keys.keys()))
+        return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def _deliveries_by_state(self) -> dict[str, int]:
+        # Read at most every few seconds: a scraper must not turn into a load on the store.
+        if time.monotonic() - self._counted_at > _COUNTS_TTL:
+            self._counts = await self.runtime.store.counts()
+            self._counted_at = time.monotonic()
+        return self._counts
+
+
+async def http_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return error(exc.status_code, code, str(exc.detail))
 
 
 class Falhook:
@@ -101,50 +138,40 @@ def create_app(
     if worker is None:
         parts.setdefault("sinks", {})
     runtime = Runtime(settings, worker=worker, reconcile=not inline, **parts)
-    keys = runtime.keys
-    assert keys is not None
-
-    async def deliver_now(request_id: str) -> list[str]:
-        assert runtime.worker is not None
-        return await runtime.worker.deliver_now(
-            request_id, deadline=settings.serverless.inline_deadline
-        )
-
+    assert runtime.keys is not None
     webhooks = WebhookEndpoint(
         settings,
-        keys=keys,
+        keys=runtime.keys,
         store=runtime.store,
         metrics=runtime.metrics,
         ready=runtime.ensure_started,
-        deliver_now=deliver_now if inline else None,
+        deliver_now=_inline_delivery(runtime) if inline else None,
     )
-    counts = _Counts(runtime.store)
+    probes = Probes(runtime, runtime.keys)
+    app = Starlette(
+        routes=[
+            Route("/healthz", probes.healthz, methods=["GET", "HEAD"]),
+            Route("/readyz", probes.readyz, methods=["GET", "HEAD"]),
+            Route("/metrics", probes.metrics, methods=["GET"]),
+        ],
+        exception_handlers={HTTPException: http_error},
+        lifespan=_lifespan(runtime, run_worker) if managed_lifespan else None,
+    )
+    app.state.runtime = runtime
+    return Falhook(app, webhooks, runtime)
 
-    async def healthz(_: Request) -> Response:
-        return JSONBody({"status": "ok"})
 
-    async def readyz(_: Request) -> Response:
-        await runtime.ensure_started()
-        store_ok = await runtime.store.ping()
-        keys_ok = keys.loaded
-        body = {"store": store_ok, "keys": keys_ok}
-        if store_ok and keys_ok:
-            return JSONBody({"status": "ready", **body})
-        return JSONBody({"status": "not_ready", **body}, status_code=503)
+def _inline_delivery(runtime: Runtime) -> DeliverNow:
+    async def deliver_now(request_id: str) -> list[str]:
+        assert runtime.worker is not None
+        deadline = runtime.settings.serverless.inline_deadline
+        return await runtime.worker.deliver_now(request_id, deadline=deadline)
 
-    async def metrics_view(_: Request) -> Response:
-        m = runtime.metrics
-        with contextlib.suppress(Exception):  # metrics must answer even with the store away
-            by_state = await counts.get()
-            for state in DELIVERY_STATES:
-                m.deliveries_by_state.labels(state=state).set(by_state.get(state, 0))
-        m.keys_loaded.set(len(keys.keys()))
-        return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
+    return deliver_now
 
-    async def http_error(_: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return error(exc.status_code, code, str(exc.detail))
+
+def _lifespan(runtime: Runtime, run_worker: bool) -> Lifespan:
+    settings = runtime.settings
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -160,14 +187,4 @@ def create_app(
         finally:
             await runtime.close()
 
-    app = Starlette(
-        routes=[
-            Route("/healthz", healthz, methods=["GET", "HEAD"]),
-            Route("/readyz", readyz, methods=["GET", "HEAD"]),
-            Route("/metrics", metrics_view, methods=["GET"]),
-        ],
-        exception_handlers={HTTPException: http_error},
-        lifespan=lifespan if managed_lifespan else None,
-    )
-    app.state.runtime = runtime
-    return Falhook(app, webhooks, runtime)
+    return lifespan

@@ -170,7 +170,8 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     global _handler
     if _handler is None:
         _handler = build_handler(_load())
-    return _handler(event, context)
+    answer: dict[str, Any] = _handler(event, context)
+    return answer
 
 
 def drain(event: dict[str, Any] | None = None, context: Any = None) -> dict[str, int]:

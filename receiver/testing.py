@@ -137,6 +137,7 @@ class LoopbackServer:
     `with` block. Subclasses pass their request handler class."""
 
     def __init__(self, handler: type[BaseHTTPRequestHandler], host: str = "127.0.0.1") -> None:
+        self.host = host
         self._server = ThreadingHTTPServer((host, 0), handler)
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
@@ -205,8 +206,7 @@ class JWKSServer(LoopbackServer):
     @property
     def url(self) -> str:
         """Where the JWKS is served (for [receiver].jwks_url)."""
-        host = self._server.server_address[0]
-        return f"http://{host}:{self.port}/.well-known/jwks.json"
+        return f"http://{self.host}:{self.port}/.well-known/jwks.json"
 
     def set_jwks(self, doc: dict[str, Any]) -> None:
         with self._lock:

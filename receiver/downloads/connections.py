@@ -2,10 +2,9 @@
 address guard opened, kept alive in a small pool.
 
 Why http.client here and httpx everywhere else: an http.client response reads its body
-straight into the caller's buffer (`readinto`, one kernel copy per byte). Under httpx, h11's
-receive buffer copies every byte several times more. On a 1 GiB download that cost about a
-third of the throughput and half again the CPU here. JWKS, Slack, the HTTP sink and fal's
-API carry small bodies and stay on httpx.
+straight into the caller's buffer (`readinto`, one kernel copy per byte); h11's receive
+buffer under httpx copies every byte several times more (docs/performance.md). JWKS, Slack,
+the HTTP sink and fal's API carry small bodies and stay on httpx.
 """
 
 from __future__ import annotations

@@ -24,12 +24,9 @@ from pathlib import Path
 from typing import Any
 
 # One buffer: what is read, hashed and written at once. Small enough to still be in the
-# CPU cache when write() copies it into the page cache: with 1 MiB buffers that copy was
-# 40 % of a download's CPU. Measured side by side on 1 GiB (12 rounds, against curl -o):
-# 128 KiB buffers 1.05 of curl, 1 MiB buffers written in 128 KiB slices 0.98, in 256 KiB
-# slices 0.81, and 1 MiB buffers written whole 0.6-0.7 in other runs.
+# CPU cache when write() copies it into the page cache (docs/performance.md: buffer size).
 CHUNK = 128 * 1024
-HASH_AHEAD = 8  # filled buffers the hasher may be behind, at most (4 and 16 were slower)
+HASH_AHEAD = 8  # filled buffers the hasher may be behind, at most
 BUFFERS = HASH_AHEAD + 2  # those, plus the one being hashed and the one being filled
 WRITEBACK_EVERY = 8 * 1024 * 1024
 
@@ -52,10 +49,8 @@ _WAIT_BEFORE, _WRITE = 1, 2  # SYNC_FILE_RANGE_WAIT_BEFORE, SYNC_FILE_RANGE_WRIT
 # at most MAX_UNWRITTEN ahead of that. An fsync of the store's WAL on the same file system
 # waits for the data blocks the running journal transaction holds (ext4's ordered mode), so
 # what a download has queued for the disk is what a webhook's commit may wait behind, and
-# what it has left unwritten is what the sink's fsync must still write. Here the block queue
-# and the kernel's dirty-page throttling kept both small already (the same commit latency
-# and download time were measured with writeback started unbounded); the bound holds them
-# small whatever the kernel's settings.
+# what it has left unwritten is what the sink's fsync must still write. The bound keeps both
+# small whatever the kernel's dirty-page settings.
 MAX_UNWRITTEN = 64 * 1024 * 1024
 
 
@@ -138,8 +133,8 @@ class _Flusher:
 
 
 class _Hasher:
-    """sha256 on its own thread. Hashing (about 2 GB/s on one core) is the costliest step of
-    a download; overlapped with the socket and the disk, a download keeps pace with curl.
+    """sha256 on its own thread. Hashing is the costliest step of a download; overlapped
+    with the socket and the disk, it no longer adds to the download's time.
     Each buffer goes back to `free` once hashed."""
 
     _DONE = object()  # the end marker: no buffer is ever this object

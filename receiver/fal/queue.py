@@ -224,7 +224,8 @@ class FalQueue:
         if not self._key:
             raise MissingKey()
         try:
-            return await fal_client.AsyncClient(key=self._key).upload_file(path)
+            url: str = await fal_client.AsyncClient(key=self._key).upload_file(path)
+            return url
         except Exception as exc:  # fal-client raises many kinds; none may leak the key
             raise SubmitError(f"uploading {path.name} failed: {type(exc).__name__}") from None
 

@@ -109,21 +109,25 @@ async def submit(
         cancel_url=done.cancel_url,
     )
     if store is not None:
-        try:
-            await store.record_submission(
-                NewSubmission(
-                    request_id=done.request_id,
-                    endpoint=endpoint,
-                    route=route,
-                    input=payload,
-                    status_url=done.status_url,
-                    response_url=done.response_url,
-                    cancel_url=done.cancel_url,
-                )
-            )
-        except Exception as exc:  # the job runs regardless: never lose its request_id
-            raise NotRecorded(submission, f"{type(exc).__name__}: {exc}") from exc
+        await _record(store, submission)
     return submission
+
+
+async def _record(store: SubmissionStore, sub: Submission) -> None:
+    try:
+        await store.record_submission(
+            NewSubmission(
+                request_id=sub.request_id,
+                endpoint=sub.endpoint,
+                route=sub.route,
+                input=sub.input,
+                status_url=sub.status_url,
+                response_url=sub.response_url,
+                cancel_url=sub.cancel_url,
+            )
+        )
+    except Exception as exc:  # the job runs regardless: never lose its request_id
+        raise NotRecorded(sub, f"{type(exc).__name__}: {exc}") from exc
 
 
 def prepare_input(

@@ -82,8 +82,8 @@ def check_headers(
 def verify_signature(signed: SignedRequest, keys: Sequence[VerifyKey]) -> bool:
     """True when any key verifies the signature.
 
-    VerifyKey.verify costs the same as nacl.bindings.crypto_sign_open within noise (measured
-    by bench/verify_bench.py), so the public API is used."""
+    VerifyKey.verify costs the same as the lower-level binding (bench/verify_bench.py), so
+    the public API is used."""
     for key in keys:
         try:
             key.verify(signed.message, signed.signature)

@@ -56,9 +56,8 @@ Outcome = tuple[Any, BaseException | None]
 _BATCH_MAX = 512
 # Group commit under concurrent load: a batch grows while callers keep arriving, and is
 # committed once a poll interval brings no one new (everyone coming is already here) or at
-# the cap. A fixed 2 ms wait gave batches of about 16 at 64 connections; waiting longer helped
-# there (per event, SQLite costs 52 us at 16, 47 at 32, 41 at 64) but idled the CPU at 32
-# connections, where every request was already waiting on the commit.
+# the cap. A fixed wait idles the CPU when every caller is already waiting on the commit
+# (docs/performance.md: group commit).
 COMMIT_WAIT_MAX = 0.008  # seconds a commit waits for company, at most
 COMMIT_POLL = 0.0005  # seconds between looks at the queue
 _READERS = 2
@@ -96,6 +95,10 @@ class _Accept:
         self.row = row
         self.sinks = sinks
 
+    def __call__(self, c: sqlite3.Connection) -> bool:
+        """This accept alone (when its batch failed and each is redone by itself)."""
+        return _accept_all(c, [self])[0]
+
 
 def _accept_all(c: sqlite3.Connection, accepts: list[_Accept]) -> list[bool]:
     """Insert the batch's new events and their deliveries; False for duplicates (of stored
@@ -114,7 +117,8 @@ def _accept_all(c: sqlite3.Connection, accepts: list[_Accept]) -> list[bool]:
             )
         )
     fresh: list[bool] = []
-    rows, deliveries = [], []
+    rows: list[tuple[Any, ...]] = []
+    deliveries: list[tuple[Any, ...]] = []
     next_id = c.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0] + 1
     for a in accepts:
         rid = a.row[0]
@@ -238,15 +242,15 @@ class _Writer(threading.Thread):
         conn.execute("BEGIN IMMEDIATE")
         accepts = [i for i, op in enumerate(ops) if isinstance(op, _Accept)]
         if accepts:
-            batched = _in_savepoint(conn, lambda c: _accept_all(c, [ops[i] for i in accepts]))  # type: ignore[misc]
+            batch = [op for op in ops if isinstance(op, _Accept)]
+            batched = _in_savepoint(conn, lambda c: _accept_all(c, batch))
             if batched[1] is None:
                 for i, fresh in zip(accepts, batched[0], strict=True):
                     outcomes[i] = (fresh, None)
             else:
                 # One bad accept must not sink the others: redo them one by one.
                 for i in accepts:
-                    one: _Accept = ops[i]  # type: ignore[assignment]
-                    outcomes[i] = _in_savepoint(conn, lambda c, a=one: _accept_all(c, [a])[0])
+                    outcomes[i] = _in_savepoint(conn, ops[i])
         for i, op in enumerate(ops):
             if not isinstance(op, _Accept):
                 outcomes[i] = _in_savepoint(conn, op)
@@ -352,11 +356,11 @@ class SQLiteStore:
         if readers is not None:
             await asyncio.to_thread(readers.close)
 
-    async def _write(self, op: Op) -> Any:
+    async def _write(self, op: Callable[[sqlite3.Connection], T]) -> T:
         writer = self._writer
         if writer is None or not writer.is_alive():
             raise StoreUnavailable("the store is not open")
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         writer.ops.put((op, fut))
         try:
             return await fut
@@ -416,7 +420,7 @@ class SQLiteStore:
             event.source,
         )
         sinks = tuple(dict.fromkeys(event.sinks))  # a sink named twice is one delivery
-        fresh = await self._write(_Accept(row, sinks))  # type: ignore[arg-type]
+        fresh = await self._write(_Accept(row, sinks))
         if fresh:
             self._notify()
         return bool(fresh)

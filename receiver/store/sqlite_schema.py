@@ -79,8 +79,7 @@ MIGRATIONS: list[tuple[str, ...]] = [
         # made every accept write one more random page of the deliveries key. The id (an
         # INTEGER PRIMARY KEY, which VACUUM cannot renumber) is also the listing order, newest
         # first, so the table needs no index on time, and the route index holds the route
-        # alone (the id is in every index). Per event at batches of 24 (SQLite alone, min of
-        # 5 runs): 35 us and 9 KiB written, against 52 us and 17 KiB at version 2.
+        # alone (the id is in every index). docs/performance.md has the figures.
         """CREATE TABLE events_v3 (
             id INTEGER PRIMARY KEY,
             request_id TEXT NOT NULL UNIQUE,
