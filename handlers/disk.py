@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from falhook.sinks.base import DeliveryContext, Permanent, Retryable, Sink, SinkEnv
-from falhook.sinks.naming import safe_component
+from falhook.sinks.naming import id_component
 from falhook.sinks.options import SinkOptions, read_options
 
 
@@ -48,7 +48,7 @@ class DiskSink(Sink):
             raise Retryable(f"disk write failed: {exc.strerror or exc}") from exc
 
     def _folder(self, ctx: DeliveryContext) -> Path:
-        folder = self.root / safe_component(ctx.event.route) / safe_component(ctx.event.request_id)
+        folder = self.root / id_component(ctx.event.route) / id_component(ctx.event.request_id)
         # Defence in depth: whatever the names, nothing leaves root.
         if os.path.commonpath([self.root, folder.resolve()]) != str(self.root):
             raise Permanent("refusing a path outside the sink's root")

@@ -1,12 +1,22 @@
-"""Safe, unique names for an event's files: pure functions, no I/O.
+"""Safe, unique names for an event's files and folders: pure functions, no I/O.
 
-Names come from the payload, so they are hostile until proven otherwise: only the last path
-component of `file_name` is kept, control and reserved characters are replaced, leading dots
-are dropped (no hidden files, no `..`), and the length is capped, keeping the extension.
+Names come from the payload, so they are hostile until proven otherwise.
+
+- Identifiers (request ids, routes, endpoint segments) become path and key components
+  injectively: an identifier made only of ``[A-Za-z0-9._-]`` (not starting with a dot,
+  at most 128 characters) is its own component; any other becomes a readable sanitised prefix,
+  ``~`` and 16 hex digits of the SHA-256 of the exact identifier. A clean identifier never
+  holds ``~``, so two different identifiers never share a folder or an S3 key.
+- File names: only the last path component of `file_name` is kept; control characters and
+  characters reserved on common file systems are replaced, format characters (bidirectional
+  overrides, zero-width spaces, a BOM) and other invisible ones are removed, leading dots are
+  dropped (no hidden files, no `..`), and the length is capped, keeping the extension. A name
+  with nothing visible left gives way to one made from the JSON path.
 """
 
 from __future__ import annotations
 
+import hashlib
 import mimetypes
 import re
 import unicodedata
@@ -15,8 +25,14 @@ from urllib.parse import urlsplit
 
 RESERVED = ("event.json",)
 _MAX_BYTES = 200
-_UNSAFE = re.compile(r'[\x00-\x1f\x7f<>:"|?*\\/]')
-_COMPONENT = re.compile(r"[^A-Za-z0-9._-]")
+_MAX_ID = 128  # characters of a clean identifier kept as it is
+_ID_PREFIX = 96  # characters of the readable prefix of a changed identifier
+_ID_HASH = 16  # hex digits of the identifier's SHA-256 after `~`
+_CLEAN_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*\Z")
+_NOT_ID = re.compile(r"[^A-Za-z0-9._-]")
+_UNSAFE = re.compile(r'[<>:"|?*\\/]')
+_MAX_NAME_INPUT = 4096  # characters of a file_name looked at (the result is capped anyway)
+_DROPPED = frozenset({"Cf", "Cs", "Co", "Cn", "Zl", "Zp"})  # invisible: format, unassigned, ...
 _EXTRA_TYPES = {
     "video/mp4": ".mp4",
     "image/jpeg": ".jpg",
@@ -25,22 +41,43 @@ _EXTRA_TYPES = {
 }
 
 
-def safe_component(value: str) -> str:
-    """A path component from an identifier (request_id): [A-Za-z0-9._-] only, never `.`/`..`."""
-    cleaned = _COMPONENT.sub("_", value)[:128].strip(".") or "_"
-    return cleaned
+def id_component(value: str) -> str:
+    """A path or key component for an identifier, different for every different identifier
+    (see the module's docstring); never empty, `.` or `..`, never holds a separator."""
+    if len(value) <= _MAX_ID and _CLEAN_ID.match(value):
+        return value
+    readable = _NOT_ID.sub("_", value[: _ID_PREFIX * 2])[:_ID_PREFIX].lstrip(".") or "id"
+    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:_ID_HASH]
+    return f"{readable}~{digest}"
 
 
 def sanitise_file_name(name: str | None) -> str | None:
-    """The payload's file_name made safe, or None when nothing usable is left."""
+    """The payload's file_name made safe, or None when nothing visible and usable is left."""
     if not name:
         return None
-    name = unicodedata.normalize("NFC", name)
-    name = re.split(r"[/\\]", name)[-1]  # only the last component: no directories, no `..`
+    name = re.split(r"[/\\]", name)[-1][-_MAX_NAME_INPUT:]  # the last component: no `..`
+    name = _visible(unicodedata.normalize("NFC", name))
     name = _UNSAFE.sub("_", name).strip().lstrip(".").rstrip(". ")
     if not name:
         return None
     return _cap(name)
+
+
+def _visible(name: str) -> str:
+    """Control characters replaced (they show as `_`), invisible ones removed (a name must
+    not show what it is not: `exe.png` that is `gnp.exe`), odd spaces made plain."""
+    out = []
+    for ch in name:
+        category = unicodedata.category(ch)
+        if category == "Cc":
+            out.append("_")
+        elif category in _DROPPED:
+            continue
+        elif category == "Zs":
+            out.append(" ")
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 def _cap(name: str) -> str:
@@ -79,18 +116,26 @@ def name_from_path(json_path: str, content_type: str | None, url: str | None) ->
 
 def unique_names(candidates: Iterable[str]) -> list[str]:
     """Make names unique (case-insensitively, and never a reserved name), in order, so the
-    same event always gets the same names: `a.mp4`, `a-2.mp4`, ..."""
+    same event always gets the same names: `a.mp4`, `a-2.mp4`, ...
+
+    Linear in the number of names: each stem remembers the next number to try, so 8,000
+    files called `frame.png` cost 8,000 steps, not 32 million."""
     taken = {r.lower() for r in RESERVED}
+    next_number: dict[tuple[str, str], int] = {}
     result: list[str] = []
     for name in candidates:
         chosen = name
-        stem, dot, ext = name.rpartition(".")
-        if not dot or not stem:
-            stem, dot, ext = name, "", ""
-        n = 2
-        while chosen.lower() in taken:
+        if chosen.lower() in taken:
+            stem, dot, ext = name.rpartition(".")
+            if not dot or not stem:
+                stem, dot, ext = name, "", ""
+            key = (stem.lower(), ext.lower())
+            n = next_number.get(key, 2)
             chosen = f"{stem}-{n}{dot}{ext}"
-            n += 1
+            while chosen.lower() in taken:
+                n += 1
+                chosen = f"{stem}-{n}{dot}{ext}"
+            next_number[key] = n + 1
         taken.add(chosen.lower())
         result.append(chosen)
     return result

@@ -99,7 +99,7 @@ class S3Options(SinkOptions):
     read_timeout: Annotated[float, Meta(gt=0)] = 120.0
 
     def check(self) -> None:
-        check_template(self.prefix, "prefix")
+        check_template(self.prefix, "prefix", required=("request_id",))
         if self.endpoint_url and not self.endpoint_url.startswith(("http://", "https://")):
             raise Invalid("endpoint_url", "must be an http:// or https:// URL")
 

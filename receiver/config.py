@@ -43,6 +43,9 @@ class ReceiverSettings:
     jwks_refresh_interval: float = 3600.0
     timestamp_tolerance: int = 300
     max_body_bytes: int = 10 * 1024 * 1024
+    body_timeout: float = 10.0  # seconds any body may take to arrive ...
+    body_min_rate: float = 65536.0  # ... plus one second per this many bytes
+    max_buffered_bytes: int = 64 * 1024 * 1024  # unfinished bodies, all connections together
     allowed_user_ids: tuple[str, ...] = ()
     queue_url: str = DEFAULT_QUEUE_URL
 
@@ -309,6 +312,10 @@ def _check_receiver(s: ReceiverSettings) -> None:
     _positive("receiver", "jwks_refresh_interval", s.jwks_refresh_interval)
     _positive("receiver", "timestamp_tolerance", s.timestamp_tolerance)
     _positive("receiver", "max_body_bytes", s.max_body_bytes)
+    _positive("receiver", "body_timeout", s.body_timeout)
+    _positive("receiver", "body_min_rate", s.body_min_rate)
+    if s.max_buffered_bytes < s.max_body_bytes:
+        raise ConfigError("[receiver].max_buffered_bytes", "must be >= max_body_bytes")
 
 
 def _check_store(s: StoreSettings) -> None:

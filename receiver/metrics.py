@@ -49,3 +49,8 @@ class Metrics:
             registry=r,
         )
         self.keys_loaded = Gauge("falhook_jwks_keys", "Ed25519 keys in the JWKS cache.", registry=r)
+        self.unfinished_body_bytes = Gauge(
+            "falhook_unfinished_body_bytes",
+            "Bytes held for webhook bodies still arriving (bounded by max_buffered_bytes).",
+            registry=r,
+        )

@@ -26,6 +26,7 @@ from falhook.sinks.base import (
     SinkEnv,
 )
 from falhook.sinks.disk import DiskSink
+from falhook.sinks.naming import id_component
 
 _spool_names = itertools.count(1)
 
@@ -217,3 +218,19 @@ def test_a_source_on_another_file_system_is_copied(
     final = tmp_path / "files" / "reframe" / "req-1" / "clip.mp4"
     assert final.read_bytes() == b"video bytes"
     assert os.stat(final).st_ino != os.stat(ctx.files[0].local_path).st_ino
+
+
+def test_request_ids_that_sanitise_alike_get_their_own_folders(tmp_path: Path) -> None:
+    """`a/b` and `a?b`, `.` and `..`, two long ids cut alike: before, the second event replaced
+    the first's files and event.json."""
+    ids = ["a/b", "a?b", "a_b", ".", "..", "x" * 200, "x" * 200 + "y"]
+    s = sink(tmp_path)
+    for rid in ids:
+        deliver(s, context(tmp_path, request_id=rid, files={"clip.mp4": rid.encode()}))
+    route_dir = tmp_path / "files" / "reframe"
+    folders = sorted(p for p in route_dir.iterdir() if p.is_dir())
+    assert len(folders) == len(ids)
+    for rid in ids:
+        folder = route_dir / id_component(rid)
+        assert (folder / "clip.mp4").read_bytes() == rid.encode()
+        assert json.loads((folder / "event.json").read_bytes())["request_id"] == rid

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
+import unicodedata
+
 import pytest
 
 from falhook.sinks.naming import (
     extension_for,
     file_names,
+    id_component,
     name_from_path,
-    safe_component,
     sanitise_file_name,
     unique_names,
 )
+from tests.support.linecount import count_lines
 
 # --- sanitise_file_name ----------------------------------------------------------------------
 
@@ -85,20 +89,38 @@ def test_unicode_names_are_normalised_to_nfc() -> None:
     assert sanitise_file_name("cafe\u0301.mp4") == "caf\u00e9.mp4"
 
 
-# --- safe_component --------------------------------------------------------------------------
+# --- id_component: request ids and routes as path and key components -----------------------
 
 
 def test_a_fal_request_id_is_its_own_path_component() -> None:
     rid = "764cabcf-b745-4b3e-ae38-1200304cf45b"
-    assert safe_component(rid) == rid
+    assert id_component(rid) == rid
 
 
-@pytest.mark.parametrize("raw", ["../../etc", "..", ".", "a/b", "a\\b", "", "x\x00y", "é"])
+@pytest.mark.parametrize("raw", ["../../etc", "..", ".", "a/b", "a\\b", "", "x\x00y", "é", "a~b"])
 def test_any_identifier_becomes_one_harmless_path_component(raw: str) -> None:
-    part = safe_component(raw)
-    assert part not in ("", ".", "..")
-    assert "/" not in part and "\\" not in part and "\x00" not in part
-    assert set(part) <= set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+    part = id_component(raw)
+    assert part not in ("", ".", "..") and not part.startswith(".")
+    assert set(part) <= set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-~")
+
+
+@pytest.mark.parametrize(
+    "ids",
+    [
+        ["a/b", "a?b", "a_b", "a b"],  # differ only where the sanitiser replaces
+        [".", "..", "_", "id"],  # dot names
+        ["x" * 200, "x" * 200 + "y", "x" * 128, "x" * 129],  # cut to the same length
+        ["a_b~" + "0" * 16, "a/b"],  # a clean-looking id shaped like a changed one
+        ["é", "e", "_"],
+    ],
+)
+def test_different_identifiers_never_share_a_component(ids: list[str]) -> None:
+    assert len({id_component(i) for i in ids}) == len(ids)
+
+
+def test_a_changed_identifier_keeps_a_readable_prefix_and_a_hash_of_the_exact_id() -> None:
+    assert id_component("a/b") == "a_b~" + hashlib.sha256(b"a/b").hexdigest()[:16]
+    assert len(id_component("y" * 10_000)) <= 128
 
 
 # --- extensions and names from JSON paths ----------------------------------------------------
@@ -212,3 +234,44 @@ def test_file_names_are_deterministic() -> None:
         ("video", None, "video/mp4", "https://f/v"),
     ]
     assert file_names(files) == file_names(list(files)) == ["out.png", "out-2.png", "video.mp4"]
+
+
+# --- names that do not lie -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "invoice\u202egnp.exe",  # RIGHT-TO-LEFT OVERRIDE: shown as "invoiceexe.png"
+        "invoice\u2066gnp.exe\u2069",  # isolates
+        "inv\u200boice\u200dgnp.exe",  # zero-width space and joiner
+        "\ufeffinvoicegnp.exe",  # byte order mark
+    ],
+)
+def test_format_characters_are_removed_so_a_name_shows_what_it_is(raw: str) -> None:
+    name = sanitise_file_name(raw)
+    assert name is not None and name.endswith(".exe")
+    assert all(unicodedata.category(ch) not in ("Cf", "Cc") for ch in name)
+
+
+@pytest.mark.parametrize("raw", ["\ufeff", "\u200b\u200b", "\u202e", "\u2028\u2029", "\U000e0041"])
+def test_a_name_of_only_invisible_characters_falls_back_to_the_json_path(raw: str) -> None:
+    assert sanitise_file_name(raw) is None
+    assert file_names([("video", raw, "video/mp4", "https://f/v")]) == ["video.mp4"]
+
+
+def test_odd_spaces_become_plain_spaces() -> None:
+    assert sanitise_file_name("a\u00a0b\u3000c.png") == "a b c.png"
+
+
+# --- naming is linear --------------------------------------------------------------------------
+
+
+def test_thousands_of_same_named_files_are_named_in_linear_steps() -> None:
+    """8,000 files called frame.png: the work grows with the count, not its square (counted
+    in Python lines executed, not in seconds)."""
+    small = count_lines(unique_names, ["frame.png"] * 1000)
+    large = count_lines(unique_names, ["frame.png"] * 8000)
+    assert large < 10 * small  # quadratic naming made this ratio about 64
+    names = unique_names(["frame.png"] * 8000)
+    assert len(set(names)) == 8000 and names[-1] == "frame-8000.png"

@@ -6,6 +6,7 @@ import asyncio
 import gc
 import hashlib
 import io
+import json
 import os
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ import httpx
 import pytest
 
 from falhook.sinks.base import OptionError, Permanent, Retryable, SinkEnv
+from falhook.sinks.naming import id_component
 from falhook.sinks.s3 import FilePart, S3Sink
 from tests.support.fileserver import generated_bytes
 from tests.support.moto import AWS_ENV, BUCKET, MotoServer
@@ -185,8 +187,34 @@ async def test_prefix_template_is_sanitised(tmp_path: Path, moto: MotoServer, s3
     finally:
         await sink.aclose()
     key = out["objects"]["video"]["key"]
-    assert key == "2026-11-23/luma/agent/ray/v3.2/reframe/reframe/_.._etc_passwd/v.mp4"
+    changed = id_component("../../etc passwd")
+    assert changed.startswith("_.._etc_passwd~")
+    assert key == f"2026-11-23/luma/agent/ray/v3.2/reframe/reframe/{changed}/v.mp4"
     assert s3.head_object(Bucket=BUCKET, Key=key)["ContentLength"] == 1
+
+
+async def test_request_ids_that_sanitise_alike_get_their_own_keys(
+    tmp_path: Path, moto: MotoServer, s3: Any
+) -> None:
+    sink = make_sink(moto, tmp_path)
+    ids = ["a/b", "a?b", "a_b", ".", ".."]
+    try:
+        keys = []
+        for rid in ids:
+            f = local_file(tmp_path / "spool" / str(len(keys)), "video", "v.mp4", rid.encode())
+            keys.append((await sink.deliver(make_ctx([f], request_id=rid)))["event_key"])
+    finally:
+        await sink.aclose()
+    assert len(set(keys)) == len(ids)
+    for rid, key in zip(ids, keys, strict=True):  # each event.json is its own event's
+        event = json.loads(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+        assert event["request_id"] == rid
+
+
+def test_a_prefix_without_the_request_id_is_refused(tmp_path: Path, moto: MotoServer) -> None:
+    with pytest.raises(OptionError, match=r"must contain \{request_id\}") as err:
+        make_sink(moto, tmp_path, prefix="fal/{route}/")
+    assert err.value.key == "[sinks.archive].prefix"
 
 
 async def test_unknown_endpoint_renders_unknown(tmp_path: Path, moto: MotoServer, s3: Any) -> None:

@@ -32,7 +32,7 @@ from falhook.delivery.retry import RetryPolicy
 from falhook.downloads.fetch import Fetcher, FetchError
 from falhook.metrics import Metrics
 from falhook.sinks.base import DeliveryContext, EventInfo, LocalFile, Permanent, Retryable, Sink
-from falhook.sinks.naming import safe_component
+from falhook.sinks.naming import id_component
 from falhook.store.models import EventView, Finish, Job, LeasedDelivery, utcnow
 from falhook.store.roles import DeliveryQueue
 
@@ -196,7 +196,7 @@ class Worker:
         attempts = {d.sink: _Attempt(d) for d in job.deliveries}
         for d in job.deliveries:
             self._held[d.token] = (event.request_id, d.sink)
-        spool_dir = self.spool / f"{safe_component(event.request_id)}.{secrets.token_hex(4)}"
+        spool_dir = self.spool / f"{id_component(event.request_id)}.{secrets.token_hex(4)}"
         with structlog.contextvars.bound_contextvars(
             request_id=event.request_id, route=event.route
         ):

@@ -7,11 +7,14 @@ does not.
 
 Checks run in the contract's order, first failure wins: 404 unknown route, 405 method,
 413 body size (counted while reading; never buffering past the limit), 401 signature,
-503 no keys at all, 400 envelope, 503 store; then 200 accepted or duplicate.
+503 no keys at all, 400 envelope, 503 store; then 200 accepted or duplicate. While the body
+is read, a body too slow to arrive gets 408 and one the memory budget cannot hold 503
+(intake/body.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -20,12 +23,20 @@ import msgspec
 import structlog
 
 from falhook.config import Settings
-from falhook.intake.envelope import EnvelopeError, parse_envelope
+from falhook.intake.body import BodyBudget, BodyRules, Busy, TooLarge, TooSlow, read_body
+from falhook.intake.envelope import Envelope, EnvelopeError, parse_envelope
 from falhook.intake.events import FAL_HEADERS, new_event
 from falhook.intake.keys import FalKeys
-from falhook.intake.verify import VerificationError, check_headers, check_user, verify_signature
+from falhook.intake.verify import (
+    SignedRequest,
+    VerificationError,
+    check_header_form,
+    check_headers,
+    check_user,
+    verify_signature,
+)
 from falhook.metrics import Metrics
-from falhook.store.models import StoreUnavailable
+from falhook.store.models import NewEvent, StoreUnavailable
 from falhook.store.roles import IntakeStore
 
 Scope = MutableMapping[str, Any]
@@ -37,6 +48,8 @@ log = structlog.get_logger("falhook.receiver")
 _encode = msgspec.json.encode
 _WANTED = frozenset(name.encode() for name in (*FAL_HEADERS, "content-length"))
 _JSON = (b"content-type", b"application/json")
+_UNREAD_BODY = frozenset({"body_too_large", "body_timeout", "busy"})
+OFF_LOOP_BYTES = 256 * 1024  # bodies larger than this are hashed and parsed in a thread
 
 
 class Reply(Exception):
@@ -75,6 +88,9 @@ class WebhookEndpoint:
         self.ready = ready
         self.deliver_now = deliver_now
         self.limit = r.max_body_bytes
+        self.body_rules = BodyRules(r.max_body_bytes, r.body_timeout, r.body_min_rate)
+        self.budget = BodyBudget(r.max_buffered_bytes)
+        metrics.unfinished_body_bytes.set_function(lambda: self.budget.held)
         self.tolerance = r.timestamp_tolerance
         self.allowed = frozenset(r.allowed_user_ids)
         # Labelled children resolved once: labels() takes a lock and builds a key each time.
@@ -86,6 +102,7 @@ class WebhookEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = scope["path"][len(PREFIX) :]
+        close = False
         try:
             if route not in self.routes:
                 raise Reply(404, "unknown_route", f"no route named {route!r}")
@@ -99,25 +116,40 @@ class WebhookEndpoint:
         except Reply as reply:
             self._count_rejection(route, reply)
             status, doc = reply.status, _error(reply.code, reply.detail)
-        await _send(send, status, doc, allow=status == 405)
+            # A body left unread (too large, too slow, no room) ends the connection: the
+            # client must not keep it by trickling the rest.
+            close = reply.code in _UNREAD_BODY
+        else:
+            close = False
+        await _send(send, status, doc, allow=status == 405, close=close)
 
     async def _read_body(self, headers: dict[str, str], receive: Receive) -> bytes | None:
         declared = headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            raise Reply(413, "body_too_large", f"the body exceeds {self.limit} bytes")
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return None
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.limit:
-                raise Reply(413, "body_too_large", f"the body exceeds {self.limit} bytes")
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        try:
+            # Headers that cannot verify whatever the body: keep none of it (the answer is
+            # 413 if it is too large, else 401), so such requests hold no memory.
+            check_header_form(headers, now=time.time(), tolerance=self.tolerance)
+            keep = True
+        except VerificationError:
+            keep = False
+        try:
+            return await read_body(
+                receive,
+                self.body_rules,
+                self.budget,
+                declared=int(declared) if declared and declared.isdigit() else None,
+                keep=keep,
+            )
+        except TooLarge:
+            raise Reply(413, "body_too_large", f"the body exceeds {self.limit} bytes") from None
+        except TooSlow:
+            raise Reply(
+                408, "body_timeout", "the body did not arrive in time (too slow or stalled)"
+            ) from None
+        except Busy:
+            raise Reply(
+                503, "busy", "too many unfinished webhook bodies at once; retry later"
+            ) from None
 
     async def process(
         self, route: str, headers: dict[str, str], body: bytes
@@ -127,8 +159,12 @@ class WebhookEndpoint:
             await self.ready()
         keys = self.keys
         started = time.perf_counter()
+        big = len(body) > OFF_LOOP_BYTES
         try:
-            signed = check_headers(headers, body, now=time.time(), tolerance=self.tolerance)
+            if big:  # hashing megabytes must not hold the event loop
+                signed = await asyncio.to_thread(self._signed, headers, body)
+            else:
+                signed = self._signed(headers, body)
         except VerificationError as exc:
             raise Reply(401, exc.code, exc.detail) from None
         if not keys.keys() and not await keys.ensure_loaded():
@@ -144,15 +180,10 @@ class WebhookEndpoint:
         except VerificationError as exc:
             raise Reply(401, exc.code, exc.detail) from None
 
-        try:
-            envelope = parse_envelope(body)
-        except EnvelopeError as exc:
-            raise Reply(400, "bad_envelope", str(exc)) from None
-        if envelope.request_id != signed.request_id:
-            raise Reply(400, "request_id_mismatch", "body request_id differs from the header's")
-
-        sinks = self.routes[route]
-        event = new_event(envelope, route=route, sinks=sinks, body=body, headers=headers)
+        if big:  # a payload of thousands of Files is parsed and walked off the loop too
+            envelope, event = await asyncio.to_thread(self._event, route, headers, body, signed)
+        else:
+            envelope, event = self._event(route, headers, body, signed)
         started = time.perf_counter()
         try:
             fresh = await self.store.accept(event)
@@ -179,6 +210,22 @@ class WebhookEndpoint:
         )
         return 200, {"status": status, "request_id": envelope.request_id}
 
+    def _signed(self, headers: dict[str, str], body: bytes) -> SignedRequest:
+        return check_headers(headers, body, now=time.time(), tolerance=self.tolerance)
+
+    def _event(
+        self, route: str, headers: dict[str, str], body: bytes, signed: SignedRequest
+    ) -> tuple[Envelope, NewEvent]:
+        """The envelope and the event to store; Reply(400) when the body is not one."""
+        try:
+            envelope = parse_envelope(body)
+        except EnvelopeError as exc:
+            raise Reply(400, "bad_envelope", str(exc)) from None
+        if envelope.request_id != signed.request_id:
+            raise Reply(400, "request_id_mismatch", "body request_id differs from the header's")
+        sinks = self.routes[route]
+        return envelope, new_event(envelope, route=route, sinks=sinks, body=body, headers=headers)
+
     def _count_rejection(self, route: str, reply: Reply) -> None:
         # Unknown routes are not labelled by name: a scanner must not grow our metrics.
         label = route if reply.status != 404 else "(unknown)"
@@ -200,10 +247,14 @@ def _error(code: str, detail: str) -> dict[str, str]:
     return {"error": code, "detail": detail}
 
 
-async def _send(send: Send, status: int, doc: dict[str, Any], *, allow: bool = False) -> None:
+async def _send(
+    send: Send, status: int, doc: dict[str, Any], *, allow: bool = False, close: bool = False
+) -> None:
     body = _encode(doc)
     headers = [_JSON, (b"content-length", str(len(body)).encode())]
     if allow:
         headers.append((b"allow", b"POST"))
+    if close:
+        headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

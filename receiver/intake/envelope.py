@@ -16,6 +16,9 @@ from urllib.parse import unquote_to_bytes
 import msgspec
 
 _json_decoder = msgspec.json.Decoder()
+# fal's envelopes nest a few levels (a FastAPI `detail` list, a File in an object in a list);
+# anything deeper than this is refused before any code walks it.
+MAX_DEPTH = 64
 _FILE_KEYS = ("content_type", "file_name", "file_size")
 _NOT_EXTRAS = frozenset(("url", *_FILE_KEYS))
 _DATA_URI = re.compile(r"^data:(?P<mime>[^;,]*)(?P<params>(;[^;,]*)*?)(?P<b64>;base64)?,", re.I)
@@ -69,12 +72,17 @@ class Envelope:
 
 
 def parse_envelope(body: bytes) -> Envelope:
+    """The envelope of a webhook body; EnvelopeError (and nothing else) when it is not one."""
     try:
         doc = _json_decoder.decode(body)
     except msgspec.DecodeError as exc:
         raise EnvelopeError(f"body is not valid JSON ({exc})") from None
+    except RecursionError:  # the decoder's own bound, well past MAX_DEPTH
+        raise EnvelopeError(f"body nests more than {MAX_DEPTH} levels") from None
     if not isinstance(doc, dict):
         raise EnvelopeError("body must be a JSON object")
+    if nests_deeper(doc, MAX_DEPTH):
+        raise EnvelopeError(f"body nests more than {MAX_DEPTH} levels")
     request_id = doc.get("request_id")
     if not isinstance(request_id, str) or not request_id:
         raise EnvelopeError("body must have a non-empty string request_id")
@@ -87,6 +95,19 @@ def parse_envelope(body: bytes) -> Envelope:
         error=_as_message(doc.get("error")),
         payload_error=_as_message(doc.get("payload_error")),
     )
+
+
+def nests_deeper(doc: Any, limit: int) -> bool:
+    """True when arrays and objects nest more than `limit` levels. Iterative: a hostile body
+    cannot make it recurse, and it stops at the first path that is too deep."""
+    stack: list[tuple[Any, int]] = [(doc, 1)] if isinstance(doc, dict | list) else []
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
 
 
 def _opt_str(value: Any) -> str | None:

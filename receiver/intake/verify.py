@@ -45,6 +45,21 @@ def check_headers(
     headers: Mapping[str, str], body: bytes, *, now: float, tolerance: int
 ) -> SignedRequest:
     """The four headers, well formed and fresh, and the message they sign."""
+    request_id, user_id, timestamp, ts, raw = check_header_form(
+        headers, now=now, tolerance=tolerance
+    )
+    digest = hashlib.sha256(body).hexdigest()
+    # The timestamp goes in as sent (leading zeros and all): that string is what fal signed.
+    message = f"{request_id}\n{user_id}\n{timestamp}\n{digest}".encode()
+    return SignedRequest(request_id, user_id, ts, raw, message)
+
+
+def check_header_form(
+    headers: Mapping[str, str], *, now: float, tolerance: int
+) -> tuple[str, str, str, int, bytes]:
+    """(request_id, user_id, timestamp as sent, timestamp, signature bytes) when the four
+    headers are present, well formed and fresh; VerificationError otherwise. Needs no body,
+    so it can run before the body is read."""
     request_id = headers.get(H_REQUEST_ID)
     user_id = headers.get(H_USER_ID)
     timestamp = headers.get(H_TIMESTAMP)
@@ -73,10 +88,7 @@ def check_headers(
     # fromhex skips whitespace: 64 bytes from 128 characters means 128 hex digits exactly.
     if len(raw) != 64:
         raise VerificationError("bad_signature", "the signature is not 128 hexadecimal digits")
-    digest = hashlib.sha256(body).hexdigest()
-    # The timestamp goes in as sent (leading zeros and all): that string is what fal signed.
-    message = f"{request_id}\n{user_id}\n{timestamp}\n{digest}".encode()
-    return SignedRequest(request_id, user_id, ts, raw, message)
+    return request_id, user_id, timestamp, ts, raw
 
 
 def verify_signature(signed: SignedRequest, keys: Sequence[VerifyKey]) -> bool:

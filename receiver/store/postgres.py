@@ -187,9 +187,11 @@ class PostgresStore:
             raise StoreUnavailable(f"postgresql: {_describe(exc)}") from exc
 
     async def ping(self) -> bool:
+        """The database answers and falhook's tables are there (a schema dropped under a
+        running store is not ready)."""
         try:
             async with self._conn() as conn:
-                await conn.fetchval("SELECT 1", timeout=5)
+                await conn.fetchval("SELECT max(version) FROM schema_migrations", timeout=5)
         except Exception:
             return False
         return True

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import queue
 import secrets
 import sqlite3
@@ -23,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -84,6 +86,33 @@ _DUE_SQL = """
 # The deliveries of the event with a request_id; _ONE: that event's delivery to a sink.
 _OF_EVENT = "event_id = (SELECT id FROM events WHERE request_id = ?)"
 _ONE = f"{_OF_EVENT} AND sink = ?"
+
+
+@dataclass(frozen=True)
+class FileIdentity:
+    """Which file the store opened: a file deleted or replaced under a running store is seen
+    by its device and inode, and the store stops acknowledging into the one it holds open."""
+
+    path: Path
+    device: int
+    inode: int
+
+    @classmethod
+    def of(cls, path: Path) -> FileIdentity:
+        st = os.stat(path)
+        return cls(path, st.st_dev, st.st_ino)
+
+    def lost(self) -> str | None:
+        """Why the file is no longer the one opened, or None while it is."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return f"the database file {self.path} was removed while open"
+        except OSError as exc:
+            return f"the database file {self.path} cannot be checked: {exc.strerror or exc}"
+        if (st.st_dev, st.st_ino) != (self.device, self.inode):
+            return f"the database file {self.path} was replaced while open"
+        return None
 
 
 class _Accept:
@@ -175,11 +204,13 @@ class _Writer(threading.Thread):
         self.last_batch = 0
         self.ready = threading.Event()
         self.open_error: BaseException | None = None
+        self.identity: FileIdentity | None = None
 
     def run(self) -> None:
         try:
             conn = connect(self.path, busy_timeout=self.busy_timeout)
             migrate(conn)
+            self.identity = FileIdentity.of(self.path)
         except BaseException as exc:  # reported by open()
             self.open_error = exc
             self.ready.set()
@@ -225,6 +256,11 @@ class _Writer(threading.Thread):
     def _run_batch(
         self, conn: sqlite3.Connection, batch: list[tuple[Op, asyncio.Future[Any]]]
     ) -> list[Outcome]:
+        lost = self.identity.lost() if self.identity is not None else None
+        if lost is not None:
+            # Committing into a file no one will open again would acknowledge events that a
+            # restart cannot find: refuse instead (503, and not ready).
+            return [(None, StoreUnavailable(lost))] * len(batch)
         try:
             outcomes = self._transact(conn, [op for op, _ in batch])
         except BaseException as exc:  # whatever happens, every caller gets an answer
@@ -383,6 +419,8 @@ class SQLiteStore:
     async def ping(self) -> bool:
         writer = self._writer
         if writer is None or not writer.is_alive():
+            return False
+        if writer.identity is not None and writer.identity.lost() is not None:
             return False
         try:
             # Reads the file's header page: the file is there and readable.

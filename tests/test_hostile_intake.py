@@ -1,0 +1,174 @@
+"""Hostile webhooks: bodies built to break the parser, bodies that never finish, payloads
+with thousands of Files. Each gets the contract's answer; nothing crashes, nothing stalls."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from falhook.app import create_app
+from falhook.config import settings_from_dict
+from falhook.intake.envelope import MAX_DEPTH
+from falhook.testing import FalSigner, JWKSServer
+from tests.support.falhook_server import Falhook, base_config
+
+
+@pytest.fixture
+async def client(
+    tmp_path: Path, jwks: JWKSServer, store_section: dict[str, str]
+) -> AsyncIterator[httpx.AsyncClient]:
+    """falhook's ASGI app in this process (no worker): webhooks in, answers out."""
+    config = base_config(tmp_path, jwks.url, store=store_section)
+    app = create_app(settings_from_dict(config, base_dir=tmp_path), run_worker=False)
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://falhook") as c:
+            yield c
+    finally:
+        await app.runtime.close()
+
+
+def signed(signer: FalSigner, raw: bytes, request_id: str) -> dict[str, str]:
+    return signer.headers(raw, request_id)
+
+
+def nested(levels: int, kind: str) -> str:
+    if kind == "array":
+        return "[" * levels + "1" + "]" * levels
+    return '{"a":' * levels + "1" + "}" * levels
+
+
+@pytest.mark.parametrize("levels", [300, 5000, 100_000])
+@pytest.mark.parametrize("kind", ["array", "object"])
+async def test_deeply_nested_json_in_a_signed_body_is_400_not_500(
+    client: httpx.AsyncClient, signer: FalSigner, levels: int, kind: str
+) -> None:
+    rid = str(uuid.uuid4())
+    raw = f'{{"request_id": "{rid}", "status": "OK", "payload": {nested(levels, kind)}}}'.encode()
+    resp = await client.post("/webhooks/default", content=raw, headers=signed(signer, raw, rid))
+    assert resp.status_code == 400
+    assert resp.json() == {
+        "error": "bad_envelope",
+        "detail": f"body nests more than {MAX_DEPTH} levels",
+    }
+    assert (await client.get("/healthz")).status_code == 200
+
+
+async def test_a_payload_of_thousands_of_files_is_accepted_without_holding_the_loop(
+    client: httpx.AsyncClient, signer: FalSigner
+) -> None:
+    """8,000 Files named frame.png (well over the size parsed off the loop): while it is
+    verified and parsed, small webhooks are still answered."""
+    rid = str(uuid.uuid4())
+    images = [
+        {"url": f"https://v3.fal.media/files/{i}/frame.png", "file_name": "frame.png"}
+        for i in range(8000)
+    ]
+    raw = json.dumps({"request_id": rid, "status": "OK", "payload": {"images": images}}).encode()
+    assert len(raw) > 256 * 1024
+    big = asyncio.create_task(
+        client.post("/webhooks/default", content=raw, headers=signed(signer, raw, rid))
+    )
+    small_ids = [str(uuid.uuid4()) for _ in range(5)]
+    small = []
+    for sid in small_ids:
+        body = json.dumps({"request_id": sid, "status": "OK", "payload": None}).encode()
+        small.append(
+            await client.post("/webhooks/default", content=body, headers=signed(signer, body, sid))
+        )
+    assert [r.json()["status"] for r in small] == ["accepted"] * 5
+    resp = await big
+    assert resp.status_code == 200 and resp.json()["status"] == "accepted"
+
+
+# --- through a real server: clients that do not finish their bodies --------------------------
+
+
+def open_request(port: int, length: int, headers: dict[str, str] | None = None) -> socket.socket:
+    """A POST whose head says `length` bytes of body, with none of them sent yet."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    lines = [
+        "POST /webhooks/default HTTP/1.1",
+        f"Host: 127.0.0.1:{port}",
+        "Content-Type: application/json",
+        f"Content-Length: {length}",
+        *(f"{k}: {v}" for k, v in (headers or {}).items()),
+    ]
+    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+    return sock
+
+
+@pytest.mark.one_store("the body is read before the store is involved")
+def test_a_body_trickled_at_one_byte_a_second_gets_408_and_the_connection_closes(
+    falhook_factory: Callable[..., Falhook], signer: FalSigner
+) -> None:
+    fh = falhook_factory(receiver={"body_timeout": 1.0, "body_min_rate": 1024.0}).start()
+    rid = str(uuid.uuid4())
+    raw = json.dumps({"request_id": rid, "status": "OK", "payload": None}).encode()
+    sock = open_request(fh.port, len(raw), signed(signer, raw, rid))
+    sock.settimeout(1.0)  # one byte a second, and a look for the answer in between
+    answer, closed = b"", False
+    try:
+        for byte in raw:  # bounded by the body's length; the server ends it first
+            try:
+                sock.sendall(bytes([byte]))
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:  # reset: the server closed the connection
+                closed = True
+                break
+            if not chunk:
+                closed = True
+                break
+            answer += chunk
+    finally:
+        sock.close()
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    assert b"connection: close" in answer.lower()
+    assert b'"error":"body_timeout"' in answer
+    assert closed
+
+
+def held_body_bytes(fh: Falhook) -> float:
+    text = httpx.get(fh.url("/metrics"), timeout=10).text
+    [line] = [ln for ln in text.splitlines() if ln.startswith("falhook_unfinished_body_bytes ")]
+    return float(line.split()[1])
+
+
+@pytest.mark.one_store("the body is read before the store is involved")
+def test_unsigned_bodies_one_byte_short_of_the_limit_hold_no_memory(
+    falhook_factory: Callable[..., Falhook], signer: FalSigner
+) -> None:
+    """100 unsigned requests, each one byte short of max_body_bytes and never finished: a
+    bad signature needs no body, so they keep none of it, and a real webhook as large as
+    the whole budget still gets through while they hang."""
+    limit = 256 * 1024
+    fh = falhook_factory(
+        receiver={"max_body_bytes": limit, "max_buffered_bytes": limit, "body_timeout": 60.0}
+    ).start()
+    socks = []
+    try:
+        for _ in range(100):
+            sock = open_request(fh.port, limit)
+            sock.sendall(b"x" * (limit - 1))
+            socks.append(sock)
+        assert held_body_bytes(fh) == 0
+        rid = str(uuid.uuid4())
+        raw = json.dumps({"request_id": rid, "status": "OK", "payload": None}).encode()
+        raw = raw[:-1] + b" " * (limit - len(raw)) + b"}"  # exactly max_body_bytes
+        resp = httpx.post(
+            fh.url("/webhooks/default"), content=raw, headers=signed(signer, raw, rid), timeout=30
+        )
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["status"] == "accepted"
+    finally:
+        for sock in socks:
+            sock.close()
