@@ -72,7 +72,10 @@ class DeliverySettings:
 class DownloadSettings:
     allow_private_hosts: bool = False
     max_file_bytes: int = 4 * 1024**3
-    timeout: float = 300.0
+    timeout: float = 300.0  # seconds without an answer (connect, response head)
+    deadline: float = 4 * 3600.0  # seconds one file may take in all
+    min_rate: float = 16 * 1024.0  # bytes/s each file must average over every rate_window
+    rate_window: float = 30.0  # seconds; also the longest silence allowed mid-body
     spool_dir: str = f"{DEFAULT_DATA_DIR}/spool"
 
 
@@ -348,6 +351,9 @@ def _check_delivery(s: DeliverySettings) -> None:
 def _check_downloads(s: DownloadSettings) -> None:
     _positive("downloads", "max_file_bytes", s.max_file_bytes)
     _positive("downloads", "timeout", s.timeout)
+    _positive("downloads", "deadline", s.deadline)
+    _positive("downloads", "min_rate", s.min_rate, strict=False)  # 0 turns it off
+    _positive("downloads", "rate_window", s.rate_window)
 
 
 def _check_serverless(s: ServerlessSettings) -> None:

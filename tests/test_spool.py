@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from falhook.downloads import spool
-from falhook.downloads.spool import BUFFERS, CHUNK, SpoolWriter
+from falhook.downloads.spool import BUFFERS, CHUNK, SpoolError, SpoolWriter
 
 
 def write_in_place(writer: SpoolWriter, data: bytes, rng: random.Random) -> None:
@@ -69,7 +69,7 @@ def test_buffers_are_reused_not_allocated_per_chunk(tmp_path: Path) -> None:
 def test_the_file_is_new_and_private(tmp_path: Path) -> None:
     (tmp_path / "taken").write_bytes(b"")
     threads = threading.active_count()
-    with pytest.raises(FileExistsError):
+    with pytest.raises(SpoolError, match=r"spool file .*taken cannot be created: File exists"):
         SpoolWriter(tmp_path / "taken")
     assert threading.active_count() == threads  # no hasher left waiting for a file
     writer = SpoolWriter(tmp_path / "f")

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
-from falhook.downloads.fetch import FetchedFile, Fetcher, FetchError
+from falhook.downloads.errors import FetchError, FetchRetryable
+from falhook.downloads.fetch import FetchedFile, Fetcher
 from falhook.intake.envelope import EnvelopeError, FileRef, parse_envelope
 from falhook.intake.events import files_of
 from falhook.metrics import Metrics
@@ -21,6 +23,15 @@ from falhook.store.models import EventView
 
 log = structlog.get_logger("falhook.worker")
 Problems = list[dict[str, str]]
+T = TypeVar("T")
+OFF_LOOP_BYTES = 256 * 1024  # an event body this large is parsed and walked in a thread
+OFF_LOOP_FILES = 256  # so many Files are named in a thread
+
+
+async def off_loop(big: bool, fn: Callable[..., T], *args: Any) -> T:
+    """fn(*args) in a thread when the work is big (the event loop serves webhooks), else here
+    (a thread's hand-off would cost small events more than the work)."""
+    return await asyncio.to_thread(fn, *args) if big else fn(*args)
 
 
 def refs_of(event: EventView) -> tuple[list[FileRef], Problems]:
@@ -41,7 +52,11 @@ async def download_all(
     spool_dir; FetchError when one fails."""
     if not refs:
         return []
-    await asyncio.to_thread(spool_dir.mkdir, parents=True, exist_ok=True)
+    try:
+        await asyncio.to_thread(spool_dir.mkdir, parents=True, exist_ok=True)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise FetchRetryable(f"spool folder {spool_dir} cannot be made: {reason}") from None
     fetched: list[FetchedFile] = []
     for ref in refs:
         started = time.perf_counter()
@@ -63,7 +78,8 @@ async def download_all(
         fetched.append(got)
         metrics.downloads.labels(outcome="ok").inc()
         metrics.download_bytes.inc(got.size)
-    names = file_names((r.path, r.file_name, r.content_type, r.url) for r in refs)
+    described = [(r.path, r.file_name, r.content_type, r.url) for r in refs]
+    names = await off_loop(len(refs) > OFF_LOOP_FILES, file_names, described)
     return [local_file(f, name) for f, name in zip(fetched, names, strict=True)]
 
 

@@ -27,7 +27,14 @@ import structlog
 
 from falhook.config import Settings
 from falhook.delivery import ordering
-from falhook.delivery.files import download_all, event_info, refs_of, with_downloads
+from falhook.delivery.files import (
+    OFF_LOOP_BYTES,
+    download_all,
+    event_info,
+    off_loop,
+    refs_of,
+    with_downloads,
+)
 from falhook.delivery.retry import RetryPolicy
 from falhook.downloads.fetch import Fetcher, FetchError
 from falhook.metrics import Metrics
@@ -51,6 +58,7 @@ class _Attempt:
     output: dict[str, Any] | None = None
     waits_for: list[str] | None = None  # not tried: its `after` sinks have not delivered
     tried: bool = True  # False: decided without calling the sink (no attempt is counted)
+    recorded: bool = False  # its Finish is in the store
 
 
 class Worker:
@@ -75,6 +83,9 @@ class Worker:
             max_file_bytes=dl.max_file_bytes,
             timeout=dl.timeout,
             allow_private_hosts=dl.allow_private_hosts,
+            deadline=dl.deadline,
+            min_rate=dl.min_rate,
+            rate_window=dl.rate_window,
         )
         self.metrics = metrics or Metrics()
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
@@ -87,7 +98,6 @@ class Worker:
     async def run(self, stop: asyncio.Event) -> None:
         """Lease and deliver until `stop` is set, then shut down gracefully."""
         d = self.settings.delivery
-        self.spool.mkdir(parents=True, exist_ok=True)
         heartbeat = asyncio.create_task(self._heartbeat(), name="falhook-heartbeat")
         log.info("worker started", owner=self.owner, concurrency=d.concurrency)
         try:
@@ -107,7 +117,6 @@ class Worker:
     async def run_once(self, limit: int | None = None) -> int:
         """Lease one batch and deliver it all before returning (CLI `--now`, serverless
         drains). Returns how many deliveries were attempted."""
-        self.spool.mkdir(parents=True, exist_ok=True)
         jobs = await self._lease(limit or self.settings.delivery.concurrency)
         await asyncio.gather(*(self.process(job) for job in jobs))
         return sum(len(job.deliveries) for job in jobs)
@@ -148,8 +157,14 @@ class Worker:
         for job in jobs:
             task = asyncio.create_task(self.process(job), name=f"deliver-{job.event.request_id}")
             self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(self._job_done)
         return sum(len(job.deliveries) for job in jobs)
+
+    def _job_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        # process() ends every attempt itself; this only keeps a bug from going unseen.
+        if not task.cancelled() and task.exception() is not None:
+            log.error("delivery task failed", task=task.get_name(), error=repr(task.exception()))
 
     async def _idle(self, stop: asyncio.Event, poll: float) -> None:
         """Wait for new work, a free slot, or stop, whichever comes first."""
@@ -205,6 +220,11 @@ class Worker:
             except asyncio.CancelledError:
                 await self._give_back(event, attempts)
                 raise
+            except Exception as exc:
+                # Whatever broke, the attempt ends here with its cause, never as a lease
+                # that expires with nobody knowing why.
+                log.exception("delivery attempt failed")
+                await self._fail_unrecorded(event, attempts, exc)
             finally:
                 # Unlinking a 1 GiB spool file takes a while: not on the event loop.
                 await asyncio.shield(asyncio.to_thread(shutil.rmtree, spool_dir, True))
@@ -218,7 +238,8 @@ class Worker:
         runnable = [s for s, a in attempts.items() if a.outcome is None]
         if not runnable:
             return await self._record_all(event, attempts)
-        refs, problems = refs_of(event)
+        big = len(event.body) > OFF_LOOP_BYTES  # thousands of Files: parsed off the loop
+        refs, problems = await off_loop(big, refs_of, event)
         # Written back to disk as it arrives only when a sink of this job keeps it.
         keep = any(self.sinks[s].keeps_files for s in runnable)
         try:
@@ -230,7 +251,7 @@ class Worker:
             return await self._record_all(event, attempts)
         if local:
             event = await self._record_files(event, local)
-        info = event_info(event, event.files, problems)
+        info = await off_loop(big, event_info, event, event.files, problems)
         outputs: dict[str, dict[str, Any]] = {
             name: d.output or {} for name, d in event.deliveries.items() if d.state == "delivered"
         }
@@ -360,6 +381,8 @@ class Worker:
         waiting = {s for s, a in attempts.items() if a.waits_for is not None}
         for sink in ordering.waits_last(attempts, waiting):
             a = attempts[sink]
+            if a.recorded:
+                continue
             outcome = a.outcome or "retry"
             next_at = None
             if a.waits_for is not None:
@@ -379,6 +402,7 @@ class Worker:
                 counted=a.tried,
             )
             held = await self.store.finish(finish)
+            a.recorded = True
             label = "waiting" if sink in waiting else outcome
             self.metrics.deliveries.labels(sink=sink, outcome=label).inc()
             level = "info" if outcome == "delivered" or sink in waiting else "warning"
@@ -401,6 +425,18 @@ class Worker:
             when = due.get(dep) or (stored.next_attempt_at if stored else None)
             times.append(when if when is not None and when > utcnow() else fallback)
         return max(times)
+
+    async def _fail_unrecorded(
+        self, event: EventView, attempts: dict[str, _Attempt], exc: Exception
+    ) -> None:
+        cause = Retryable(f"{type(exc).__name__}: {exc}")
+        for a in attempts.values():
+            if a.outcome is None:  # what was decided (a sink that delivered) stays decided
+                self._decide(a, cause)
+        try:
+            await self._record_all(event, attempts)
+        except Exception:  # the store itself: the lease expires and is retaken
+            log.exception("could not record a failed attempt")
 
     async def _give_back(self, event: EventView, attempts: dict[str, _Attempt]) -> None:
         for sink, a in attempts.items():

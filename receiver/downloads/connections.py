@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 IDLE_SECONDS = 15.0  # a kept-alive connection older than this is closed, not reused
@@ -58,9 +59,67 @@ def split_url(url: str) -> tuple[Origin, str]:
     return Origin(tls, host, port), target
 
 
+class CheckedResponse(http.client.HTTPResponse):
+    """A response that notes, when its body has been read to the end it declared, whether
+    the server sent anything past that end (bytes already buffered or waiting in the socket).
+    Such a connection must never carry another request: those bytes would be read as the next
+    response (another event's file)."""
+
+    def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
+        super().__init__(sock, *args, **kwargs)
+        self._sock = sock
+        self.overran = False
+
+    def readinto_some(self, b: memoryview) -> int:
+        """readinto that returns as soon as some bytes have arrived (one read from the
+        socket, straight into `b`), where readinto waits until `b` is full: a server that
+        trickles must not hold the reader between two checks of its rate. The bookkeeping
+        is HTTPResponse.readinto's."""
+        if self.fp is None or getattr(self, "_method", None) == "HEAD":
+            return self.readinto(b)
+        if self.chunked:  # rare for files: through read1, one copy more
+            data = self.read1(len(b))
+            b[: len(data)] = data
+            return len(data)
+        if self.length is not None and len(b) > self.length:
+            b = b[: self.length]
+        n: int = self.fp.readinto1(b)
+        if not n and b:
+            self._close_conn()
+        elif self.length is not None:
+            self.length -= n
+            if not self.length:
+                self._close_conn()
+        return n
+
+    def _close_conn(self) -> None:
+        # http.client calls this once the declared length (or the last chunk) has been read,
+        # before it drops its read buffer: the last moment the buffer can be looked at.
+        if self.fp is not None and (self.length == 0 or self.chunked):
+            self.overran = _more_waiting(self.fp, self._sock)
+        super()._close_conn()  # type: ignore[misc]  # http.client's own, not in its stubs
+
+
+def _more_waiting(fp: Any, sock: socket.socket) -> bool:
+    """Whether bytes are readable right now, buffered or in the socket, without waiting."""
+    timeout = sock.gettimeout()
+    try:
+        sock.setblocking(False)
+        return bool(fp.peek(1))
+    except (BlockingIOError, ssl.SSLWantReadError):
+        return False
+    except OSError:
+        return True  # a broken connection: certainly not one to keep
+    finally:
+        with contextlib.suppress(OSError):
+            sock.settimeout(timeout)
+
+
 class GuardedConnection(http.client.HTTPConnection):
     """An http.client connection whose socket comes from `opener` (the address guard), with
     TLS on top for https: SNI and the certificate check use the URL's host name."""
+
+    response_class = CheckedResponse
 
     def __init__(
         self, origin: Origin, timeout: float, opener: Opener, tls: ssl.SSLContext | None
@@ -83,6 +142,25 @@ class GuardedConnection(http.client.HTTPConnection):
             sock.close()
             raise
         self.sock = self._live = sock
+
+    def is_idle(self) -> bool:
+        """A kept-alive connection the server has sent nothing on since its last response
+        (nor closed): the only kind a new request may use."""
+        sock = self._live
+        if sock is None or (isinstance(sock, ssl.SSLSocket) and sock.pending()):
+            return False
+        timeout = sock.gettimeout()
+        try:
+            sock.setblocking(False)  # a socket with a timeout would wait for data
+            socket.socket.recv(sock, 1, socket.MSG_PEEK)  # the raw bytes, TLS or not
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        finally:
+            with contextlib.suppress(OSError):
+                sock.settimeout(timeout)
+        return False  # bytes waiting, or b"" (the server closed it): not idle
 
     def abort(self) -> None:
         """From another thread: end a read or write blocked on this connection now.
@@ -120,6 +198,9 @@ class ConnectionPool:
                     found = conn
             for conn in [*stale, *([found] if found else [])]:
                 self._idle.remove(conn)
+        if found is not None and not found.is_idle():
+            stale.append(found)  # unread bytes or a close since it was given back
+            found = None
         for conn in stale:
             conn.close()
         if found is not None:

@@ -19,8 +19,7 @@ import os
 import secrets
 import ssl
 import threading
-import zlib
-from collections.abc import Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,14 @@ from urllib.parse import urljoin
 
 import httpx
 
-from falhook.downloads.connections import ConnectionPool, GuardedConnection, Origin, split_url
+from falhook.downloads.connections import (
+    CheckedResponse,
+    ConnectionPool,
+    GuardedConnection,
+    Origin,
+    split_url,
+)
+from falhook.downloads.errors import FetchError, FetchPermanent, FetchRetryable, Stopped
 from falhook.downloads.netguard import (
     AddressGuard,
     RefusedAddress,
@@ -36,8 +42,11 @@ from falhook.downloads.netguard import (
     connect_guarded,
     resolve,
 )
-from falhook.downloads.spool import CHUNK, SpoolWriter
+from falhook.downloads.spool import SpoolError, SpoolWriter
+from falhook.downloads.stream import TransferLimits, declared_length, read_body
 from falhook.intake.envelope import FileRef, decode_data_uri
+
+__all__ = ["FetchError", "FetchPermanent", "FetchRetryable", "FetchedFile", "Fetcher"]
 
 DOWNLOAD_NICE = 10  # downloads yield the CPU to webhook intake when both want it
 DOWNLOAD_THREADS = 8
@@ -45,35 +54,6 @@ _REDIRECTS = (301, 302, 303, 307, 308)
 _DRAIN_LIMIT = 64 * 1024  # a redirect body up to this size is read off to keep the connection
 # identity: the bytes hashed and stored are the file's own, not a compressed form
 _HEADERS = {"User-Agent": "falhook", "Accept-Encoding": "identity"}
-
-
-class FetchError(Exception):
-    """A download failed; ``retryable`` says whether trying again later may help."""
-
-    retryable = False
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-class FetchRetryable(FetchError):
-    """Network errors, timeouts, 408, 429, 5xx, a body shorter than announced."""
-
-    retryable = True
-
-
-class FetchPermanent(FetchError):
-    """Over max_file_bytes, a refused address, other 4xx, a bad URL or data: URI."""
-
-    retryable = False
-
-
-class _Stopped(FetchRetryable):
-    """The caller went away (cancelled, or the fetcher closed): abandon the download."""
-
-    def __init__(self) -> None:
-        super().__init__("download abandoned: cancelled or the fetcher closed")
 
 
 @dataclass(frozen=True)
@@ -105,38 +85,15 @@ class _Job:
     def stopped(self) -> bool:
         return self._stop.is_set()
 
+    def stopped_or(self, fetcher: Fetcher) -> Callable[[], bool]:
+        """Stopped itself, or its fetcher closed."""
+        return lambda: self._stop.is_set() or fetcher._closed.is_set()
+
     def stop(self) -> None:
         self._stop.set()
         conn = self.conn
         if conn is not None:
             conn.abort()
-
-
-class _Inflater:
-    """Decodes a gzip or deflate body a server sent although we asked for identity, in
-    bounded pieces (a small body may inflate to gigabytes: the size limit sees each piece)."""
-
-    def __init__(self, encoding: str) -> None:
-        self.encoding = encoding
-        self._z: zlib._Decompress | None = None
-
-    def feed(self, data: bytes | memoryview) -> Iterator[bytes]:
-        if self._z is None:
-            self._z = zlib.decompressobj(self._wbits(bytes(data[:2])))
-        piece = self._z.decompress(data, CHUNK)
-        while piece:
-            yield piece
-            piece = self._z.decompress(self._z.unconsumed_tail, CHUNK)
-
-    def flush(self) -> bytes:
-        return self._z.flush() if self._z is not None else b""
-
-    def _wbits(self, start: bytes) -> int:
-        if self.encoding in ("gzip", "x-gzip"):
-            return 16 + zlib.MAX_WBITS
-        # "deflate" is zlib-wrapped by the standard, raw in some servers: look at the header.
-        zlib_header = len(start) == 2 and start[0] & 0x0F == 8 and int.from_bytes(start) % 31 == 0
-        return zlib.MAX_WBITS if zlib_header else -zlib.MAX_WBITS
 
 
 class Fetcher:
@@ -153,6 +110,9 @@ class Fetcher:
         max_file_bytes: int,
         timeout: float,
         allow_private_hosts: bool,
+        deadline: float = 4 * 3600.0,
+        min_rate: float = 16 * 1024.0,
+        rate_window: float = 30.0,
         max_redirects: int = 5,
         guard: AddressGuard | None = None,
         resolver: Resolver | None = None,
@@ -160,6 +120,13 @@ class Fetcher:
         self.max_file_bytes = max_file_bytes
         self.max_redirects = max_redirects
         self.timeout = timeout
+        self.limits = TransferLimits.of(
+            max_file_bytes,
+            deadline=deadline,
+            min_rate=min_rate,
+            rate_window=rate_window,
+            timeout=timeout,
+        )
         self.guard = guard or AddressGuard(allow_private=allow_private_hosts)
         lookup = resolver or resolve
         # certifi's CAs, or SSL_CERT_FILE / SSL_CERT_DIR: the same trust as httpx elsewhere
@@ -218,10 +185,13 @@ class Fetcher:
             self._jobs.add(job)
         try:
             if self._closed.is_set():
-                raise _Stopped()
+                raise Stopped()
             if ref.is_data_uri:
                 return self._write_data_uri(ref, dest, keep)
             return self._download(ref, dest, job, keep)
+        except SpoolError as exc:  # the disk, not the network: name the spool file
+            dest.unlink(missing_ok=True)
+            raise FetchRetryable(f"{ref.path}: {exc}") from None
         except BaseException:
             dest.unlink(missing_ok=True)
             raise
@@ -274,7 +244,7 @@ class Fetcher:
             raise FetchPermanent(f"{ref.path}: invalid URL ({exc})") from None
         except (OSError, http.client.HTTPException) as exc:
             if job.stopped or self._closed.is_set():
-                raise _Stopped() from None
+                raise Stopped() from None
             raise FetchRetryable(f"{ref.path}: {self._describe(exc)}") from None
         finally:
             job.conn = None
@@ -287,10 +257,12 @@ class Fetcher:
         closed meanwhile fails before any answer: that one is retried on a new connection."""
         while True:
             conn, reused = self._connections.take(origin)
+            if conn.sock is not None:  # a body's shorter idle limit does not outlive it
+                conn.sock.settimeout(self.timeout)
             job.conn = conn
             if job.stopped:
                 conn.close()
-                raise _Stopped()
+                raise Stopped()
             try:
                 conn.request("GET", target, headers=_HEADERS)
                 return conn, conn.getresponse()
@@ -303,11 +275,12 @@ class Fetcher:
                 raise
 
     def _release(self, conn: GuardedConnection, resp: http.client.HTTPResponse) -> None:
-        """Keep the connection for the next download when its response is fully read."""
+        """Keep the connection for the next download when its response ended exactly where
+        it said: read to its end, nothing past it, and the server did not ask to close."""
         if not resp.isclosed() and resp.length is not None and resp.length <= _DRAIN_LIMIT:
             with contextlib.suppress(OSError, http.client.HTTPException):
                 resp.read()  # a redirect's small body
-        if resp.isclosed() and not resp.will_close:
+        if resp.isclosed() and not resp.will_close and not _overran(resp):
             self._connections.give_back(conn)
         else:
             conn.close()
@@ -315,78 +288,32 @@ class Fetcher:
     def _stream_to(
         self, ref: FileRef, resp: http.client.HTTPResponse, dest: Path, job: _Job, keep: bool
     ) -> FetchedFile:
-        declared = resp.getheader("content-length", "").strip()
-        expected = int(declared) if declared.isdigit() and not resp.chunked else None
+        expected = declared_length(resp)
         encoding = (resp.getheader("content-encoding") or "identity").strip().lower()
-        inflater: _Inflater | None = None
-        if encoding in ("gzip", "x-gzip", "deflate"):
-            # A server that encodes anyway (we asked for identity) gets decoded: the file is
-            # what is stored and hashed, never its compressed form.
-            inflater = _Inflater(encoding)
-        elif encoding != "identity":
-            raise FetchPermanent(
-                f"{ref.path}: the file server sent Content-Encoding {encoding!r}, which "
-                "falhook cannot decode (it asks for identity)"
-            )
-        elif expected is not None:
+        if expected is not None and encoding == "identity":
             self._check_size_limit(ref, expected)
             self._check_file_size(ref, expected)
+        if job.conn is not None and job.conn.sock is not None:
+            job.conn.sock.settimeout(self.limits.idle)
         writer = SpoolWriter(dest, write_behind=keep)
         try:
-            received = self._read_body(ref, resp, writer, inflater, job)
+            received = read_body(ref, resp, writer, self.limits, stopped=job.stopped_or(self))
             if expected is not None and received != expected:
                 raise FetchRetryable(f"{ref.path}: body short: {received} of {expected} bytes")
+            if _overran(resp):
+                raise FetchRetryable(
+                    f"{ref.path}: the server sent more than the {expected} bytes it announced"
+                )
             self._check_file_size(ref, writer.size)
             digest = writer.finish()
         finally:
             writer.close()
         if job.stopped or self._closed.is_set():
-            raise _Stopped()
+            raise Stopped()
         content_type = ref.content_type or (
             (resp.getheader("content-type") or "").split(";", 1)[0].strip() or None
         )
         return FetchedFile(ref, dest, writer.size, digest, content_type)
-
-    def _read_body(
-        self,
-        ref: FileRef,
-        resp: http.client.HTTPResponse,
-        writer: SpoolWriter,
-        inflater: _Inflater | None,
-        job: _Job,
-    ) -> int:
-        """Read the body into the writer; the bytes received (before any decoding)."""
-        received = 0
-        scratch = memoryview(bytearray(CHUNK)) if inflater is not None else None
-        while True:
-            if job.stopped or self._closed.is_set():
-                raise _Stopped()
-            if scratch is None:
-                # Straight into the writer's buffer, never more than one byte past the limit.
-                room = writer.buffer()
-                room = room[: min(len(room), self.max_file_bytes - writer.size + 1)]
-                n = resp.readinto(room)
-                if n:
-                    writer.commit(n)
-            else:
-                assert inflater is not None  # scratch is only made for an inflater
-                n = resp.readinto(scratch)
-                for piece in inflater.feed(scratch[:n]) if n else [inflater.flush()]:
-                    writer.add(piece)
-                    self._check_over_limit(ref, writer.size)
-            received += n
-            self._check_over_limit(ref, writer.size)
-            if not n:
-                # An aborted connection reads as the end of the body: say why it ended.
-                if job.stopped or self._closed.is_set():
-                    raise _Stopped()
-                return received
-
-    def _check_over_limit(self, ref: FileRef, size: int) -> None:
-        if size > self.max_file_bytes:
-            raise FetchPermanent(
-                f"{ref.path}: more than max_file_bytes ({self.max_file_bytes}) bytes"
-            )
 
     def _describe(self, exc: BaseException) -> str:
         if isinstance(exc, ssl.SSLCertVerificationError):
@@ -428,8 +355,12 @@ def _check_status(ref: FileRef, status: int) -> None:
         return
     message = f"{ref.path}: the file server answered {status}"
     if status in (408, 429) or status >= 500:
-        raise FetchRetryable(message)
-    raise FetchPermanent(message)
+        raise FetchRetryable(message, status=status)
+    raise FetchPermanent(message, status=status)
+
+
+def _overran(resp: http.client.HTTPResponse) -> bool:
+    return isinstance(resp, CheckedResponse) and resp.overran
 
 
 def _discard(job: Future[FetchedFile]) -> None:

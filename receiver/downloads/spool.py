@@ -168,13 +168,22 @@ class _Hasher:
             self._free.put(buffer)
 
 
+class SpoolError(Exception):
+    """The spool file cannot be made or written (a full disk, no inodes, a missing folder);
+    the message names the path. Not an OSError: it must not pass for a network failure."""
+
+
 class SpoolWriter:
     """Writes one file: `buffer()` / `commit(n)` for bytes read in place, `add(data)` for
     bytes that already exist (a decoded data: URI, a decompressed body), then `finish()`."""
 
     def __init__(self, path: Path, *, write_behind: bool = True) -> None:
+        self.path = path
         # The file first: if it cannot be made, no thread has been started for it.
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as exc:
+            raise SpoolError(f"spool file {path} cannot be created: {_reason(exc)}") from exc
         self._write_behind = write_behind
         self.size = 0
         self._free: queue.Queue[bytearray] = queue.Queue()
@@ -230,8 +239,15 @@ class SpoolWriter:
         self._current, self._fill = None, 0
         self._hasher.update(buffer, length)  # hashed and written at the same time
         view = memoryview(buffer)[:length]
-        while view:
-            view = view[os.write(self._fd, view) :]
+        try:
+            while view:
+                view = view[os.write(self._fd, view) :]
+        except OSError as exc:
+            raise SpoolError(f"spool file {self.path} cannot be written: {_reason(exc)}") from exc
         if self._write_behind and self.size - self._announced >= WRITEBACK_EVERY:
             self._flusher.poke(self.size)
             self._announced = self.size
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)

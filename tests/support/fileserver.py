@@ -16,7 +16,7 @@ import ssl
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 
 from falhook.testing import LoopbackServer
@@ -64,6 +64,9 @@ class _Entry:
     pause_after: int | None
     resume: threading.Event
     bytes_per_second: float | None
+    extra: bytes  # sent after the declared body: a server that says less than it sends
+    extra_after: float  # seconds between the body and the extra bytes
+    extra_sent: threading.Event = field(default_factory=threading.Event)
 
 
 class FileServer(LoopbackServer):
@@ -122,13 +125,17 @@ class FileServer(LoopbackServer):
         headers: dict[str, str] | None = None,
         pause_after: int | None = None,
         bytes_per_second: float | None = None,
+        extra: bytes = b"",
+        extra_after: float = 0.0,
     ) -> None:
         """Serve path. `size` serves generated content (see generated_sha256); `fail_times`
         answers fail_status that many times first; `short_by` declares the full
         Content-Length but sends fewer bytes and closes; `chunked` sends no Content-Length
         (the body ends when the connection closes); `headers` are added to a 200 answer;
         `pause_after` sends that many body bytes, then waits for resume(path);
-        `bytes_per_second` sends the body slowly, in small pieces, at about that rate."""
+        `bytes_per_second` sends the body slowly, in small pieces, at about that rate;
+        `extra` bytes follow the declared body on the same connection, `extra_after` seconds
+        later (a server that sends more than it said)."""
         total = len(data) if data is not None else (size or 0)
         with self._lock:
             self._entries[path] = _Entry(
@@ -145,7 +152,14 @@ class FileServer(LoopbackServer):
                 pause_after,
                 threading.Event(),
                 bytes_per_second,
+                extra,
+                extra_after,
             )
+
+    def extra_sent(self, path: str) -> bool:
+        """Whether path's `extra` bytes have been written (to its latest request)."""
+        with self._lock:
+            return self._entries[path].extra_sent.is_set()
 
     def hits(self, path: str) -> int:
         """How many requests path has had (whatever the answer)."""
@@ -223,6 +237,11 @@ class FileServer(LoopbackServer):
             return
         if entry.short_by:
             h.close_connection = True  # the lie: declared more than was sent
+        if entry.extra:  # the other lie: more than declared, left for the next response
+            time.sleep(entry.extra_after)
+            h.wfile.write(entry.extra)
+            h.wfile.flush()
+            entry.extra_sent.set()
 
 
 def _send_body(h: BaseHTTPRequestHandler, entry: _Entry) -> None:
