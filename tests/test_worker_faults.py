@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -135,3 +136,40 @@ async def test_stalled_files_do_not_starve_other_events(
     for rid in stalled:
         d = (await view(store, rid)).deliveries["local"]
         assert d.state == "retrying" and "no data for 1 s" in (d.last_error or "")
+
+
+async def test_thousands_of_files_are_named_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hundreds of Files named frame.png (over OFF_LOOP_FILES): naming them (linear:
+    tests/test_naming.py) runs in a thread, so webhooks on the event loop are not held while
+    the worker names 8,000 of them."""
+    import falhook.delivery.files as files_module
+    from falhook.delivery.files import download_all, refs_of
+    from falhook.downloads.fetch import Fetcher
+    from falhook.metrics import Metrics
+
+    named_in: list[str] = []
+    real = files_module.file_names
+
+    def watched(described: Any) -> list[str]:
+        named_in.append(threading.current_thread().name)
+        return real(described)
+
+    monkeypatch.setattr(files_module, "file_names", watched)
+    image = {"url": "data:image/png;base64,aGk=", "file_name": "frame.png"}
+    body = json.dumps({"request_id": "r", "status": "OK", "payload": [image] * 300}).encode()
+    event = new_event(parse_envelope(body), route="r", sinks=["s"], body=body, headers={})
+    view = EventView(
+        request_id="r", route="r", fal_status="OK", error=None, payload_error=None,
+        gateway_request_id=None, received_at=event.received_at, headers={}, body=body,
+        files=event.files, deliveries={},
+    )  # fmt: skip
+    refs, _ = refs_of(view)
+    fetcher = Fetcher(max_file_bytes=1 << 20, timeout=10, allow_private_hosts=True)
+    try:
+        local = await download_all(fetcher, Metrics(), refs, tmp_path / "spool", keep=False)
+    finally:
+        await fetcher.aclose()
+    assert named_in and named_in[0] != threading.main_thread().name
+    assert len({f.name for f in local}) == 300 and local[-1].name == "frame-300.png"
