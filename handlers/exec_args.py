@@ -56,9 +56,9 @@ def parse_argument(text: str, option: str = "command") -> Argument:
             continue
         if match.group(1) is None:
             raise Invalid(option, f"unbalanced {token!r} in {text!r} (write {token * 2} for one)")
-        if literal:
+        if "".join(literal):
             parts.append("".join(literal))
-            literal = []
+        literal = []
         parts.append(_placeholder(match.group(1), text, option))
     literal.append(text[at:])
     if "".join(literal):

@@ -6,8 +6,10 @@ bounded tails, a timeout that stops the whole group.
 - Stopping is SIGTERM to the group, then SIGKILL to whatever is left after ``kill_grace``.
   The same happens when the command exits but left processes behind: a run's processes do
   not outlive it (they would hold its pipes open, and pile up across events).
-- stdin, stdout and stderr are pumped concurrently with the wait, so a child never blocks on
-  a full pipe and a child that never reads stdin never blocks us.
+- stdout and stderr are read as they arrive (a subprocess protocol feeds them to their
+  tails) and stdin is written as the child takes it, so a child never blocks on a full pipe
+  and a child that never reads stdin never blocks us. The command's end is its exit, not
+  its pipes' end: a process it left behind may hold them open.
 - Cancelled (worker shutdown, ``[delivery].attempt_timeout``): the group is killed at once.
 
 Everything is asyncio (subprocess transports); nothing blocks the event loop.
@@ -19,6 +21,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,9 +29,9 @@ from pathlib import Path
 
 from falhook.sinks.exec_tail import LineTail
 
-_CHUNK = 64 * 1024
-_GROUP_POLL = 0.02  # seconds between checks that a signalled group is gone
+_GROUP_POLL = 0.05  # seconds between checks that a signalled group is gone
 _PIPE_LINGER = 1.0  # seconds to read what is left in the pipes once the group is gone
+_REAP_WAIT = 5.0  # seconds for killed processes to end, and their end to be reported
 
 
 @dataclass(frozen=True)
@@ -58,36 +61,34 @@ async def run(
     limits: Limits,
 ) -> Finished:
     """Run argv to its end (or its timeout); OSError when it cannot be started."""
+    loop = asyncio.get_running_loop()
     started = time.monotonic()
-    proc = await asyncio.create_subprocess_exec(
+    out, err = LineTail(limits.stdout_lines), LineTail(limits.stderr_lines)
+    transport, pipes = await loop.subprocess_exec(
+        lambda: _Pipes(loop, out, err),
         *argv,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         cwd=cwd,
         env=dict(env),
         start_new_session=True,  # its own process group: a timeout stops its children too
     )
-    out, err = LineTail(limits.stdout_lines), LineTail(limits.stderr_lines)
-    assert proc.stdin and proc.stdout and proc.stderr
-    pumps = [
-        asyncio.create_task(_feed(proc.stdin, stdin)),
-        asyncio.create_task(_drain(proc.stdout, out)),
-        asyncio.create_task(_drain(proc.stderr, err)),
-    ]
+    pgid = transport.get_pid()
     try:
-        timed_out = not await _exited_within(proc, limits.timeout)
-        await stop_group(proc.pid, limits.kill_grace)
-        await proc.wait()
-        await _finish_pumps(pumps, _PIPE_LINGER)
+        _feed(transport, stdin)
+        timed_out = not await _within(pipes.exited, limits.timeout)
+        await stop_group(pgid, limits.kill_grace)
+        await _within(pipes.exited, _REAP_WAIT)
+        await _within(pipes.closed, _PIPE_LINGER)
     except BaseException:  # cancelled: nothing of this run may outlive it
-        _signal_group(proc.pid, signal.SIGKILL)
-        await _finish_pumps(pumps, 0)
-        with contextlib.suppress(BaseException):
-            await asyncio.wait_for(proc.wait(), 5.0)
+        await kill_group(pgid)
         raise
+    finally:
+        transport.close()
+    code = transport.get_returncode()
     return Finished(
-        returncode=proc.returncode if proc.returncode is not None else -signal.SIGKILL,
+        returncode=code if code is not None else -signal.SIGKILL,
         timed_out=timed_out,
         seconds=time.monotonic() - started,
         stdout=out.lines(),
@@ -96,26 +97,92 @@ async def run(
     )
 
 
-async def _exited_within(proc: asyncio.subprocess.Process, seconds: float) -> bool:
-    try:
-        async with asyncio.timeout(seconds):
-            await proc.wait()
-    except TimeoutError:
-        return False
-    return True
+class _Pipes(asyncio.SubprocessProtocol):
+    """stdout and stderr straight into their tails (no buffering beyond them); `exited` when
+    the process ends (its pipes may stay open longer), `closed` when both pipes are."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, out: LineTail, err: LineTail) -> None:
+        self.tails = {1: out, 2: err}
+        self.exited: asyncio.Future[None] = loop.create_future()
+        self.closed: asyncio.Future[None] = loop.create_future()
+
+    def pipe_data_received(self, fd: int, data: bytes | str) -> None:
+        self.tails[fd].feed(data if isinstance(data, bytes) else data.encode())
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        self.tails.pop(fd, None)
+        if not self.tails and not self.closed.done():
+            self.closed.set_result(None)
+
+    def process_exited(self) -> None:
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+
+def _feed(transport: asyncio.SubprocessTransport, data: bytes) -> None:
+    """The event on stdin, then end of file. The transport buffers what the pipe cannot take
+    yet; a child that exits without reading only loses its stdin (no error for us)."""
+    stdin = transport.get_pipe_transport(0)
+    if isinstance(stdin, asyncio.WriteTransport):
+        stdin.write(data)
+        stdin.write_eof()
+
+
+async def _within(future: asyncio.Future[None], seconds: float) -> bool:
+    """Whether future is done within `seconds` (it is not cancelled on a timeout)."""
+    done, _ = await asyncio.wait({future}, timeout=seconds)
+    return bool(done)
 
 
 async def stop_group(pgid: int, grace: float) -> None:
-    """SIGTERM the process group, SIGKILL it if anything is left after `grace` seconds.
-    Returns at once when the group is already empty."""
+    """SIGTERM the process group, SIGKILL it if anything still runs after `grace` seconds,
+    and wait (a bounded while) until nothing does. At once when the group is empty."""
     if not _signal_group(pgid, signal.SIGTERM):
         return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        await asyncio.sleep(_GROUP_POLL)
-        if not _signal_group(pgid, 0):
-            return
+    if await _group_ends(pgid, grace):
+        return
     _signal_group(pgid, signal.SIGKILL)
+    await _group_ends(pgid, _REAP_WAIT)
+
+
+async def kill_group(pgid: int) -> None:
+    """SIGKILL the group now (a cancelled run), then wait a bounded while for it to end."""
+    _signal_group(pgid, signal.SIGKILL)
+    with contextlib.suppress(asyncio.CancelledError):
+        await _group_ends(pgid, _REAP_WAIT)
+
+
+async def _group_ends(pgid: int, seconds: float) -> bool:
+    """Poll until no process of the group runs; False if one still does after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while await asyncio.to_thread(_group_runs, pgid):
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(_GROUP_POLL)
+    return True
+
+
+def _group_runs(pgid: int) -> bool:
+    """Whether a process of the group still runs. Zombies do not count: where PID 1 never
+    reaps orphans (a container without an init), a killed grandchild stays one for good."""
+    if not _signal_group(pgid, 0):
+        return False
+    try:
+        entries = os.listdir("/proc")
+    except OSError:  # no /proc (not Linux): the group exists, so count it as running
+        return True
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                fields = fh.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        # After the command name: state, ppid, pgrp.
+        if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            return True
+    return False
 
 
 def _signal_group(pgid: int, sig: int) -> bool:
@@ -127,27 +194,3 @@ def _signal_group(pgid: int, sig: int) -> bool:
     except PermissionError:  # a member changed user (setuid): nothing more we can do
         return False
     return True
-
-
-async def _feed(pipe: asyncio.StreamWriter, data: bytes) -> None:
-    """Write the event to stdin and close it; a child that exits without reading is fine."""
-    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-        pipe.write(data)
-        await pipe.drain()
-        pipe.close()
-        await pipe.wait_closed()
-
-
-async def _drain(pipe: asyncio.StreamReader, tail: LineTail) -> None:
-    while chunk := await pipe.read(_CHUNK):
-        tail.feed(chunk)
-
-
-async def _finish_pumps(pumps: list[asyncio.Task[None]], linger: float) -> None:
-    """Let the pumps reach the pipes' ends for up to `linger` seconds (a process that left
-    the group may still hold a pipe open), then stop them."""
-    if linger > 0:
-        await asyncio.wait(pumps, timeout=linger)
-    for task in pumps:
-        task.cancel()
-    await asyncio.gather(*pumps, return_exceptions=True)

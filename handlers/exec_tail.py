@@ -28,12 +28,18 @@ class LineTail:
 
     def feed(self, chunk: bytes) -> None:
         self.total_bytes += len(chunk)
-        start = 0
-        for end in _LINE_END.finditer(chunk):
-            self._add_to_partial(chunk[start : end.start()])
+        pieces = _LINE_END.split(chunk)
+        self._add_to_partial(pieces[0])
+        if len(pieces) == 1:
+            return
+        self._end_line()
+        # Of the lines complete within this chunk, only the last non-blank ones can be kept.
+        keep = self._lines.maxlen or 0
+        middle = [p for p in pieces[1:-1] if p.strip()][-keep:] if keep else []
+        for piece in middle:
+            self._add_to_partial(piece)
             self._end_line()
-            start = end.end()
-        self._add_to_partial(chunk[start:])
+        self._add_to_partial(pieces[-1])
 
     def lines(self) -> list[str]:
         """The kept lines, oldest first, the unfinished last line included."""
