@@ -37,7 +37,7 @@ from falhook.sinks.base import (
     Sink,
     SinkEnv,
 )
-from falhook.sinks.exec_args import MissingFile, parse_command, render, safe_value
+from falhook.sinks.exec_args import file_paths, parse_command, render, safe_value
 from falhook.sinks.exec_process import Finished, Limits, run
 from falhook.sinks.exec_rundir import RunDir, prepare, remove
 from falhook.sinks.options import Invalid, SinkOptions, option_key, read_options
@@ -115,7 +115,7 @@ class ExecSink(Sink):
         return self._outcome(ctx, finished)
 
     def _skip_reason(self, event: EventInfo) -> str | None:
-        failed = not event.ok or event.payload_error is not None
+        failed = _failed(event)
         if self.run_on == "ok" and failed:
             what = "has a payload_error" if event.ok else f"is {event.fal_status}"
             return f'run_on = "ok" and the event {what}'
@@ -125,20 +125,16 @@ class ExecSink(Sink):
 
     def _check_files(self, ctx: DeliveryContext) -> None:
         """A named file the event lacks is a clear, permanent error, before anything runs."""
-        have = {f.path: "" for f in ctx.files}
-        try:
-            render(self.command, dict.fromkeys(("request_id", "route", "event_json"), ""), have)
-        except MissingFile as exc:
-            listed = ", ".join(have) or "none"
-            hint = (
-                ""
-                if ctx.event.ok and ctx.event.payload_error is None
-                else ('; a failed event has no files: run_on = "ok" skips those')
-            )
-            raise Permanent(
-                f"the command needs {{file:{exc.path}}}, but this event has no file at "
-                f"{exc.path!r} (its files: {listed}){hint}"
-            ) from None
+        have = [f.path for f in ctx.files]
+        missing = [path for path in file_paths(self.command) if path not in have]
+        if not missing:
+            return
+        hint = '; a failed event has no files: run_on = "ok" skips those'
+        hint = hint if _failed(ctx.event) else ""
+        raise Permanent(
+            f"the command needs {{file:{missing[0]}}}, but this event has no file at "
+            f"{missing[0]!r} (its files: {', '.join(have) or 'none'}){hint}"
+        )
 
     async def _run(self, ctx: DeliveryContext, run_dir: RunDir) -> Finished:
         event = ctx.event
@@ -182,6 +178,11 @@ class ExecSink(Sink):
         if code < 0:
             raise Permanent(f"{self.program!r} was killed by {_signal_name(-code)}{_stderr(done)}")
         raise Permanent(f"{self.program!r} exited with status {code}{_stderr(done)}")
+
+
+def _failed(event: EventInfo) -> bool:
+    """An ERROR event, or one whose result fal could not serialise: no files either way."""
+    return not event.ok or event.payload_error is not None
 
 
 def _stderr(done: Finished) -> str:

@@ -26,6 +26,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from falhook.sinks.exec_tail import LineTail
 
@@ -122,10 +123,10 @@ class _Pipes(asyncio.SubprocessProtocol):
 def _feed(transport: asyncio.SubprocessTransport, data: bytes) -> None:
     """The event on stdin, then end of file. The transport buffers what the pipe cannot take
     yet; a child that exits without reading only loses its stdin (no error for us)."""
-    stdin = transport.get_pipe_transport(0)
-    if isinstance(stdin, asyncio.WriteTransport):
-        stdin.write(data)
-        stdin.write_eof()
+    # uvloop's pipe transports (`falhook serve` runs on uvloop) are not asyncio subclasses.
+    stdin = cast(asyncio.WriteTransport, transport.get_pipe_transport(0))
+    stdin.write(data)
+    stdin.close()  # after what is buffered is written
 
 
 async def _within(future: asyncio.Future[None], seconds: float) -> bool:

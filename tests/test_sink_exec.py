@@ -9,20 +9,35 @@ import asyncio
 import hashlib
 import json
 import os
-import signal
 import sys
 import textwrap
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
+import uvloop
 
 from falhook.sinks.base import DeliveryContext, OptionError, Permanent, Retryable, SinkEnv
 from falhook.sinks.exec import ExecSink
-from tests.support.falhook_server import wait_for
+from tests.support.processes import TREE, kill_if_running, pids_of, running
 from tests.support.sink_ctx import local_file, make_ctx
 
 PY = sys.executable
+T = TypeVar("T")
+Run = Callable[[Coroutine[Any, Any, T]], T]
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def run(request: pytest.FixtureRequest) -> Iterator[Run[Any]]:
+    """Runs a coroutine on asyncio's loop or on uvloop: `falhook worker` runs on the first,
+    `falhook serve` on the second (uvicorn's choice when installed), and their subprocess
+    transports differ."""
+    factory = uvloop.new_event_loop if request.param == "uvloop" else asyncio.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        yield runner.run
+
+
 VIDEO = b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 64
 
 
@@ -42,22 +57,6 @@ def video_ctx(tmp_path: Path, **kw: Any) -> DeliveryContext:
     return make_ctx([video], payload={"video": {"url": video.url}}, **kw)
 
 
-def running(pid: int) -> bool:
-    """Alive and not a zombie (an orphan's zombie waits for whoever adopts it to reap it)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-
-
-def kill_if_running(pids: list[int]) -> None:
-    """Clean-up for a failed test: only the processes this test's own command started."""
-    for pid in pids:
-        if running(pid):
-            os.kill(pid, signal.SIGKILL)
-
-
 RECORD = """
     record = {
         "argv": sys.argv[1:],
@@ -73,15 +72,15 @@ RECORD = """
 """
 
 
-async def test_arguments_stdin_event_file_downloaded_file_and_env_reach_the_command(
-    tmp_path: Path,
+def test_arguments_stdin_event_file_downloaded_file_and_env_reach_the_command(
+    tmp_path: Path, run: Run[Any]
 ) -> None:
     out = tmp_path / "record.json"
     cmd = script(tmp_path, RECORD)
     command = [PY, str(cmd), str(out), "{route}/{request_id}", "{event_json}", "{file:video}"]
     s = sink(tmp_path, command, env={"EXTRA_ONE": "1", "EXTRA_TWO": "two words"})
     ctx = video_ctx(tmp_path, request_id="2b0c4f0e-aa", route="reframe", attempt=3, sink="run")
-    result = await s.deliver(ctx)
+    result = run(s.deliver(ctx))
     got = json.loads(out.read_text())
     assert got["argv"][:2] == [str(out), "reframe/2b0c4f0e-aa"]
     assert got["event_json"] == got["stdin"]
@@ -113,44 +112,46 @@ async def test_arguments_stdin_event_file_downloaded_file_and_env_reach_the_comm
     assert not Path(got["argv"][2]).parent.exists()  # the run's folder is gone
 
 
-async def test_payload_values_arrive_as_one_sanitised_argument_each(tmp_path: Path) -> None:
+def test_payload_values_arrive_as_one_sanitised_argument_each(
+    tmp_path: Path, run: Run[Any]
+) -> None:
     out = tmp_path / "argv.json"
     cmd = script(tmp_path, "json.dump([sys.argv[2:], os.environ['FALHOOK_REQUEST_ID']], "
                            "open(sys.argv[1], 'w'))\n")  # fmt: skip
     hostile = "--force ../../etc; rm -rf $HOME"
     video = local_file(tmp_path / "spool", "video", "-rf; x.mp4", b"v")
     ctx = make_ctx([video], request_id=hostile)
-    await sink(tmp_path, [PY, str(cmd), str(out), "{request_id}", "{file:video}"]).deliver(ctx)
+    run(sink(tmp_path, [PY, str(cmd), str(out), "{request_id}", "{file:video}"]).deliver(ctx))
     [argv, raw_id] = json.loads(out.read_text())
     assert argv[0] == "force_.._.._etc__rm_-rf__HOME"  # no flag, no path, one argument
     assert argv[1].endswith("/files/-rf; x.mp4") and argv[1].startswith("/")
     assert raw_id == hostile  # the exact id, for scripts that look it up
 
 
-async def test_exit_75_is_retried_with_the_stderr_tail(tmp_path: Path) -> None:
+def test_exit_75_is_retried_with_the_stderr_tail(tmp_path: Path, run: Run[Any]) -> None:
     cmd = script(tmp_path, "print('busy, try later', file=sys.stderr)\nsys.exit(75)\n")
     with pytest.raises(Retryable) as err:
-        await sink(tmp_path, [PY, str(cmd)]).deliver(video_ctx(tmp_path))
+        run(sink(tmp_path, [PY, str(cmd)]).deliver(video_ctx(tmp_path)))
     assert "exited with 75 (EX_TEMPFAIL)" in str(err.value)
     assert str(err.value).endswith("of stderr:\nbusy, try later")
 
 
-async def test_exit_1_is_permanent_with_the_last_lines_of_stderr(tmp_path: Path) -> None:
+def test_exit_1_is_permanent_with_the_last_lines_of_stderr(tmp_path: Path, run: Run[Any]) -> None:
     cmd = script(tmp_path, "for i in range(10): print(f'line {i}', file=sys.stderr)\nsys.exit(1)\n")
     with pytest.raises(Permanent) as err:
-        await sink(tmp_path, [PY, str(cmd)], stderr_lines=3).deliver(video_ctx(tmp_path))
+        run(sink(tmp_path, [PY, str(cmd)], stderr_lines=3).deliver(video_ctx(tmp_path)))
     assert str(err.value) == (
         f"{PY!r} exited with status 1; last 3 lines of stderr:\nline 7\nline 8\nline 9"
     )
 
 
-async def test_a_command_killed_by_a_signal_is_permanent(tmp_path: Path) -> None:
+def test_a_command_killed_by_a_signal_is_permanent(tmp_path: Path, run: Run[Any]) -> None:
     cmd = script(tmp_path, "import signal\nos.kill(os.getpid(), signal.SIGKILL)\n")
     with pytest.raises(Permanent, match="was killed by SIGKILL; stderr was empty"):
-        await sink(tmp_path, [PY, str(cmd)]).deliver(video_ctx(tmp_path))
+        run(sink(tmp_path, [PY, str(cmd)]).deliver(video_ctx(tmp_path)))
 
 
-async def test_a_huge_stderr_stays_bounded_in_the_error(tmp_path: Path) -> None:
+def test_a_huge_stderr_stays_bounded_in_the_error(tmp_path: Path, run: Run[Any]) -> None:
     body = """
         line = b"e" * 999 + b"\\n"
         for _ in range(30_000):  # 30 MB of lines
@@ -161,13 +162,15 @@ async def test_a_huge_stderr_stays_bounded_in_the_error(tmp_path: Path) -> None:
     """
     cmd = script(tmp_path, body)
     with pytest.raises(Permanent) as err:
-        await sink(tmp_path, [PY, str(cmd)], stderr_lines=5).deliver(video_ctx(tmp_path))
+        run(sink(tmp_path, [PY, str(cmd)], stderr_lines=5).deliver(video_ctx(tmp_path)))
     message = str(err.value)
     assert message.endswith("x [...]\nthe real error")
     assert len(message) < 5 * 320 + 200
 
 
-async def test_a_chatty_command_that_never_reads_stdin_does_not_block(tmp_path: Path) -> None:
+def test_a_chatty_command_that_never_reads_stdin_does_not_block(
+    tmp_path: Path, run: Run[Any]
+) -> None:
     # 20 MB on stdout and on stderr, stdin never read while a 2 MB event waits in it: the
     # pipes are pumped together, so neither side waits for the other.
     body = """
@@ -179,44 +182,21 @@ async def test_a_chatty_command_that_never_reads_stdin_does_not_block(tmp_path: 
     """
     cmd = script(tmp_path, body)
     ctx = make_ctx([], payload={"big": "p" * 2_000_000})
-    result = await sink(tmp_path, [PY, str(cmd)], stdout_lines=2).deliver(ctx)
+    result = run(sink(tmp_path, [PY, str(cmd)], stdout_lines=2).deliver(ctx))
     assert result["exit_code"] == 0
     assert result["stdout"] == ["o" * 300 + " [...]", "done"]
 
 
-TREE = """
-    import subprocess, signal
-    if "--ignore-term" in sys.argv:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    child = subprocess.Popen([sys.executable, "-c",
-        "import signal, sys, time\\n"
-        "if '--ignore-term' in sys.argv: signal.signal(signal.SIGTERM, signal.SIG_IGN)\\n"
-        "time.sleep(120)", *sys.argv[2:]])
-    with open(sys.argv[1] + ".tmp", "w") as fh:
-        json.dump([os.getpid(), child.pid], fh)
-    os.rename(sys.argv[1] + ".tmp", sys.argv[1])
-    print("started a child", file=sys.stderr, flush=True)
-    if "--exit" in sys.argv:
-        sys.exit(0)
-    __import__("time").sleep(120)
-"""
-
-
-def pids_of(path: Path) -> list[int]:
-    pids: list[int] = wait_for(lambda: path.exists() and json.loads(path.read_text()), timeout=30)
-    return pids
-
-
 @pytest.mark.parametrize("flags", [[], ["--ignore-term"]], ids=["polite", "ignores-sigterm"])
-async def test_a_timeout_kills_the_command_and_its_children(
-    tmp_path: Path, flags: list[str]
+def test_a_timeout_kills_the_command_and_its_children(
+    tmp_path: Path, flags: list[str], run: Run[Any]
 ) -> None:
     pids_file = tmp_path / "pids.json"
     cmd = script(tmp_path, TREE)
     s = sink(tmp_path, [PY, str(cmd), str(pids_file), *flags], timeout=1.5, kill_grace=0.5)
     try:
         with pytest.raises(Permanent) as err:
-            await s.deliver(video_ctx(tmp_path))
+            run(s.deliver(video_ctx(tmp_path)))
         pids = pids_of(pids_file)
         assert not any(running(pid) for pid in pids)
     finally:
@@ -228,12 +208,14 @@ async def test_a_timeout_kills_the_command_and_its_children(
     )
 
 
-async def test_processes_left_behind_by_a_finished_command_are_stopped(tmp_path: Path) -> None:
+def test_processes_left_behind_by_a_finished_command_are_stopped(
+    tmp_path: Path, run: Run[Any]
+) -> None:
     pids_file = tmp_path / "pids.json"
     cmd = script(tmp_path, TREE)
     s = sink(tmp_path, [PY, str(cmd), str(pids_file), "--exit"], kill_grace=0.5)
     try:
-        result = await s.deliver(video_ctx(tmp_path))  # the child holds stdout: no hang
+        result = run(s.deliver(video_ctx(tmp_path)))  # the child holds stdout: no hang
         assert result["exit_code"] == 0
         [_, child] = pids_of(pids_file)
         assert not running(child)
@@ -242,29 +224,35 @@ async def test_processes_left_behind_by_a_finished_command_are_stopped(tmp_path:
             kill_if_running(json.loads(pids_file.read_text()))
 
 
-async def test_a_cancelled_delivery_kills_the_process_group(tmp_path: Path) -> None:
+def test_a_cancelled_delivery_kills_the_process_group(tmp_path: Path, run: Run[Any]) -> None:
     pids_file = tmp_path / "pids.json"
     cmd = script(tmp_path, TREE)
     s = sink(tmp_path, [PY, str(cmd), str(pids_file), "--ignore-term"], timeout=60)
-    task = asyncio.create_task(s.deliver(video_ctx(tmp_path)))
-    try:
-        await asyncio.to_thread(pids_of, pids_file)
-        task.cancel()
+
+    async def cancel_once_started() -> list[int]:
+        task = asyncio.create_task(s.deliver(video_ctx(tmp_path)))
+        pids = await asyncio.to_thread(pids_of, pids_file)
+        task.cancel()  # as the worker's shutdown or its attempt_timeout does
         with pytest.raises(asyncio.CancelledError):
             await task
-        pids = json.loads(pids_file.read_text())
+        return pids
+
+    try:
+        pids = run(cancel_once_started())
         assert not any(running(pid) for pid in pids)
     finally:
         if pids_file.exists():
             kill_if_running(json.loads(pids_file.read_text()))
 
 
-async def test_a_file_the_event_lacks_is_permanent_and_runs_nothing(tmp_path: Path) -> None:
+def test_a_file_the_event_lacks_is_permanent_and_runs_nothing(
+    tmp_path: Path, run: Run[Any]
+) -> None:
     marker = tmp_path / "ran"
     cmd = script(tmp_path, "open(sys.argv[1], 'w').close()\n")
     image = local_file(tmp_path / "spool", "images[0]", "a.png", b"png")
     with pytest.raises(Permanent) as err:
-        await sink(tmp_path, [PY, str(cmd), str(marker), "{file:video}"]).deliver(make_ctx([image]))
+        run(sink(tmp_path, [PY, str(cmd), str(marker), "{file:video}"]).deliver(make_ctx([image])))
     assert str(err.value) == (
         "the command needs {file:video}, but this event has no file at 'video' "
         "(its files: images[0])"
@@ -272,81 +260,81 @@ async def test_a_file_the_event_lacks_is_permanent_and_runs_nothing(tmp_path: Pa
     assert not marker.exists()
 
 
-async def test_an_error_event_without_the_file_hints_at_run_on(tmp_path: Path) -> None:
+def test_an_error_event_without_the_file_hints_at_run_on(tmp_path: Path, run: Run[Any]) -> None:
     s = sink(tmp_path, [PY, "-c", "pass", "{file:video}"])
     with pytest.raises(Permanent, match="its files: none\\); a failed event has no files: run_on"):
-        await s.deliver(make_ctx([], status="ERROR", error="boom"))
+        run(s.deliver(make_ctx([], status="ERROR", error="boom")))
 
 
-async def test_run_on_chooses_ok_or_failed_events(tmp_path: Path) -> None:
+def test_run_on_chooses_ok_or_failed_events(tmp_path: Path, run: Run[Any]) -> None:
     runs = tmp_path / "runs"
     cmd = script(tmp_path, "open(sys.argv[1], 'a').write(os.environ['FALHOOK_FAL_STATUS'] + ' ')\n")
     ok, failed = video_ctx(tmp_path), make_ctx([], status="ERROR", error="Invalid input")
     only_ok = sink(tmp_path, [PY, str(cmd), str(runs)], run_on="ok")
     only_errors = sink(tmp_path, [PY, str(cmd), str(runs)], run_on="error")
-    assert await only_ok.deliver(failed) == {
+    assert run(only_ok.deliver(failed)) == {
         "ran": False,
         "skipped": 'run_on = "ok" and the event is ERROR',
     }
-    assert (await only_ok.deliver(ok))["ran"] is True
-    assert await only_errors.deliver(ok) == {
+    assert run(only_ok.deliver(ok))["ran"] is True
+    assert run(only_errors.deliver(ok)) == {
         "ran": False,
         "skipped": 'run_on = "error" and the event is OK',
     }
-    assert (await only_errors.deliver(failed))["ran"] is True
+    assert run(only_errors.deliver(failed))["ran"] is True
     assert runs.read_text() == "OK ERROR "
 
 
-async def test_a_replay_runs_nothing_again_unless_forced(tmp_path: Path) -> None:
+def test_a_replay_runs_nothing_again_unless_forced(tmp_path: Path, run: Run[Any]) -> None:
     runs = tmp_path / "runs"
     cmd = script(tmp_path, "open(sys.argv[1], 'a').write('run ')\n")
     s = sink(tmp_path, [PY, str(cmd), str(runs)])
-    first = await s.deliver(video_ctx(tmp_path))
-    assert await s.deliver(video_ctx(tmp_path, previous=first)) == first  # replay
-    await s.deliver(video_ctx(tmp_path, previous=None))  # replay --force
+    first = run(s.deliver(video_ctx(tmp_path)))
+    assert run(s.deliver(video_ctx(tmp_path, previous=first))) == first  # replay
+    run(s.deliver(video_ctx(tmp_path, previous=None)))  # replay --force
     assert runs.read_text() == "run run "
 
 
-async def test_inherit_env_false_passes_only_basic_variables(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_inherit_env_false_passes_only_basic_variables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run: Run[Any]
 ) -> None:
     monkeypatch.setenv("FAL_KEY", "secret-of-the-worker")
     out = tmp_path / "env.json"
     cmd = script(tmp_path, "json.dump(dict(os.environ), open(sys.argv[1], 'w'))\n")
     for inherit in (True, False):
         s = sink(tmp_path, [PY, str(cmd), str(out)], inherit_env=inherit, env={"MINE": "1"})
-        await s.deliver(video_ctx(tmp_path))
+        run(s.deliver(video_ctx(tmp_path)))
         env = json.loads(out.read_text())
         assert env["MINE"] == "1" and env["PATH"] == os.environ["PATH"]
         assert ("FAL_KEY" in env) is inherit
 
 
-async def test_cwd_is_resolved_against_the_config_folder(tmp_path: Path) -> None:
+def test_cwd_is_resolved_against_the_config_folder(tmp_path: Path, run: Run[Any]) -> None:
     (tmp_path / "work").mkdir()
     out = tmp_path / "cwd.txt"
     cmd = script(tmp_path, "open(sys.argv[1], 'w').write(os.getcwd())\n")
-    await sink(tmp_path, [PY, str(cmd), str(out)], cwd="work").deliver(video_ctx(tmp_path))
+    run(sink(tmp_path, [PY, str(cmd), str(out)], cwd="work").deliver(video_ctx(tmp_path)))
     assert out.read_text() == str(tmp_path / "work")
 
 
-async def test_a_relative_program_is_found_from_cwd(tmp_path: Path) -> None:
+def test_a_relative_program_is_found_from_cwd(tmp_path: Path, run: Run[Any]) -> None:
     out = tmp_path / "ran"
     tool = tmp_path / "bin" / "tool"
     tool.parent.mkdir()
     tool.write_text(f"#!{PY}\nimport sys\nopen(sys.argv[1], 'w').close()\n")
     tool.chmod(0o755)
-    await sink(tmp_path, ["bin/tool", str(out)]).deliver(video_ctx(tmp_path))
+    run(sink(tmp_path, ["bin/tool", str(out)]).deliver(video_ctx(tmp_path)))
     assert out.exists()
 
 
-async def test_a_program_gone_since_start_up_is_permanent(tmp_path: Path) -> None:
+def test_a_program_gone_since_start_up_is_permanent(tmp_path: Path, run: Run[Any]) -> None:
     tool = tmp_path / "tool"
     tool.write_text(f"#!{PY}\n")
     tool.chmod(0o755)
     s = sink(tmp_path, [str(tool)])
     tool.unlink()
     with pytest.raises(Permanent, match=r"cannot start .*tool'"):
-        await s.deliver(video_ctx(tmp_path))
+        run(s.deliver(video_ctx(tmp_path)))
 
 
 @pytest.mark.parametrize(
