@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import shutil
@@ -67,6 +68,7 @@ class ExecOptions(SinkOptions):
     run_on: Literal["all", "ok", "error"] = "all"
     stderr_lines: Annotated[int, Meta(ge=1, le=200)] = 20
     stdout_lines: Annotated[int, Meta(ge=0, le=200)] = 10
+    concurrency: Annotated[int, Meta(ge=0)] = 0  # runs at once in this process; 0: no limit
 
     def check(self) -> None:
         if any("\x00" in arg for arg in self.command):
@@ -94,6 +96,8 @@ class ExecSink(Sink):
         if not self.cwd.is_dir():
             raise OptionError(option_key(name, "cwd"), f"{self.cwd} is not a folder")
         self.environment = {**_inherited(opts.inherit_env), **opts.env}
+        self.concurrency = opts.concurrency
+        self._slots: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
         problem = _program_problem(self.program, self.cwd, self.environment.get("PATH"))
         if problem:
             raise OptionError(option_key(name, "command"), problem)
@@ -107,12 +111,22 @@ class ExecSink(Sink):
             ctx.log.info("command not run", reason=skipped)
             return {"ran": False, "skipped": skipped}
         self._check_files(ctx)
-        run_dir = await asyncio.to_thread(prepare, ctx)
-        try:
-            finished = await self._run(ctx, run_dir)
-        finally:
-            await asyncio.shield(asyncio.to_thread(remove, run_dir))
+        async with self._slot():
+            run_dir = await asyncio.to_thread(prepare, ctx)
+            try:
+                finished = await self._run(ctx, run_dir)
+            finally:
+                await asyncio.shield(asyncio.to_thread(remove, run_dir))
         return self._outcome(ctx, finished)
+
+    def _slot(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        """One of `concurrency` places to run (a semaphore of the running loop)."""
+        if not self.concurrency:
+            return contextlib.nullcontext()
+        loop = asyncio.get_running_loop()
+        if self._slots is None or self._slots[0] is not loop:
+            self._slots = (loop, asyncio.Semaphore(self.concurrency))
+        return self._slots[1]
 
     def _skip_reason(self, event: EventInfo) -> str | None:
         failed = _failed(event)

@@ -295,6 +295,39 @@ def test_a_replay_runs_nothing_again_unless_forced(tmp_path: Path, run: Run[Any]
     assert runs.read_text() == "run run "
 
 
+def test_concurrency_limits_the_runs_at_once(tmp_path: Path, run: Run[Any]) -> None:
+    log = tmp_path / "log"
+    body = """
+        def note(what):
+            with open(sys.argv[1], "a") as fh:
+                fh.write(what + " ")
+        note("start")
+        __import__("time").sleep(0.2)  # without the limit, the runs would overlap here
+        note("end")
+    """
+    s = sink(tmp_path, [PY, str(script(tmp_path, body)), str(log)], concurrency=1)
+
+    async def three_at_once() -> None:
+        await asyncio.gather(
+            *(s.deliver(video_ctx(tmp_path, request_id=f"r{i}")) for i in range(3))
+        )
+
+    run(three_at_once())
+    assert log.read_text() == "start end " * 3
+
+
+def test_the_event_document_links_copies_stored_by_earlier_sinks(
+    tmp_path: Path, run: Run[Any]
+) -> None:
+    out = tmp_path / "event.json"
+    cmd = script(tmp_path, "open(sys.argv[1], 'w').write(sys.stdin.read())\n")
+    stored = {"archive": {"objects": {"video": {"url": "https://s3.example/clip.mp4?sig"}}}}
+    run(sink(tmp_path, [PY, str(cmd), str(out)]).deliver(video_ctx(tmp_path, outputs=stored)))
+    [video] = json.loads(out.read_text())["files"]
+    assert video["stored_url"] == "https://s3.example/clip.mp4?sig"
+    assert video["url"] == "https://v3.fal.media/files/abc/clip.mp4"  # fal's, as received
+
+
 def test_inherit_env_false_passes_only_basic_variables(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run: Run[Any]
 ) -> None:
@@ -358,6 +391,7 @@ def test_a_program_gone_since_start_up_is_permanent(tmp_path: Path, run: Run[Any
         ({"command": [PY], "cwd": "nowhere"}, "cwd", "is not a folder"),
         ({"command": [PY], "run_on": "always"}, "run_on", "must be one of 'all', 'error', 'ok'"),
         ({"command": [PY], "stderr_lines": 0}, "stderr_lines", "must be an integer >= 1"),
+        ({"command": [PY], "concurrency": -1}, "concurrency", "must be an integer >= 0"),
         ({"command": [PY], "shell": True}, "shell", "unknown option"),
     ],
 )
