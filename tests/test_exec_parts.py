@@ -3,6 +3,8 @@ shell) and the bounded tail of a stream."""
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 
 from falhook.sinks.exec_args import (
@@ -71,18 +73,29 @@ def test_a_file_the_event_lacks_is_named() -> None:
     assert err.value.path == "video"
 
 
+def test_a_clean_identifier_is_its_own_value() -> None:
+    rid = "2b0c4f0e-8a6d-4f1e-9c43-5d1b7f0a9e21"
+    assert safe_value(rid) == rid
+
+
 @pytest.mark.parametrize(
-    ("value", "safe"),
+    ("value", "readable"),
     [
-        ("2b0c4f0e-8a6d-4f1e-9c43-5d1b7f0a9e21", "2b0c4f0e-8a6d-4f1e-9c43-5d1b7f0a9e21"),
         ("--delete", "delete"),  # never an option flag
         ("../../etc/passwd", "_.._etc_passwd"),  # never a path
-        ("..", "_"),
+        ("..", "id"),
         ("a b;c", "a_b_c"),
+        ("x" * 129, "x" * 96),
     ],
 )
-def test_identifiers_from_payloads_are_sanitised(value: str, safe: str) -> None:
-    assert safe_value(value) == safe
+def test_other_identifiers_get_a_readable_prefix_and_their_hash(value: str, readable: str) -> None:
+    digest = hashlib.sha256(value.encode()).hexdigest()[:16]
+    assert safe_value(value) == f"{readable}~{digest}"
+
+
+def test_different_identifiers_never_share_a_value() -> None:
+    values = ["a b", "a_b", "a/b", "-a_b", ".a_b"]
+    assert len({safe_value(v) for v in values}) == len(values)
 
 
 def test_the_tail_keeps_the_last_lines_in_order() -> None:

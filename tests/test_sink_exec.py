@@ -123,7 +123,8 @@ def test_payload_values_arrive_as_one_sanitised_argument_each(
     ctx = make_ctx([video], request_id=hostile)
     run(sink(tmp_path, [PY, str(cmd), str(out), "{request_id}", "{file:video}"]).deliver(ctx))
     [argv, raw_id] = json.loads(out.read_text())
-    assert argv[0] == "force_.._.._etc__rm_-rf__HOME"  # no flag, no path, one argument
+    digest = hashlib.sha256(hostile.encode()).hexdigest()[:16]
+    assert argv[0] == f"force_.._.._etc__rm_-rf__HOME~{digest}"  # no flag, no path
     assert argv[1].endswith("/files/-rf; x.mp4") and argv[1].startswith("/")
     assert raw_id == hostile  # the exact id, for scripts that look it up
 
