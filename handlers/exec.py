@@ -112,7 +112,10 @@ class ExecSink(Sink):
             return {"ran": False, "skipped": skipped}
         self._check_files(ctx)
         async with self._slot():
-            run_dir = await asyncio.to_thread(prepare, ctx)
+            try:
+                run_dir = await asyncio.to_thread(prepare, ctx)
+            except OSError as exc:  # the temporary folder is full or gone: may pass
+                raise Retryable(f"cannot prepare the run's folder: {exc}") from None
             try:
                 finished = await self._run(ctx, run_dir)
             finally:

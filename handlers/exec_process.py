@@ -177,11 +177,11 @@ def _group_runs(pgid: int) -> bool:
             continue
         try:
             with open(f"/proc/{entry}/stat", "rb") as fh:
-                fields = fh.read().rsplit(b")", 1)[1].split()
-        except (OSError, IndexError):
+                # After the command name: state, ppid, pgrp.
+                state, _, pgrp = fh.read().rsplit(b")", 1)[1].split()[:3]
+        except (OSError, ValueError):
             continue  # gone meanwhile
-        # After the command name: state, ppid, pgrp.
-        if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+        if int(pgrp) == pgid and state not in (b"Z", b"X"):
             return True
     return False
 

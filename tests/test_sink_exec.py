@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import sys
+import tempfile
 import textwrap
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
@@ -369,6 +370,14 @@ def test_a_program_gone_since_start_up_is_permanent(tmp_path: Path, run: Run[Any
     tool.unlink()
     with pytest.raises(Permanent, match=r"cannot start .*tool'"):
         run(s.deliver(video_ctx(tmp_path)))
+
+
+def test_a_missing_temporary_folder_is_retryable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run: Run[Any]
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "gone"))  # e.g. a tmpfs unmounted
+    with pytest.raises(Retryable, match="cannot prepare the run's folder"):
+        run(sink(tmp_path, [PY, "-c", "pass"]).deliver(video_ctx(tmp_path)))
 
 
 @pytest.mark.parametrize(
