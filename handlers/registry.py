@@ -19,6 +19,7 @@ BUILTIN_SINKS: dict[str, str] = {
     "slack": "falhook.sinks.slack:SlackSink",
     "http": "falhook.sinks.http:HttpSink",
     "python": "falhook.sinks.python:python_sink",
+    "exec": "falhook.sinks.exec:ExecSink",
 }
 
 
