@@ -9,20 +9,16 @@ The program (the first item) is never templated: payloads do not choose what run
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from falhook.sinks.naming import id_component
 from falhook.sinks.options import Invalid
 
 NAMED = ("request_id", "route", "event_json")
 FILE_PREFIX = "file:"
 _TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
-_CLEAN_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*\Z")
-_NOT_ID = re.compile(r"[^A-Za-z0-9._-]")
-_MAX_ID = 128  # characters of a clean identifier kept as it is
-_ID_PREFIX = 96  # characters of the readable prefix of a changed one
 
 
 @dataclass(frozen=True)
@@ -98,16 +94,9 @@ def file_paths(command: Sequence[Argument]) -> list[str]:
 
 
 def safe_value(value: str) -> str:
-    """An identifier from a payload (a request id, a route) as part of an argument, different
-    for every different identifier: one made of ``[A-Za-z0-9._-]``, not starting with ``-`` or
-    ``.`` and at most 128 characters is itself; any other becomes a readable sanitised prefix,
-    ``~`` and 16 hex digits of its SHA-256. So never an option flag, a path or ``..``, and two
-    ids never share an output name."""
-    if len(value) <= _MAX_ID and _CLEAN_ID.match(value):
-        return value
-    readable = _NOT_ID.sub("_", value[:_ID_PREFIX]).lstrip("-.") or "id"
-    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:16]
-    return f"{readable}~{digest}"
+    """An identifier from a payload (a request id, a route) as part of an argument: the same
+    injective rule as folder names (naming.id_component), and never an option flag."""
+    return id_component(value, argument=True)
 
 
 def render(

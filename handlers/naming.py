@@ -41,12 +41,15 @@ _EXTRA_TYPES = {
 }
 
 
-def id_component(value: str) -> str:
+def id_component(value: str, *, argument: bool = False) -> str:
     """A path or key component for an identifier, different for every different identifier
-    (see the module's docstring); never empty, `.` or `..`, never holds a separator."""
-    if len(value) <= _MAX_ID and _CLEAN_ID.match(value):
+    (see the module's docstring); never empty, `.` or `..`, never holds a separator.
+    `argument`: also never starts with `-`, so a command cannot take it for an option."""
+    clean = len(value) <= _MAX_ID and _CLEAN_ID.match(value)
+    if clean and not (argument and value.startswith("-")):
         return value
-    readable = _NOT_ID.sub("_", value[: _ID_PREFIX * 2])[:_ID_PREFIX].lstrip(".") or "id"
+    strip = ".-" if argument else "."
+    readable = _NOT_ID.sub("_", value[: _ID_PREFIX * 2])[:_ID_PREFIX].lstrip(strip) or "id"
     digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:_ID_HASH]
     return f"{readable}~{digest}"
 
