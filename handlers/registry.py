@@ -12,13 +12,18 @@ from falhook.sinks.base import DeliveryContext, OptionError, Sink, SinkEnv, Sink
 ENTRY_POINT_GROUP = "falhook.sinks"
 
 # Built-ins by module path, so a broken or missing optional dependency of one sink type only
-# matters to configs that use it (the S3 sink needs the `s3` extra, boto3).
+# matters to configs that use it (the S3 sink needs the `s3` extra, boto3; the queue sinks
+# theirs: `redis`, `amqp`, `nats`, `sqs`).
 BUILTIN_SINKS: dict[str, str] = {
     "disk": "falhook.sinks.disk:DiskSink",
     "s3": "falhook.sinks.s3:S3Sink",
     "slack": "falhook.sinks.slack:SlackSink",
     "http": "falhook.sinks.http:HttpSink",
     "python": "falhook.sinks.python:python_sink",
+    "redis": "falhook.sinks.redis:RedisSink",
+    "amqp": "falhook.sinks.amqp:AmqpSink",
+    "nats": "falhook.sinks.nats:NatsSink",
+    "sqs": "falhook.sinks.sqs:SqsSink",
 }
 
 
