@@ -25,7 +25,8 @@ class Received:
 
 
 class Broker:
-    kind = ""
+    kind = ""  # the sink type
+    label = ""  # the kind of test broker: the sink type, or "sqs-fifo"
     port = 0  # the real broker's port on 127.0.0.1 (a relay goes in front of it)
 
     def __init__(self) -> None:
@@ -184,7 +185,6 @@ class SqsBroker(Broker):
         self.fifo = fifo
         self.name = f"falhook-test-{self.tag}" + (".fifo" if fifo else "")
         self.queue_url = ""
-        self._seen: list[Received] = []
 
     def client(self) -> Any:
         import boto3
@@ -215,24 +215,28 @@ class SqsBroker(Broker):
         self.queue_url = made["QueueUrl"]
 
     async def messages(self) -> list[Received]:
+        """A peek: received with no visibility timeout and never deleted, because moto's FIFO
+        deduplication (unlike SQS's) forgets a deleted message. Up to 10 messages."""
         client = self.client()
-        for _ in range(MAX_READ // 10):
+        seen: dict[str, Received] = {}
+        for _ in range(20):
             got = client.receive_message(
                 QueueUrl=self.queue_url,
                 MaxNumberOfMessages=10,
+                VisibilityTimeout=0,
                 MessageAttributeNames=["All"],
                 AttributeNames=["All"],
             ).get("Messages", [])
-            if not got:
+            new = [m for m in got if m["MessageId"] not in seen]
+            if not new:
                 break
-            for msg in got:
+            for msg in new:
                 meta: dict[str, Any] = {
                     k: v["StringValue"] for k, v in msg.get("MessageAttributes", {}).items()
                 }
                 meta.update(msg.get("Attributes", {}))
-                self._seen.append(Received(json.loads(msg["Body"]), meta))
-                client.delete_message(QueueUrl=self.queue_url, ReceiptHandle=msg["ReceiptHandle"])
-        return list(self._seen)
+                seen[msg["MessageId"]] = Received(json.loads(msg["Body"]), meta)
+        return sorted(seen.values(), key=lambda r: int(r.meta.get("SentTimestamp", 0)))
 
     async def teardown(self) -> None:
         if self.queue_url:
@@ -243,14 +247,18 @@ KINDS = ["redis", "amqp", "nats", "sqs"]
 
 
 def make_broker(kind: str, moto_url: str | None = None) -> Broker:
-    """A broker adapter by kind; "sqs-fifo" is an SQS FIFO queue."""
+    """A broker adapter by kind ("sqs-fifo": an SQS FIFO queue), labelled with that kind."""
+    made: Broker
     if kind == "redis":
-        return RedisBroker()
-    if kind == "amqp":
-        return AmqpBroker()
-    if kind == "nats":
-        return NatsBroker()
-    if kind in ("sqs", "sqs-fifo"):
+        made = RedisBroker()
+    elif kind == "amqp":
+        made = AmqpBroker()
+    elif kind == "nats":
+        made = NatsBroker()
+    elif kind in ("sqs", "sqs-fifo"):
         assert moto_url is not None, "SQS needs moto's server"
-        return SqsBroker(moto_url, fifo=kind == "sqs-fifo")
-    raise ValueError(f"unknown broker kind {kind!r}")
+        made = SqsBroker(moto_url, fifo=kind == "sqs-fifo")
+    else:
+        raise ValueError(f"unknown broker kind {kind!r}")
+    made.label = kind
+    return made
