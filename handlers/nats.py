@@ -131,7 +131,7 @@ class NatsSink(Sink):
             nc = await self._conn.get()
             limit = max(1024, nc.max_payload - _HEADROOM)
             body, checked = fitted(ctx, event_message(ctx), limit, target)
-            ack, msg_id = await self._publish(nc, ctx, subject, body, forced=mode == "fresh")
+            ack, msg_id = await self._publish(nc, ctx, subject, body, first_attempt=mode == "fresh")
         except (Permanent, Retryable):
             raise
         except Exception as exc:
@@ -153,7 +153,7 @@ class NatsSink(Sink):
         }
 
     async def _publish(
-        self, nc: Any, ctx: DeliveryContext, subject: str, body: bytes, *, forced: bool
+        self, nc: Any, ctx: DeliveryContext, subject: str, body: bytes, *, first_attempt: bool
     ) -> tuple[Any, str]:
         """Publish under the request id; on a first attempt the stream says is a duplicate
         (a forced replay inside the duplicate window), publish again under a new id."""
@@ -175,7 +175,7 @@ class NatsSink(Sink):
                 stream=self.opts.stream,
                 headers={**headers, "Nats-Msg-Id": msg_id},
             )
-            if not (forced and ack.duplicate):
+            if not (first_attempt and ack.duplicate):
                 return ack, msg_id
             msg_id = f"{event.request_id}.{ack.seq}"
         raise Permanent(

@@ -95,13 +95,13 @@ class RedisSink(Sink):
         self._loop: Any = None
 
     def _get_script(self) -> Any:
-        """The client (a pool, bound to this event loop) and the registered script."""
-        from redis.asyncio import Redis
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-
+        """The registered script, on a client (a pool) bound to this event loop."""
         loop = asyncio.get_running_loop()
         if self._client is None or self._loop is not loop:
+            from redis.asyncio import Redis
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
+
             self._client = Redis.from_url(
                 self.opts.url,
                 socket_connect_timeout=self.opts.timeout,
