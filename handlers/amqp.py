@@ -25,13 +25,11 @@ from falhook.sinks.base import DeliveryContext, Permanent, Retryable, Sink, Sink
 from falhook.sinks.messaging import (
     CONTENT_TYPE,
     Connection,
+    SecretUrl,
     encode,
     event_message,
     publish_mode,
-    redact_url,
     require_extra,
-    scrub,
-    url_secrets,
 )
 from falhook.sinks.options import Invalid, SinkOptions, read_options
 from falhook.sinks.templates import check_template, render
@@ -75,8 +73,7 @@ class AmqpSink(Sink):
         require_extra(name, "amqp", "aio_pika", "aio-pika")
         self.name = name
         self.opts = opts
-        self.where = redact_url(opts.url)
-        self._secrets = url_secrets(opts.url)
+        self.url = SecretUrl(opts.url)
         self._link: Connection[_Link] = Connection(self._open, _Link.close, _Link.usable)
 
     async def _open(self) -> _Link:
@@ -154,12 +151,12 @@ class AmqpSink(Sink):
 
     def _target(self, routing_key: str) -> str:
         exchange = repr(self.opts.exchange) if self.opts.exchange else "the default exchange"
-        return f"amqp {exchange} (routing key {routing_key!r}) on {self.where}"
+        return f"amqp {exchange} (routing key {routing_key!r}) on {self.url.shown}"
 
     def _classify(self, exc: Exception, target: str) -> Retryable | Permanent:
         from aiormq import exceptions as ax
 
-        detail = scrub(f"{type(exc).__name__}: {exc}", self._secrets)
+        detail = self.url.scrub(f"{type(exc).__name__}: {exc}")
         if isinstance(exc, ax.PublishError):
             return Retryable(f"{target}: unroutable, returned by the broker (no queue bound)")
         if isinstance(exc, ax.DeliveryError):

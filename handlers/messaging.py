@@ -132,10 +132,19 @@ def url_secrets(url: str) -> list[str]:
     return [s for s in found if s]
 
 
-def scrub(text: str, secrets: list[str]) -> str:
-    for secret in secrets:
-        text = text.replace(secret, "***")
-    return text
+class SecretUrl:
+    """A broker URL that may hold a password or token: ``shown`` is safe in errors and logs,
+    ``scrub`` takes its secrets out of a client library's message."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.shown = redact_url(url)
+        self._secrets = url_secrets(url)
+
+    def scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
 
 
 # --- one connection, kept ------------------------------------------------------------------

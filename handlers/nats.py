@@ -36,13 +36,11 @@ from falhook.sinks.base import (
 from falhook.sinks.messaging import (
     CONTENT_TYPE,
     Connection,
+    SecretUrl,
     event_message,
     fitted,
     publish_mode,
-    redact_url,
     require_extra,
-    scrub,
-    url_secrets,
 )
 from falhook.sinks.options import Invalid, SinkOptions, read_options
 from falhook.sinks.templates import FIELDS, check_template, event_values
@@ -90,8 +88,7 @@ class NatsSink(Sink):
         self.name = name
         self.opts = opts
         self.credentials = str(env.base_dir / Path(opts.credentials)) if opts.credentials else None
-        self.where = redact_url(opts.url)
-        self._secrets = url_secrets(opts.url)
+        self.url = SecretUrl(opts.url)
         self._conn: Connection[Any] = Connection(self._open, _close, _usable)
 
     async def _open(self) -> Any:
@@ -123,7 +120,7 @@ class NatsSink(Sink):
             return ctx.previous
         event = ctx.event
         subject = self.opts.subject.format_map(subject_values(event))
-        target = f"nats subject {subject!r} on {self.where}"
+        target = f"nats subject {subject!r} on {self.url.shown}"
         if not valid_subject(subject):
             raise Permanent(f"{target}: not a valid subject")
         nc = None
@@ -188,7 +185,7 @@ class NatsSink(Sink):
         import nats.errors as ne
         import nats.js.errors as jse
 
-        detail = scrub(f"{type(exc).__name__}: {exc}", self._secrets)
+        detail = self.url.scrub(f"{type(exc).__name__}: {exc}")
         if isinstance(exc, jse.NoStreamResponseError):
             if nc is not None and await self._no_stream_for(nc, subject):
                 return Permanent(f"{target}: no JetStream stream captures this subject")

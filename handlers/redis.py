@@ -21,13 +21,11 @@ from msgspec import Meta
 
 from falhook.sinks.base import DeliveryContext, Permanent, Retryable, Sink, SinkEnv
 from falhook.sinks.messaging import (
+    SecretUrl,
     encode,
     event_message,
     publish_mode,
-    redact_url,
     require_extra,
-    scrub,
-    url_secrets,
 )
 from falhook.sinks.options import Invalid, SinkOptions, read_options
 from falhook.sinks.templates import check_template, render
@@ -88,8 +86,7 @@ class RedisSink(Sink):
         require_extra(name, "redis", "redis", "redis-py")
         self.name = name
         self.opts = opts
-        self.where = redact_url(opts.url)
-        self._secrets = url_secrets(opts.url)
+        self.url = SecretUrl(opts.url)
         self._client: Any = None
         self._script: Any = None
         self._loop: Any = None
@@ -160,12 +157,12 @@ class RedisSink(Sink):
         return {"published": True, "stream": stream, "entry_id": entry, "added": added}
 
     def _target(self, stream: str) -> str:
-        return f"redis stream {stream!r} on {self.where}"
+        return f"redis stream {stream!r} on {self.url.shown}"
 
     def _classify(self, exc: Exception, stream: str) -> Retryable | Permanent:
         from redis import exceptions as rx
 
-        detail = scrub(f"{type(exc).__name__}: {exc}", self._secrets)
+        detail = self.url.scrub(f"{type(exc).__name__}: {exc}")
         message = f"{self._target(stream)}: {detail}"
         if isinstance(exc, rx.AuthenticationError | rx.AuthorizationError | rx.NoPermissionError):
             return Permanent(message)

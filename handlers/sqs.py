@@ -27,6 +27,7 @@ from typing import Annotated, Any
 
 from msgspec import Meta
 
+from falhook.sinks.aws import classify
 from falhook.sinks.base import DeliveryContext, Permanent, Retryable, Sink, SinkEnv
 from falhook.sinks.messaging import (
     claim_check,
@@ -186,22 +187,7 @@ class SqsSink(Sink):
         return {k: {"DataType": "String", "StringValue": v} for k, v in values.items() if v}
 
     def _classify(self, exc: BaseException) -> Retryable | Permanent:
-        from botocore import exceptions as bx
-
-        if isinstance(exc, bx.ClientError):
-            err = exc.response.get("Error", {})
-            code = str(err.get("Code", ""))
-            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-            detail = _PERMANENT_HINTS.get(code) or err.get("Message") or code or "error"
-            message = f"{self.target}: {code or status} ({detail})"
-            if code in _RETRYABLE_CODES or status >= 500 or status in (408, 429):
-                return Retryable(message)
-            return Permanent(message)
-        if isinstance(exc, bx.NoCredentialsError | bx.PartialCredentialsError):
-            return Permanent(f"{self.target}: no usable AWS credentials in the standard chain")
-        if isinstance(exc, bx.ParamValidationError):
-            return Permanent(f"{self.target}: {exc}")
-        return Retryable(f"{self.target}: {type(exc).__name__}: {exc}")
+        return classify(exc, self.target, _PERMANENT_HINTS, _RETRYABLE_CODES)
 
 
 def _attributes_size(attributes: dict[str, dict[str, str]]) -> int:
