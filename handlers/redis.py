@@ -52,6 +52,8 @@ redis.call('SET', KEYS[2], id, 'EX', ARGV[2])
 return {1, id}
 """
 
+ENTRY_FIELDS = ("request_id", "route", "event")
+
 # Server answers that say "later": loading, failover, out of memory, busy scripts, cluster moves.
 _RETRYABLE_PREFIXES = (
     "LOADING",
@@ -134,7 +136,8 @@ class RedisSink(Sink):
             encode(event_message(ctx)),
         ]
         for header, value in ctx.headers.items():
-            fields += [header, value]
+            if header not in ENTRY_FIELDS:
+                fields += [header, value]
         args = [
             mode,
             self.opts.idempotency_ttl,
