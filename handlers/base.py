@@ -135,6 +135,9 @@ class DeliveryContext:
     # across replays unless `events replay --force`): lets a sink that cannot overwrite,
     # like a Slack post, skip a repeat.
     previous: dict[str, Any] | None = None
+    # Propagation headers for outgoing messages (W3C traceparent when tracing is on): sinks
+    # that publish messages copy them into each message's headers or attributes.
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 class Sink:

@@ -26,3 +26,13 @@ def fal_link(file: LocalFile) -> str | None:
 
 def best_link(ctx: DeliveryContext, file: LocalFile) -> str | None:
     return stored_link(ctx, file) or fal_link(file)
+
+
+def stored_event_link(ctx: DeliveryContext) -> str | None:
+    """A link to the whole event document stored by an earlier sink (the S3 sink's
+    ``event_url``): where a message too large to carry the payload points instead."""
+    for output in ctx.outputs.values():
+        url = output.get("event_url") if isinstance(output, dict) else None
+        if isinstance(url, str) and url.startswith(("https://", "http://")):
+            return url
+    return None

@@ -12,7 +12,8 @@ from falhook.sinks.base import DeliveryContext, OptionError, Sink, SinkEnv, Sink
 ENTRY_POINT_GROUP = "falhook.sinks"
 
 # Built-ins by module path, so a broken or missing optional dependency of one sink type only
-# matters to configs that use it (the S3 sink needs the `s3` extra, boto3).
+# matters to configs that use it (the S3 sink needs the `s3` extra, boto3; the queue sinks
+# theirs: `redis`, `amqp`, `nats`, `sqs`).
 BUILTIN_SINKS: dict[str, str] = {
     "disk": "falhook.sinks.disk:DiskSink",
     "s3": "falhook.sinks.s3:S3Sink",
@@ -20,6 +21,10 @@ BUILTIN_SINKS: dict[str, str] = {
     "http": "falhook.sinks.http:HttpSink",
     "python": "falhook.sinks.python:python_sink",
     "exec": "falhook.sinks.exec:ExecSink",
+    "redis": "falhook.sinks.redis:RedisSink",
+    "amqp": "falhook.sinks.amqp:AmqpSink",
+    "nats": "falhook.sinks.nats:NatsSink",
+    "sqs": "falhook.sinks.sqs:SqsSink",
 }
 
 

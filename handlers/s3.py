@@ -36,6 +36,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from msgspec import Meta
 
+from falhook.sinks.aws import classify
 from falhook.sinks.base import (
     DeliveryContext,
     LocalFile,
@@ -378,24 +379,7 @@ class S3Sink(Sink):
 
     def _classify(self, exc: BaseException) -> Retryable | Permanent:
         """Map client errors to the worker's two kinds, with a message naming the bucket."""
-        from botocore import exceptions as bx
-
-        where = f"s3 bucket {self.bucket!r}"
-        if isinstance(exc, bx.ClientError):
-            err = exc.response.get("Error", {})
-            code = str(err.get("Code", ""))
-            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-            detail = _PERMANENT_HINTS.get(code) or err.get("Message") or code or "error"
-            message = f"{where}: {code or status} ({detail})"
-            if code in _RETRYABLE_CODES or status >= 500 or status in (408, 429):
-                return Retryable(message)
-            return Permanent(message)
-        if isinstance(exc, bx.NoCredentialsError | bx.PartialCredentialsError):
-            return Permanent(f"{where}: no usable AWS credentials in the standard chain")
-        if isinstance(exc, bx.ParamValidationError):
-            return Permanent(f"{where}: {exc}")
-        # Connection refused/reset, timeouts, aiohttp trouble, a spool read error: transient.
-        return Retryable(f"{where}: {type(exc).__name__}: {exc}")
+        return classify(exc, f"s3 bucket {self.bucket!r}", _PERMANENT_HINTS, _RETRYABLE_CODES)
 
 
 def _first(group: BaseExceptionGroup) -> BaseException:

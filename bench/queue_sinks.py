@@ -1,0 +1,288 @@
+"""Queue sinks: events/s one falhook worker delivers to each queue sink, against the broker's
+own client publishing the same messages in a loop with the same guarantee, same run.
+
+falhook:  N small events (no files) accepted into a SQLite store, then one Worker (the real
+          delivery loop, [delivery].concurrency 8) delivers them to the sink: events/s from
+          the worker's start to the last delivery recorded (lease, sink, record: all of it).
+sink:     the sink alone: its deliver() called for each event one after another, without
+          worker or store (what the sink adds to the broker's client).
+noop:     control: the same worker delivering the same events to a sink that does nothing
+          (`type = "python"`, bench.queue_sinks:noop): the worker and store's own ceiling.
+bare:     the same N event documents published by the broker's own client, one after
+          another, each waiting for the same guarantee the sink waits for: Redis XADD's reply,
+          RabbitMQ's publisher confirm (persistent, mandatory), JetStream's ack (with
+          Nats-Msg-Id), SQS SendMessage's answer (boto3).
+
+Brokers: the machine's Redis (6379), RabbitMQ (5672), NATS JetStream (4222); SQS is moto's
+server, started here as a subprocess. Rounds interleave the two sides, alternating which goes
+first; each run gets a fresh stream, queue or subject, removed afterwards. Nothing is pinned.
+
+    .venv/bin/python bench/queue_sinks.py [--events 2000] [--sqs-events 500] [--rounds 3]
+        [--brokers redis,amqp,nats,sqs]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from falhook.config import settings_from_dict  # noqa: E402
+from falhook.intake.envelope import parse_envelope  # noqa: E402
+from falhook.intake.events import new_event  # noqa: E402
+from falhook.logs import configure_logging  # noqa: E402
+from falhook.runtime import Runtime  # noqa: E402
+from falhook.sinks.base import EventInfo, SinkEnv  # noqa: E402
+from falhook.sinks.messaging import encode  # noqa: E402
+from falhook.sinks.registry import build_sink  # noqa: E402
+from falhook.testing import webhook_body  # noqa: E402
+from tests.support.brokers import (  # noqa: E402
+    AMQP_URL,
+    AmqpBroker,
+    Broker,
+    NatsBroker,
+    RedisBroker,
+    SqsBroker,
+    make_broker,
+)
+from tests.support.moto import AWS_ENV, MotoProcess  # noqa: E402
+from tests.support.sink_ctx import make_ctx  # noqa: E402
+
+ROUTE = "reframe"
+NOOP = {"type": "python", "handler": "bench.queue_sinks:noop"}
+
+
+def events(n: int) -> list[tuple[str, bytes]]:
+    return [webhook_body(str(uuid.uuid4()), payload={"text": "done", "seed": i}) for i in range(n)]
+
+
+def document(rid: str, body: bytes) -> bytes:
+    """The message the sink sends for this webhook (the event document, no files)."""
+    env = parse_envelope(body)
+    info = EventInfo(
+        request_id=rid,
+        route=ROUTE,
+        fal_status=env.status,
+        error=env.error,
+        payload_error=env.payload_error,
+        payload=env.payload,
+        gateway_request_id=env.gateway_request_id,
+        received_at=datetime.now(UTC),
+        files=[],
+        file_problems=[],
+    )
+    return encode(info.document())
+
+
+async def noop(ctx: Any) -> None:
+    """The control sink: takes the event, does nothing."""
+
+
+# --- falhook: one worker ---------------------------------------------------------------------
+
+
+async def falhook_run(sink: dict[str, Any], hooks: list[tuple[str, bytes]], work: Path) -> float:
+    config = {
+        "store": {"url": f"sqlite:///{work}/events.db"},
+        "downloads": {"spool_dir": str(work / "spool")},
+        "delivery": {"poll_interval": 0.05},
+        "sinks": {"queue": sink},
+        "routes": {ROUTE: {"sinks": ["queue"]}},
+    }
+    rt = Runtime(settings_from_dict(config, base_dir=work), worker="on_demand")
+    await rt.start()
+    try:
+        for _, body in hooks:
+            event = new_event(
+                parse_envelope(body), route=ROUTE, sinks=["queue"], body=body, headers={}
+            )
+            await rt.store.accept(event)
+        assert rt.worker is not None
+        stop = asyncio.Event()
+        started = time.perf_counter()
+        loop = asyncio.create_task(rt.worker.run(stop))
+        deadline = started + 600
+        while (await rt.store.counts()).get("delivered", 0) < len(hooks):
+            if time.perf_counter() > deadline or loop.done():
+                raise RuntimeError(f"falhook did not deliver: {await rt.store.counts()}")
+            await asyncio.sleep(0.01)
+        seconds = time.perf_counter() - started
+        stop.set()
+        await loop
+        return len(hooks) / seconds
+    finally:
+        await rt.close()
+
+
+async def sink_alone(broker: Broker, hooks: list[tuple[str, bytes]]) -> float:
+    """The sink's deliver() in a loop, with contexts built beforehand."""
+    options = broker.options()
+    sink = build_sink("queue", options.pop("type"), options, SinkEnv(base_dir=ROOT))
+    contexts = [
+        make_ctx([], request_id=rid, payload=parse_envelope(body).payload) for rid, body in hooks
+    ]
+    try:
+        started = time.perf_counter()
+        for ctx in contexts:
+            await sink.deliver(ctx)
+        return len(hooks) / (time.perf_counter() - started)
+    finally:
+        await sink.aclose()
+
+
+# --- bare clients ----------------------------------------------------------------------------
+
+
+async def bare_redis(broker: RedisBroker, messages: list[tuple[str, bytes]]) -> float:
+    from redis.asyncio import Redis
+
+    async with Redis(port=broker.port) as r:
+        started = time.perf_counter()
+        for rid, body in messages:
+            await r.xadd(broker.stream, {"request_id": rid, "route": ROUTE, "event": body})
+        return len(messages) / (time.perf_counter() - started)
+
+
+async def bare_amqp(broker: AmqpBroker, messages: list[tuple[str, bytes]]) -> float:
+    import aio_pika
+
+    async with await aio_pika.connect(AMQP_URL.format(port=broker.port)) as conn:
+        channel = await conn.channel(publisher_confirms=True, on_return_raises=True)
+        started = time.perf_counter()
+        for rid, body in messages:
+            message = aio_pika.Message(
+                body,
+                content_type="application/json",
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                message_id=rid,
+                headers={"request_id": rid, "route": ROUTE},
+            )
+            await channel.default_exchange.publish(message, broker.queue, mandatory=True)
+        return len(messages) / (time.perf_counter() - started)
+
+
+async def bare_nats(broker: NatsBroker, messages: list[tuple[str, bytes]]) -> float:
+    import nats
+
+    nc = await nats.connect(f"nats://127.0.0.1:{broker.port}")
+    try:
+        js = nc.jetstream()
+        subject = f"{broker.prefix}.{ROUTE}"
+        started = time.perf_counter()
+        for rid, body in messages:
+            await js.publish(subject, body, headers={"Nats-Msg-Id": rid, "request_id": rid})
+        return len(messages) / (time.perf_counter() - started)
+    finally:
+        await nc.close()
+
+
+async def bare_sqs(broker: SqsBroker, messages: list[tuple[str, bytes]]) -> float:
+    client = broker.client()
+    started = time.perf_counter()
+    for rid, body in messages:
+        client.send_message(
+            QueueUrl=broker.queue_url,
+            MessageBody=body.decode(),
+            MessageAttributes={
+                "request_id": {"DataType": "String", "StringValue": rid},
+                "route": {"DataType": "String", "StringValue": ROUTE},
+            },
+        )
+    return len(messages) / (time.perf_counter() - started)
+
+
+BARE: dict[str, Callable[[Any, list[tuple[str, bytes]]], Awaitable[float]]] = {
+    "redis": bare_redis,
+    "amqp": bare_amqp,
+    "nats": bare_nats,
+    "sqs": bare_sqs,
+}
+
+
+# --- the rounds ------------------------------------------------------------------------------
+
+
+SIDES = ("bare", "falhook", "sink", "noop")
+
+
+async def one_side(kind: str, side: str, n: int, moto_url: str | None, tmp: Path) -> float:
+    broker = make_broker(kind, moto_url)
+    await broker.setup()
+    try:
+        hooks = events(n)
+        if side == "bare":
+            return await BARE[kind](broker, [(rid, document(rid, body)) for rid, body in hooks])
+        if side == "sink":
+            return await sink_alone(broker, hooks)
+        work = Path(tempfile.mkdtemp(dir=tmp))
+        sink = broker.options() if side == "falhook" else NOOP
+        return await falhook_run(sink, hooks, work)
+    finally:
+        await broker.teardown()
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    kinds = [k for k in args.brokers.split(",") if k]
+    moto = MotoProcess().start() if "sqs" in kinds else None
+    os.environ.update(AWS_ENV)
+    try:
+        with tempfile.TemporaryDirectory(prefix="falhook-bench-queues-") as tmp:
+            for kind in kinds:
+                n = args.sqs_events if kind == "sqs" else args.events
+                await report(kind, n, args.rounds, moto.url if moto else None, Path(tmp))
+    finally:
+        if moto is not None:
+            moto.stop()
+
+
+async def report(kind: str, n: int, rounds: int, moto_url: str | None, tmp: Path) -> None:
+    rates: dict[str, list[float]] = {side: [] for side in SIDES}
+    for r in range(rounds):
+        order = SIDES[r % len(SIDES) :] + SIDES[: r % len(SIDES)]  # rotating which goes first
+        for side in order:
+            rates[side].append(await one_side(kind, side, n, moto_url, tmp))
+
+    def ratios(a: str, b: str) -> str:
+        each = [x / y for x, y in zip(rates[a], rates[b], strict=True)]
+        return f"{statistics.median(each):.2f} ({', '.join(f'{x:.2f}' for x in each)})"
+
+    def figures(side: str) -> str:
+        return ", ".join(f"{x:.0f}" for x in rates[side])
+
+    print(
+        f"{kind}, {n} events x {rounds} rounds (per second):\n"
+        f"  bare {figures('bare')} | falhook worker {figures('falhook')} |"
+        f" sink alone {figures('sink')} | worker with a no-op sink {figures('noop')}\n"
+        f"  falhook/bare {ratios('falhook', 'bare')}; sink alone/bare {ratios('sink', 'bare')};"
+        f" falhook/no-op worker {ratios('falhook', 'noop')}",
+        flush=True,
+    )
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--events", type=int, default=2000)
+    ap.add_argument("--sqs-events", type=int, default=500, help="moto is slow: fewer for SQS")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--brokers", default="redis,amqp,nats,sqs")
+    args = ap.parse_args()
+    # As `falhook worker` logs: JSON lines on stderr (sent to a file or /dev/null by the caller).
+    configure_logging(json=True)
+    asyncio.run(main_async(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
