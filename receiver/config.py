@@ -54,6 +54,7 @@ class ReceiverSettings:
 class StoreSettings:
     url: str = f"sqlite:///{DEFAULT_DATA_DIR}/events.db"
     schema: str = "falhook"  # PostgreSQL only: the schema falhook's tables live in
+    history_days: float = 30.0  # attempts older than this leave the deliveries' history
 
 
 @dataclass(frozen=True)
@@ -330,6 +331,7 @@ def _check_store(s: StoreSettings) -> None:
             "[store].url",
             "must start with sqlite:/// or postgresql:// (for example sqlite:///events.db)",
         )
+    _positive("store", "history_days", s.history_days)
     if not PG_SCHEMA_NAME.match(s.schema):
         raise ConfigError(
             "[store].schema", "must be lower-case letters, digits and '_' (at most 48)"

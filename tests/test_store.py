@@ -758,3 +758,84 @@ def test_sqlite_listing_by_state_reads_each_event_s_deliveries_by_key(
     conn.close()
     assert "deliveries_due" not in plan, plan
     assert "(event_id=?)" in plan, plan
+
+
+# --- history: every attempt of every delivery ----------------------------------------------------
+
+
+async def test_each_attempt_goes_into_the_deliverys_history_oldest_first(store: Store) -> None:
+    e = event(sinks=("a",))
+    await store.accept(e)
+    for outcome, error in (("retry", "503"), ("retry", "timeout"), ("delivered", None)):
+        [job] = await lease_all(store, request_id=e.request_id)
+        [d] = job.deliveries
+        result = Finish(e.request_id, "a", d.token, outcome, error, utcnow(), duration_ms=42)  # type: ignore[arg-type]
+        assert await store.finish(result)
+    view = await store.get_event(e.request_id)
+    assert view is not None
+    history = view.deliveries["a"].history
+    assert [(h.outcome, h.error, h.duration_ms) for h in history] == [
+        ("retry", "503", 42),
+        ("retry", "timeout", 42),
+        ("delivered", None, 42),
+    ]
+    assert all(h.at.tzinfo is not None for h in history)
+    assert history[0].at <= history[1].at <= history[2].at
+
+
+async def test_a_sink_waiting_for_another_is_not_an_attempt_but_a_skip_is_history(
+    store: Store,
+) -> None:
+    e = event(sinks=("a", "b"))
+    await store.accept(e)
+    [job] = await lease_all(store, request_id=e.request_id)
+    tokens = {d.sink: d.token for d in job.deliveries}
+    waiting = Finish(e.request_id, "a", tokens["a"], "retry", "waiting", utcnow(), counted=False)
+    skipped = Finish(e.request_id, "b", tokens["b"], "skipped", "filter", counted=False)
+    assert await store.finish(waiting) and await store.finish(skipped)
+    view = await store.get_event(e.request_id)
+    assert view is not None
+    assert view.deliveries["a"].history == ()
+    assert [(h.outcome, h.error) for h in view.deliveries["b"].history] == [("skipped", "filter")]
+    assert view.deliveries["b"].state == "skipped"
+
+
+async def test_only_skipped_and_delivered_sinks_make_a_delivered_event(store: Store) -> None:
+    e = event(sinks=("a", "b"))
+    await store.accept(e)
+    [job] = await lease_all(store, request_id=e.request_id)
+    tokens = {d.sink: d.token for d in job.deliveries}
+    await store.finish(Finish(e.request_id, "a", tokens["a"], "skipped", "filter", counted=False))
+    view = await store.get_event(e.request_id)
+    assert view is not None and view.state == "pending"
+    await store.finish(Finish(e.request_id, "b", tokens["b"], "delivered"))
+    view = await store.get_event(e.request_id)
+    assert view is not None and view.state == "delivered"
+    [listed] = await store.list_events(state="delivered")
+    assert listed.request_id == e.request_id
+
+
+async def test_a_lease_taken_over_from_a_dead_worker_is_an_expired_entry(store: Store) -> None:
+    e = event(sinks=("a",))
+    await store.accept(e)
+    await lease_all(store, seconds=0.05, request_id=e.request_id)  # the worker dies
+    await asyncio.sleep(0.1)
+    [job] = await lease_all(store, owner="w2")
+    view = await store.get_event(e.request_id)
+    assert view is not None
+    [entry] = view.deliveries["a"].history
+    assert entry.outcome == "expired" and entry.error == LEASE_EXPIRED
+    assert job.deliveries[0].attempts == 1
+
+
+async def test_history_survives_a_replay_and_old_entries_are_pruned(store: Store) -> None:
+    e = event(sinks=("a",))
+    await store.accept(e)
+    await set_states(store, e.request_id, {"a": "dead"})
+    assert await store.replay(e.request_id, force=True) == 1
+    view = await store.get_event(e.request_id)
+    assert view is not None and [h.outcome for h in view.deliveries["a"].history] == ["dead"]
+    assert await store.prune_history(utcnow() - HOUR) == 0
+    assert await store.prune_history(utcnow() + HOUR) == 1
+    view = await store.get_event(e.request_id)
+    assert view is not None and view.deliveries["a"].history == ()

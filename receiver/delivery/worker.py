@@ -44,7 +44,8 @@ from falhook.store.models import EventView, Finish, Job, LeasedDelivery, utcnow
 from falhook.store.roles import DeliveryQueue
 
 log = structlog.get_logger("falhook.worker")
-FINISHED = ("delivered", "dead")
+FINISHED = ("delivered", "dead", "skipped")
+PRUNE_EVERY = 3600.0  # seconds between two prunings of old history
 
 
 @dataclass
@@ -59,6 +60,7 @@ class _Attempt:
     waits_for: list[str] | None = None  # not tried: its `after` sinks have not delivered
     tried: bool = True  # False: decided without calling the sink (no attempt is counted)
     recorded: bool = False  # its Finish is in the store
+    duration_ms: int | None = None  # how long the attempt took, for the history
 
 
 class Worker:
@@ -187,6 +189,7 @@ class Worker:
 
     async def _heartbeat(self) -> None:
         lease = self.settings.delivery.lease_seconds
+        pruned = 0.0
         while True:
             await asyncio.sleep(max(0.5, lease / 3))
             if self._held:
@@ -194,6 +197,21 @@ class Worker:
                     await self.store.extend(list(self._held), lease)
                 except Exception as exc:
                     log.warning("lease extension failed", error=f"{type(exc).__name__}: {exc}")
+            if time.monotonic() - pruned > PRUNE_EVERY:
+                pruned = time.monotonic()
+                await self._prune_history()
+
+    async def _prune_history(self) -> None:
+        """Attempts older than [store].history_days leave the history (bounded growth;
+        every worker may do it, deleting twice is harmless)."""
+        cutoff = utcnow() - timedelta(days=self.settings.store.history_days)
+        try:
+            removed = await self.store.prune_history(cutoff)
+        except Exception as exc:
+            log.warning("history pruning failed", error=f"{type(exc).__name__}: {exc}")
+            return
+        if removed:
+            log.info("history pruned", attempts=removed, older_than=cutoff.isoformat())
 
     async def _drain(self, grace: float) -> None:
         if not self._tasks:
@@ -242,12 +260,14 @@ class Worker:
         refs, problems = await off_loop(big, refs_of, event)
         # Written back to disk as it arrives only when a sink of this job keeps it.
         keep = any(self.sinks[s].keeps_files for s in runnable)
+        started = time.perf_counter()
         try:
             local = await download_all(self.fetcher, self.metrics, refs, spool_dir, keep=keep)
         except FetchError as exc:
             error = Retryable(exc.message) if exc.retryable else Permanent(exc.message)
             for s in runnable:
                 self._decide(attempts[s], error)
+                attempts[s].duration_ms = round((time.perf_counter() - started) * 1000)
             return await self._record_all(event, attempts)
         if local:
             event = await self._record_files(event, local)
@@ -364,6 +384,8 @@ class Worker:
             sink_log.exception("sink raised an unexpected error")
             self._decide(attempt, Retryable(f"{type(exc).__name__}: {exc}"))
             return False
+        finally:
+            attempt.duration_ms = round((time.perf_counter() - started) * 1000)
         attempt.outcome, attempt.output = "delivered", output if isinstance(output, dict) else None
         return True
 
@@ -400,6 +422,7 @@ class Worker:
                 next_attempt_at=next_at,
                 output=a.output,
                 counted=a.tried,
+                duration_ms=a.duration_ms,
             )
             held = await self.store.finish(finish)
             a.recorded = True

@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from falhook.store.models import EventView, iso
+from falhook.store.models import EventView, iso, iso_ms
 
 
 def payload_of(view: EventView) -> Any:
@@ -57,6 +57,15 @@ def event_document(view: EventView, *, with_payload: bool = False) -> dict[str, 
                 "next_attempt_at": iso(d.next_attempt_at)
                 if d.state in ("pending", "retrying")
                 else None,
+                "history": [
+                    {
+                        "at": iso_ms(h.at),
+                        "outcome": h.outcome,
+                        "error": h.error,
+                        "duration_ms": h.duration_ms,
+                    }
+                    for h in d.history
+                ],
             }
             for name, d in sorted(view.deliveries.items())
         },

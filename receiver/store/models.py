@@ -26,6 +26,11 @@ def iso(ts: datetime | None) -> str | None:
     return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def iso_ms(ts: datetime) -> str:
+    """With milliseconds: attempts can follow each other within a second."""
+    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
+
+
 # last_error of a delivery taken over from a worker whose lease ran out (it counts as an attempt).
 LEASE_EXPIRED = "lease expired: the worker holding it stopped mid-attempt (crashed or killed)"
 
@@ -45,7 +50,19 @@ class NewEvent:
     files: list[dict[str, Any]]  # FileView dicts as parsed; size/sha256 filled after download
     sinks: Sequence[str]
     received_at: datetime = field(default_factory=utcnow)
-    source: str = "webhook"  # "webhook", or "poll" for a result recovered by reconciliation
+    source: str = "webhook"  # "webhook"; "poll": recovered by reconciliation; "alert"
+    trace_context: str | None = None  # W3C traceparent of the span that received it
+
+
+@dataclass(frozen=True)
+class AttemptView:
+    """One entry of a delivery's history: an attempt, or a decision made without one
+    (skipped by a filter, a lease that expired under a worker that died)."""
+
+    at: datetime
+    outcome: str  # one of states.ATTEMPT_OUTCOMES
+    error: str | None
+    duration_ms: int | None
 
 
 @dataclass(frozen=True)
@@ -57,6 +74,7 @@ class DeliveryView:
     next_attempt_at: datetime | None
     updated_at: datetime | None
     output: dict[str, Any] | None = None  # what the sink reported (links), for sinks after it
+    history: tuple[AttemptView, ...] = ()  # oldest first
 
 
 @dataclass(frozen=True)
@@ -74,6 +92,7 @@ class EventView:
     deliveries: dict[str, DeliveryView]
     source: str = "webhook"
     submission: SubmissionView | None = None  # when falhook submitted this request itself
+    trace_context: str | None = None
 
     @property
     def state(self) -> str:
@@ -128,7 +147,13 @@ class Job:
     deliveries: list[LeasedDelivery]
 
 
-Outcome = Literal["delivered", "retry", "dead"]
+Outcome = Literal["delivered", "retry", "dead", "skipped"]
+FINISHED_STATE: dict[str, str] = {
+    "delivered": "delivered",
+    "retry": "retrying",
+    "dead": "dead",
+    "skipped": "skipped",
+}
 
 
 @dataclass(frozen=True)
@@ -145,3 +170,10 @@ class Finish:
     # False when the sink was not tried at all (it waits for a sink it runs `after`): the
     # delivery is rescheduled without spending one of its max_attempts.
     counted: bool = True
+    duration_ms: int | None = None  # how long the attempt took (history)
+
+
+def logs_attempt(result: Finish) -> bool:
+    """Whether a finish goes into the delivery's history: every attempt, and a skip (a
+    decision the operator wants to see), but not a sink rescheduled to wait for another."""
+    return result.counted or result.outcome == "skipped"

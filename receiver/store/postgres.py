@@ -28,6 +28,7 @@ import msgspec
 from falhook.logs import get_logger
 from falhook.store import postgres_schema as q
 from falhook.store.models import (
+    FINISHED_STATE,
     EventView,
     Finish,
     Job,
@@ -36,6 +37,7 @@ from falhook.store.models import (
     NewSubmission,
     StoreUnavailable,
     SubmissionView,
+    logs_attempt,
     utcnow,
 )
 
@@ -306,6 +308,7 @@ class PostgresStore:
                 event.files,
                 event.source,
                 sinks,
+                event.trace_context,
             )
         if fresh:
             self._notify()
@@ -386,12 +389,11 @@ class PostgresStore:
 
     async def finish(self, result: Finish) -> bool:
         outcome = result.outcome
-        state = {"delivered": "delivered", "retry": "retrying", "dead": "dead"}[outcome]
         next_at = result.next_attempt_at
         async with self._conn() as conn:
-            status = await conn.execute(
+            held = await conn.fetchval(
                 q.FINISH,
-                state,
+                FINISHED_STATE[outcome],
                 None if outcome == "delivered" else result.error,
                 # As a delay from the database's clock, not the worker's: workers on hosts
                 # whose clocks drift still agree on when a retry is due.
@@ -403,8 +405,17 @@ class PostgresStore:
                 result.sink,
                 result.token,
                 1 if result.counted else 0,
+                logs_attempt(result),
+                outcome,
+                result.error,
+                result.duration_ms,
             )
-        return _rowcount(status) == 1
+        return bool(held == 1)
+
+    async def prune_history(self, older_than: datetime) -> int:
+        async with self._conn() as conn:
+            status = await conn.execute("DELETE FROM attempts WHERE at < $1", older_than)
+        return _rowcount(status)
 
     async def release(self, request_id: str, sink: str, token: str) -> None:
         async with self._conn() as conn:

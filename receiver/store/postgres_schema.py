@@ -17,6 +17,7 @@ import asyncpg
 from falhook.config import PG_SCHEMA_NAME
 from falhook.store.models import (
     LEASE_EXPIRED,
+    AttemptView,
     DeliveryView,
     EventView,
     SubmissionView,
@@ -88,6 +89,27 @@ MIGRATIONS: list[tuple[str, ...]] = [
         )""",
         "CREATE INDEX submissions_by_time ON submissions (submitted_at DESC, request_id DESC)",
     ),
+    (
+        # A sink's filter can skip a delivery: a state of its own, done for the event.
+        "ALTER TABLE deliveries DROP CONSTRAINT deliveries_state_check",
+        "ALTER TABLE deliveries ADD CONSTRAINT deliveries_state_check CHECK (state IN"
+        " ('pending', 'delivering', 'retrying', 'delivered', 'dead', 'skipped'))",
+        # Every attempt of every delivery (and the decisions made without one: skipped by a
+        # filter, a lease that expired): the console's history. Pruned by age.
+        """CREATE TABLE attempts (
+            request_id text NOT NULL,
+            sink text NOT NULL,
+            at timestamptz NOT NULL DEFAULT now(),
+            outcome text NOT NULL,
+            error text,
+            duration_ms integer,
+            FOREIGN KEY (request_id, sink) REFERENCES deliveries (request_id, sink)
+        )""",
+        "CREATE INDEX attempts_by_delivery ON attempts (request_id, sink, at)",
+        "CREATE INDEX attempts_by_time ON attempts (at)",
+        # The W3C traceparent of the span that received the event (tracing, when on).
+        "ALTER TABLE events ADD COLUMN trace_context text",
+    ),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -141,8 +163,9 @@ async def migrate(conn: asyncpg.Connection, schema: str) -> int:
 ACCEPT = """
 WITH ins AS (
     INSERT INTO events (request_id, route, fal_status, error, payload_error,
-                        gateway_request_id, received_at, headers, body, files, source)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                        gateway_request_id, received_at, headers, body, files, source,
+                        trace_context)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $13)
     ON CONFLICT (request_id) DO NOTHING
     RETURNING request_id
 ), d AS (
@@ -158,11 +181,14 @@ SELECT EXISTS (SELECT 1 FROM ins)
 # never handed to two workers.
 LEASE_DUE = f"""
 WITH due AS (
-    SELECT request_id, sink, due_at FROM deliveries
+    SELECT request_id, sink, due_at, state FROM deliveries
     WHERE due_at <= now()
     ORDER BY due_at, request_id, position
     LIMIT $1
     FOR UPDATE SKIP LOCKED
+), expired AS (
+    INSERT INTO attempts (request_id, sink, outcome, error)
+    SELECT request_id, sink, 'expired', '{LEASE_EXPIRED}' FROM due WHERE state = 'delivering'
 )
 UPDATE deliveries d SET state = 'delivering', lease_token = gen_random_uuid()::text,
     lease_owner = $2, lease_expires_at = now() + $3 * interval '1 second', updated_at = now(),
@@ -176,12 +202,15 @@ RETURNING d.request_id, d.sink, d.attempts, d.lease_token, d.position, due.due_a
 # expired leases.
 LEASE_ONE = f"""
 WITH due AS (
-    SELECT request_id, sink, due_at FROM deliveries
+    SELECT request_id, sink, due_at, state FROM deliveries
     WHERE request_id = $4 AND (state IN ('pending', 'retrying')
                                OR (state = 'delivering' AND lease_expires_at <= now()))
     ORDER BY position
     LIMIT $1
     FOR UPDATE SKIP LOCKED
+), expired AS (
+    INSERT INTO attempts (request_id, sink, outcome, error)
+    SELECT request_id, sink, 'expired', '{LEASE_EXPIRED}' FROM due WHERE state = 'delivering'
 )
 UPDATE deliveries d SET state = 'delivering', lease_token = gen_random_uuid()::text,
     lease_owner = $2, lease_expires_at = now() + $3 * interval '1 second', updated_at = now(),
@@ -196,14 +225,22 @@ UPDATE deliveries SET lease_expires_at = now() + $2 * interval '1 second'
 WHERE lease_token = ANY($1::text[]) AND state = 'delivering'
 """
 
-# A retry without a time is due now, never stuck with a NULL time.
+# A retry without a time is due now, never stuck with a NULL time. The attempt goes into
+# the history in the same statement ($9: whether it does), only when the token held.
 FINISH = """
-UPDATE deliveries SET state = $1, attempts = attempts + $8, last_error = $2,
-    next_attempt_at = CASE WHEN $1 = 'retrying'
-        THEN now() + COALESCE($3::float8, 0) * interval '1 second' END,
-    output = COALESCE($4, output), lease_token = NULL, lease_owner = NULL,
-    lease_expires_at = NULL, updated_at = now()
-WHERE request_id = $5 AND sink = $6 AND lease_token = $7 AND state = 'delivering'
+WITH done AS (
+    UPDATE deliveries SET state = $1, attempts = attempts + $8, last_error = $2,
+        next_attempt_at = CASE WHEN $1 = 'retrying'
+            THEN now() + COALESCE($3::float8, 0) * interval '1 second' END,
+        output = COALESCE($4, output), lease_token = NULL, lease_owner = NULL,
+        lease_expires_at = NULL, updated_at = now()
+    WHERE request_id = $5 AND sink = $6 AND lease_token = $7 AND state = 'delivering'
+    RETURNING request_id, sink
+), logged AS (
+    INSERT INTO attempts (request_id, sink, outcome, error, duration_ms)
+    SELECT request_id, sink, $10, $11, $12 FROM done WHERE $9
+)
+SELECT count(*) FROM done
 """
 
 RELEASE = """
@@ -313,6 +350,15 @@ async def load_events(c: asyncpg.Connection, ids: list[str]) -> list[EventView]:
     transaction to read all three tables in one snapshot."""
     if not ids:
         return []
+    history: dict[tuple[str, str], list[AttemptView]] = {}
+    for r in await c.fetch(
+        "SELECT request_id, sink, at, outcome, error, duration_ms FROM attempts"
+        " WHERE request_id = ANY($1::text[]) ORDER BY request_id, sink, at, ctid",
+        ids,
+    ):
+        history.setdefault((r["request_id"], r["sink"]), []).append(
+            AttemptView(r["at"], r["outcome"], r["error"], r["duration_ms"])
+        )
     deliveries: dict[str, dict[str, DeliveryView]] = {rid: {} for rid in ids}
     for r in await c.fetch(
         "SELECT request_id, sink, state, attempts, last_error, next_attempt_at, updated_at,"
@@ -328,6 +374,7 @@ async def load_events(c: asyncpg.Connection, ids: list[str]) -> list[EventView]:
             next_attempt_at=r["next_attempt_at"],
             updated_at=r["updated_at"],
             output=r["output"],
+            history=tuple(history.get((r["request_id"], r["sink"]), ())),
         )
     subs = {
         s.request_id: s
@@ -336,7 +383,7 @@ async def load_events(c: asyncpg.Connection, ids: list[str]) -> list[EventView]:
     events: dict[str, EventView] = {}
     for r in await c.fetch(
         "SELECT request_id, route, fal_status, error, payload_error, gateway_request_id,"
-        " received_at, headers, body, files, source FROM events"
+        " received_at, headers, body, files, source, trace_context FROM events"
         " WHERE request_id = ANY($1::text[])",
         ids,
     ):
@@ -355,5 +402,6 @@ async def load_events(c: asyncpg.Connection, ids: list[str]) -> list[EventView]:
             deliveries=deliveries[rid],
             source=r["source"],
             submission=subs.get(rid),
+            trace_context=r["trace_context"],
         )
     return [events[rid] for rid in ids if rid in events]

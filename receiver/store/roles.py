@@ -72,6 +72,9 @@ class DeliveryQueue(Protocol):
 
     async def get_event(self, request_id: str) -> EventView | None: ...
 
+    async def prune_history(self, older_than: datetime) -> int:
+        """Delete history entries (attempts) older than that; how many went."""
+
 
 @runtime_checkable
 class EventReader(Protocol):

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from falhook.store.models import (
+    FINISHED_STATE,
     LEASE_EXPIRED,
     EventView,
     Finish,
@@ -39,6 +40,7 @@ from falhook.store.models import (
     NewSubmission,
     StoreUnavailable,
     SubmissionView,
+    logs_attempt,
 )
 from falhook.store.sqlite_schema import (
     SUBMISSION_STATE_SQL,
@@ -83,6 +85,10 @@ _DUE_SQL = """
             ORDER BY lease_expires_at LIMIT ?2)
     ) d JOIN events e ON e.id = d.event_id ORDER BY d.t LIMIT ?2
 """
+_LOG_ATTEMPT = (
+    "INSERT INTO attempts (event_id, sink, at, outcome, error, duration_ms)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
+)
 # The deliveries of the event with a request_id; _ONE: that event's delivery to a sink.
 _OF_EVENT = "event_id = (SELECT id FROM events WHERE request_id = ?)"
 _ONE = f"{_OF_EVENT} AND sink = ?"
@@ -163,8 +169,8 @@ def _accept_all(c: sqlite3.Connection, accepts: list[_Accept]) -> list[bool]:
     if rows:
         c.executemany(
             "INSERT INTO events (id, request_id, route, fal_status, error, payload_error,"
-            " gateway_request_id, received_at, headers, body, files, source)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            " gateway_request_id, received_at, headers, body, files, source, trace_context)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             rows,
         )
         c.executemany(
@@ -456,6 +462,7 @@ class SQLiteStore:
             event.body,
             encode(event.files),
             event.source,
+            event.trace_context,
         )
         sinks = tuple(dict.fromkeys(event.sinks))  # a sink named twice is one delivery
         fresh = await self._write(_Accept(row, sinks))
@@ -512,7 +519,7 @@ class SQLiteStore:
             if not rows:
                 return []
             leased: dict[str, list[LeasedDelivery]] = {}
-            updates = []
+            updates, expired = [], []
             for event_id, rid, sink, attempts, state in rows:
                 token = secrets.token_hex(16)
                 # An expired lease is an attempt whose worker died: it counts, so an event
@@ -520,6 +527,8 @@ class SQLiteStore:
                 crashed = state == "delivering"
                 attempts += crashed
                 error = LEASE_EXPIRED if crashed else None
+                if crashed:
+                    expired.append((event_id, sink, now, "expired", LEASE_EXPIRED, None))
                 updates.append(
                     (token, owner, now + lease_seconds, now, attempts, error, event_id, sink)
                 )
@@ -530,6 +539,7 @@ class SQLiteStore:
                 " last_error = COALESCE(?, last_error) WHERE event_id = ? AND sink = ?",
                 updates,
             )
+            c.executemany(_LOG_ATTEMPT, expired)
             events = {v.request_id: v for v in load_events(c, list(leased))}
             return [Job(events[rid], ds) for rid, ds in leased.items() if rid in events]
 
@@ -552,7 +562,7 @@ class SQLiteStore:
 
     async def finish(self, result: Finish) -> bool:
         outcome = result.outcome
-        state = {"delivered": "delivered", "retry": "retrying", "dead": "dead"}[outcome]
+        state = FINISHED_STATE[outcome]
         delivered_output = result.output if outcome == "delivered" else None
         output = encode(delivered_output) if delivered_output is not None else None
         next_at = to_epoch(result.next_attempt_at) if result.next_attempt_at else None
@@ -577,9 +587,30 @@ class SQLiteStore:
                     result.token,
                 ),
             )
-            return cur.rowcount == 1
+            held = cur.rowcount == 1
+            if held and logs_attempt(result):
+                c.execute(
+                    "INSERT INTO attempts (event_id, sink, at, outcome, error, duration_ms)"
+                    " SELECT id, ?, ?, ?, ?, ? FROM events WHERE request_id = ?",
+                    (
+                        result.sink,
+                        now,
+                        outcome,
+                        result.error,
+                        result.duration_ms,
+                        result.request_id,
+                    ),
+                )
+            return held
 
         return await self._write(op)
+
+    async def prune_history(self, older_than: datetime) -> int:
+        cutoff = to_epoch(older_than)
+        count: int = await self._write(
+            lambda c: c.execute("DELETE FROM attempts WHERE at < ?", (cutoff,)).rowcount
+        )
+        return count
 
     async def release(self, request_id: str, sink: str, token: str) -> None:
         def op(c: sqlite3.Connection) -> int:

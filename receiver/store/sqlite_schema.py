@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from falhook.store.models import DeliveryView, EventView, SubmissionView
+from falhook.store.models import AttemptView, DeliveryView, EventView, SubmissionView
 from falhook.store.states import DELIVERY_STATES, state_predicates
 
 encode = msgspec.json.encode
@@ -126,6 +126,22 @@ MIGRATIONS: list[tuple[str, ...]] = [
         "CREATE INDEX deliveries_due ON deliveries (state, next_attempt_at)",
         "CREATE INDEX deliveries_by_token ON deliveries (lease_token)"
         " WHERE lease_token IS NOT NULL",
+    ),
+    (
+        # Every attempt of every delivery (and the decisions made without one: skipped by a
+        # filter, a lease that expired): the console's history. Pruned by age.
+        """CREATE TABLE attempts (
+            event_id INTEGER NOT NULL REFERENCES events (id),
+            sink TEXT NOT NULL,
+            at REAL NOT NULL,
+            outcome TEXT NOT NULL,
+            error TEXT,
+            duration_ms INTEGER
+        )""",
+        "CREATE INDEX attempts_by_delivery ON attempts (event_id, sink, at)",
+        "CREATE INDEX attempts_by_time ON attempts (at)",
+        # The W3C traceparent of the span that received the event (tracing, when on).
+        "ALTER TABLE events ADD COLUMN trace_context TEXT",
     ),
 ]
 
@@ -290,6 +306,16 @@ def load_events(c: sqlite3.Connection, ids: list[str]) -> list[EventView]:
 
 def _load_chunk(c: sqlite3.Connection, ids: list[str]) -> list[EventView]:
     marks = ",".join("?" * len(ids))
+    history: dict[tuple[str, str], list[AttemptView]] = {}
+    for rid, sink, at, outcome, error, duration in c.execute(
+        "SELECT e.request_id, a.sink, a.at, a.outcome, a.error, a.duration_ms FROM attempts a"
+        f" JOIN events e ON e.id = a.event_id WHERE e.request_id IN ({marks})"
+        " ORDER BY a.event_id, a.sink, a.at, a.rowid",
+        ids,
+    ):
+        history.setdefault((rid, sink), []).append(
+            AttemptView(to_dt(at), outcome, error, duration)  # type: ignore[arg-type]
+        )
     deliveries: dict[str, dict[str, DeliveryView]] = {rid: {} for rid in ids}
     for rid, sink, state, attempts, last_error, next_at, updated, output in c.execute(
         "SELECT e.request_id, d.sink, d.state, d.attempts, d.last_error, d.next_attempt_at,"
@@ -305,6 +331,7 @@ def _load_chunk(c: sqlite3.Connection, ids: list[str]) -> list[EventView]:
             next_attempt_at=to_dt(next_at),
             updated_at=to_dt(updated),
             output=decode(output) if output is not None else None,
+            history=tuple(history.get((rid, sink), ())),
         )
     subs = {
         s.request_id: s
@@ -313,7 +340,8 @@ def _load_chunk(c: sqlite3.Connection, ids: list[str]) -> list[EventView]:
     events: dict[str, EventView] = {}
     for row in c.execute(
         "SELECT request_id, route, fal_status, error, payload_error, gateway_request_id,"
-        f" received_at, headers, body, files, source FROM events WHERE request_id IN ({marks})",
+        f" received_at, headers, body, files, source, trace_context FROM events"
+        f" WHERE request_id IN ({marks})",
         ids,
     ):
         rid = row[0]
@@ -331,5 +359,6 @@ def _load_chunk(c: sqlite3.Connection, ids: list[str]) -> list[EventView]:
             deliveries=deliveries[rid],
             source=row[10],
             submission=subs.get(rid),
+            trace_context=row[11],
         )
     return [events[rid] for rid in ids if rid in events]

@@ -10,11 +10,20 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Literal
 
-DeliveryState = Literal["pending", "delivering", "retrying", "delivered", "dead"]
-DELIVERY_STATES: tuple[str, ...] = ("pending", "delivering", "retrying", "delivered", "dead")
+DeliveryState = Literal["pending", "delivering", "retrying", "delivered", "dead", "skipped"]
+DELIVERY_STATES: tuple[str, ...] = (
+    "pending",
+    "delivering",
+    "retrying",
+    "delivered",
+    "dead",
+    "skipped",  # the sink's filter did not match the event: done, nothing delivered
+)
 EVENT_STATES: tuple[str, ...] = ("pending", "retrying", "delivered", "dead")
 SUBMISSION_STATES: tuple[str, ...] = ("pending", "completed", "recovered", "lost", "unknown")
-DONE_STATES: frozenset[str] = frozenset({"delivered"})  # nothing more will happen
+DONE_STATES: frozenset[str] = frozenset({"delivered", "skipped"})  # nothing more will happen
+# What one attempt (or decision) came to, as a delivery's history records it.
+ATTEMPT_OUTCOMES: tuple[str, ...] = ("delivered", "retry", "dead", "skipped", "expired")
 
 # (event state, quantifier, delivery states): "any" holds when some delivery is in one of
 # the states, "all" when there is at least one delivery and every one is; the last entry
@@ -22,7 +31,7 @@ DONE_STATES: frozenset[str] = frozenset({"delivered"})  # nothing more will happ
 EVENT_RULE: tuple[tuple[str, str, frozenset[str]], ...] = (
     ("dead", "any", frozenset({"dead"})),
     ("retrying", "any", frozenset({"retrying"})),
-    ("delivered", "all", DONE_STATES),
+    ("delivered", "all", DONE_STATES),  # skipped deliveries count as done
     ("pending", "otherwise", frozenset()),
 )
 
