@@ -29,6 +29,7 @@ from falhook.config import Settings
 from falhook.delivery import ordering
 from falhook.delivery.files import download_all, event_info, refs_of, with_downloads
 from falhook.delivery.retry import RetryPolicy
+from falhook.downloads.fal_media import FalMediaSigner
 from falhook.downloads.fetch import Fetcher, FetchError
 from falhook.metrics import Metrics
 from falhook.sinks.base import DeliveryContext, EventInfo, LocalFile, Permanent, Retryable, Sink
@@ -63,6 +64,7 @@ class Worker:
         fetcher: Fetcher | None = None,
         metrics: Metrics | None = None,
         owner: str | None = None,
+        signer: FalMediaSigner | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -75,6 +77,10 @@ class Worker:
             max_file_bytes=dl.max_file_bytes,
             timeout=dl.timeout,
             allow_private_hosts=dl.allow_private_hosts,
+        )
+        # Private fal files are read through signed URLs, with FAL_KEY from the environment.
+        self.signer = signer or FalMediaSigner(
+            dl.fal_sign_url, dl.fal_media_hosts, os.environ.get("FAL_KEY")
         )
         self.metrics = metrics or Metrics()
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
@@ -222,7 +228,9 @@ class Worker:
         # Written back to disk as it arrives only when a sink of this job keeps it.
         keep = any(self.sinks[s].keeps_files for s in runnable)
         try:
-            local = await download_all(self.fetcher, self.metrics, refs, spool_dir, keep=keep)
+            local = await download_all(
+                self.fetcher, self.metrics, refs, spool_dir, keep=keep, signer=self.signer
+            )
         except FetchError as exc:
             error = Retryable(exc.message) if exc.retryable else Permanent(exc.message)
             for s in runnable:
@@ -420,3 +428,4 @@ class Worker:
 
     async def aclose(self) -> None:
         await self.fetcher.aclose()
+        await self.signer.aclose()

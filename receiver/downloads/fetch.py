@@ -52,9 +52,10 @@ class FetchError(Exception):
 
     retryable = False
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, status: int | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.status = status  # the file server's HTTP status, when it answered one
 
 
 class FetchRetryable(FetchError):
@@ -428,8 +429,8 @@ def _check_status(ref: FileRef, status: int) -> None:
         return
     message = f"{ref.path}: the file server answered {status}"
     if status in (408, 429) or status >= 500:
-        raise FetchRetryable(message)
-    raise FetchPermanent(message)
+        raise FetchRetryable(message, status=status)
+    raise FetchPermanent(message, status=status)
 
 
 def _discard(job: Future[FetchedFile]) -> None:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import json
 import os
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from falhook.argtypes import (
     EXIT_FAIL,
@@ -333,17 +335,71 @@ def cmd_submissions_reconcile(args: argparse.Namespace) -> int:
 
 def cmd_emulate(args: argparse.Namespace) -> int:
     from falhook.fal.emulate import Emulator, serve
+    from falhook.fal.tls import TLSUnavailable, default_hosts, make_tls_files
 
+    public = args.public_url.rstrip("/") if args.public_url else None
+    if public is not None and urlsplit(public).scheme not in ("http", "https"):
+        return _fail(f"--public-url {args.public_url!r}: expected an http(s):// URL", EXIT_USAGE)
+    tls = None
+    if args.tls:
+        try:
+            hosts = default_hosts(args.host, urlsplit(public or "").hostname)
+            tls = make_tls_files(args.tls_dir, hosts)
+        except TLSUnavailable as exc:
+            return _fail(str(exc), EXIT_USAGE)
+        except OSError as exc:
+            return _fail(f"--tls-dir {args.tls_dir}: {exc.strerror or exc}", EXIT_USAGE)
     emulator = Emulator(
-        delay=args.delay, user_id=args.webhook_user_id, default_outcome=args.outcome
+        delay=args.delay,
+        user_id=args.webhook_user_id,
+        default_outcome=args.outcome,
+        public_url=public,
     )
-    base = f"http://{args.host}:{args.port}"
-    print(
-        f"falhook: fal emulator on {base}\n"
-        f'  point falhook at it:  [receiver] queue_url = "{base}"\n'
-        f'                        [receiver] jwks_url = "{base}/.well-known/jwks.json"\n'
-        f"  any FAL_KEY works; jobs finish after {args.delay:g} s",
-        file=sys.stderr,
-    )
-    serve(emulator, host=args.host, port=args.port)
+    base = public or f"{'https' if tls else 'http'}://{_url_host(args.host)}:{args.port}"
+    print(emulate_banner(base, args.delay, tls.ca.resolve() if tls else None), file=sys.stderr)
+    serve(emulator, host=args.host, port=args.port, tls=tls)
     return EXIT_OK
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", ""):  # noqa: S104 - a bind address, shown as the local one
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+def emulate_banner(base: str, delay: float, ca_file: Path | None) -> str:
+    """What to paste into falhook.toml (and export for fal-client) to use this emulator."""
+    host = urlsplit(base).hostname or ""
+    netloc = urlsplit(base).netloc
+    lines = [f"falhook: fal emulator on {base} (any FAL_KEY works; jobs finish after {delay:g} s)"]
+    if ca_file is not None:
+        lines.append(
+            f"  its CA: {ca_file}  (export SSL_CERT_FILE={ca_file} for falhook and fal-client)"
+        )
+    lines += [
+        "",
+        "  # falhook.toml: use this emulator instead of fal",
+        "  [receiver]",
+        '  public_url = "http://127.0.0.1:8000"   # falhook serve: where webhooks are sent',
+        f'  queue_url = "{base}"',
+        f'  jwks_url = "{base}/.well-known/jwks.json"',
+        "",
+        "  [downloads]",
+    ]
+    if _is_local(host):
+        lines.append("  allow_private_hosts = true   # its files are on a loopback/private address")
+    lines += [
+        f'  fal_media_hosts = ["{host}"]   # its files can be private ("_emulate": {{"access"}})',
+        f'  fal_sign_url = "{base}/v1/storage/files/sign"',
+        "",
+        f"  # fal-client: export FAL_QUEUE_RUN_HOST={netloc}"
+        + ("" if base.startswith("https://") else "  (fal-client speaks only https: use --tls)"),
+    ]
+    return "\n".join(lines)
+
+
+def _is_local(host: str) -> bool:
+    try:
+        return not ipaddress.ip_address(host).is_global
+    except ValueError:
+        return host == "localhost" or host.endswith(".localhost")

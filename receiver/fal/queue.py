@@ -90,9 +90,14 @@ class QueueResult:
     payload: Any  # the output, or the error's body (a FastAPI `detail`, usually)
 
 
+NAMESPACES = ("workflows", "comfy")  # their app ids are namespace/owner/alias
+
+
 def app_id(endpoint: str) -> str:
-    """fal's app id: the owner and alias, the first two parts of a nested endpoint id."""
-    return "/".join(endpoint.strip("/").split("/")[:2])
+    """fal's app id: the owner and alias, the first two parts of a nested endpoint id, after
+    the namespace for namespaced apps (`workflows/owner/alias/...`), as fal-client builds it."""
+    parts = endpoint.strip("/").split("/")
+    return "/".join(parts[:3] if parts[0] in NAMESPACES else parts[:2])
 
 
 def queue_urls(queue_url: str, endpoint: str, request_id: str) -> Submitted:
