@@ -76,7 +76,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         f"config: {settings.source})",
         file=sys.stderr,
     )
-    uvicorn.Server(config).run()
+    try:
+        uvicorn.Server(config).run()
+    except SystemExit:  # uvicorn exits 3 when start-up failed
+        if app.startup_error is None:
+            raise
     if app.startup_error is not None:  # found at start-up, e.g. a sink folder not writable
         raise app.startup_error
     return EXIT_OK
