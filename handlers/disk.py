@@ -33,8 +33,9 @@ from falhook.sinks.naming import safe_component
 from falhook.sinks.options import Invalid, SinkOptions, option_key, read_options
 
 _OCTAL = re.compile(r"[0-7]{3,4}")
-# Errors that need someone to fix permissions or the folder layout: retrying will not help.
-_PERMANENT_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR)
+# Errors that need someone to fix permissions: retrying will not help. A folder layout problem
+# (ENOTDIR) is retried: it is found at start-up, and one arising later may be put right.
+_PERMANENT_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 class DiskOptions(SinkOptions):
@@ -92,8 +93,7 @@ class DiskSink(Sink):
         except OSError as exc:
             where = _path_of(exc) or str(self.root)
             reason = exc.strerror or str(exc)
-            # A full disk or a vanished mount may recover; permissions and a file where a
-            # folder should be will not without someone fixing them.
+            # A full disk or a vanished mount may recover; a permission problem will not.
             if exc.errno in _PERMANENT_ERRNOS:
                 raise Permanent(f"disk write failed at {where}: {reason}") from exc
             raise Retryable(f"disk write failed at {where}: {reason}") from exc

@@ -183,6 +183,7 @@ def create_app(
     parts.setdefault("keys", True)
     if worker is None:
         parts.setdefault("sinks", {})
+    parts.setdefault("sink_checks_fatal", managed_lifespan)
     runtime = Runtime(settings, worker=worker, reconcile=not inline, **parts)
     assert runtime.keys is not None
     webhooks = WebhookEndpoint(

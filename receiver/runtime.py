@@ -72,8 +72,12 @@ class Runtime:
         store: Store | None = None,
         sinks: Mapping[str, Sink] | None = None,
         metrics: Metrics | None = None,
+        sink_checks_fatal: bool = True,
     ) -> None:
         self.settings = settings
+        # Off where the runtime starts on a first request (serverless): that request is
+        # answered, and each delivery reports the sink's trouble itself.
+        self.sink_checks_fatal = sink_checks_fatal
         if sinks is None:
             sinks = make_sinks(settings) if worker is not None else {}
         self.sinks: dict[str, Sink] = dict(sinks)
@@ -95,7 +99,7 @@ class Runtime:
         if self.keys is not None or self.worker_mode == "run":  # a long-running process
             for warning in config_warnings(self.settings):
                 log.warning("config warning", problem=warning)
-        await self.check_sinks(at_start=True)
+        await self.check_sinks(at_start=True, fatal=self.sink_checks_fatal)
         try:
             await self.store.open()
             if self.keys is not None:
@@ -109,16 +113,17 @@ class Runtime:
             raise
         self.started = True
 
-    async def check_sinks(self, *, at_start: bool = False) -> list[SinkProblem]:
+    async def check_sinks(self, *, at_start: bool = False, fatal: bool = True) -> list[SinkProblem]:
         """Every sink's own check (a writable folder, a reachable bucket). At start a fatal
-        problem is a ConfigError naming the key; warnings are logged. Later (``/readyz``)
-        problems are only reported, at most every few seconds."""
+        problem is a ConfigError naming the key (unless ``fatal`` is off: then it is logged
+        like a warning); later (``/readyz``) problems are only reported, at most every few
+        seconds."""
         if not at_start and time.monotonic() - self._checked_at < _SINK_CHECK_TTL:
             return self.sink_problems
         self.sink_problems = await check_sinks(self.sinks)
         self._checked_at = time.monotonic()
         for problem in self.sink_problems:
-            if at_start and problem.fatal:
+            if at_start and problem.fatal and fatal:
                 raise ConfigError(problem.key, problem.problem)
             if at_start:
                 log.warning("sink check", problem=str(problem))

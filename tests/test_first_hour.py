@@ -25,7 +25,7 @@ from falhook.intake.envelope import FileRef
 from falhook.intake.keys import FalKeys
 from falhook.metrics import Metrics
 from falhook.runtime import Runtime
-from falhook.sinks.base import OptionError, Permanent, SinkEnv
+from falhook.sinks.base import OptionError, Retryable, SinkEnv
 from falhook.sinks.disk import DiskSink
 from falhook.testing import FalSigner, JWKSServer, webhook_body
 from tests.support.falhook_server import Falhook, base_config, wait_for
@@ -89,11 +89,11 @@ def test_a_writable_root_has_no_problem(tmp_path: Path) -> None:
     assert list((tmp_path / "files").iterdir()) == []  # the probe leaves nothing behind
 
 
-def test_a_filesystem_error_names_its_path_and_enotdir_is_permanent(tmp_path: Path) -> None:
+def test_a_filesystem_error_names_its_path(tmp_path: Path) -> None:
     sink = DiskSink("local", {"root": "files"}, SinkEnv(base_dir=tmp_path))
     (tmp_path / "files").mkdir()
     (tmp_path / "files" / "reframe").write_text("not a folder")
-    with pytest.raises(Permanent) as err:
+    with pytest.raises(Retryable) as err:
         asyncio.run(sink.deliver(context(tmp_path)))
     assert str(tmp_path / "files" / "reframe") in str(err.value)
     assert "Not a directory" in str(err.value)
