@@ -51,7 +51,9 @@ def mode(path: Path) -> int:
 
 def test_disk_files_get_0644_under_the_usual_umask(tmp_path: Path, umask_022: None) -> None:
     sink = DiskSink("local", {"root": "files"}, SinkEnv(base_dir=tmp_path))
-    asyncio.run(sink.deliver(context(tmp_path)))
+    ctx = context(tmp_path)
+    ctx.files[0].local_path.chmod(0o600)  # as the worker's spool file is made
+    asyncio.run(sink.deliver(ctx))
     folder = tmp_path / "files" / "reframe" / "req-1"
     assert mode(folder / "clip.mp4") == 0o644
     assert mode(folder / "event.json") == 0o644
