@@ -90,7 +90,7 @@ def test_fal_client_against_the_emulator_with_tls(
         got = json.loads(done.stdout)
         rid = got["request_id"]
         event = falhook.wait_state(rid, "delivered")
-    assert got["first"] in ("Queued", "InProgress")
+    assert got["first"] in ("Queued", "InProgress", "Completed")  # parsed, whatever the timing
     assert got["result"]["video"]["content_type"] == "video/mp4"
     assert got["done"] == "Completed" and got["done_logs"]
     assert got["cancelled"][1:] == ["Completed", "Request was cancelled"]

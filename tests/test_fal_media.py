@@ -145,9 +145,9 @@ def test_a_private_output_is_downloaded_through_a_signed_url(
 ) -> None:
     with falhook_for(tmp_path, fal, KEY) as falhook:
         rid = submit(falhook, access)
-        file_url = f"{fal.url}/files/{rid}/output.mp4"
-        assert httpx.get(file_url, timeout=5).status_code == (403 if access == "forbid" else 404)
         event = falhook.wait_state(rid, "delivered")
+    file_url = f"{fal.url}/files/{rid}/output.mp4"
+    assert httpx.get(file_url, timeout=5).status_code == (403 if access == "forbid" else 404)
     video = tmp_path / "files" / "reframe" / rid / "output.mp4"
     assert video.read_bytes() == fal.emulator.files[f"{rid}/output.mp4"][0]
     assert event["files"][0]["url"] == file_url  # fal's URL, not the signed one
