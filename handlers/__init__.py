@@ -11,6 +11,7 @@ from falhook.sinks.base import (
     Retryable,
     Sink,
     SinkEnv,
+    SinkProblem,
 )
 from falhook.sinks.options import Invalid, SinkOptions, read_options
 
@@ -26,5 +27,6 @@ __all__ = [
     "Sink",
     "SinkEnv",
     "SinkOptions",
+    "SinkProblem",
     "read_options",
 ]

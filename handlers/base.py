@@ -140,6 +140,20 @@ class DeliveryContext:
     headers: Mapping[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class SinkProblem:
+    """What a sink's ``check`` found. ``key`` names the option (``[sinks.NAME].root``).
+    A fatal problem stops falhook from starting; another one is a warning (logged, and shown
+    by ``/readyz``)."""
+
+    key: str
+    problem: str
+    fatal: bool = True
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.problem}"
+
+
 class Sink:
     """What the worker calls. Subclass it and implement ``deliver``.
 
@@ -152,6 +166,12 @@ class Sink:
 
     async def deliver(self, ctx: DeliveryContext) -> dict[str, Any] | None:
         raise NotImplementedError
+
+    async def check(self) -> list[SinkProblem]:
+        """Problems that can be found without delivering anything (a folder that cannot be
+        written, a bucket that cannot be reached). Called when falhook starts, and by
+        ``/readyz``; the default finds none. Must be quick and have no lasting effect."""
+        return []
 
     async def aclose(self) -> None:
         """Release clients and threads; called once when falhook stops."""

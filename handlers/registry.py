@@ -7,7 +7,14 @@ from collections.abc import Iterable, Mapping
 from importlib.metadata import entry_points
 from typing import Any, Protocol
 
-from falhook.sinks.base import DeliveryContext, OptionError, Sink, SinkEnv, SinkFactory
+from falhook.sinks.base import (
+    DeliveryContext,
+    OptionError,
+    Sink,
+    SinkEnv,
+    SinkFactory,
+    SinkProblem,
+)
 
 ENTRY_POINT_GROUP = "falhook.sinks"
 
@@ -111,6 +118,10 @@ class _Adapted(Sink):
         result = await self.inner.deliver(ctx)
         return result if isinstance(result, dict) else None
 
+    async def check(self) -> list[SinkProblem]:
+        check = getattr(self.inner, "check", None)
+        return list(await check()) if check is not None else []
+
     async def aclose(self) -> None:
         close = getattr(self.inner, "aclose", None)
         if close is not None:
@@ -120,3 +131,14 @@ class _Adapted(Sink):
 async def close_sinks(sinks: Mapping[str, Sink]) -> None:
     for sink in sinks.values():
         await sink.aclose()
+
+
+async def check_sinks(sinks: Mapping[str, Sink]) -> list[SinkProblem]:
+    """Every sink's start-up check; a check that raises is a problem of its own."""
+    found: list[SinkProblem] = []
+    for name, sink in sinks.items():
+        try:
+            found += await sink.check()
+        except Exception as exc:
+            found.append(SinkProblem(f"[sinks.{name}]", f"its check failed: {exc!r}", False))
+    return found

@@ -45,6 +45,7 @@ from falhook.sinks.base import (
     Retryable,
     Sink,
     SinkEnv,
+    SinkProblem,
 )
 from falhook.sinks.options import Invalid, SinkOptions, option_key, read_options
 from falhook.sinks.templates import check_template, render
@@ -54,6 +55,7 @@ MIN_PART = 5 * MIB  # S3's smallest part (except the last)
 MAX_PARTS = 10_000
 MAX_PRESIGN = 7 * 24 * 3600  # SigV4's limit
 _CRC_READ = 1024 * 1024
+_CHECK_SECONDS = 5.0  # the start-up check's HEAD of the bucket
 _ABORT_WAIT = 15.0  # seconds a failed upload waits for its parts in flight before aborting
 T = TypeVar("T")
 
@@ -374,6 +376,20 @@ class S3Sink(Sink):
 
         with contextlib.suppress(Exception):
             await asyncio.shield(abort())
+
+    async def check(self) -> list[SinkProblem]:
+        """Can the bucket be reached? A warning only: the store may come up after falhook, and
+        deliveries retry."""
+        try:
+            async with asyncio.timeout(_CHECK_SECONDS):  # start-up must not wait on a dead store
+                await self._run(lambda client: client.head_bucket(Bucket=self.bucket))
+        except TimeoutError:
+            problem = f"no answer within {_CHECK_SECONDS:g} s; deliveries will retry"
+            return [SinkProblem(option_key(self.name, "bucket"), problem, fatal=False)]
+        except Exception as exc:
+            problem = f"cannot be reached now ({self._classify(exc)}); deliveries will retry"
+            return [SinkProblem(option_key(self.name, "bucket"), problem, fatal=False)]
+        return []
 
     # --- errors ----------------------------------------------------------------------------
 

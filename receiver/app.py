@@ -7,8 +7,10 @@ Everything slow happens after the 200, in the worker.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
+import traceback
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -22,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from falhook.config import Settings
+from falhook.config import ConfigError, Settings
 from falhook.intake.endpoint import (
     PREFIX,
     DeliverNow,
@@ -39,6 +41,7 @@ from falhook.store.states import DELIVERY_STATES
 log = structlog.get_logger("falhook.receiver")
 _encode = msgspec.json.encode
 _COUNTS_TTL = 5.0
+_STORE_RETRY = 5.0  # seconds between readiness checks of a store that does not answer
 Lifespan = Callable[[Starlette], AbstractAsyncContextManager[None]]
 
 
@@ -70,7 +73,12 @@ class Probes:
         await self.runtime.ensure_started()
         store_ok = await self.runtime.store.ping()
         keys_ok = self.keys.loaded
-        body = {"store": store_ok, "keys": keys_ok}
+        # Sink problems are reported, not made a 503: webhooks are still stored safely and
+        # their deliveries retry, so the receiver stays in the load balancer.
+        sinks: dict[str, list[str]] = {name: [] for name in self.runtime.sinks}
+        for problem in await self.runtime.check_sinks():
+            sinks.setdefault(_sink_of(problem.key), []).append(str(problem))
+        body = {"store": store_ok, "keys": keys_ok, "sinks": sinks}
         if store_ok and keys_ok:
             return JSONBody({"status": "ready", **body})
         return JSONBody({"status": "not_ready", **body}, status_code=503)
@@ -92,6 +100,11 @@ class Probes:
         return self._counts
 
 
+def _sink_of(key: str) -> str:
+    """`[sinks.local].root` -> `local`."""
+    return key.removeprefix("[sinks.").split("]", 1)[0]
+
+
 async def http_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
@@ -102,17 +115,50 @@ class Falhook:
     """The ASGI app: webhooks go straight to their endpoint (the hot path), everything else
     (health, readiness, metrics, lifespan) to Starlette."""
 
-    def __init__(self, app: Starlette, webhooks: WebhookEndpoint, runtime: Runtime) -> None:
+    def __init__(
+        self,
+        app: Starlette,
+        webhooks: WebhookEndpoint,
+        runtime: Runtime,
+        lifespan: Lifespan | None = None,
+    ) -> None:
         self.app = app
         self.webhooks = webhooks
         self.runtime = runtime
         self.state = app.state
+        self.lifespan = lifespan
+        # A configuration mistake found at start-up (a sink's folder not writable): the
+        # server exits and `falhook serve` prints it, without a traceback.
+        self.startup_error: ConfigError | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith(PREFIX):
             await self.webhooks(scope, receive, send)
+        elif scope["type"] == "lifespan" and self.lifespan is not None:
+            await self._lifespan(receive, send, self.lifespan)
         else:
             await self.app(scope, receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send, lifespan: Lifespan) -> None:
+        await receive()  # lifespan.startup
+        context = lifespan(self.app)
+        try:
+            await context.__aenter__()
+        except ConfigError as exc:
+            self.startup_error = exc
+            await send({"type": "lifespan.startup.failed", "message": ""})
+            return
+        except BaseException:
+            await send({"type": "lifespan.startup.failed", "message": traceback.format_exc()})
+            raise
+        await send({"type": "lifespan.startup.complete"})
+        await receive()  # lifespan.shutdown
+        try:
+            await context.__aexit__(None, None, None)
+        except BaseException:
+            await send({"type": "lifespan.shutdown.failed", "message": traceback.format_exc()})
+            raise
+        await send({"type": "lifespan.shutdown.complete"})
 
 
 def create_app(
@@ -137,6 +183,7 @@ def create_app(
     parts.setdefault("keys", True)
     if worker is None:
         parts.setdefault("sinks", {})
+    parts.setdefault("sink_checks_fatal", managed_lifespan)
     runtime = Runtime(settings, worker=worker, reconcile=not inline, **parts)
     assert runtime.keys is not None
     webhooks = WebhookEndpoint(
@@ -155,10 +202,10 @@ def create_app(
             Route("/metrics", probes.metrics, methods=["GET"]),
         ],
         exception_handlers={HTTPException: http_error},
-        lifespan=_lifespan(runtime, run_worker) if managed_lifespan else None,
     )
     app.state.runtime = runtime
-    return Falhook(app, webhooks, runtime)
+    lifespan = _lifespan(runtime, run_worker) if managed_lifespan else None
+    return Falhook(app, webhooks, runtime, lifespan)
 
 
 def _inline_delivery(runtime: Runtime) -> DeliverNow:
@@ -171,20 +218,38 @@ def _inline_delivery(runtime: Runtime) -> DeliverNow:
 
 
 def _lifespan(runtime: Runtime, run_worker: bool) -> Lifespan:
-    settings = runtime.settings
-
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         await runtime.ensure_started()
-        log.info(
-            "falhook ready",
-            routes=sorted(settings.routes),
-            store=settings.store.url.split("://", 1)[0],
-            worker=run_worker,
-        )
+        announcer = asyncio.create_task(_announce_ready(runtime, run_worker))
         try:
             yield
         finally:
+            announcer.cancel()
+            await asyncio.gather(announcer, return_exceptions=True)
             await runtime.close()
 
     return lifespan
+
+
+async def _announce_ready(runtime: Runtime, run_worker: bool) -> None:
+    """Log "falhook ready" when /readyz would say so (store reachable, keys loaded): at once,
+    or once fal's JWKS has been fetched (the keys retry on their own timer)."""
+    settings = runtime.settings
+    assert runtime.keys is not None
+    if not runtime.keys.loaded:
+        log.warning(
+            "falhook started, not ready: no signing keys yet (webhooks get 503 until fal's "
+            "JWKS can be fetched; see the jwks fetch failed line for why)",
+            jwks=runtime.keys.log_url,
+        )
+        await runtime.keys.wait_loaded()
+    while not await runtime.store.ping():
+        log.warning("falhook started, not ready: the store does not answer")
+        await asyncio.sleep(_STORE_RETRY)  # until it answers, or the server stops (cancel)
+    log.info(
+        "falhook ready",
+        routes=sorted(settings.routes),
+        store=settings.store.url.split("://", 1)[0],
+        worker=run_worker,
+    )

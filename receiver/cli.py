@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import signal
 import sys
@@ -16,14 +15,23 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from falhook import __version__
+from falhook.argtypes import (
+    EXIT_FAIL,
+    EXIT_OK,
+    EXIT_USAGE,
+    HelpFormatter,
+    port,
+    positive_int,
+    seconds,
+)
 from falhook.config import ConfigError, Settings, config_path_from, load_settings
+from falhook.progress import Progress
 from falhook.runtime import Runtime, open_runtime
 from falhook.store import Store
 from falhook.store.document import event_document
-from falhook.store.models import EventView
+from falhook.store.models import DeliveryView, EventView
 from falhook.store.states import DELIVERY_STATES, EVENT_STATES
-
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 
 class CLIError(Exception):
@@ -68,7 +76,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         f"config: {settings.source})",
         file=sys.stderr,
     )
-    uvicorn.Server(config).run()
+    try:
+        uvicorn.Server(config).run()
+    except SystemExit:  # uvicorn exits 3 when start-up failed
+        if app.startup_error is None:
+            raise
+    if app.startup_error is not None:  # found at start-up, e.g. a sink folder not writable
+        raise app.startup_error
     return EXIT_OK
 
 
@@ -195,20 +209,8 @@ def cmd_events_replay(args: argparse.Namespace) -> int:
 
 async def _deliver_now(runtime: Runtime, args: argparse.Namespace) -> int:
     """Run a worker in this process until the replayed deliveries are settled."""
-    worker, store = runtime.worker, runtime.store
-    assert worker is not None
-    wanted = [args.sink] if args.sink else None
-    deadline = time.monotonic() + args.timeout
-    while True:
-        view = await store.get_event(args.request_id)
-        assert view is not None
-        mine = {k: d for k, d in view.deliveries.items() if wanted is None or k in wanted}
-        if all(d.state in ("delivered", "dead", "retrying") for d in mine.values()):
-            break
-        if time.monotonic() > deadline:
-            raise CLIError(f"gave up after {args.timeout:g} s; deliveries are still running")
-        if await worker.run_once() == 0:
-            await store.wait_for_work(0.2)  # another worker may hold them: check again
+    with Progress(f"delivering {args.request_id}", unit="deliveries settled") as progress:
+        mine = await _settle(runtime, args, progress)
     failed = {k: d for k, d in mine.items() if d.state != "delivered"}
     for name, d in sorted(mine.items()):
         print(f"{name}: {d.state}" + (f" ({d.last_error})" if d.last_error else ""))
@@ -217,14 +219,28 @@ async def _deliver_now(runtime: Runtime, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _settle(
+    runtime: Runtime, args: argparse.Namespace, progress: Progress
+) -> dict[str, DeliveryView]:
+    worker, store = runtime.worker, runtime.store
+    assert worker is not None
+    wanted = [args.sink] if args.sink else None
+    deadline = time.monotonic() + args.timeout
+    while True:
+        view = await store.get_event(args.request_id)
+        assert view is not None
+        mine = {k: d for k, d in view.deliveries.items() if wanted is None or k in wanted}
+        settled = [d for d in mine.values() if d.state in ("delivered", "dead", "retrying")]
+        progress.update(len(settled), len(mine))
+        if len(settled) == len(mine):
+            return mine
+        if time.monotonic() > deadline:
+            raise CLIError(f"gave up after {args.timeout:g} s; deliveries are still running")
+        if await worker.run_once() == 0:
+            await store.wait_for_work(0.2)  # another worker may hold them: check again
+
+
 # --- parser ----------------------------------------------------------------------------------
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be >= 1")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -235,46 +251,72 @@ def build_parser() -> argparse.ArgumentParser:
         help="TOML config (default: $FALHOOK_CONFIG, else embedded defaults)",
     )
     parser = argparse.ArgumentParser(
-        prog="falhook", description="Receive, verify, store and deliver fal.ai webhooks."
+        prog="falhook",
+        description="Receive, verify, store and deliver fal.ai webhooks.",
+        epilog="Exit codes: 0 done, 1 failed, 2 bad input or config, 3 a submit's answer lost.",
+        formatter_class=HelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"falhook {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_serve_and_worker(sub, common)
+    _add_events(sub, common)
+    from falhook.fal import cli as cli_fal
 
-    serve = sub.add_parser("serve", parents=[common], help="run the receiver and a worker")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    cli_fal.register(sub, common)
+    return parser
+
+
+def _add_serve_and_worker(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    serve = sub.add_parser(
+        "serve",
+        parents=[common],
+        help="run the receiver and a worker",
+        formatter_class=HelpFormatter,
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=port, default=8000, help="port to listen on")
     serve.add_argument("--no-worker", action="store_true", help="receive only (scale-out)")
     serve.set_defaults(func=cmd_serve)
-
-    worker = sub.add_parser("worker", parents=[common], help="run delivery workers only")
+    worker = sub.add_parser(
+        "worker", parents=[common], help="run delivery workers only", formatter_class=HelpFormatter
+    )
     worker.set_defaults(func=cmd_worker)
 
+
+def _add_events(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
     events = sub.add_parser("events", help="list, show and replay stored events")
     ev = events.add_subparsers(dest="events_command", required=True, metavar="ACTION")
-    ls = ev.add_parser("list", parents=[common], help="newest first")
-    ls.add_argument("--state", choices=sorted(set(EVENT_STATES) | set(DELIVERY_STATES)))
-    ls.add_argument("--route")
-    ls.add_argument("--limit", type=_positive_int, default=100)
-    ls.add_argument("--json", action="store_true")
+    ls = ev.add_parser("list", parents=[common], help="newest first", formatter_class=HelpFormatter)
+    ls.add_argument(
+        "--state",
+        choices=sorted(set(EVENT_STATES) | set(DELIVERY_STATES)),
+        help="only events in this state (default: any)",
+    )
+    ls.add_argument("--route", help="only events of this route (default: any)")
+    ls.add_argument("--limit", type=positive_int, default=100, help="at most this many events")
+    ls.add_argument("--json", action="store_true", help='print {"events": [...]}')
     ls.set_defaults(func=cmd_events_list)
-    show = ev.add_parser("show", parents=[common], help="one event and its deliveries")
-    show.add_argument("request_id")
-    show.add_argument("--json", action="store_true")
+    show = ev.add_parser(
+        "show", parents=[common], help="one event and its deliveries", formatter_class=HelpFormatter
+    )
+    show.add_argument("request_id", metavar="REQUEST_ID")
+    show.add_argument("--json", action="store_true", help="print the event as JSON")
     show.set_defaults(func=cmd_events_show)
-    replay = ev.add_parser("replay", parents=[common], help="make deliveries due again")
-    replay.add_argument("request_id")
-    replay.add_argument("--sink", help="only this sink's delivery")
+    replay = ev.add_parser(
+        "replay", parents=[common], help="make deliveries due again", formatter_class=HelpFormatter
+    )
+    replay.add_argument("request_id", metavar="REQUEST_ID")
+    replay.add_argument("--sink", help="only this sink's delivery (default: all)")
     replay.add_argument("--now", action="store_true", help="deliver in this command")
     replay.add_argument(
         "--force", action="store_true", help="forget sinks' earlier outputs (Slack posts again)"
     )
-    replay.add_argument("--timeout", type=float, default=600.0, help="with --now (seconds)")
+    replay.add_argument("--timeout", type=seconds, default=600.0, help="with --now, in seconds")
     replay.set_defaults(func=cmd_events_replay)
-
-    with contextlib.suppress(ImportError):  # submit/emulate need nothing beyond the core
-        from falhook.fal import cli as cli_fal
-
-        cli_fal.register(sub, common)
-    return parser
 
 
 def _command_name(args: argparse.Namespace) -> str:

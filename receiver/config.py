@@ -16,6 +16,7 @@ from typing import Any
 
 DEFAULT_JWKS_URL = "https://rest.alpha.fal.ai/.well-known/jwks.json"
 DEFAULT_QUEUE_URL = "https://queue.fal.run"
+DEFAULT_SIGN_URL = "https://api.fal.ai/v1/storage/files/sign"
 DEFAULT_DATA_DIR = "falhook-data"
 CONFIG_ENV = "FALHOOK_CONFIG"
 
@@ -78,6 +79,10 @@ class DownloadSettings:
     min_rate: float = 16 * 1024.0  # bytes/s each file must average over every rate_window
     rate_window: float = 30.0  # seconds; also the longest silence allowed mid-body
     spool_dir: str = f"{DEFAULT_DATA_DIR}/spool"
+    # Private fal files (an access rule forbids or hides them) are read through a signed URL
+    # from fal's storage API, with FAL_KEY, when these hosts answer 401, 403 or 404.
+    fal_media_hosts: tuple[str, ...] = ("fal.media",)  # each with its subdomains
+    fal_sign_url: str = DEFAULT_SIGN_URL
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,10 @@ class SubmitSettings:
     timeout: float = 60.0  # seconds for one queue call (the submit POST included)
     upload: str = "auto"  # "fal" (fal-client), "queue" (the queue's upload path), "auto"
     schemas: dict[str, str] = field(default_factory=dict)  # endpoint id -> Ray schema name
+    # false: submit with `X-Fal-Store-IO: 0` (fal keeps no payload history; it then keeps a
+    # result on its queue for about an hour, 6 minutes when it is 10 KB or more), and the
+    # reconciler looks at such submissions within that window. Never sent unless asked.
+    store_io: bool = True
 
 
 @dataclass(frozen=True)
@@ -185,7 +194,7 @@ def embedded_defaults(base_dir: Path | None = None) -> Settings:
 
 
 def settings_from_dict(raw: dict[str, Any], *, base_dir: Path, source: str = "<dict>") -> Settings:
-    raw = _interpolate(raw, "")
+    raw = _interpolate(raw, ())
     known = {
         "receiver",
         "store",
@@ -225,24 +234,47 @@ def settings_from_dict(raw: dict[str, Any], *, base_dir: Path, source: str = "<d
     )
 
 
+def config_warnings(settings: Settings) -> list[str]:
+    """Mistakes that do not stop falhook but leave it doing nothing useful."""
+    found = []
+    if not settings.routes:
+        found.append(
+            f"{settings.source}: no [routes.NAME] table, so every webhook is answered 404; "
+            'add one, e.g. [routes.default] sinks = ["local"] with a [sinks.local] table'
+        )
+    return found
+
+
 # --- helpers ---------------------------------------------------------------------------------
 
 
-def _interpolate(value: Any, key: str) -> Any:
+def _interpolate(value: Any, path: tuple[str, ...]) -> Any:
     if isinstance(value, str):
 
         def sub(match: re.Match[str]) -> str:
             name = match.group(1)
             if name not in os.environ:
-                raise ConfigError(key or "<root>", f"environment variable ${{{name}}} is not set")
+                raise ConfigError(key_name(path), f"environment variable ${{{name}}} is not set")
             return os.environ[name]
 
         return _ENV_REF.sub(sub, value)
     if isinstance(value, dict):
-        return {k: _interpolate(v, f"{key}.{k}" if key else k) for k, v in value.items()}
+        return {k: _interpolate(v, (*path, k)) for k, v in value.items()}
     if isinstance(value, list):
-        return [_interpolate(v, f"{key}[{i}]") for i, v in enumerate(value)]
+        return [_interpolate(v, (*path, f"[{i}]")) for i, v in enumerate(value)]
     return value
+
+
+def key_name(path: tuple[str, ...]) -> str:
+    """A config key as every message writes it: ``[sinks.team].webhook_url``,
+    ``[receiver].allowed_user_ids[0]``; the table in brackets, then the key."""
+    # Tables nest as [sinks.NAME] and [routes.NAME]; other sections are one level deep.
+    depth = 2 if path[:1] in (("sinks",), ("routes",)) and len(path) > 2 else 1
+    table, rest = path[:depth], path[depth:]
+    key = ""
+    for part in rest:
+        key += part if part.startswith("[") else f".{part}"
+    return f"[{'.'.join(table)}]{key}"
 
 
 def _coerce(section: str, key: str, value: Any, default: Any) -> Any:
@@ -356,6 +388,12 @@ def _check_downloads(s: DownloadSettings) -> None:
     _positive("downloads", "deadline", s.deadline)
     _positive("downloads", "min_rate", s.min_rate, strict=False)  # 0 turns it off
     _positive("downloads", "rate_window", s.rate_window)
+    _check_url("downloads", "fal_sign_url", s.fal_sign_url, ("http", "https"))
+    for host in s.fal_media_hosts:
+        if not host or "/" in host or ":" in host.strip("[]"):
+            raise ConfigError(
+                "[downloads].fal_media_hosts", f"{host!r} is not a host name (e.g. fal.media)"
+            )
 
 
 def _check_serverless(s: ServerlessSettings) -> None:

@@ -16,14 +16,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
-from falhook.config import ConfigError, Settings
+from falhook.config import ConfigError, Settings, config_warnings
 from falhook.logs import get_logger
 from falhook.metrics import Metrics
-from falhook.sinks.base import OptionError, Sink, SinkEnv
-from falhook.sinks.registry import build_sinks, close_sinks
+from falhook.sinks.base import OptionError, Sink, SinkEnv, SinkProblem
+from falhook.sinks.registry import build_sinks, check_sinks, close_sinks
 from falhook.store import Store, make_store
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ log = get_logger("falhook.runtime")
 # "run": deliver in the background for the runtime's life; "on_demand": built for callers that
 # deliver specific events themselves (inline serverless, `events replay --now`, the drain).
 WorkerMode = Literal["run", "on_demand"] | None
+_SINK_CHECK_TTL = 10.0  # seconds: /readyz probes every few seconds must not hammer S3
 
 
 def make_sinks(settings: Settings) -> dict[str, Sink]:
@@ -70,8 +72,12 @@ class Runtime:
         store: Store | None = None,
         sinks: Mapping[str, Sink] | None = None,
         metrics: Metrics | None = None,
+        sink_checks_fatal: bool = True,
     ) -> None:
         self.settings = settings
+        # Off where the runtime starts on a first request (serverless): that request is
+        # answered, and each delivery reports the sink's trouble itself.
+        self.sink_checks_fatal = sink_checks_fatal
         if sinks is None:
             sinks = make_sinks(settings) if worker is not None else {}
         self.sinks: dict[str, Sink] = dict(sinks)
@@ -86,8 +92,14 @@ class Runtime:
         self._tasks: list[asyncio.Task[None]] = []
         self._closers: list[Any] = []
         self._start_lock = asyncio.Lock()
+        self.sink_problems: list[SinkProblem] = []
+        self._checked_at = 0.0
 
     async def start(self) -> None:
+        if self.keys is not None or self.worker_mode == "run":  # a long-running process
+            for warning in config_warnings(self.settings):
+                log.warning("config warning", problem=warning)
+        await self.check_sinks(at_start=True, fatal=self.sink_checks_fatal)
         try:
             await self.store.open()
             if self.keys is not None:
@@ -100,6 +112,22 @@ class Runtime:
             await self._close_parts()
             raise
         self.started = True
+
+    async def check_sinks(self, *, at_start: bool = False, fatal: bool = True) -> list[SinkProblem]:
+        """Every sink's own check (a writable folder, a reachable bucket). At start a fatal
+        problem is a ConfigError naming the key (unless ``fatal`` is off: then it is logged
+        like a warning); later (``/readyz``) problems are only reported, at most every few
+        seconds."""
+        if not at_start and time.monotonic() - self._checked_at < _SINK_CHECK_TTL:
+            return self.sink_problems
+        self.sink_problems = await check_sinks(self.sinks)
+        self._checked_at = time.monotonic()
+        for problem in self.sink_problems:
+            if at_start and problem.fatal and fatal:
+                raise ConfigError(problem.key, problem.problem)
+            if at_start:
+                log.warning("sink check", problem=str(problem))
+        return self.sink_problems
 
     async def ensure_started(self) -> None:
         """Start once (serverless: once per container, on its first request)."""

@@ -4,6 +4,7 @@ folder and named safely (``LocalFile``), and the event as sinks see it (``EventI
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +12,8 @@ from typing import Any, TypeVar
 
 import structlog
 
-from falhook.downloads.errors import FetchError, FetchRetryable
+from falhook.downloads.errors import FetchError, FetchPermanent, FetchRetryable
+from falhook.downloads.fal_media import SIGNABLE_STATUSES, FalMediaSigner, SigningError
 from falhook.downloads.fetch import FetchedFile, Fetcher
 from falhook.intake.envelope import EnvelopeError, FileRef, parse_envelope
 from falhook.intake.events import files_of
@@ -46,10 +48,17 @@ def refs_of(event: EventView) -> tuple[list[FileRef], Problems]:
 
 
 async def download_all(
-    fetcher: Fetcher, metrics: Metrics, refs: list[FileRef], spool_dir: Path, *, keep: bool
+    fetcher: Fetcher,
+    metrics: Metrics,
+    refs: list[FileRef],
+    spool_dir: Path,
+    *,
+    keep: bool,
+    signer: FalMediaSigner | None = None,
 ) -> list[LocalFile]:
     """Each File once, one after another (each download already saturates a core), into
-    spool_dir; FetchError when one fails."""
+    spool_dir; FetchError when one fails. A private fal file is read through a signed URL
+    from `signer` (fal's storage API) when its host refuses it."""
     if not refs:
         return []
     try:
@@ -61,7 +70,7 @@ async def download_all(
     for ref in refs:
         started = time.perf_counter()
         try:
-            got = await fetcher.fetch(ref, spool_dir, keep=keep)
+            got = await _fetch_one(fetcher, signer, ref, spool_dir, keep)
         except FetchError as exc:
             outcome = "retryable" if exc.retryable else "permanent"
             metrics.downloads.labels(outcome=outcome).inc()
@@ -81,6 +90,51 @@ async def download_all(
     described = [(r.path, r.file_name, r.content_type, r.url) for r in refs]
     names = await off_loop(len(refs) > OFF_LOOP_FILES, file_names, described)
     return [local_file(f, name) for f, name in zip(fetched, names, strict=True)]
+
+
+async def _fetch_one(
+    fetcher: Fetcher, signer: FalMediaSigner | None, ref: FileRef, spool_dir: Path, keep: bool
+) -> FetchedFile:
+    try:
+        return await fetcher.fetch(ref, spool_dir, keep=keep)
+    except FetchError as exc:
+        if _refused_as_private(fetcher, exc):
+            raise FetchPermanent(f"{exc.message}; {PRIVATE_HOSTS_HINT}") from None
+        if signer is None or exc.status not in SIGNABLE_STATUSES or not signer.applies(ref.url):
+            raise
+        signed = await _signed(signer, ref, exc)
+    # The signed URL is used here only: the event, its documents and logs keep fal's URL.
+    got = await fetcher.fetch(dataclasses.replace(ref, url=signed), spool_dir, keep=keep)
+    log.info("downloaded a private fal file through a signed URL", path=ref.path)
+    return dataclasses.replace(got, ref=ref)
+
+
+async def _signed(signer: FalMediaSigner, ref: FileRef, exc: FetchError) -> str:
+    if not signer.has_key:
+        hidden = " (a file hidden by its access rule looks missing)" if exc.status == 404 else ""
+        raise FetchPermanent(
+            f"{exc.message}: a private fal file{hidden} is read through a signed URL from "
+            "fal's storage API, which needs FAL_KEY in falhook's environment"
+        ) from None
+    try:
+        return await signer.signed_url(ref.url)
+    except SigningError as err:
+        message = f"{exc.message}; a signed URL could not be had: {err.message}"
+        if err.retryable:
+            raise FetchRetryable(message, status=exc.status) from None
+        raise FetchPermanent(message, status=exc.status) from None
+
+
+PRIVATE_HOSTS_HINT = (
+    "set [downloads].allow_private_hosts = true to allow loopback and private addresses "
+    "(for falhook emulate, or file servers on your own network)"
+)
+
+
+def _refused_as_private(fetcher: Fetcher, exc: FetchError) -> bool:
+    """The address guard refused a loopback/private host (its message says `refused
+    address`), and allow_private_hosts would have let it through."""
+    return not fetcher.guard.allow_private and "refused address" in exc.message
 
 
 def local_file(fetched: FetchedFile, name: str) -> LocalFile:

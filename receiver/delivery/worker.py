@@ -36,6 +36,7 @@ from falhook.delivery.files import (
     with_downloads,
 )
 from falhook.delivery.retry import RetryPolicy
+from falhook.downloads.fal_media import FalMediaSigner
 from falhook.downloads.fetch import Fetcher, FetchError
 from falhook.metrics import Metrics
 from falhook.sinks.base import DeliveryContext, EventInfo, LocalFile, Permanent, Retryable, Sink
@@ -73,6 +74,7 @@ class Worker:
         fetcher: Fetcher | None = None,
         metrics: Metrics | None = None,
         owner: str | None = None,
+        signer: FalMediaSigner | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -88,6 +90,10 @@ class Worker:
             deadline=dl.deadline,
             min_rate=dl.min_rate,
             rate_window=dl.rate_window,
+        )
+        # Private fal files are read through signed URLs, with FAL_KEY from the environment.
+        self.signer = signer or FalMediaSigner(
+            dl.fal_sign_url, dl.fal_media_hosts, os.environ.get("FAL_KEY")
         )
         self.metrics = metrics or Metrics()
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
@@ -262,7 +268,9 @@ class Worker:
         keep = any(self.sinks[s].keeps_files for s in runnable)
         started = time.perf_counter()
         try:
-            local = await download_all(self.fetcher, self.metrics, refs, spool_dir, keep=keep)
+            local = await download_all(
+                self.fetcher, self.metrics, refs, spool_dir, keep=keep, signer=self.signer
+            )
         except FetchError as exc:
             error = Retryable(exc.message) if exc.retryable else Permanent(exc.message)
             for s in runnable:
@@ -479,3 +487,4 @@ class Worker:
 
     async def aclose(self) -> None:
         await self.fetcher.aclose()
+        await self.signer.aclose()

@@ -9,16 +9,28 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+from falhook.argtypes import (
+    EXIT_FAIL,
+    EXIT_OK,
+    EXIT_UNKNOWN,
+    EXIT_USAGE,
+    HelpFormatter,
+    port,
+    positive_int,
+    seconds,
+)
 from falhook.config import ConfigError, Settings, config_path_from, load_settings
+from falhook.progress import Progress
 from falhook.store.models import SubmissionView, iso
 from falhook.store.states import SUBMISSION_STATES
-
-EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_UNKNOWN = 0, 1, 2, 3
 
 
 def register(
@@ -27,9 +39,20 @@ def register(
 ) -> None:
     """Add `submit`, `submissions` and `emulate` to the falhook parser."""
     parents = [common] if common is not None else []
+    _add_submit(subparsers, parents)
+    _add_submissions(subparsers, parents)
+    _add_emulate(subparsers)
 
+
+def _add_submit(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+    parents: list[argparse.ArgumentParser],
+) -> None:
     submit = subparsers.add_parser(
-        "submit", parents=parents, help="submit a job to fal's queue with our webhook"
+        "submit",
+        parents=parents,
+        help="submit a job to fal's queue with our webhook",
+        formatter_class=HelpFormatter,
     )
     submit.add_argument("endpoint", metavar="ENDPOINT_ID", help="e.g. luma/agent/ray/v3.2/reframe")
     submit.add_argument("--route", required=True, help="the webhook route to receive it on")
@@ -44,46 +67,83 @@ def register(
         help="upload a local file to fal storage and put its URL into FIELD (repeatable)",
     )
     submit.add_argument("--no-validate", action="store_true", help="skip the Ray 3.2 input checks")
+    submit.add_argument(
+        "--allow-unreachable-webhook",
+        action="store_true",
+        help="submit to fal's queue although [receiver].public_url is not a public https URL "
+        "(fal cannot deliver the webhook; only reconciliation can fetch the result)",
+    )
     submit.add_argument("--json", action="store_true", help="print the submission as JSON")
     submit.set_defaults(func=cmd_submit)
 
+
+def _add_submissions(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+    parents: list[argparse.ArgumentParser],
+) -> None:
     subs = subparsers.add_parser("submissions", help="jobs falhook submitted")
     actions = subs.add_subparsers(dest="submissions_command", required=True, metavar="ACTION")
-    ls = actions.add_parser("list", parents=parents, help="newest first")
-    ls.add_argument("--state", choices=SUBMISSION_STATES)
-    ls.add_argument("--limit", type=_positive_int, default=100)
-    ls.add_argument("--json", action="store_true")
+    ls = actions.add_parser(
+        "list", parents=parents, help="newest first", formatter_class=HelpFormatter
+    )
+    ls.add_argument("--state", choices=SUBMISSION_STATES, help="only this state (default: any)")
+    ls.add_argument("--limit", type=positive_int, default=100, help="at most this many")
+    ls.add_argument("--json", action="store_true", help='print {"submissions": [...]}')
     ls.set_defaults(func=cmd_submissions_list)
     rec = actions.add_parser(
-        "reconcile", parents=parents, help="look up overdue submissions on fal's queue"
+        "reconcile",
+        parents=parents,
+        help="look up overdue submissions on fal's queue",
+        formatter_class=HelpFormatter,
     )
-    rec.add_argument("--deadline", type=float, help="seconds without a webhook (default 900)")
+    rec.add_argument(
+        "--deadline", type=seconds, help="seconds without a webhook (default: [reconcile].deadline)"
+    )
     rec.add_argument("--loop", action="store_true", help="keep going every --interval seconds")
-    rec.add_argument("--interval", type=float, help="seconds between passes (default 60)")
-    rec.add_argument("--json", action="store_true")
+    rec.add_argument(
+        "--interval", type=seconds, help="seconds between passes (default: [reconcile].interval)"
+    )
+    rec.add_argument("--json", action="store_true", help="print the counts as JSON")
     rec.set_defaults(func=cmd_submissions_reconcile)
 
+
+def _add_emulate(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    # No --config: the emulator stands in for fal and reads no falhook configuration.
     emulate = subparsers.add_parser(
-        "emulate", parents=parents, help="run a local fal (queue, JWKS, files, webhooks)"
+        "emulate",
+        help="run a local fal (queue, JWKS, files, webhooks)",
+        formatter_class=HelpFormatter,
     )
-    emulate.add_argument("--host", default="127.0.0.1")
-    emulate.add_argument("--port", type=int, default=8001)
-    emulate.add_argument("--delay", type=float, default=2.0, help="seconds until a job is done")
-    emulate.add_argument("--webhook-user-id", default="emulator-user")
+    emulate.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    emulate.add_argument("--port", type=port, default=8001, help="port to listen on")
+    emulate.add_argument("--delay", type=seconds, default=2.0, help="seconds until a job is done")
+    emulate.add_argument(
+        "--webhook-user-id", default="emulator-user", help="the user id webhooks are signed for"
+    )
     emulate.add_argument(
         "--outcome",
         choices=("ok", "error", "payload_error", "drop"),
         default="ok",
         help='default outcome (a request can ask for another with "_emulate")',
     )
+    emulate.add_argument(
+        "--tls",
+        action="store_true",
+        help="serve https with a certificate it makes (its CA file is printed: point "
+        "SSL_CERT_FILE at it)",
+    )
+    emulate.add_argument(
+        "--tls-dir",
+        default="falhook-emulator-tls",
+        metavar="DIR",
+        help="with --tls: where the CA and certificate are written",
+    )
+    emulate.add_argument(
+        "--public-url",
+        metavar="URL",
+        help="base of the URLs it returns (default: the address it is asked on)",
+    )
     emulate.set_defaults(func=cmd_emulate)
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be >= 1")
-    return value
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -124,7 +184,7 @@ def _read_files(specs: list[str]) -> dict[str, str]:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from falhook.fal.queue import SubmitError, SubmitUnknown
+    from falhook.fal.queue import SubmitError, SubmitRefused, SubmitUnknown
     from falhook.fal.ray import ValidationError
     from falhook.fal.submit import NotRecorded, submit_sync
 
@@ -144,11 +204,15 @@ def cmd_submit(args: argparse.Namespace) -> int:
             settings=settings,
             files=files,
             validate=not args.no_validate,
+            allow_unreachable_webhook=args.allow_unreachable_webhook,
+            show_progress=True,
         )
     except ValidationError as exc:
         return _fail(
             f"invalid input for {args.endpoint}: {exc} (nothing was submitted)", EXIT_USAGE
         )
+    except SubmitRefused as exc:
+        return _fail(f"{exc} (nothing was submitted)", EXIT_USAGE)
     except SubmitUnknown as exc:
         where = f" Recorded as {exc.local_id}." if exc.local_id else ""
         return _fail(f"{exc}{where}", EXIT_UNKNOWN)
@@ -206,23 +270,32 @@ def cmd_submissions_list(args: argparse.Namespace) -> int:
     docs = [submission_doc(v) for v in views]
     if args.json:
         print(json.dumps({"submissions": docs}))
-        return EXIT_OK
-    if not docs:
-        print("no submissions")
-    for d in docs:
-        took = f"  {d['seconds_to_result']} s" if d["seconds_to_result"] is not None else ""
-        detail = f"  ({d['detail']})" if d["detail"] and d["state"] in ("lost", "unknown") else ""
-        print(
-            f"{d['submitted_at']}  {d['state']:<9}  {d['request_id']}  {d['endpoint']}"
-            f"  route={d['route']}{took}{detail}"
-        )
+    elif docs:
+        print(submissions_table(docs))
+    else:
+        print("no submissions", file=sys.stderr)
     return EXIT_OK
+
+
+def submissions_table(docs: list[dict[str, Any]]) -> str:
+    """Aligned columns under a header row (the detail says why a submission is lost or unknown)."""
+    rows = [("SUBMITTED_AT", "STATE", "REQUEST_ID", "ENDPOINT", "ROUTE", "SECONDS", "DETAIL")]
+    for d in docs:
+        took = d["seconds_to_result"]
+        detail = d["detail"] if d["detail"] and d["state"] in ("lost", "unknown") else ""
+        rows.append(
+            (d["submitted_at"], d["state"], d["request_id"], d["endpoint"], d["route"],
+             "" if took is None else str(took), detail)
+        )  # fmt: skip
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def cmd_submissions_reconcile(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from falhook.fal.queue import make_queue
+    from falhook.fal.queue import KEY_ENV, make_queue
     from falhook.fal.reconcile import Reconciler
     from falhook.store import make_store
 
@@ -231,6 +304,8 @@ def cmd_submissions_reconcile(args: argparse.Namespace) -> int:
         settings = _settings(args)
     except ConfigError as exc:
         return _fail(f"config error: {exc}", EXIT_USAGE)
+    if not os.environ.get(KEY_ENV):
+        return _fail(f"{KEY_ENV} is not set: export {KEY_ENV}=<your fal key>", EXIT_USAGE)
     overrides = {"deadline": args.deadline, "interval": args.interval}
     config = replace(settings.reconcile, **{k: v for k, v in overrides.items() if v is not None})
 
@@ -242,7 +317,8 @@ def cmd_submissions_reconcile(args: argparse.Namespace) -> int:
                 reconciler = Reconciler(store, queue, settings, config)
                 if args.loop:
                     await reconciler.run(asyncio.Event())  # until interrupted
-                return await reconciler.run_once()
+                with Progress("looking up submissions on fal's queue") as progress:
+                    return await reconciler.run_once(progress)
         finally:
             await store.close()
 
@@ -259,17 +335,71 @@ def cmd_submissions_reconcile(args: argparse.Namespace) -> int:
 
 def cmd_emulate(args: argparse.Namespace) -> int:
     from falhook.fal.emulate import Emulator, serve
+    from falhook.fal.tls import TLSUnavailable, default_hosts, make_tls_files
 
+    public = args.public_url.rstrip("/") if args.public_url else None
+    if public is not None and urlsplit(public).scheme not in ("http", "https"):
+        return _fail(f"--public-url {args.public_url!r}: expected an http(s):// URL", EXIT_USAGE)
+    tls = None
+    if args.tls:
+        try:
+            hosts = default_hosts(args.host, urlsplit(public or "").hostname)
+            tls = make_tls_files(args.tls_dir, hosts)
+        except TLSUnavailable as exc:
+            return _fail(str(exc), EXIT_USAGE)
+        except OSError as exc:
+            return _fail(f"--tls-dir {args.tls_dir}: {exc.strerror or exc}", EXIT_USAGE)
     emulator = Emulator(
-        delay=args.delay, user_id=args.webhook_user_id, default_outcome=args.outcome
+        delay=args.delay,
+        user_id=args.webhook_user_id,
+        default_outcome=args.outcome,
+        public_url=public,
     )
-    base = f"http://{args.host}:{args.port}"
-    print(
-        f"falhook: fal emulator on {base}\n"
-        f'  point falhook at it:  [receiver] queue_url = "{base}"\n'
-        f'                        [receiver] jwks_url = "{base}/.well-known/jwks.json"\n'
-        f"  any FAL_KEY works; jobs finish after {args.delay:g} s",
-        file=sys.stderr,
-    )
-    serve(emulator, host=args.host, port=args.port)
+    base = public or f"{'https' if tls else 'http'}://{_url_host(args.host)}:{args.port}"
+    print(emulate_banner(base, args.delay, tls.ca.resolve() if tls else None), file=sys.stderr)
+    serve(emulator, host=args.host, port=args.port, tls=tls)
     return EXIT_OK
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", ""):  # noqa: S104 - a bind address, shown as the local one
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+def emulate_banner(base: str, delay: float, ca_file: Path | None) -> str:
+    """What to paste into falhook.toml (and export for fal-client) to use this emulator."""
+    host = urlsplit(base).hostname or ""
+    netloc = urlsplit(base).netloc
+    lines = [f"falhook: fal emulator on {base} (any FAL_KEY works; jobs finish after {delay:g} s)"]
+    if ca_file is not None:
+        lines.append(
+            f"  its CA: {ca_file}  (export SSL_CERT_FILE={ca_file} for falhook and fal-client)"
+        )
+    lines += [
+        "",
+        "  # falhook.toml: use this emulator instead of fal",
+        "  [receiver]",
+        '  public_url = "http://127.0.0.1:8000"   # falhook serve: where webhooks are sent',
+        f'  queue_url = "{base}"',
+        f'  jwks_url = "{base}/.well-known/jwks.json"',
+        "",
+        "  [downloads]",
+    ]
+    if _is_local(host):
+        lines.append("  allow_private_hosts = true   # its files are on a loopback/private address")
+    lines += [
+        f'  fal_media_hosts = ["{host}"]   # its files can be private ("_emulate": {{"access"}})',
+        f'  fal_sign_url = "{base}/v1/storage/files/sign"',
+        "",
+        f"  # fal-client: export FAL_QUEUE_RUN_HOST={netloc}"
+        + ("" if base.startswith("https://") else "  (fal-client speaks only https: use --tls)"),
+    ]
+    return "\n".join(lines)
+
+
+def _is_local(host: str) -> bool:
+    try:
+        return not ipaddress.ip_address(host).is_global
+    except ValueError:
+        return host == "localhost" or host.endswith(".localhost")

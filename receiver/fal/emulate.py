@@ -10,8 +10,11 @@ get `images`.
 A request can ask for another outcome with a special input field (the emulator's own, fal
 would ignore it):
 
-    "_emulate": {"outcome": "ok" | "error" | "payload_error" | "drop", "delay": 0.5}
+    "_emulate": {"outcome": "ok" | "error" | "payload_error" | "drop", "delay": 0.5,
+                 "access": "allow" | "forbid" | "hide"}
 
+- access: the output files' access rule, as fal's `initial_acl` sets it: `forbid` answers
+  403, `hide` 404, unless read through a signed URL from `POST /v1/storage/files/sign`.
 - error: the webhook says ERROR (a FastAPI-style `detail` list in `payload`), the result 422.
 - payload_error: the webhook is OK with `payload: null` and `payload_error`; the result is OK.
 - drop: no webhook at all (as when fal's retries ran out); status and result still answer,
@@ -19,6 +22,12 @@ would ignore it):
 
 Every request the emulator gets is kept in `Emulator.requests` (method, path, query, headers,
 body) so tests can check exactly what fal would have received.
+
+The URLs it returns (status, response, cancel, files) use `public_url` when given, else the
+`X-Forwarded-Proto` / `X-Forwarded-Host` of the request, else the address it was asked on.
+App ids are the owner and alias (`luma/agent` of `luma/agent/ray/v3.2/reframe`), with the
+namespace first for namespaced apps (`workflows/owner/alias/...`, `comfy/...`), as fal-client
+builds them.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import socket
 import struct
 import threading
@@ -34,6 +44,7 @@ import uuid
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import uvicorn
@@ -42,6 +53,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from falhook.fal.emulate_storage import (
+    ACCESS_RULES,
+    SIGN_PATH,
+    SIGNATURE_PARAM,
+    Answer,
+    EmulatedStorage,
+)
+from falhook.fal.queue import NAMESPACES, app_id
+from falhook.fal.tls import TLSFiles, default_hosts, make_tls_files
 from falhook.testing import FalSigner
 
 OUTCOMES = ("ok", "error", "payload_error", "drop")
@@ -141,6 +161,7 @@ class Job:
     outcome: str
     delay: float
     base_url: str
+    access: str = "allow"
     status: str = "IN_QUEUE"  # IN_QUEUE, IN_PROGRESS, COMPLETED, CANCELLED
     output: dict[str, Any] | None = None
     webhook_answers: list[int | str] = field(default_factory=list)  # status codes or errors
@@ -148,8 +169,9 @@ class Job:
 
 
 def app_id_of(endpoint: str) -> str:
-    """fal's app id is the owner and alias: the first two parts of the endpoint id."""
-    return "/".join(endpoint.split("/")[:2])
+    """fal's app id: the owner and alias (the first two parts of the endpoint id), after the
+    namespace for namespaced apps (`workflows/owner/alias`)."""
+    return app_id(endpoint)
 
 
 class Emulator:
@@ -163,25 +185,29 @@ class Emulator:
         signer: FalSigner | None = None,
         webhook_attempts: int = 3,
         default_outcome: str = "ok",
+        public_url: str | None = None,
     ) -> None:
         if default_outcome not in OUTCOMES:
             raise ValueError(f"outcome must be one of {OUTCOMES}")
+        self.public_url = public_url.rstrip("/") if public_url else None
         self.delay = delay
         self.signer = signer or FalSigner(user_id=user_id, kid="falhook-emulator")
         self.webhook_attempts = max(1, webhook_attempts)
         self.default_outcome = default_outcome
         self.requests: list[Received] = []
         self.jobs: dict[str, Job] = {}
-        self.files: dict[str, tuple[bytes, str]] = {}  # "<id>/<name>" -> (bytes, type)
+        self.storage = EmulatedStorage()
+        self.files = self.storage.files  # "<id>/<name>" -> (bytes, type)
         self._tasks: set[asyncio.Task[None]] = set()
         self.app = Starlette(
             routes=[
                 Route(JWKS_PATH, self._jwks, methods=["GET"]),
                 Route(UPLOAD_PATH, self._upload, methods=["POST"]),
+                Route(SIGN_PATH, self._sign, methods=["POST"]),
                 Route("/files/{fid}/{name}", self._file, methods=["GET"]),
-                Route("/{owner}/{alias}/requests/{rid}/status", self._status, methods=["GET"]),
-                Route("/{owner}/{alias}/requests/{rid}/cancel", self._cancel, methods=["PUT"]),
-                Route("/{owner}/{alias}/requests/{rid}", self._result, methods=["GET"]),
+                Route("/{app:path}/requests/{rid}/status", self._status, methods=["GET"]),
+                Route("/{app:path}/requests/{rid}/cancel", self._cancel, methods=["PUT"]),
+                Route("/{app:path}/requests/{rid}", self._result, methods=["GET"]),
                 Route("/{endpoint:path}", self._submit, methods=["POST"]),
             ]
         )
@@ -192,7 +218,11 @@ class Emulator:
         return not self._tasks
 
     def submits(self) -> list[Received]:
-        return [r for r in self.requests if r.method == "POST" and r.path != UPLOAD_PATH]
+        return [
+            r
+            for r in self.requests
+            if r.method == "POST" and r.path not in (UPLOAD_PATH, SIGN_PATH)
+        ]
 
     async def _record(self, request: Request) -> Received:
         received = Received(
@@ -210,9 +240,18 @@ class Emulator:
         scheme, _, key = received.headers.get("authorization", "").partition(" ")
         return scheme == "Key" and bool(key.strip())
 
-    @staticmethod
-    def _base(request: Request) -> str:
-        return str(request.base_url).rstrip("/")
+    def _base(self, request: Request) -> str:
+        """The base of the URLs handed out: --public-url, else what a proxy in front says
+        (X-Forwarded-Proto/Host), else the address the request came to."""
+        if self.public_url:
+            return self.public_url
+        host = request.headers.get("x-forwarded-host", "").split(",")[0].strip()
+        proto = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
+        base = str(request.base_url).rstrip("/")
+        if host or proto in ("http", "https"):
+            scheme = proto if proto in ("http", "https") else request.url.scheme
+            return f"{scheme}://{host or request.url.netloc}"
+        return base
 
     # --- routes -------------------------------------------------------------------------------
 
@@ -232,17 +271,30 @@ class Emulator:
 
     async def _file(self, request: Request) -> Response:
         key = f"{request.path_params['fid']}/{request.path_params['name']}"
-        if key not in self.files:
-            return JSONResponse({"detail": "Not found"}, status_code=404)
-        data, content_type = self.files[key]
-        return Response(data, media_type=content_type)
+        got = self.storage.read(key, request.query_params.get(SIGNATURE_PARAM))
+        if isinstance(got, Answer):
+            return JSONResponse(got.body, status_code=got.status)
+        return Response(got.data, media_type=got.content_type)
+
+    async def _sign(self, request: Request) -> Response:
+        """fal's storage signing API (api.fal.ai/v1/storage/files/sign), for our files."""
+        received = await self._record(request)
+        if not self._authorized(received):
+            return JSONResponse({"detail": "Missing or invalid Authorization"}, status_code=401)
+        try:
+            body = json.loads(received.body or b"null")
+        except ValueError:
+            return JSONResponse({"detail": "Body is not JSON"}, status_code=422)
+        answer = self.storage.sign(received.query.get("url"), body)
+        return JSONResponse(answer.body, status_code=answer.status)
 
     async def _submit(self, request: Request) -> Response:
         received = await self._record(request)
         endpoint = request.path_params["endpoint"].strip("/")
         if not self._authorized(received):
             return JSONResponse({"detail": "Missing or invalid Authorization"}, status_code=401)
-        if endpoint.count("/") < 1:
+        parts = endpoint.split("/")
+        if len(parts) < (3 if parts[0] in NAMESPACES else 2):
             return JSONResponse({"detail": f"Unknown app {endpoint!r}"}, status_code=404)
         try:
             body = json.loads(received.body or b"{}")
@@ -250,17 +302,10 @@ class Emulator:
             return JSONResponse({"detail": "Body is not JSON"}, status_code=422)
         if not isinstance(body, dict):
             return JSONResponse({"detail": "Body must be a JSON object"}, status_code=422)
-        control = body.get(CONTROL_FIELD) or {}
-        outcome = control.get("outcome", self.default_outcome) if isinstance(control, dict) else ""
-        if outcome not in OUTCOMES:
-            return JSONResponse(
-                {"detail": f"{CONTROL_FIELD}.outcome must be one of {', '.join(OUTCOMES)}"},
-                status_code=422,
-            )
-        try:
-            delay = float(control.get("delay", self.delay))
-        except (TypeError, ValueError):
-            return JSONResponse({"detail": f"{CONTROL_FIELD}.delay must be seconds"}, 422)
+        control = _control(body.get(CONTROL_FIELD), self.default_outcome, self.delay)
+        if isinstance(control, str):
+            return JSONResponse({"detail": control}, status_code=422)
+        outcome, delay, access = control
         job = Job(
             request_id=str(uuid.uuid4()),
             endpoint=endpoint,
@@ -270,12 +315,14 @@ class Emulator:
             outcome=outcome,
             delay=min(max(delay, 0.0), _MAX_DELAY),
             base_url=self._base(request),
+            access=access,
         )
         self.jobs[job.request_id] = job
         task = asyncio.create_task(self._run(job))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        return JSONResponse(self._urls(job) | {"queue_position": 0})
+        # fal's answer: the request is queued, with the URLs to follow it.
+        return JSONResponse(self._urls(job) | {"status": "IN_QUEUE", "queue_position": 0})
 
     def _urls(self, job: Job) -> dict[str, str]:
         base = f"{job.base_url}/{job.app_id}/requests/{job.request_id}"
@@ -299,7 +346,7 @@ class Emulator:
 
     def _job(self, request: Request) -> Job | None:
         job = self.jobs.get(request.path_params["rid"])
-        app = f"{request.path_params['owner']}/{request.path_params['alias']}"
+        app = request.path_params["app"].strip("/")
         return job if job is not None and job.app_id == app else None
 
     async def _status(self, request: Request) -> Response:
@@ -308,12 +355,14 @@ class Emulator:
             return job
         doc: dict[str, Any] = {"status": job.status, "request_id": job.request_id}
         doc["response_url"] = self._urls(job)["response_url"]
+        # fal answers logs only when asked (?logs=1; fal-client sends logs=true/false).
+        logs = _logs(job) if request.query_params.get("logs", "0") in ("1", "true") else None
         if job.status == "IN_QUEUE":
-            return JSONResponse(doc | {"queue_position": 0}, status_code=202)
+            return JSONResponse(doc | {"queue_position": 0, "logs": logs}, status_code=202)
         if job.status == "IN_PROGRESS":
-            return JSONResponse(doc | {"logs": None}, status_code=202)
+            return JSONResponse(doc | {"logs": logs}, status_code=202)
         doc["status"] = "COMPLETED"  # a cancelled request is completed, with an error
-        doc |= {"logs": None, "metrics": {"inference_time": job.delay}}
+        doc |= {"logs": logs, "metrics": {"inference_time": job.delay}}
         if job.status == "CANCELLED":
             doc["error"] = "Request was cancelled"
         elif job.outcome == "error":
@@ -357,7 +406,7 @@ class Emulator:
     def _output(self, job: Job) -> dict[str, Any]:
         def file(name: str, data: bytes, content_type: str) -> dict[str, Any]:
             key = f"{job.request_id}/{name}"
-            self.files[key] = (data, content_type)
+            self.storage.put(key, data, content_type, job.access)
             return {
                 "url": f"{job.base_url}/files/{key}",
                 "content_type": content_type,
@@ -409,6 +458,35 @@ class Emulator:
                 await asyncio.sleep(min(0.5 * 2**attempt, 5.0))
 
 
+def _control(value: Any, outcome: str, delay: float) -> tuple[str, float, str] | str:
+    """(outcome, delay, access) a request asks for with "_emulate", or what is wrong."""
+    control = value or {}
+    if not isinstance(control, dict):
+        return f"{CONTROL_FIELD} must be an object"
+    outcome = control.get("outcome", outcome)
+    if outcome not in OUTCOMES:
+        return f"{CONTROL_FIELD}.outcome must be one of {', '.join(OUTCOMES)}"
+    try:
+        delay = float(control.get("delay", delay))
+    except (TypeError, ValueError):
+        return f"{CONTROL_FIELD}.delay must be seconds"
+    access = control.get("access", "allow")
+    if access not in ACCESS_RULES:
+        return f"{CONTROL_FIELD}.access must be one of {', '.join(ACCESS_RULES)}"
+    return outcome, delay, access
+
+
+def _logs(job: Job) -> list[dict[str, Any]]:
+    """Log lines shaped like fal's (message, level, source, timestamp)."""
+    at = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+    lines = [f"request {job.request_id} queued"]
+    if job.status != "IN_QUEUE":
+        lines.append(f"running {job.endpoint}")
+    if job.status == "COMPLETED":
+        lines.append("done")
+    return [{"message": m, "level": "INFO", "source": "user", "timestamp": at} for m in lines]
+
+
 def _error_detail() -> list[dict[str, Any]]:
     return [
         {
@@ -427,25 +505,44 @@ class EmulatorServer:
 
     with EmulatorServer(Emulator(delay=0.2)) as fal:
         fal.url, fal.jwks_url
+
+    tls_dir: serve https with a certificate made there (`fal.tls.ca` is the CA file).
     """
 
-    def __init__(self, emulator: Emulator | None = None, host: str = "127.0.0.1", port: int = 0):
+    def __init__(
+        self,
+        emulator: Emulator | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        tls_dir: str | os.PathLike[str] | None = None,
+    ):
         self.emulator = emulator or Emulator()
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind((host, port))
         self.host, self.port = self._sock.getsockname()[:2]
-        config = uvicorn.Config(self.emulator.app, log_level="warning", lifespan="off")
+        self.tls: TLSFiles | None = None
+        if tls_dir is not None:
+            public = urlsplit(self.emulator.public_url or "").hostname
+            self.tls = make_tls_files(tls_dir, default_hosts(host, public))
+        config = uvicorn.Config(
+            self.emulator.app, log_level="warning", lifespan="off", **_tls_options(self.tls)
+        )
         self._server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     @property
     def jwks_url(self) -> str:
         return self.url + JWKS_PATH
+
+    @property
+    def sign_url(self) -> str:
+        return self.url + SIGN_PATH
 
     def start(self, timeout: float = 10.0) -> EmulatorServer:
         self._thread = threading.Thread(
@@ -473,6 +570,16 @@ class EmulatorServer:
         self.stop()
 
 
-def serve(emulator: Emulator, host: str = "127.0.0.1", port: int = 8001) -> None:
+def _tls_options(tls: TLSFiles | None) -> dict[str, Any]:
+    if tls is None:
+        return {}
+    return {"ssl_certfile": str(tls.cert), "ssl_keyfile": str(tls.key)}
+
+
+def serve(
+    emulator: Emulator, host: str = "127.0.0.1", port: int = 8001, tls: TLSFiles | None = None
+) -> None:
     """Run the emulator in the foreground (`falhook emulate`)."""
-    uvicorn.run(emulator.app, host=host, port=port, log_level="warning", lifespan="off")
+    uvicorn.run(
+        emulator.app, host=host, port=port, log_level="warning", lifespan="off", **_tls_options(tls)
+    )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import mimetypes
 import os
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,17 +22,24 @@ from urllib.parse import urlencode, urlsplit
 import httpx
 
 from falhook.config import DEFAULT_QUEUE_URL, Settings
+from falhook.progress import Progress
 
 KEY_ENV = "FAL_KEY"
 UPLOAD_MODES = ("auto", "fal", "queue")
 EMULATOR_UPLOAD_PATH = "/storage/upload"  # falhook.fal.emulate serves it
+STORE_IO_HEADER = "X-Fal-Store-IO"
+_UPLOAD_CHUNK = 1024 * 1024
 
 
 class SubmitError(RuntimeError):
     """The job was not started (fal refused it, or it was never sent)."""
 
 
-class MissingKey(SubmitError):
+class SubmitRefused(SubmitError):
+    """Refused before anything was sent: a mistake in the input, the files or the config."""
+
+
+class MissingKey(SubmitRefused):
     def __init__(self) -> None:
         super().__init__(f"{KEY_ENV} is not set: export {KEY_ENV}=<your fal key>")
 
@@ -82,9 +90,14 @@ class QueueResult:
     payload: Any  # the output, or the error's body (a FastAPI `detail`, usually)
 
 
+NAMESPACES = ("workflows", "comfy")  # their app ids are namespace/owner/alias
+
+
 def app_id(endpoint: str) -> str:
-    """fal's app id: the owner and alias, the first two parts of a nested endpoint id."""
-    return "/".join(endpoint.strip("/").split("/")[:2])
+    """fal's app id: the owner and alias, the first two parts of a nested endpoint id, after
+    the namespace for namespaced apps (`workflows/owner/alias/...`), as fal-client builds it."""
+    parts = endpoint.strip("/").split("/")
+    return "/".join(parts[:3] if parts[0] in NAMESPACES else parts[:2])
 
 
 def queue_urls(queue_url: str, endpoint: str, request_id: str) -> Submitted:
@@ -135,13 +148,23 @@ class FalQueue:
         return {"Authorization": f"Key {self._key}"}
 
     async def submit(
-        self, endpoint: str, input: dict[str, Any], *, webhook_url: str | None = None
+        self,
+        endpoint: str,
+        input: dict[str, Any],
+        *,
+        webhook_url: str | None = None,
+        store_io: bool = True,
     ) -> Submitted:
-        """POST once. SubmitError: not started. SubmitUnknown: maybe started."""
+        """POST once. SubmitError: not started. SubmitUnknown: maybe started.
+
+        store_io=False sends `X-Fal-Store-IO: 0` (fal then keeps the result for about an
+        hour, 6 minutes when it is 10 KB or more); only on the caller's explicit request."""
         url = f"{self.queue_url}/{endpoint.strip('/')}"
         if webhook_url is not None:
             url += "?" + urlencode({"fal_webhook": webhook_url})
         headers = self._auth()
+        if not store_io:
+            headers[STORE_IO_HEADER] = "0"
         try:
             response = await self._client.post(url, json=input, headers=headers)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
@@ -205,14 +228,15 @@ class FalQueue:
         except httpx.HTTPError as exc:
             raise QueueError(f"{method} {urlsplit(url).path}: {type(exc).__name__}") from None
 
-    async def upload(self, path: str | os.PathLike[str]) -> str:
-        """Upload a local file to storage fal can read; its URL."""
+    async def upload(self, path: str | os.PathLike[str], progress: Progress | None = None) -> str:
+        """Upload a local file to storage fal can read; its URL. ``progress`` counts bytes
+        (for the queue's own upload path; fal-client's upload reports nothing)."""
         mode = self.upload_mode
         if mode == "auto":
             mode = "fal" if is_fal_queue(self.queue_url) else "queue"
         if mode == "fal":
             return await self._upload_fal(Path(path))
-        return await self._upload_queue(Path(path))
+        return await self._upload_queue(Path(path), progress)
 
     async def _upload_fal(self, path: Path) -> str:
         try:
@@ -229,19 +253,34 @@ class FalQueue:
         except Exception as exc:  # fal-client raises many kinds; none may leak the key
             raise SubmitError(f"uploading {path.name} failed: {type(exc).__name__}") from None
 
-    async def _upload_queue(self, path: Path) -> str:
+    async def _upload_queue(self, path: Path, progress: Progress | None) -> str:
         content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        headers = self._auth() | {"Content-Type": content_type, "X-Fal-File-Name": path.name}
-        data = await asyncio.to_thread(path.read_bytes)
+        size = (await asyncio.to_thread(os.stat, path)).st_size
+        headers = self._auth() | {
+            "Content-Type": content_type,
+            "Content-Length": str(size),
+            "X-Fal-File-Name": path.name,
+        }
         try:
             response = await self._client.post(
-                self.queue_url + EMULATOR_UPLOAD_PATH, content=data, headers=headers
+                self.queue_url + EMULATOR_UPLOAD_PATH,
+                content=_chunks(path, progress),
+                headers=headers,
             )
         except httpx.HTTPError as exc:
             raise SubmitError(f"uploading {path.name} failed: {type(exc).__name__}") from None
         if response.status_code != 200:
             raise SubmitError(f"uploading {path.name}: HTTP {response.status_code}")
         return str(response.json()["url"])
+
+
+async def _chunks(path: Path, progress: Progress | None) -> AsyncIterator[bytes]:
+    """The file in pieces, read off the event loop: a large video is never whole in memory."""
+    with path.open("rb") as fh:
+        while chunk := await asyncio.to_thread(fh.read, _UPLOAD_CHUNK):
+            if progress is not None:
+                progress.advance(len(chunk))
+            yield chunk
 
 
 def _detail(response: httpx.Response) -> str:

@@ -23,6 +23,7 @@ from falhook.config import ReconcileSettings, Settings
 from falhook.fal.queue import FalQueue, QueueError, queue_urls
 from falhook.intake.envelope import parse_envelope
 from falhook.intake.events import new_event
+from falhook.progress import Progress
 from falhook.store.models import SubmissionView, utcnow
 from falhook.store.roles import IntakeStore, SubmissionStore
 
@@ -34,6 +35,9 @@ class ReconcileStore(IntakeStore, SubmissionStore, Protocol):
 
 
 OUTCOMES = ("checked", "pending", "recovered", "completed", "lost", "errors")
+# fal keeps a result of a request made with `X-Fal-Store-IO: 0` for 6 minutes when it is
+# 10 KB or more: a first look at 4 minutes leaves a pass (interval 60 s) to spare.
+STORE_IO_OFF_FIRST_LOOK = 240.0
 
 
 class Reconciler:
@@ -52,12 +56,23 @@ class Reconciler:
         self.config = reconcile or settings.reconcile
         self._clock = clock
 
-    async def run_once(self) -> dict[str, int]:
+    @property
+    def first_look(self) -> float:
+        """Seconds after submit before a missing webhook is looked up. Submitted with payload
+        storage off (`[submit] store_io = false`), fal keeps a result only about an hour, 6
+        minutes when it is 10 KB or more: the first look then comes within that window."""
+        if self.settings.submit.store_io:
+            return self.config.deadline
+        return min(self.config.deadline, STORE_IO_OFF_FIRST_LOOK)
+
+    async def run_once(self, progress: Progress | None = None) -> dict[str, int]:
         """One pass over overdue submissions; counts by outcome."""
         counts = dict.fromkeys(OUTCOMES, 0)
-        older_than = self._clock() - timedelta(seconds=self.config.deadline)
+        older_than = self._clock() - timedelta(seconds=self.first_look)
         due = await self.store.overdue_submissions(older_than=older_than, limit=self.config.batch)
         for sub in due:
+            if progress is not None:
+                progress.update(counts["checked"], len(due))
             counts["checked"] += 1
             try:
                 outcome = await self._check(sub)
@@ -67,6 +82,8 @@ class Reconciler:
                 await self.store.update_submission(sub.request_id, state="pending", detail=str(exc))
                 outcome = "errors"
             counts[outcome] += 1
+        if progress is not None and due:
+            progress.update(counts["checked"], len(due))
         if counts["checked"]:
             log.info("reconciled", **counts)
         return counts

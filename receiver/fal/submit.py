@@ -16,16 +16,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import os
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+
+import structlog
 
 from falhook.config import Settings
-from falhook.fal.queue import FalQueue, SubmitError, SubmitUnknown, make_queue
+from falhook.fal.queue import (
+    FalQueue,
+    SubmitRefused,
+    SubmitUnknown,
+    is_fal_queue,
+    make_queue,
+)
 from falhook.fal.ray import validate_input
+from falhook.progress import Progress
 from falhook.store.models import NewSubmission
 from falhook.store.roles import SubmissionStore
 
@@ -39,6 +50,19 @@ class NotRecorded(RuntimeError):
             "its webhook will still be received, without the submission's details"
         )
         self.submission = submission
+
+
+log = structlog.get_logger("falhook.submit")
+_LOCAL_SUFFIXES = (".localhost", ".local", ".internal", ".lan", ".home.arpa")
+# What people write when they put the webhook into the input instead of ?fal_webhook=.
+_WEBHOOK_FIELDS = {"webhook", "webhookurl", "falwebhook", "webhookuri", "callbackurl"}
+
+
+def webhook_fields(input: Mapping[str, Any]) -> list[str]:
+    """Top-level input fields that look like a webhook URL (a common mistake)."""
+    return [
+        name for name in input if name.replace("_", "").replace("-", "").lower() in _WEBHOOK_FIELDS
+    ]
 
 
 # --- the submit flow -------------------------------------------------------------------------
@@ -70,24 +94,27 @@ async def submit(
     files: Mapping[str, str | os.PathLike[str]] | None = None,
     queue: FalQueue | None = None,
     validate: bool = True,
+    allow_unreachable_webhook: bool = False,
+    show_progress: bool = False,
 ) -> Submission:
     """Validate, upload `files` (field -> local path) into the input, submit once, record.
 
-    Raises ray.ValidationError (nothing sent), SubmitError (not started) or SubmitUnknown
-    (maybe started; recorded as `unknown` when a store is given)."""
-    if settings.routes and route not in settings.routes:
-        known = ", ".join(sorted(settings.routes))
-        raise SubmitError(f"route {route!r} is not configured (routes: {known})")
+    Raises ray.ValidationError or SubmitRefused (nothing sent: bad input or config),
+    SubmitError (not started) or SubmitUnknown (maybe started; recorded as `unknown` when a
+    store is given). `show_progress`: upload progress on stderr when it is a terminal."""
+    check_before_sending(settings, route, allow_unreachable_webhook=allow_unreachable_webhook)
     files = dict(files or {})
     payload = prepare_input(endpoint, input, files, settings, validate=validate)
     own = queue is None
     client = queue or make_queue(settings)
+    hook = webhook_url_for(settings, route)
     try:
         for name, path in files.items():
-            payload[name] = await client.upload(path)
-        hook = webhook_url_for(settings, route)
+            payload[name] = await _upload(client, path, show_progress)
         try:
-            done = await client.submit(endpoint, payload, webhook_url=hook)
+            done = await client.submit(
+                endpoint, payload, webhook_url=hook, store_io=settings.submit.store_io
+            )
         except SubmitUnknown as exc:
             if store is not None:
                 with contextlib.suppress(Exception):  # the message matters more than the record
@@ -111,6 +138,55 @@ async def submit(
     if store is not None:
         await _record(store, submission)
     return submission
+
+
+async def _upload(client: FalQueue, path: str | os.PathLike[str], show_progress: bool) -> str:
+    if not show_progress:
+        return await client.upload(path)
+    size = (await asyncio.to_thread(os.stat, path)).st_size
+    with Progress(f"uploading {Path(path).name}", total=size, unit="bytes") as progress:
+        return await client.upload(path, progress)
+
+
+def check_before_sending(
+    settings: Settings, route: str, *, allow_unreachable_webhook: bool = False
+) -> None:
+    """Refuse what would spend money for nothing: an unknown route, or a job on fal's real
+    queue whose webhook fal cannot deliver."""
+    if settings.routes and route not in settings.routes:
+        known = ", ".join(sorted(settings.routes))
+        raise SubmitRefused(f"route {route!r} is not configured (routes: {known})")
+    if not settings.routes:
+        raise SubmitRefused(f"route {route!r} is not configured ({settings.source} has no routes)")
+    queue_url = settings.receiver.queue_url
+    if not is_fal_queue(queue_url) or allow_unreachable_webhook:
+        return  # the emulator, or another queue: its own network rules
+    problem = unreachable_reason(settings.receiver.public_url)
+    if problem is not None:
+        raise SubmitRefused(
+            f"[receiver].public_url: {problem}, so fal ({queue_url}) could never deliver the "
+            "webhook of this billed job. Set it to the public https address of this falhook, "
+            "or pass --allow-unreachable-webhook to submit anyway (the result can then only "
+            "be fetched by reconciliation)."
+        )
+
+
+def unreachable_reason(public_url: str) -> str | None:
+    """Why fal's cloud cannot reach `public_url`, or None when it may (a public https URL).
+    Names are not resolved: a split-horizon DNS answer here says nothing about fal's view."""
+    parts = urlsplit(public_url)
+    host = (parts.hostname or "").rstrip(".").lower()
+    if parts.scheme != "https":
+        return f"{public_url} is not https (fal delivers webhooks to public https URLs)"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        if host == "localhost" or host.endswith(_LOCAL_SUFFIXES) or "." not in host:
+            return f"{public_url} names a local host ({host})"
+        return None
+    if not address.is_global:
+        return f"{public_url} is a loopback, private or reserved address ({host})"
+    return None
 
 
 async def _record(store: SubmissionStore, sub: Submission) -> None:
@@ -141,8 +217,14 @@ def prepare_input(
     """Check the files exist and the input is valid before anything is uploaded or paid."""
     for name, path in files.items():
         if not Path(path).is_file():
-            raise SubmitError(f"--file {name}={path}: no such file")
+            raise SubmitRefused(f"--file {name}={path}: no such file")
     payload = dict(input)
+    for field_name in webhook_fields(payload):
+        log.warning(
+            "the input carries a webhook URL field; fal ignores it (falhook registers the "
+            "webhook itself, as ?fal_webhook=), so it is sent as an ordinary input field",
+            field=f"input.{field_name}",
+        )
     if validate:
         # Placeholders stand for the files until they are uploaded: validation comes first.
         placeholders = {name: Path(p).resolve().as_uri() for name, p in files.items()}
@@ -176,28 +258,30 @@ def submit_sync(
     files: Mapping[str, str | os.PathLike[str]] | None = None,
     validate: bool = True,
     record: bool = True,
+    allow_unreachable_webhook: bool = False,
+    show_progress: bool = False,
 ) -> Submission:
     """submit() for synchronous code: opens the configured store to record the submission."""
 
     async def run() -> Submission:
+        options: dict[str, Any] = {
+            "route": route,
+            "settings": settings,
+            "files": files,
+            "validate": validate,
+            "allow_unreachable_webhook": allow_unreachable_webhook,
+            "show_progress": show_progress,
+        }
         if not record:
-            return await submit(
-                endpoint, input, route=route, settings=settings, files=files, validate=validate
-            )
+            return await submit(endpoint, input, **options)
+        # Refused before the store is opened: a mistake must not create an empty database.
+        check_before_sending(settings, route, allow_unreachable_webhook=allow_unreachable_webhook)
         from falhook.store import make_store
 
         store = make_store(settings)
         await store.open()
         try:
-            return await submit(
-                endpoint,
-                input,
-                route=route,
-                settings=settings,
-                store=store,
-                files=files,
-                validate=validate,
-            )
+            return await submit(endpoint, input, store=store, **options)
         finally:
             await store.close()
 

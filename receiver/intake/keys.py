@@ -14,6 +14,8 @@ import base64
 import contextlib
 import json
 import re
+import socket
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -72,6 +74,62 @@ def _loggable(url: str) -> str:
     return f"{u.scheme}://{u.host}{port}{u.path}"
 
 
+def _host(url: str) -> str:
+    try:
+        u = httpx.URL(url)
+    except Exception:
+        return "<unparsable url>"
+    return f"{u.host}:{u.port}" if u.port else u.host
+
+
+def failure_reason(exc: BaseException) -> str:
+    """Why a JWKS fetch failed, in words an operator can act on: DNS, refused, TLS, a
+    timeout, an HTTP status, or a bad document."""
+    if isinstance(exc, httpx.HTTPStatusError):
+        return f"HTTP {exc.response.status_code} from the JWKS endpoint"
+    if isinstance(exc, httpx.TimeoutException):
+        return f"timed out ({type(exc).__name__})"
+    if isinstance(exc, ValueError) and not isinstance(exc, httpx.HTTPError):
+        return f"not a JWKS document ({exc})"
+    chain = _causes(exc)
+    for cause in chain:
+        if isinstance(cause, socket.gaierror):
+            return f"DNS lookup failed ({cause.strerror or cause})"
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return f"TLS certificate check failed ({cause.verify_message})"
+        if isinstance(cause, ssl.SSLError):
+            return f"TLS error ({cause.reason or cause})"
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused"
+    text = " ".join(str(c) for c in chain).lower()
+    # httpx/httpcore keep only the message of some errors: recognise them by it.
+    for needle, reason in _REASON_WORDS:
+        if needle in text:
+            return reason
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+_REASON_WORDS = (
+    ("name or service not known", "DNS lookup failed"),
+    ("temporary failure in name resolution", "DNS lookup failed"),
+    ("nodename nor servname", "DNS lookup failed"),
+    ("getaddrinfo", "DNS lookup failed"),
+    ("connection refused", "connection refused"),
+    ("certificate verify failed", "TLS certificate check failed"),
+    ("ssl", "TLS error"),
+)
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """exc and what it was raised from, bounded (a cycle of causes is possible)."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and len(chain) < 10:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
 class FalKeys:
     """The JWKS cache. One per process; all methods run on one event loop."""
 
@@ -93,6 +151,8 @@ class FalKeys:
         self._own_client = client is None
         self._clock = clock
         self._log_url = _loggable(jwks_url)
+        self._host = _host(jwks_url)
+        self._loaded = asyncio.Event()
         self._keys: tuple[VerifyKey, ...] = ()
         self._failures = 0  # consecutive failed fetches, for the timer's backoff
         self._last_attempt: float | None = None
@@ -102,6 +162,15 @@ class FalKeys:
     @property
     def loaded(self) -> bool:
         return bool(self._keys)
+
+    @property
+    def log_url(self) -> str:
+        """The JWKS URL as it may be logged (no credentials, no query)."""
+        return self._log_url
+
+    async def wait_loaded(self) -> None:
+        """Return once keys are loaded (at once if they are)."""
+        await self._loaded.wait()
 
     def keys(self) -> tuple[VerifyKey, ...]:
         """The cached keys, however old (empty until a fetch succeeds)."""
@@ -170,8 +239,10 @@ class FalKeys:
             self._failures += 1
             log.warning(
                 "jwks fetch failed",
-                url=self._log_url,
+                host=self._host,
+                reason=failure_reason(exc),
                 error=type(exc).__name__,
+                url=self._log_url,
                 cached_keys=len(self._keys),
             )
             return False
@@ -189,6 +260,7 @@ class FalKeys:
         self._failures = 0
         changed = {bytes(k) for k in keys} != {bytes(k) for k in self._keys}
         self._keys = keys
+        self._loaded.set()
         log.info(
             "jwks loaded",
             url=self._log_url,
