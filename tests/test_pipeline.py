@@ -58,12 +58,15 @@ def test_a_video_lands_on_disk_with_its_event_json(
     [f] = event["files"]
     assert f["path"] == "video" and f["size"] == len(data)
     assert f["sha256"] == hashlib.sha256(data).hexdigest()
-    assert event["deliveries"]["local"] == {
+    delivery = event["deliveries"]["local"]
+    history = delivery.pop("history")
+    assert delivery == {
         "state": "delivered",
         "attempts": 1,
         "last_error": None,
         "next_attempt_at": None,
     }
+    assert [(h["outcome"], h["error"]) for h in history] == [("delivered", None)]
 
 
 def test_files_anywhere_in_the_payload_are_delivered(

@@ -156,6 +156,16 @@ def runtime() -> Any:
 # --- fixtures ----------------------------------------------------------------------------------
 
 
+@pytest.fixture(autouse=True)
+def restored_environ() -> Iterator[None]:
+    """The entry point writes the secrets it reads into os.environ (as it must in Lambda):
+    undo that after each test, or later tests inherit FAL_KEY and database URLs."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 def _close_container() -> None:
     """What the end of a Lambda container does, minus the freezing: close what it opened."""
     handler = serverless._handler
