@@ -1,8 +1,9 @@
-"""Shared fixtures: a test signer and its JWKS served on loopback, a file server, and
-`falhook serve` processes configured per test.
+"""Shared fixtures: a test signer and its JWKS served on loopback, a file server, falhook apps
+in the test's own process (`inprocess`), and `falhook serve` processes configured per test
+(`falhook_factory`, for what needs a process: signals, kill -9, the command line, scale-out).
 
-Every test that uses `store_backend` (directly, or through `store_section`, `falhook_factory`
-or `falhook`) runs once per store backend (SQLite and PostgreSQL), each on its own data: a
+Every test that uses `store_backend` (directly, or through `store_section`, `inprocess`,
+`falhook_factory` or `falhook`) runs once per store backend (SQLite and PostgreSQL), each on its own data: a
 SQLite file under tmp_path, or a PostgreSQL schema of its own, dropped after the test. A test
 whose outcome does not depend on the store says so with `@pytest.mark.one_store("why")` and
 runs on SQLite only; `one_store("why", backend="postgres")` marks a test about PostgreSQL.
@@ -11,7 +12,7 @@ runs on SQLite only; `one_store("why", backend="postgres")` marks a test about P
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import pytest
 from falhook.testing import FalSigner, JWKSServer
 from tests.support.falhook_server import Falhook, base_config
 from tests.support.fileserver import FileServer
+from tests.support.inprocess import InProcessFactory, inprocess_apps
 from tests.support.moto import BUCKET, MotoServer, boto3_client
 from tests.support.stores import STORE_BACKENDS, drop_pg_schemas
 from tests.support.stores import store_section as make_section
@@ -98,6 +100,16 @@ def store_section(store_backend: str, tmp_path: Path) -> Iterator[dict[str, str]
     yield section
     if "schema" in section:
         drop_pg_schemas([section["schema"]])
+
+
+@pytest.fixture
+async def inprocess(
+    tmp_path: Path, jwks: JWKSServer, store_section: dict[str, str]
+) -> AsyncIterator[InProcessFactory]:
+    """Build and start falhook apps in this process on this test's store (`await
+    inprocess(**config_overrides)`); all are closed at the end of the test."""
+    async with inprocess_apps(tmp_path, jwks.url, store_section) as factory:
+        yield factory
 
 
 @pytest.fixture
