@@ -3,10 +3,11 @@ in the test's own process (`inprocess`), and `falhook serve` processes configure
 (`falhook_factory`, for what needs a process: signals, kill -9, the command line, scale-out).
 
 Every test that uses `store_backend` (directly, or through `store_section`, `inprocess`,
-`falhook_factory` or `falhook`) runs once per store backend (SQLite and PostgreSQL), each on its own data: a
-SQLite file under tmp_path, or a PostgreSQL schema of its own, dropped after the test. A test
-whose outcome does not depend on the store says so with `@pytest.mark.one_store("why")` and
-runs on SQLite only; `one_store("why", backend="postgres")` marks a test about PostgreSQL.
+`falhook_factory` or `falhook`) runs once per store backend (SQLite and PostgreSQL), each on
+its own data: a SQLite file under tmp_path, or a PostgreSQL schema of its own, dropped after
+the test. A test whose outcome does not depend on the store says so with
+`@pytest.mark.one_store("why")` and runs on SQLite only; `one_store("why",
+backend="postgres")` marks a test about PostgreSQL.
 """
 
 from __future__ import annotations

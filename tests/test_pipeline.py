@@ -123,9 +123,7 @@ async def test_a_lying_content_length_never_leaves_a_final_file(
 ) -> None:
     fh = await inprocess(delivery={"max_attempts": 3})
     files.add("/short.mp4", data=b"s" * 50_000, short_by=10_000, content_type="video/mp4")
-    rid = await fh.send(
-        signer, {"video": {"url": files.url("/short.mp4"), "file_name": "s.mp4"}}
-    )
+    rid = await fh.send(signer, {"video": {"url": files.url("/short.mp4"), "file_name": "s.mp4"}})
     event = await fh.wait_state(rid, "dead")
     assert event["deliveries"]["local"]["attempts"] == 3
     assert "short" in event["deliveries"]["local"]["last_error"].lower()

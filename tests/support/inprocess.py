@@ -276,7 +276,8 @@ class InProcessFactory:
         served on a loopback port, which `[receiver].public_url` names."""
         sock = loopback_socket() if listen else None
         if sock is not None:
-            overrides["receiver"] = {"public_url": socket_url(sock), **overrides.get("receiver", {})}
+            receiver = {"public_url": socket_url(sock), **overrides.get("receiver", {})}
+            overrides["receiver"] = receiver
         fh = self.build(name=name, **overrides)
         return await fh.start(run_worker=run_worker, sock=sock, **(parts or {}))
 
