@@ -64,6 +64,15 @@ async def wait_until(
         await asyncio.sleep(interval)
 
 
+def sync_condition(check: Callable[[], T]) -> Callable[[], Awaitable[T]]:
+    """A synchronous check (a server's state, say) as a condition for wait_until."""
+
+    async def condition() -> T:
+        return check()
+
+    return condition
+
+
 async def run_cli(
     *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
