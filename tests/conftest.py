@@ -132,7 +132,7 @@ def falhook_factory(
 
     yield make
     for proc in made:
-        proc.stop()
+        proc.close()
 
 
 @pytest.fixture

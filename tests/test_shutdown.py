@@ -16,12 +16,9 @@ from tests.support.fileserver import FileServer
 def test_sigterm_mid_delivery_hands_the_work_back_and_it_completes_later(
     falhook_factory: Callable[..., Falhook], signer: FalSigner, files: FileServer
 ) -> None:
-    size = 600 * 1024 * 1024  # long enough to be in flight when SIGTERM arrives
-    fh = falhook_factory(
-        delivery={"shutdown_grace": 0.0, "lease_seconds": 300},
-        downloads={"max_file_bytes": size},
-    ).start()
-    files.add("/big.bin", size=size)
+    fh = falhook_factory(delivery={"shutdown_grace": 0.0, "lease_seconds": 300}).start()
+    # The body stops half-way until resumed: the delivery is in flight when SIGTERM arrives.
+    files.add("/big.bin", size=1024 * 1024, pause_after=512 * 1024)
     rid, body = webhook_body(str(uuid.uuid4()), payload={"video": {"url": files.url("/big.bin")}})
     httpx.post(fh.url("/webhooks/default"), content=body, headers=signer.headers(body, rid))
     wait_for(lambda: files.hits("/big.bin") >= 1, timeout=30, what="the download to start")
@@ -32,6 +29,7 @@ def test_sigterm_mid_delivery_hands_the_work_back_and_it_completes_later(
     event = fh.event(rid)
     assert event is not None and event["deliveries"]["local"]["state"] == "pending"
     assert event["deliveries"]["local"]["attempts"] == 0  # handed back, not counted
+    files.resume("/big.bin")
     fh.start()  # not after lease_seconds (300 s): released work is due at once
     done = fh.wait_state(rid, "delivered", timeout=120)
     assert done["deliveries"]["local"]["attempts"] == 1
