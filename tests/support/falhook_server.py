@@ -187,8 +187,12 @@ class Falhook:
                 args, cwd=self.tmp_path, env=self.env, stdout=log, stderr=log
             )
         if wait and self.command[0] == "serve":
-            wait_for(self._healthy, timeout=30, what=f"falhook on {self.port} to be healthy")
+            self.wait_healthy()
         return self
+
+    def wait_healthy(self, timeout: float = 30) -> None:
+        """Until /healthz answers (a serve started with wait=False)."""
+        wait_for(self._healthy, timeout=timeout, what=f"falhook on {self.port} to be healthy")
 
     def _healthy(self) -> bool:
         assert self.proc is not None
