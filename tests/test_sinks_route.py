@@ -30,6 +30,8 @@ VIDEO_SIZE = 6 * MIB  # over part_size: a multipart upload
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 64
 LINK = re.compile(r"\*<([^|>]+)\|([^>]+)>\*")
 ROUTE = ["local", "archive", "team", "manifest"]
+# As before: these are the sinks' promises; the worker's, on each store, are test_worker.py's.
+pytestmark = pytest.mark.one_store("the sinks of one route, not the store")
 
 
 @pytest.fixture
