@@ -169,11 +169,21 @@ def falhook(falhook_factory: Callable[..., Falhook]) -> Falhook:
     return falhook_factory().start()
 
 
-@pytest.fixture
-def moto() -> Iterator[MotoServer]:
-    """moto's S3-protocol server on loopback, restartable (stop/start keeps its state)."""
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[MotoServer]:
+    """One moto server for the session: stopping it takes half a second (werkzeug's poll)."""
     with MotoServer() as server:
         yield server
+
+
+@pytest.fixture
+def moto(moto_server: MotoServer) -> MotoServer:
+    """moto's S3-protocol server on loopback, restartable (stop/start keeps its state),
+    running and empty at the start of each test."""
+    if not moto_server.running:  # a test that stopped it failed before starting it again
+        moto_server.start()
+    moto_server.reset()
+    return moto_server
 
 
 @pytest.fixture
