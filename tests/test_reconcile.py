@@ -13,12 +13,13 @@ from typing import Any
 import pytest
 
 from falhook.config import Settings, settings_from_dict
-from falhook.fal.emulate import Emulator, EmulatorServer
+from falhook.fal.emulate import Emulator
 from falhook.fal.queue import FalQueue
 from falhook.fal.reconcile import Reconciler, ReconcileSettings
 from falhook.fal.submit import submit
 from falhook.store import Store, make_store
 from falhook.store.models import NewSubmission
+from tests.support.emulator import SharedEmulator
 from tests.support.falhook_server import base_config, wait_for
 from tests.support.inprocess import InProcess, InProcessFactory, sync_condition, wait_until
 
@@ -29,14 +30,19 @@ DEAD_WEBHOOK = "http://127.0.0.1:9"  # nothing listens: every webhook is lost
 NOW = ReconcileSettings(deadline=0, interval=0.1)
 
 
-@pytest.fixture
-def fal() -> Iterator[EmulatorServer]:
-    with EmulatorServer(Emulator(delay=0.1, webhook_attempts=1)) as server:
-        yield server
+@pytest.fixture(scope="module")
+def fal_host() -> Iterator[SharedEmulator]:
+    with SharedEmulator() as host:
+        yield host
 
 
 @pytest.fixture
-def settings(tmp_path: Path, fal: EmulatorServer, store_section: dict[str, str]) -> Settings:
+def fal(fal_host: SharedEmulator) -> SharedEmulator:
+    return fal_host.use(Emulator(delay=0.1, webhook_attempts=1))
+
+
+@pytest.fixture
+def settings(tmp_path: Path, fal: SharedEmulator, store_section: dict[str, str]) -> Settings:
     receiver = {"public_url": DEAD_WEBHOOK, "queue_url": fal.url}
     config = base_config(tmp_path, fal.jwks_url, receiver=receiver, store=store_section)
     return settings_from_dict(config, base_dir=tmp_path)
@@ -53,7 +59,7 @@ async def store(settings: Settings) -> AsyncIterator[Store]:
 
 
 @pytest.fixture
-async def queue(fal: EmulatorServer) -> AsyncIterator[FalQueue]:
+async def queue(fal: SharedEmulator) -> AsyncIterator[FalQueue]:
     async with FalQueue(fal.url, key=KEY) as q:
         yield q
 
@@ -65,7 +71,7 @@ async def submitted(queue: FalQueue, store: Store, settings: Settings, **control
 
 
 async def test_a_dropped_webhook_is_recovered_by_polling(
-    fal: EmulatorServer, store: Store, queue: FalQueue, settings: Settings
+    fal: SharedEmulator, store: Store, queue: FalQueue, settings: Settings
 ) -> None:
     rid = await submitted(queue, store, settings, outcome="drop")
     wait_for(fal.emulator.idle, timeout=15, what="the job to finish")
@@ -86,7 +92,7 @@ async def test_a_dropped_webhook_is_recovered_by_polling(
 
 
 async def test_a_failed_request_is_recovered_as_an_error_event(
-    fal: EmulatorServer, store: Store, queue: FalQueue, settings: Settings
+    fal: SharedEmulator, store: Store, queue: FalQueue, settings: Settings
 ) -> None:
     rid = await submitted(queue, store, settings, outcome="error")  # webhook goes nowhere
     wait_for(fal.emulator.idle, timeout=15, what="the job to give up its webhook")
@@ -111,7 +117,7 @@ async def test_a_running_request_stays_pending(
 
 
 async def test_the_deadline_is_respected(
-    store: Store, queue: FalQueue, settings: Settings, fal: EmulatorServer
+    store: Store, queue: FalQueue, settings: Settings, fal: SharedEmulator
 ) -> None:
     await submitted(queue, store, settings, outcome="drop")
     wait_for(fal.emulator.idle, timeout=15, what="the job to finish")
@@ -120,7 +126,7 @@ async def test_the_deadline_is_respected(
 
 
 async def test_a_request_fal_does_not_know_is_lost(
-    store: Store, queue: FalQueue, settings: Settings, fal: EmulatorServer
+    store: Store, queue: FalQueue, settings: Settings, fal: SharedEmulator
 ) -> None:
     await store.record_submission(
         NewSubmission(
@@ -160,18 +166,17 @@ async def test_an_unreachable_queue_leaves_it_pending(
 
 
 @pytest.fixture
-def emulated_fal() -> Iterator[EmulatorServer]:
-    with EmulatorServer(Emulator(delay=0.2)) as server:
-        yield server
+def emulated_fal(fal_host: SharedEmulator) -> SharedEmulator:
+    return fal_host.use(Emulator(delay=0.2))
 
 
-async def receiver(inprocess: InProcessFactory, fal: EmulatorServer, **overrides: Any) -> InProcess:
+async def receiver(inprocess: InProcessFactory, fal: SharedEmulator, **overrides: Any) -> InProcess:
     """falhook in this process, served on loopback (the webhook URL it submits with)."""
     receiver = {"queue_url": fal.url}
     return await inprocess(listen=True, jwks_url=fal.jwks_url, receiver=receiver, **overrides)
 
 
-async def submitted_dropped(fh: InProcess, fal: EmulatorServer) -> str:
+async def submitted_dropped(fh: InProcess, fal: SharedEmulator) -> str:
     """A job whose webhook fal drops (`falhook submit` itself: tests/test_submit.py)."""
     inp = {**INPUT, "_emulate": {"outcome": "drop"}}
     async with FalQueue(fal.url, key=KEY) as queue:
@@ -187,7 +192,7 @@ def submission_states(listed: subprocess.CompletedProcess[str]) -> list[tuple[st
 
 
 async def test_dropped_webhook_recovered_by_the_reconcile_command_and_delivered_to_disk(
-    inprocess: InProcessFactory, emulated_fal: EmulatorServer, tmp_path: Path
+    inprocess: InProcessFactory, emulated_fal: SharedEmulator, tmp_path: Path
 ) -> None:
     fal = emulated_fal
     fh = await receiver(inprocess, fal)
@@ -217,7 +222,7 @@ async def test_dropped_webhook_recovered_by_the_reconcile_command_and_delivered_
 
 async def test_falhook_recovers_a_dropped_webhook_by_itself(
     inprocess: InProcessFactory,
-    emulated_fal: EmulatorServer,
+    emulated_fal: SharedEmulator,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 
 from falhook.config import Settings, settings_from_dict
-from falhook.fal.emulate import Emulator, EmulatorServer, tiny_mp4
+from falhook.fal.emulate import Emulator, tiny_mp4
 from falhook.fal.queue import FalQueue, MissingKey, SubmitError, SubmitUnknown, is_fal_queue
 from falhook.fal.ray import ValidationError
 from falhook.fal.submit import submit
 from falhook.store import Store, make_store
 from falhook.testing import LoopbackServer
+from tests.support.emulator import SharedEmulator
 from tests.support.falhook_server import base_config
 from tests.support.inprocess import InProcess, InProcessFactory, sync_condition, wait_until
 from tests.support.stores import pg_schema_text
@@ -28,10 +29,15 @@ INPUT = {"prompt": "wider", "video_url": "https://example.invalid/v.mp4", "aspec
 PUBLIC = "http://127.0.0.1:9"  # nothing listens: these tests look at what fal is asked
 
 
+@pytest.fixture(scope="module")
+def fal_host() -> Iterator[SharedEmulator]:
+    with SharedEmulator() as host:
+        yield host
+
+
 @pytest.fixture
-def fal() -> Iterator[EmulatorServer]:
-    with EmulatorServer(Emulator(delay=30)) as server:  # no webhook during these tests
-        yield server
+def fal(fal_host: SharedEmulator) -> SharedEmulator:
+    return fal_host.use(Emulator(delay=30))  # no webhook during these tests
 
 
 def settings_for(tmp_path: Path, queue_url: str, jwks_url: str = PUBLIC) -> Settings:
@@ -52,7 +58,7 @@ async def store(tmp_path: Path, store_section: dict[str, str]) -> AsyncIterator[
 
 
 async def test_the_request_fal_receives_for_a_nested_endpoint(
-    fal: EmulatorServer, store: Store, tmp_path: Path
+    fal: SharedEmulator, store: Store, tmp_path: Path
 ) -> None:
     settings = settings_for(tmp_path, fal.url)
     async with FalQueue(fal.url, key=KEY) as queue:
@@ -75,7 +81,7 @@ async def test_the_request_fal_receives_for_a_nested_endpoint(
     assert recorded.status_url == sub.status_url
 
 
-async def test_status_result_and_cancel_use_the_returned_urls(fal: EmulatorServer) -> None:
+async def test_status_result_and_cancel_use_the_returned_urls(fal: SharedEmulator) -> None:
     async with FalQueue(fal.url, key=KEY) as queue:
         sub = await queue.submit(REFRAME, INPUT)
         status = await queue.status(sub.status_url)
@@ -88,7 +94,7 @@ async def test_status_result_and_cancel_use_the_returned_urls(fal: EmulatorServe
 
 
 async def test_local_files_are_uploaded_first_and_their_urls_put_in_the_input(
-    fal: EmulatorServer, store: Store, tmp_path: Path
+    fal: SharedEmulator, store: Store, tmp_path: Path
 ) -> None:
     clip = tmp_path / "clip.mp4"
     clip.write_bytes(tiny_mp4(8.0))
@@ -112,7 +118,7 @@ async def test_local_files_are_uploaded_first_and_their_urls_put_in_the_input(
 
 
 async def test_a_bad_input_spends_nothing(
-    fal: EmulatorServer, store: Store, tmp_path: Path
+    fal: SharedEmulator, store: Store, tmp_path: Path
 ) -> None:
     long_clip = tmp_path / "long.mp4"
     long_clip.write_bytes(tiny_mp4(45.0))
@@ -128,7 +134,7 @@ async def test_a_bad_input_spends_nothing(
     assert await store.list_submissions() == []
 
 
-async def test_unknown_endpoints_are_not_validated(fal: EmulatorServer, tmp_path: Path) -> None:
+async def test_unknown_endpoints_are_not_validated(fal: SharedEmulator, tmp_path: Path) -> None:
     settings = settings_for(tmp_path, fal.url)
     async with FalQueue(fal.url, key=KEY) as queue:
         await submit("fal-ai/flux/dev", {"x": 1}, route="default", settings=settings, queue=queue)
@@ -136,7 +142,7 @@ async def test_unknown_endpoints_are_not_validated(fal: EmulatorServer, tmp_path
 
 
 async def test_an_unconfigured_route_or_missing_key_is_refused_before_sending(
-    fal: EmulatorServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fal: SharedEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = settings_for(tmp_path, fal.url)
     async with FalQueue(fal.url, key=KEY) as queue:
@@ -214,13 +220,12 @@ def test_uploads_go_to_fal_storage_only_for_fals_queue() -> None:
 
 
 @pytest.fixture
-def emulated_fal() -> Iterator[EmulatorServer]:
-    with EmulatorServer(Emulator(delay=0.3)) as server:
-        yield server
+def emulated_fal(fal_host: SharedEmulator) -> SharedEmulator:
+    return fal_host.use(Emulator(delay=0.3))
 
 
 @pytest.fixture
-async def receiver(inprocess: InProcessFactory, emulated_fal: EmulatorServer) -> InProcess:
+async def receiver(inprocess: InProcessFactory, emulated_fal: SharedEmulator) -> InProcess:
     """falhook in this process, served on loopback: the webhook URL `submit` registers."""
     fal = emulated_fal
     return await inprocess(listen=True, jwks_url=fal.jwks_url, receiver={"queue_url": fal.url})
@@ -228,7 +233,7 @@ async def receiver(inprocess: InProcessFactory, emulated_fal: EmulatorServer) ->
 
 async def test_submit_command_webhook_verified_correlated_and_delivered(
     receiver: InProcess,
-    emulated_fal: EmulatorServer,
+    emulated_fal: SharedEmulator,
     tmp_path: Path,
     store_section: dict[str, str],
 ) -> None:
@@ -269,7 +274,7 @@ async def test_submit_command_webhook_verified_correlated_and_delivered(
 
 @pytest.mark.one_store("input validation before anything is sent or stored")
 async def test_submit_command_refuses_a_bad_input_with_the_field_named(
-    inprocess: InProcessFactory, emulated_fal: EmulatorServer
+    inprocess: InProcessFactory, emulated_fal: SharedEmulator
 ) -> None:
     fal = emulated_fal
     config = inprocess.build(jwks_url=fal.jwks_url, receiver={"queue_url": fal.url})
@@ -283,7 +288,7 @@ async def test_submit_command_refuses_a_bad_input_with_the_field_named(
 
 
 async def test_error_and_payload_error_webhooks_are_correlated(
-    receiver: InProcess, emulated_fal: EmulatorServer
+    receiver: InProcess, emulated_fal: SharedEmulator
 ) -> None:
     fal, fh = emulated_fal, receiver
     ids = {}
