@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import httpx
 
 from falhook.config import settings_from_dict
-from falhook.store import make_store
+from falhook.store import EventView, make_store
 from falhook.store.document import event_document
 
 T = TypeVar("T")
@@ -119,8 +119,12 @@ class StoreReader:
     def _call(self, coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
+    def view(self, request_id: str) -> EventView | None:
+        return self._call(self.store.get_event(request_id))
+
     def event(self, request_id: str) -> dict[str, Any] | None:
-        view = self._call(self.store.get_event(request_id))
+        """The event as `falhook events show --json` prints it, or None."""
+        view = self.view(request_id)
         return event_document(view) if view is not None else None
 
     def states(self, limit: int = 100_000) -> dict[str, str]:
