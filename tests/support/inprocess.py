@@ -288,7 +288,12 @@ class InProcessFactory:
             receiver = {"public_url": socket_url(sock), **overrides.get("receiver", {})}
             overrides["receiver"] = receiver
         fh = self.build(name=name, **overrides)
-        return await fh.start(run_worker=run_worker, sock=sock, **(parts or {}))
+        try:
+            return await fh.start(run_worker=run_worker, sock=sock, **(parts or {}))
+        except BaseException:
+            if sock is not None and fh.base_url is None:  # never handed to uvicorn
+                sock.close()
+            raise
 
     async def aclose(self) -> None:
         for fh in reversed(self.made):
