@@ -171,9 +171,9 @@ def emulated_fal(fal_host: SharedEmulator) -> SharedEmulator:
 
 
 async def receiver(inprocess: InProcessFactory, fal: SharedEmulator, **overrides: Any) -> InProcess:
-    """falhook in this process, served on loopback (the webhook URL it submits with)."""
-    receiver = {"queue_url": fal.url}
-    return await inprocess(listen=True, jwks_url=fal.jwks_url, receiver=receiver, **overrides)
+    """falhook running in this process (not listening: fal drops these webhooks anyway)."""
+    receiver = {"queue_url": fal.url, "public_url": DEAD_WEBHOOK}
+    return await inprocess(jwks_url=fal.jwks_url, receiver=receiver, **overrides)
 
 
 async def submitted_dropped(fh: InProcess, fal: SharedEmulator) -> str:
