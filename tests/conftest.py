@@ -1,25 +1,31 @@
-"""Shared fixtures: a test signer and its JWKS served on loopback, a file server, and
-`falhook serve` processes configured per test.
+"""Shared fixtures: a test signer and its JWKS served on loopback, a file server, falhook apps
+in the test's own process (`inprocess`), and `falhook serve` processes configured per test
+(`falhook_factory`, for what needs a process: signals, kill -9, the command line, scale-out).
 
-Every test that uses `store_backend` (directly, or through `store_section`, `falhook_factory`
-or `falhook`) runs once per store backend (SQLite and PostgreSQL), each on its own data: a
-SQLite file under tmp_path, or a PostgreSQL schema of its own, dropped after the test. A test
-whose outcome does not depend on the store says so with `@pytest.mark.one_store("why")` and
-runs on SQLite only; `one_store("why", backend="postgres")` marks a test about PostgreSQL.
+Every test that uses `store_backend` (directly, or through `store_section`, `inprocess`,
+`falhook_factory` or `falhook`) runs once per store backend (SQLite and PostgreSQL), each on
+its own data: a SQLite file under tmp_path, or a PostgreSQL schema of its own, dropped after
+the test. A test whose outcome does not depend on the store says so with
+`@pytest.mark.one_store("why")` and runs on SQLite only; `one_store("why",
+backend="postgres")` marks a test about PostgreSQL.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+import ssl
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
+import httpx._transports.default
 import pytest
 
 from falhook.testing import FalSigner, JWKSServer
 from tests.support.falhook_server import Falhook, base_config
 from tests.support.fileserver import FileServer
+from tests.support.inprocess import InProcessFactory, inprocess_apps
 from tests.support.moto import BUCKET, MotoServer, boto3_client
 from tests.support.stores import STORE_BACKENDS, drop_pg_schemas
 from tests.support.stores import store_section as make_section
@@ -62,6 +68,32 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         report.longrepr = f"skipped in CI, where every test must run: {report.longrepr}"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_tls_context_per_trust() -> Iterator[None]:
+    """httpx builds a TLS context for each client, and falhook's fetcher one per worker, each
+    parsing certifi's CA bundle (about 30 ms; most in-process tests build two or three).
+    Within the test session the same trust gives the same context: contexts for the default
+    trust are kept by SSL_CERT_FILE / SSL_CERT_DIR (a test that sets one gets its own);
+    any other verify or cert is built as usual."""
+    build = httpx.create_ssl_context
+    built: dict[tuple[str | None, str | None], ssl.SSLContext] = {}
+
+    def create_ssl_context(
+        verify: Any = True, cert: Any = None, trust_env: bool = True
+    ) -> ssl.SSLContext:
+        if verify is not True or cert is not None or not trust_env:
+            return build(verify=verify, cert=cert, trust_env=trust_env)
+        trust = (os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+        if trust not in built:
+            built[trust] = build()
+        return built[trust]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(httpx, "create_ssl_context", create_ssl_context)
+        patch.setattr(httpx._transports.default, "create_ssl_context", create_ssl_context)
+        yield
+
+
 @pytest.fixture
 def signer() -> FalSigner:
     return FalSigner(user_id="user-1")
@@ -101,6 +133,16 @@ def store_section(store_backend: str, tmp_path: Path) -> Iterator[dict[str, str]
 
 
 @pytest.fixture
+async def inprocess(
+    tmp_path: Path, jwks: JWKSServer, store_section: dict[str, str]
+) -> AsyncIterator[InProcessFactory]:
+    """Build and start falhook apps in this process on this test's store (`await
+    inprocess(**config_overrides)`); all are closed at the end of the test."""
+    async with inprocess_apps(tmp_path, jwks.url, store_section) as factory:
+        yield factory
+
+
+@pytest.fixture
 def falhook_factory(
     tmp_path: Path, jwks: JWKSServer, store_section: dict[str, str]
 ) -> Iterator[Callable[..., Falhook]]:
@@ -119,7 +161,7 @@ def falhook_factory(
 
     yield make
     for proc in made:
-        proc.stop()
+        proc.close()
 
 
 @pytest.fixture
@@ -127,11 +169,21 @@ def falhook(falhook_factory: Callable[..., Falhook]) -> Falhook:
     return falhook_factory().start()
 
 
-@pytest.fixture
-def moto() -> Iterator[MotoServer]:
-    """moto's S3-protocol server on loopback, restartable (stop/start keeps its state)."""
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[MotoServer]:
+    """One moto server for the session: stopping it takes half a second (werkzeug's poll)."""
     with MotoServer() as server:
         yield server
+
+
+@pytest.fixture
+def moto(moto_server: MotoServer) -> MotoServer:
+    """moto's S3-protocol server on loopback, restartable (stop/start keeps its state),
+    running and empty at the start of each test."""
+    if not moto_server.running:  # a test that stopped it failed before starting it again
+        moto_server.start()
+    moto_server.reset()
+    return moto_server
 
 
 @pytest.fixture

@@ -1,7 +1,13 @@
-"""The `falhook` command line: events list|show|replay, JSON output, exit codes, config errors."""
+"""The `falhook` command line: events list|show|replay, JSON output, exit codes, config errors.
+
+Every command runs as a real process, since its exit code, stdout and stderr are the contract;
+the events it reads are put in the store by falhook running in this process (the app and its
+worker, see tests/support/inprocess.py), not by a `falhook serve` process.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -13,9 +19,23 @@ from pathlib import Path
 import httpx
 import pytest
 
+from falhook.store import Finish, Store
 from falhook.testing import FalSigner, webhook_body
 from tests.support.falhook_server import Falhook, to_toml
 from tests.support.fileserver import FileServer
+from tests.support.inprocess import InProcess, InProcessFactory, run_cli
+
+EVENT_KEYS = {
+    "request_id",
+    "route",
+    "fal_status",
+    "error",
+    "payload_error",
+    "received_at",
+    "state",
+    "deliveries",
+    "files",
+}
 
 
 def run(
@@ -32,108 +52,161 @@ def run(
     )
 
 
-def deliver_one(fh: Falhook, signer: FalSigner, route: str = "default", **kw: object) -> str:
-    rid, body = webhook_body(str(uuid.uuid4()), payload={"n": 1}, **kw)  # type: ignore[arg-type]
-    r = httpx.post(fh.url(f"/webhooks/{route}"), content=body, headers=signer.headers(body, rid))
-    assert r.status_code == 200
+def request_ids(out: subprocess.CompletedProcess[str]) -> list[str]:
+    assert out.returncode == 0, out.stderr
+    return [e["request_id"] for e in json.loads(out.stdout)["events"]]
+
+
+async def delivered(fh: InProcess, signer: FalSigner, route: str = "default", **kw: object) -> str:
+    """An event accepted and delivered by falhook in this process."""
+    rid = await fh.send(signer, {"n": 1}, route=route, **kw)
+    await fh.wait_state(rid, "delivered")
     return rid
 
 
-def test_events_list_json_is_newest_first_and_filters(falhook: Falhook, signer: FalSigner) -> None:
-    first = deliver_one(falhook, signer)
-    second = deliver_one(falhook, signer, route="reframe")
-    falhook.wait_state(second, "delivered")
-    falhook.wait_state(first, "delivered")
-    out = falhook.cli("events", "list", "--json")
-    assert out.returncode == 0, out.stderr
-    events = json.loads(out.stdout)["events"]
-    assert [e["request_id"] for e in events] == [second, first]
-    assert set(events[0]) >= {
-        "request_id",
-        "route",
-        "fal_status",
-        "error",
-        "payload_error",
-        "received_at",
-        "state",
-        "deliveries",
-        "files",
-    }
-    by_route = json.loads(falhook.cli("events", "list", "--route", "reframe", "--json").stdout)
-    assert [e["request_id"] for e in by_route["events"]] == [second]
-    limited = json.loads(falhook.cli("events", "list", "--limit", "1", "--json").stdout)
-    assert len(limited["events"]) == 1
-    none_dead = json.loads(falhook.cli("events", "list", "--state", "dead", "--json").stdout)
-    assert none_dead == {"events": []}
-    table = falhook.cli("events", "list")
+@pytest.fixture
+async def fh(inprocess: InProcessFactory) -> InProcess:
+    return await inprocess()
+
+
+async def test_events_list_json_is_newest_first_and_filters(
+    fh: InProcess, signer: FalSigner
+) -> None:
+    first = await delivered(fh, signer)
+    second = await delivered(fh, signer, route="reframe")
+    listed, by_route, limited, none_dead, table = await asyncio.gather(
+        fh.cli("events", "list", "--json"),
+        fh.cli("events", "list", "--route", "reframe", "--json"),
+        fh.cli("events", "list", "--limit", "1", "--json"),
+        fh.cli("events", "list", "--state", "dead", "--json"),
+        fh.cli("events", "list"),
+    )
+    assert request_ids(listed) == [second, first]
+    assert set(json.loads(listed.stdout)["events"][0]) >= EVENT_KEYS
+    assert request_ids(by_route) == [second]
+    assert len(request_ids(limited)) == 1
+    assert json.loads(none_dead.stdout) == {"events": []}
     assert first in table.stdout and "REQUEST_ID" in table.stdout
 
 
-def test_events_show_prints_one_event(falhook: Falhook, signer: FalSigner) -> None:
-    rid = deliver_one(falhook, signer, status="ERROR", error="boom")
-    falhook.wait_state(rid, "delivered")
-    doc = json.loads(falhook.cli("events", "show", rid, "--json").stdout)
+async def test_events_show_prints_one_event(fh: InProcess, signer: FalSigner) -> None:
+    rid = await delivered(fh, signer, status="ERROR", error="boom")
+    as_json, human = await asyncio.gather(
+        fh.cli("events", "show", rid, "--json"), fh.cli("events", "show", rid)
+    )
+    doc = json.loads(as_json.stdout)
     assert doc["request_id"] == rid and doc["fal_status"] == "ERROR" and doc["error"] == "boom"
     assert doc["deliveries"]["local"]["state"] == "delivered"
-    human = falhook.cli("events", "show", rid)
     assert "boom" in human.stdout and "local" in human.stdout
 
 
-def test_unknown_request_ids_exit_1_with_a_message(falhook: Falhook) -> None:
-    for args in (("events", "show", "nope"), ("events", "replay", "nope")):
-        out = falhook.cli(*args)
+async def test_unknown_request_ids_exit_1_with_a_message(inprocess: InProcessFactory) -> None:
+    config = inprocess.build()  # a config on this test's store; nothing needs to run
+    shown, replayed = await asyncio.gather(
+        config.cli("events", "show", "nope"), config.cli("events", "replay", "nope")
+    )
+    for out in (shown, replayed):
         assert out.returncode == 1
         assert "nope" in out.stderr and out.stdout == ""
 
 
-def test_replay_of_an_unknown_sink_names_it(falhook: Falhook, signer: FalSigner) -> None:
-    rid = deliver_one(falhook, signer)
-    falhook.wait_state(rid, "delivered")
-    out = falhook.cli("events", "replay", rid, "--sink", "s3")
+async def test_replay_of_an_unknown_sink_names_it(fh: InProcess, signer: FalSigner) -> None:
+    rid = await delivered(fh, signer)
+    out = await fh.cli("events", "replay", rid, "--sink", "s3")
     assert out.returncode == 1 and "'s3'" in out.stderr
 
 
-def test_replay_schedules_and_a_running_worker_delivers(
-    falhook: Falhook, signer: FalSigner
+async def test_replay_schedules_and_a_running_worker_delivers(
+    fh: InProcess, signer: FalSigner
 ) -> None:
-    rid = deliver_one(falhook, signer)
-    falhook.wait_state(rid, "delivered")
-    out = falhook.cli("events", "replay", rid)
+    rid = await delivered(fh, signer)
+    written = (fh.event_dir("default", rid) / "event.json").stat().st_ino
+    out = await fh.cli("events", "replay", rid)
     assert out.returncode == 0 and "scheduled 1 delivery" in out.stdout
-    event = falhook.wait_state(rid, "delivered")
+    event = await fh.wait_state(rid, "delivered")  # by the worker running in this process
     assert event["deliveries"]["local"]["attempts"] == 1
+    assert (fh.event_dir("default", rid) / "event.json").stat().st_ino != written  # rewritten
 
 
-def test_config_mistakes_fail_at_start_up_naming_the_key(tmp_path: Path) -> None:
-    bad = tmp_path / "bad.toml"
-    bad.write_text(to_toml({"delivery": {"max_attemps": 3}}))
-    out = run("serve", "--config", str(bad), cwd=tmp_path)
-    assert out.returncode == 2 and "[delivery].max_attemps" in out.stderr
-    bad.write_text(to_toml({"sinks": {"x": {"type": "nosuch"}}, "routes": {"r": {"sinks": ["x"]}}}))
-    out = run("serve", "--config", str(bad), cwd=tmp_path)
-    assert out.returncode == 2 and "[sinks.x].type" in out.stderr and "nosuch" in out.stderr
-    bad.write_text(to_toml({"receiver": {"public_url": "${NOT_SET_ANYWHERE}"}}))
-    out = run("events", "list", "--config", str(bad), cwd=tmp_path)
-    assert out.returncode == 2 and "NOT_SET_ANYWHERE" in out.stderr
-    out = run("events", "list", "--config", str(tmp_path / "missing.toml"), cwd=tmp_path)
-    assert out.returncode == 2 and "missing.toml" in out.stderr
+async def finish_all(store: Store, request_id: str, output: dict[str, str]) -> None:
+    """Record every delivery of the event as delivered with this output, straight through
+    the store's DeliveryQueue role (no worker)."""
+    [job] = await store.lease(owner="seed", limit=10, lease_seconds=60, request_id=request_id)
+    for d in job.deliveries:
+        assert await store.finish(Finish(request_id, d.sink, d.token, "delivered", output=output))
+
+
+async def test_replay_of_one_sink_keeps_its_output_unless_forced(
+    inprocess: InProcessFactory, signer: FalSigner, tmp_path: Path
+) -> None:
+    copy = {"type": "disk", "root": str(tmp_path / "copy")}
+    fh = await inprocess(
+        run_worker=False, sinks={"copy": copy}, routes={"default": {"sinks": ["local", "copy"]}}
+    )
+    rid = await fh.send(signer, {"n": 1})
+    await finish_all(fh.store, rid, {"posted": "message-1"})
+
+    async def deliveries() -> dict[str, tuple[str, bool]]:
+        view = await fh.store.get_event(rid)
+        assert view is not None
+        return {n: (d.state, d.output is not None) for n, d in view.deliveries.items()}
+
+    out = await fh.cli("events", "replay", rid, "--sink", "local")
+    assert out.returncode == 0 and "scheduled 1 delivery" in out.stdout
+    assert await deliveries() == {"local": ("pending", True), "copy": ("delivered", True)}
+    out = await fh.cli("events", "replay", rid, "--sink", "local", "--force")
+    assert out.returncode == 0, out.stderr
+    assert await deliveries() == {"local": ("pending", False), "copy": ("delivered", True)}
+
+
+async def test_replay_now_delivers_in_the_command_and_leaves_one_copy(
+    inprocess: InProcessFactory, signer: FalSigner, files: FileServer
+) -> None:
+    fh = await inprocess()
+    files.add("/r.mp4", data=b"r" * 1000)
+    rid = await fh.send(signer, {"video": {"url": files.url("/r.mp4"), "file_name": "r.mp4"}})
+    await fh.wait_state(rid, "delivered")
+    await fh.aclose()  # no worker runs now but the command's own
+    done = await fh.cli("events", "replay", rid, "--sink", "local", "--now")
+    assert done.returncode == 0, done.stderr
+    assert "local: delivered" in done.stdout
+    assert sorted(p.name for p in fh.event_dir("default", rid).iterdir()) == [
+        "event.json",
+        "r.mp4",
+    ]
+    assert files.hits("/r.mp4") == 2
+
+
+async def test_config_mistakes_fail_at_start_up_naming_the_key(tmp_path: Path) -> None:
+    mistakes = {
+        "typo.toml": {"delivery": {"max_attemps": 3}},
+        "type.toml": {"sinks": {"x": {"type": "nosuch"}}, "routes": {"r": {"sinks": ["x"]}}},
+        "env.toml": {"receiver": {"public_url": "${NOT_SET_ANYWHERE}"}},
+    }
+    for name, config in mistakes.items():
+        (tmp_path / name).write_text(to_toml(config))
+    typo, bad_type, unset, missing = await asyncio.gather(
+        run_cli("serve", "--config", str(tmp_path / "typo.toml"), cwd=tmp_path),
+        run_cli("serve", "--config", str(tmp_path / "type.toml"), cwd=tmp_path),
+        run_cli("events", "list", "--config", str(tmp_path / "env.toml"), cwd=tmp_path),
+        run_cli("events", "list", "--config", str(tmp_path / "missing.toml"), cwd=tmp_path),
+    )
+    assert typo.returncode == 2 and "[delivery].max_attemps" in typo.stderr
+    assert bad_type.returncode == 2
+    assert "[sinks.x].type" in bad_type.stderr and "nosuch" in bad_type.stderr
+    assert unset.returncode == 2 and "NOT_SET_ANYWHERE" in unset.stderr
+    assert missing.returncode == 2 and "missing.toml" in missing.stderr
 
 
 @pytest.mark.one_store("which config file is read, not what it stores")
-def test_falhook_config_names_the_file_when_no_flag_is_given(
-    falhook: Falhook, signer: FalSigner, tmp_path: Path
+async def test_falhook_config_names_the_file_when_no_flag_is_given(
+    fh: InProcess, signer: FalSigner, tmp_path: Path
 ) -> None:
-    rid = deliver_one(falhook, signer)
+    rid = await fh.send(signer, {"n": 1})
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    out = run(
-        "events",
-        "show",
-        rid,
-        "--json",
-        cwd=elsewhere,
-        env={"FALHOOK_CONFIG": str(falhook.config_path)},
-    )
+    env = {"FALHOOK_CONFIG": str(fh.config_path)}
+    out = await run_cli("events", "show", rid, "--json", cwd=elsewhere, env=env)
     assert out.returncode == 0 and json.loads(out.stdout)["request_id"] == rid
 
 
@@ -144,43 +217,25 @@ def test_embedded_defaults_keep_everything_under_falhook_data(tmp_path: Path) ->
     assert (tmp_path / "falhook-data" / "events.db").exists()
 
 
-def test_a_second_serve_on_the_same_store_shares_events(
-    falhook_factory: Callable[..., Falhook], signer: FalSigner
+async def test_a_receive_only_serve_and_a_separate_worker_deliver_together(
+    falhook_factory: Callable[..., Falhook],
+    inprocess: InProcessFactory,
+    signer: FalSigner,
+    files: FileServer,
 ) -> None:
-    a = falhook_factory(name="a").start()
-    b = Falhook(a.tmp_path, a.config, name="b").start()
-    try:
-        rid, body = webhook_body(str(uuid.uuid4()), payload={"n": 1})
-        headers = signer.headers(body, rid)
-        first = httpx.post(b.url("/webhooks/default"), content=body, headers=headers)
-        assert first.json()["status"] == "accepted"
-        again = httpx.post(a.url("/webhooks/default"), content=body, headers=headers)
-        assert again.json()["status"] == "duplicate"  # deduplication is global to the store
-        a.wait_state(rid, "delivered")
-    finally:
-        b.stop()
-
-
-def test_a_receive_only_serve_and_a_separate_worker_deliver_together(
-    falhook_factory: Callable[..., Falhook], signer: FalSigner, files: FileServer
-) -> None:
-    receiver = falhook_factory(name="receiver")
-    receiver.command = ("serve", "--no-worker")
-    receiver.start()
+    """`serve --no-worker` stores and nobody delivers; another falhook on the same store sees
+    the event (a duplicate there); a `falhook worker` process delivers it."""
+    receiver = falhook_factory(name="receiver", command=("serve", "--no-worker")).start()
+    other = await inprocess(run_worker=False, name="other")  # a second receiver, same store
     files.add("/w.mp4", data=b"from the worker")
     rid, body = webhook_body(str(uuid.uuid4()), payload={"video": {"url": files.url("/w.mp4")}})
-    assert (
-        httpx.post(
-            receiver.url("/webhooks/default"), content=body, headers=signer.headers(body, rid)
-        ).json()["status"]
-        == "accepted"
-    )
-    assert receiver.event(rid)["state"] == "pending"  # type: ignore[index]  # nobody delivers
-    worker = Falhook(receiver.tmp_path, receiver.config, command=("worker",), name="worker")
-    worker.start(wait=False)
-    try:
-        receiver.wait_state(rid, "delivered")
-    finally:
-        worker.stop()
-    root = Path(receiver.config["sinks"]["local"]["root"])
-    assert (root / "default" / rid / "video.mp4").read_bytes() == b"from the worker"
+    headers = signer.headers(body, rid)
+    async with httpx.AsyncClient() as client:
+        first = await client.post(receiver.url("/webhooks/default"), content=body, headers=headers)
+    assert first.json() == {"status": "accepted", "request_id": rid}
+    again = await other.post(body, headers)
+    assert again.json()["status"] == "duplicate"  # deduplication is global to the store
+    assert (await other.event(rid))["state"] == "pending"  # type: ignore[index]  # no worker
+    falhook_factory(name="worker", command=("worker",)).start(wait=False)
+    await other.wait_state(rid, "delivered")
+    assert (other.event_dir("default", rid) / "video.mp4").read_bytes() == b"from the worker"

@@ -1,17 +1,18 @@
 """Every CLI command logs to stderr: `--json` stdout is one JSON document, whatever is logged.
 
-The commands run as subprocesses against a running `falhook serve` and fal's emulator, with
-debug logging on (each command then logs at least the line naming itself) and a submission
-whose webhook fal drops, so that `submissions reconcile` logs what it recovered.
+The commands run as subprocesses with debug logging on (each command then logs at least the
+line naming itself), on a store holding an event delivered by falhook in this process and a
+submission whose webhook fal's emulator drops, so that `submissions reconcile` logs what it
+recovered.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,35 +20,25 @@ import httpx
 import pytest
 
 from falhook.fal.emulate import Emulator, EmulatorServer
-from falhook.testing import FalSigner, JWKSServer, webhook_body
-from tests.support.falhook_server import Falhook, base_config, free_port, to_toml, wait_for
+from falhook.testing import FalSigner, JWKSServer
+from tests.support.falhook_server import base_config, free_port, to_toml, wait_for
+from tests.support.inprocess import InProcess, InProcessFactory, sync_condition, wait_until
 
 REFRAME = "luma/agent/ray/v3.2/reframe"
 KEY = "test-key-0123456789"
 INPUT = {"prompt": "wider", "video_url": "https://example.invalid/v.mp4", "aspect_ratio": "21:9"}
+pytestmark = pytest.mark.one_store("where commands log, not what they store")
 
 
 @pytest.fixture
-def running(tmp_path: Path, jwks: JWKSServer) -> Iterator[tuple[EmulatorServer, Falhook]]:
-    with EmulatorServer(Emulator(delay=0.1)) as fal:
-        port = free_port()
-        receiver = {"public_url": f"http://127.0.0.1:{port}", "queue_url": fal.url}
-        config = base_config(tmp_path, jwks.url, receiver=receiver, reconcile={"enabled": False})
-        with Falhook(tmp_path, config, port=port, env={"FAL_KEY": KEY}) as falhook:
-            yield fal, falhook
+def fal() -> Iterator[EmulatorServer]:
+    with EmulatorServer(Emulator(delay=0.1)) as server:
+        yield server
 
 
-def cli(falhook: Falhook, *args: str, fmt: str = "json") -> subprocess.CompletedProcess[str]:
-    env = falhook.env | {"FALHOOK_LOG_LEVEL": "debug", "FALHOOK_LOG_FORMAT": fmt}
-    out = subprocess.run(
-        [sys.executable, "-m", "falhook.cli", *args, "--config", str(falhook.config_path)],
-        cwd=falhook.tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
-    )
+async def cli(fh: InProcess, *args: str, fmt: str = "json") -> subprocess.CompletedProcess[str]:
+    env = {"FALHOOK_LOG_LEVEL": "debug", "FALHOOK_LOG_FORMAT": fmt, "FAL_KEY": KEY}
+    out = await fh.cli(*args, env=env)
     assert out.returncode == 0, out.stderr
     return out
 
@@ -57,55 +48,51 @@ def log_events(stderr: str) -> list[str]:
     return [json.loads(line)["event"] for line in stderr.splitlines() if line.strip()]
 
 
-def test_json_commands_keep_stdout_pure_and_log_on_stderr(
-    running: tuple[EmulatorServer, Falhook], signer: FalSigner, tmp_path: Path
+async def test_json_commands_keep_stdout_pure_and_log_on_stderr(
+    inprocess: InProcessFactory, fal: EmulatorServer, signer: FalSigner
 ) -> None:
-    fal, falhook = running
-    # One event straight from fal's webhook, one submission whose webhook fal drops.
-    rid, body = webhook_body(str(uuid.uuid4()), payload=None)
-    sent = httpx.post(
-        falhook.url("/webhooks/default"), content=body, headers=signer.headers(body, rid)
-    )
-    assert sent.status_code == 200
-    falhook.wait_state(rid, "delivered")
-    submitted = cli(
-        falhook, "submit", REFRAME, "--route", "reframe", "--json",
+    # One event straight from fal's webhook, delivered; then no falhook runs but the commands.
+    fh = await inprocess(receiver={"queue_url": fal.url}, reconcile={"enabled": False})
+    rid = await fh.send(signer, None)
+    await fh.wait_state(rid, "delivered")
+    await fh.aclose()
+    # One submission whose webhook fal drops.
+    submitted = await cli(
+        fh, "submit", REFRAME, "--route", "reframe", "--json",
         "--input", json.dumps({**INPUT, "_emulate": {"outcome": "drop"}}),
     )  # fmt: skip
     sub_id = json.loads(submitted.stdout)["request_id"]
     assert "falhook command" in log_events(submitted.stderr)
-    wait_for(fal.emulator.idle, timeout=15, what="the job to finish")
+    await wait_until(sync_condition(fal.emulator.idle), timeout=15, what="the job to finish")
 
-    listed = cli(falhook, "events", "list", "--json")
+    listed, shown, subs = await asyncio.gather(
+        cli(fh, "events", "list", "--json"),
+        cli(fh, "events", "show", rid, "--json"),
+        cli(fh, "submissions", "list", "--json"),
+    )
     assert [e["request_id"] for e in json.loads(listed.stdout)["events"]] == [rid]
-    assert "falhook command" in log_events(listed.stderr)
-
-    shown = cli(falhook, "events", "show", rid, "--json")
     assert json.loads(shown.stdout)["state"] == "delivered"
-    assert "falhook command" in log_events(shown.stderr)
-
-    subs = cli(falhook, "submissions", "list", "--json")
     assert [s["request_id"] for s in json.loads(subs.stdout)["submissions"]] == [sub_id]
-    assert "falhook command" in log_events(subs.stderr)
+    for out in (listed, shown, subs):
+        assert "falhook command" in log_events(out.stderr)
 
     # reconcile logs at info what it did (the dropped webhook, recovered by polling).
-    rec = cli(falhook, "submissions", "reconcile", "--deadline", "0", "--json")
+    rec = await cli(fh, "submissions", "reconcile", "--deadline", "0", "--json")
     assert json.loads(rec.stdout)["recovered"] == 1
     events = log_events(rec.stderr)
     assert {"recovered_by_polling", "reconciled"} <= set(events)
     assert KEY not in rec.stderr and KEY not in rec.stdout
 
-    # `events replay --now` runs a worker in the command (the running serve's worker may win
-    # the race): whichever delivers, stdout holds only the command's report.
-    replayed = cli(falhook, "events", "replay", rid, "--now", "--force")
+    # `events replay --now` runs a worker in the command: stdout holds only its report.
+    replayed = await cli(fh, "events", "replay", rid, "--now", "--force")
     assert replayed.stdout.splitlines()[-1] == "local: delivered"
     assert not any(line.startswith("{") for line in replayed.stdout.splitlines())
     assert "falhook command" in log_events(replayed.stderr)
 
 
-def test_console_format_logs_go_to_stderr_too(running: tuple[EmulatorServer, Falhook]) -> None:
-    _, falhook = running
-    out = cli(falhook, "events", "list", "--json", fmt="console")
+async def test_console_format_logs_go_to_stderr_too(inprocess: InProcessFactory) -> None:
+    config = inprocess.build()  # an empty store; nothing runs but the command
+    out = await cli(config, "events", "list", "--json", fmt="console")
     assert json.loads(out.stdout) == {"events": []}
     assert "falhook command" in out.stderr
 

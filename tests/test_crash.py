@@ -3,7 +3,6 @@ restarted; every request_id that got a 200 ends delivered, and no file is writte
 
 from __future__ import annotations
 
-import json
 import signal
 import threading
 import uuid
@@ -68,11 +67,10 @@ def test_sigkill_under_load_loses_nothing_acknowledged(
         acknowledged = list(acked)
 
     def all_delivered() -> bool:
-        out = fh.cli("events", "list", "--limit", "100000", "--json")
-        events = {e["request_id"]: e["state"] for e in json.loads(out.stdout)["events"]}
-        return all(events.get(rid) == "delivered" for rid in acknowledged)
+        states = fh.reader.states()
+        return all(states.get(rid) == "delivered" for rid in acknowledged)
 
-    wait_for(all_delivered, timeout=120, interval=0.5, what="every acknowledged event delivered")
+    wait_for(all_delivered, timeout=120, interval=0.1, what="every acknowledged event delivered")
 
     root = Path(fh.config["sinks"]["local"]["root"]) / "default"
     for rid in acknowledged:

@@ -3,7 +3,9 @@ finished one is taken in as an event recovered by polling."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -11,13 +13,15 @@ from typing import Any
 import pytest
 
 from falhook.config import Settings, settings_from_dict
-from falhook.fal.emulate import Emulator, EmulatorServer
+from falhook.fal.emulate import Emulator
 from falhook.fal.queue import FalQueue
 from falhook.fal.reconcile import Reconciler, ReconcileSettings
 from falhook.fal.submit import submit
 from falhook.store import Store, make_store
 from falhook.store.models import NewSubmission
-from tests.support.falhook_server import Falhook, base_config, free_port, wait_for
+from tests.support.emulator import SharedEmulator
+from tests.support.falhook_server import base_config, wait_for
+from tests.support.inprocess import InProcess, InProcessFactory, sync_condition, wait_until
 
 REFRAME = "luma/agent/ray/v3.2/reframe"
 KEY = "test-key-0123456789"
@@ -26,14 +30,19 @@ DEAD_WEBHOOK = "http://127.0.0.1:9"  # nothing listens: every webhook is lost
 NOW = ReconcileSettings(deadline=0, interval=0.1)
 
 
-@pytest.fixture
-def fal() -> Iterator[EmulatorServer]:
-    with EmulatorServer(Emulator(delay=0.1, webhook_attempts=1)) as server:
-        yield server
+@pytest.fixture(scope="module")
+def fal_host() -> Iterator[SharedEmulator]:
+    with SharedEmulator() as host:
+        yield host
 
 
 @pytest.fixture
-def settings(tmp_path: Path, fal: EmulatorServer, store_section: dict[str, str]) -> Settings:
+def fal(fal_host: SharedEmulator) -> SharedEmulator:
+    return fal_host.use(Emulator(delay=0.1, webhook_attempts=1))
+
+
+@pytest.fixture
+def settings(tmp_path: Path, fal: SharedEmulator, store_section: dict[str, str]) -> Settings:
     receiver = {"public_url": DEAD_WEBHOOK, "queue_url": fal.url}
     config = base_config(tmp_path, fal.jwks_url, receiver=receiver, store=store_section)
     return settings_from_dict(config, base_dir=tmp_path)
@@ -50,7 +59,7 @@ async def store(settings: Settings) -> AsyncIterator[Store]:
 
 
 @pytest.fixture
-async def queue(fal: EmulatorServer) -> AsyncIterator[FalQueue]:
+async def queue(fal: SharedEmulator) -> AsyncIterator[FalQueue]:
     async with FalQueue(fal.url, key=KEY) as q:
         yield q
 
@@ -62,7 +71,7 @@ async def submitted(queue: FalQueue, store: Store, settings: Settings, **control
 
 
 async def test_a_dropped_webhook_is_recovered_by_polling(
-    fal: EmulatorServer, store: Store, queue: FalQueue, settings: Settings
+    fal: SharedEmulator, store: Store, queue: FalQueue, settings: Settings
 ) -> None:
     rid = await submitted(queue, store, settings, outcome="drop")
     wait_for(fal.emulator.idle, timeout=15, what="the job to finish")
@@ -83,7 +92,7 @@ async def test_a_dropped_webhook_is_recovered_by_polling(
 
 
 async def test_a_failed_request_is_recovered_as_an_error_event(
-    fal: EmulatorServer, store: Store, queue: FalQueue, settings: Settings
+    fal: SharedEmulator, store: Store, queue: FalQueue, settings: Settings
 ) -> None:
     rid = await submitted(queue, store, settings, outcome="error")  # webhook goes nowhere
     wait_for(fal.emulator.idle, timeout=15, what="the job to give up its webhook")
@@ -108,7 +117,7 @@ async def test_a_running_request_stays_pending(
 
 
 async def test_the_deadline_is_respected(
-    store: Store, queue: FalQueue, settings: Settings, fal: EmulatorServer
+    store: Store, queue: FalQueue, settings: Settings, fal: SharedEmulator
 ) -> None:
     await submitted(queue, store, settings, outcome="drop")
     wait_for(fal.emulator.idle, timeout=15, what="the job to finish")
@@ -117,7 +126,7 @@ async def test_the_deadline_is_respected(
 
 
 async def test_a_request_fal_does_not_know_is_lost(
-    store: Store, queue: FalQueue, settings: Settings, fal: EmulatorServer
+    store: Store, queue: FalQueue, settings: Settings, fal: SharedEmulator
 ) -> None:
     await store.record_submission(
         NewSubmission(
@@ -157,59 +166,70 @@ async def test_an_unreachable_queue_leaves_it_pending(
 
 
 @pytest.fixture
-def emulated(
-    tmp_path: Path, store_section: dict[str, str]
-) -> Iterator[tuple[EmulatorServer, Falhook]]:
-    with EmulatorServer(Emulator(delay=0.2)) as server:
-        port = free_port()
-        receiver = {"public_url": f"http://127.0.0.1:{port}", "queue_url": server.url}
-        config = base_config(tmp_path, server.jwks_url, receiver=receiver, store=store_section)
-        with Falhook(tmp_path, config, port=port, env={"FAL_KEY": KEY}) as falhook:
-            yield server, falhook
+def emulated_fal(fal_host: SharedEmulator) -> SharedEmulator:
+    return fal_host.use(Emulator(delay=0.2))
 
 
-def test_dropped_webhook_recovered_and_delivered_to_disk(
-    emulated: tuple[EmulatorServer, Falhook], tmp_path: Path
+async def receiver(inprocess: InProcessFactory, fal: SharedEmulator, **overrides: Any) -> InProcess:
+    """falhook running in this process (not listening: fal drops these webhooks anyway)."""
+    receiver = {"queue_url": fal.url, "public_url": DEAD_WEBHOOK}
+    return await inprocess(jwks_url=fal.jwks_url, receiver=receiver, **overrides)
+
+
+async def submitted_dropped(fh: InProcess, fal: SharedEmulator) -> str:
+    """A job whose webhook fal drops (`falhook submit` itself: tests/test_submit.py)."""
+    inp = {**INPUT, "_emulate": {"outcome": "drop"}}
+    async with FalQueue(fal.url, key=KEY) as queue:
+        sub = await submit(
+            REFRAME, inp, route="reframe", settings=fh.settings, store=fh.store, queue=queue
+        )
+    return sub.request_id
+
+
+def submission_states(listed: subprocess.CompletedProcess[str]) -> list[tuple[str, str]]:
+    assert listed.returncode == 0, listed.stderr
+    return [(s["request_id"], s["state"]) for s in json.loads(listed.stdout)["submissions"]]
+
+
+async def test_dropped_webhook_recovered_by_the_reconcile_command_and_delivered_to_disk(
+    inprocess: InProcessFactory, emulated_fal: SharedEmulator, tmp_path: Path
 ) -> None:
-    fal, falhook = emulated
-    body = json.dumps({**INPUT, "_emulate": {"outcome": "drop"}})
-    done = falhook.cli("submit", REFRAME, "--route", "reframe", "--input", body)
-    assert done.returncode == 0, done.stderr
-    rid = done.stdout.strip()
-    wait_for(fal.emulator.idle, timeout=15, what="the job to finish")
-    assert falhook.event(rid) is None  # no webhook came
-    listed = json.loads(falhook.cli("submissions", "list", "--json").stdout)["submissions"]
-    assert [(s["request_id"], s["state"]) for s in listed] == [(rid, "pending")]
+    fal = emulated_fal
+    fh = await receiver(inprocess, fal)
+    rid = await submitted_dropped(fh, fal)
+    await wait_until(sync_condition(fal.emulator.idle), timeout=15, what="the job to finish")
+    assert await fh.event(rid) is None  # no webhook came
+    [pending] = await fh.store.list_submissions()
+    assert (pending.request_id, pending.state) == (rid, "pending")
 
-    rec = falhook.cli("submissions", "reconcile", "--deadline", "0", "--json")
+    rec = await fh.cli(
+        "submissions", "reconcile", "--deadline", "0", "--json", env={"FAL_KEY": KEY}
+    )
     assert rec.returncode == 0, rec.stderr
     assert json.loads(rec.stdout)["recovered"] == 1
 
-    event = falhook.wait_state(rid, "delivered")
+    event = await fh.wait_state(rid, "delivered")  # by the worker of the running falhook
     assert event["source"] == "poll" and event["submission"]["endpoint"] == REFRAME
     video = tmp_path / "files" / "reframe" / rid / "output.mp4"
     assert video.read_bytes() == fal.emulator.files[f"{rid}/output.mp4"][0]
-    listed = json.loads(falhook.cli("submissions", "list", "--json").stdout)["submissions"]
-    assert [(s["request_id"], s["state"]) for s in listed] == [(rid, "recovered")]
-    shown = falhook.cli("submissions", "list", "--state", "recovered")
+    listed, shown = await asyncio.gather(
+        fh.cli("submissions", "list", "--json"),
+        fh.cli("submissions", "list", "--state", "recovered"),
+    )
+    assert submission_states(listed) == [(rid, "recovered")]
     assert rid in shown.stdout and "recovered" in shown.stdout
 
 
-def test_falhook_serve_recovers_a_dropped_webhook_by_itself(
-    tmp_path: Path, store_section: dict[str, str]
+async def test_falhook_recovers_a_dropped_webhook_by_itself(
+    inprocess: InProcessFactory,
+    emulated_fal: SharedEmulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    with EmulatorServer(Emulator(delay=0.2)) as fal:
-        port = free_port()
-        receiver = {"public_url": f"http://127.0.0.1:{port}", "queue_url": fal.url}
-        reconcile = {"deadline": 1.0, "interval": 0.3}
-        config = base_config(
-            tmp_path, fal.jwks_url, receiver=receiver, reconcile=reconcile, store=store_section
-        )
-        with Falhook(tmp_path, config, port=port, env={"FAL_KEY": KEY}) as falhook:
-            body = json.dumps({**INPUT, "_emulate": {"outcome": "drop"}})
-            done = falhook.cli("submit", REFRAME, "--route", "reframe", "--input", body)
-            assert done.returncode == 0, done.stderr
-            rid = done.stdout.strip()
-            event = falhook.wait_state(rid, "delivered", timeout=60)  # no reconcile command
-            assert event["source"] == "poll"
-            assert (tmp_path / "files" / "reframe" / rid / "output.mp4").exists()
+    monkeypatch.setenv("FAL_KEY", KEY)  # `falhook serve` reconciles while FAL_KEY is set
+    fal = emulated_fal
+    fh = await receiver(inprocess, fal, reconcile={"deadline": 0.5, "interval": 0.1})
+    rid = await submitted_dropped(fh, fal)
+    event = await fh.wait_state(rid, "delivered", timeout=20)  # no reconcile command
+    assert event["source"] == "poll"
+    assert (tmp_path / "files" / "reframe" / rid / "output.mp4").exists()

@@ -78,11 +78,12 @@ def test_two_receivers_three_workers_one_killed_mid_delivery(
         falhook_factory(name=f"worker-{n}", command=("worker",), delivery=delivery)
         for n in (1, 2, 3)
     ]
+    for proc in receivers + workers:  # all five start at once
+        proc.start(wait=False)
     for r in receivers:
-        r.start()
+        r.wait_healthy()
     owners: dict[str, Falhook] = {}
     for w in workers:
-        w.start(wait=False)
         owner = wait_for(lambda w=w: owner_of(w), timeout=30, what=f"{w.log_path.name} to start")
         owners[owner] = w
     victim, survivors = workers[0], workers[1:]

@@ -3,22 +3,24 @@ what is recorded, and that a submit whose answer was lost is never resubmitted."
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from falhook.config import Settings, settings_from_dict
-from falhook.fal.emulate import Emulator, EmulatorServer, tiny_mp4
+from falhook.fal.emulate import Emulator, tiny_mp4
 from falhook.fal.queue import FalQueue, MissingKey, SubmitError, SubmitUnknown, is_fal_queue
 from falhook.fal.ray import ValidationError
 from falhook.fal.submit import submit
 from falhook.store import Store, make_store
 from falhook.testing import LoopbackServer
-from tests.support.falhook_server import Falhook, base_config, free_port, wait_for
+from tests.support.emulator import SharedEmulator
+from tests.support.falhook_server import base_config
+from tests.support.inprocess import InProcess, InProcessFactory, sync_condition, wait_until
 from tests.support.stores import pg_schema_text
 
 REFRAME = "luma/agent/ray/v3.2/reframe"
@@ -27,10 +29,15 @@ INPUT = {"prompt": "wider", "video_url": "https://example.invalid/v.mp4", "aspec
 PUBLIC = "http://127.0.0.1:9"  # nothing listens: these tests look at what fal is asked
 
 
+@pytest.fixture(scope="module")
+def fal_host() -> Iterator[SharedEmulator]:
+    with SharedEmulator() as host:
+        yield host
+
+
 @pytest.fixture
-def fal() -> Iterator[EmulatorServer]:
-    with EmulatorServer(Emulator(delay=30)) as server:  # no webhook during these tests
-        yield server
+def fal(fal_host: SharedEmulator) -> SharedEmulator:
+    return fal_host.use(Emulator(delay=30))  # no webhook during these tests
 
 
 def settings_for(tmp_path: Path, queue_url: str, jwks_url: str = PUBLIC) -> Settings:
@@ -51,7 +58,7 @@ async def store(tmp_path: Path, store_section: dict[str, str]) -> AsyncIterator[
 
 
 async def test_the_request_fal_receives_for_a_nested_endpoint(
-    fal: EmulatorServer, store: Store, tmp_path: Path
+    fal: SharedEmulator, store: Store, tmp_path: Path
 ) -> None:
     settings = settings_for(tmp_path, fal.url)
     async with FalQueue(fal.url, key=KEY) as queue:
@@ -74,7 +81,7 @@ async def test_the_request_fal_receives_for_a_nested_endpoint(
     assert recorded.status_url == sub.status_url
 
 
-async def test_status_result_and_cancel_use_the_returned_urls(fal: EmulatorServer) -> None:
+async def test_status_result_and_cancel_use_the_returned_urls(fal: SharedEmulator) -> None:
     async with FalQueue(fal.url, key=KEY) as queue:
         sub = await queue.submit(REFRAME, INPUT)
         status = await queue.status(sub.status_url)
@@ -87,7 +94,7 @@ async def test_status_result_and_cancel_use_the_returned_urls(fal: EmulatorServe
 
 
 async def test_local_files_are_uploaded_first_and_their_urls_put_in_the_input(
-    fal: EmulatorServer, store: Store, tmp_path: Path
+    fal: SharedEmulator, store: Store, tmp_path: Path
 ) -> None:
     clip = tmp_path / "clip.mp4"
     clip.write_bytes(tiny_mp4(8.0))
@@ -111,7 +118,7 @@ async def test_local_files_are_uploaded_first_and_their_urls_put_in_the_input(
 
 
 async def test_a_bad_input_spends_nothing(
-    fal: EmulatorServer, store: Store, tmp_path: Path
+    fal: SharedEmulator, store: Store, tmp_path: Path
 ) -> None:
     long_clip = tmp_path / "long.mp4"
     long_clip.write_bytes(tiny_mp4(45.0))
@@ -127,7 +134,7 @@ async def test_a_bad_input_spends_nothing(
     assert await store.list_submissions() == []
 
 
-async def test_unknown_endpoints_are_not_validated(fal: EmulatorServer, tmp_path: Path) -> None:
+async def test_unknown_endpoints_are_not_validated(fal: SharedEmulator, tmp_path: Path) -> None:
     settings = settings_for(tmp_path, fal.url)
     async with FalQueue(fal.url, key=KEY) as queue:
         await submit("fal-ai/flux/dev", {"x": 1}, route="default", settings=settings, queue=queue)
@@ -135,7 +142,7 @@ async def test_unknown_endpoints_are_not_validated(fal: EmulatorServer, tmp_path
 
 
 async def test_an_unconfigured_route_or_missing_key_is_refused_before_sending(
-    fal: EmulatorServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fal: SharedEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = settings_for(tmp_path, fal.url)
     async with FalQueue(fal.url, key=KEY) as queue:
@@ -209,40 +216,39 @@ def test_uploads_go_to_fal_storage_only_for_fals_queue() -> None:
     assert "test-key" not in repr(FalQueue("https://queue.fal.run", key="test-key"))
 
 
-# --- end to end: falhook serve, the emulator, and the falhook submit command --------------------
+# --- end to end: falhook running, the emulator, and the falhook submit command -----------------
 
 
 @pytest.fixture
-def emulated(
-    tmp_path: Path, store_section: dict[str, str]
-) -> Iterator[tuple[EmulatorServer, Falhook]]:
-    with EmulatorServer(Emulator(delay=0.3)) as server:
-        port = free_port()
-        receiver: dict[str, Any] = {
-            "public_url": f"http://127.0.0.1:{port}",
-            "queue_url": server.url,
-        }
-        config = base_config(tmp_path, server.jwks_url, receiver=receiver, store=store_section)
-        falhook = Falhook(tmp_path, config, port=port, env={"FAL_KEY": KEY})
-        with falhook:
-            yield server, falhook
+def emulated_fal(fal_host: SharedEmulator) -> SharedEmulator:
+    return fal_host.use(Emulator(delay=0.3))
 
 
-def test_submit_command_webhook_verified_correlated_and_delivered(
-    emulated: tuple[EmulatorServer, Falhook], tmp_path: Path, store_section: dict[str, str]
+@pytest.fixture
+async def receiver(inprocess: InProcessFactory, emulated_fal: SharedEmulator) -> InProcess:
+    """falhook in this process, served on loopback: the webhook URL `submit` registers."""
+    fal = emulated_fal
+    return await inprocess(listen=True, jwks_url=fal.jwks_url, receiver={"queue_url": fal.url})
+
+
+async def test_submit_command_webhook_verified_correlated_and_delivered(
+    receiver: InProcess,
+    emulated_fal: SharedEmulator,
+    tmp_path: Path,
+    store_section: dict[str, str],
 ) -> None:
-    fal, falhook = emulated
+    fal, fh = emulated_fal, receiver
     clip = tmp_path / "clip.mp4"
     clip.write_bytes(tiny_mp4(6.0))
     (tmp_path / "input.json").write_text(json.dumps({"prompt": "wider", "aspect_ratio": "21:9"}))
-    done = falhook.cli("submit", REFRAME, "--route", "reframe", "--input", "@input.json",
-                       "--file", f"video_url={clip}")  # fmt: skip
+    done = await fh.cli("submit", REFRAME, "--route", "reframe", "--input", "@input.json",
+                        "--file", f"video_url={clip}", env={"FAL_KEY": KEY})  # fmt: skip
     assert done.returncode == 0, done.stderr
     rid = done.stdout.strip()
     [post] = fal.emulator.submits()
     assert post.path == f"/{REFRAME}"
-    assert post.query["fal_webhook"] == f"{falhook.base_url}/webhooks/reframe"
-    event = falhook.wait_state(rid, "delivered")
+    assert post.query["fal_webhook"] == f"{fh.base_url}/webhooks/reframe"
+    event = await fh.wait_state(rid, "delivered")
     assert fal.emulator.jobs[rid].webhook_answers == [200]  # verified and accepted at once
     assert event["source"] == "webhook"
     sub = event["submission"]
@@ -250,42 +256,51 @@ def test_submit_command_webhook_verified_correlated_and_delivered(
     assert sub["input"]["video_url"].startswith(fal.url) and sub["seconds_to_webhook"] >= 0
     video = tmp_path / "files" / "reframe" / rid / "output.mp4"
     assert video.read_bytes() == fal.emulator.files[f"{rid}/output.mp4"][0]
-    shown = falhook.cli("events", "show", rid)
+    shown, listed = await asyncio.gather(
+        fh.cli("events", "show", rid), fh.cli("submissions", "list", "--json")
+    )
     assert f"endpoint     {REFRAME}" in shown.stdout and "s to result" in shown.stdout
-    listed = json.loads(falhook.cli("submissions", "list", "--json").stdout)
-    assert [(s["request_id"], s["state"]) for s in listed["submissions"]] == [(rid, "completed")]
-    # The key went into the Authorization header only.
-    for path in [falhook.log_path, *(tmp_path / "data").glob("events.db*")]:
+    states = [(s["request_id"], s["state"]) for s in json.loads(listed.stdout)["submissions"]]
+    assert states == [(rid, "completed")]
+    # The key went into the Authorization header only: not in the command's output or logs,
+    # not in the store.
+    assert KEY not in done.stdout and KEY not in done.stderr
+    for path in (tmp_path / "data").glob("events.db*"):
         assert KEY.encode() not in path.read_bytes(), path
     if "schema" in store_section:  # PostgreSQL: nowhere in falhook's tables either
-        stored = pg_schema_text(store_section["schema"])
+        stored = await pg_schema_text(store_section["schema"])
         assert rid in stored and KEY not in stored
 
 
 @pytest.mark.one_store("input validation before anything is sent or stored")
-def test_submit_command_refuses_a_bad_input_with_the_field_named(
-    emulated: tuple[EmulatorServer, Falhook],
+async def test_submit_command_refuses_a_bad_input_with_the_field_named(
+    inprocess: InProcessFactory, emulated_fal: SharedEmulator
 ) -> None:
-    fal, falhook = emulated
+    fal = emulated_fal
+    config = inprocess.build(jwks_url=fal.jwks_url, receiver={"queue_url": fal.url})
     bad = json.dumps({**INPUT, "hdr": True})
-    done = falhook.cli("submit", REFRAME, "--route", "reframe", "--input", bad)
+    done = await config.cli(
+        "submit", REFRAME, "--route", "reframe", "--input", bad, env={"FAL_KEY": KEY}
+    )
     assert done.returncode == 2
     assert "input.hdr: needs resolution 720p or 1080p" in done.stderr
     assert fal.emulator.requests == []
 
 
-def test_error_and_payload_error_webhooks_are_correlated(
-    emulated: tuple[EmulatorServer, Falhook],
+async def test_error_and_payload_error_webhooks_are_correlated(
+    receiver: InProcess, emulated_fal: SharedEmulator
 ) -> None:
-    fal, falhook = emulated
+    fal, fh = emulated_fal, receiver
     ids = {}
-    for outcome in ("error", "payload_error"):
-        body = json.dumps({**INPUT, "_emulate": {"outcome": outcome}})
-        done = falhook.cli("submit", REFRAME, "--route", "reframe", "--input", body)
-        assert done.returncode == 0, done.stderr
-        ids[outcome] = done.stdout.strip()
-    error = falhook.wait_state(ids["error"], "delivered")
+    async with FalQueue(fal.url, key=KEY) as queue:
+        for outcome in ("error", "payload_error"):
+            inp = {**INPUT, "_emulate": {"outcome": outcome}}
+            sub = await submit(
+                REFRAME, inp, route="reframe", settings=fh.settings, store=fh.store, queue=queue
+            )
+            ids[outcome] = sub.request_id
+    error = await fh.wait_state(ids["error"], "delivered")
     assert error["fal_status"] == "ERROR" and error["submission"]["endpoint"] == REFRAME
-    perr = falhook.wait_state(ids["payload_error"], "delivered")
+    perr = await fh.wait_state(ids["payload_error"], "delivered")
     assert perr["payload_error"] and perr["submission"]["route"] == "reframe"
-    wait_for(fal.emulator.idle, timeout=15, what="the emulator to finish")
+    await wait_until(sync_condition(fal.emulator.idle), timeout=15, what="the emulator to finish")

@@ -1,22 +1,32 @@
-"""`falhook serve` (or `falhook worker`) as a real subprocess on loopback, configured per test.
+"""`falhook serve` (or `falhook worker`) as a real subprocess on loopback, configured per test,
+and its store read from the test's own process (`StoreReader`: no `falhook events show`
+process per look).
 
 Everything here waits on conditions with deadlines; nothing sleeps for luck.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
+
+from falhook.config import settings_from_dict
+from falhook.store import EventView, make_store
+from falhook.store.document import event_document
+
+T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -88,6 +98,52 @@ def wait_for(
         time.sleep(interval)
 
 
+class StoreReader:
+    """The store a falhook config names, opened once in this process and read through its
+    EventReader role from synchronous test code (the store lives on an event loop of its
+    own thread). Reads what `falhook events show --json` would print, in milliseconds."""
+
+    def __init__(self, config: dict[str, Any], base_dir: Path) -> None:
+        self.store = make_store(settings_from_dict(config, base_dir=base_dir))
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="store-reader", daemon=True
+        )
+        self._thread.start()
+        try:
+            self._call(self.store.open())
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    def _call(self, coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def view(self, request_id: str) -> EventView | None:
+        return self._call(self.store.get_event(request_id))
+
+    def event(self, request_id: str) -> dict[str, Any] | None:
+        """The event as `falhook events show --json` prints it, or None."""
+        view = self.view(request_id)
+        return event_document(view) if view is not None else None
+
+    def states(self, limit: int = 100_000) -> dict[str, str]:
+        """request_id -> the event's state, for every stored event (up to `limit`)."""
+        views = self._call(self.store.list_events(limit=limit))
+        return {v.request_id: v.state for v in views}
+
+    def close(self) -> None:
+        try:
+            self._call(self.store.close())
+        finally:
+            self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
+
+
 class Falhook:
     """A falhook process. `start()` waits until /healthz answers."""
 
@@ -110,6 +166,7 @@ class Falhook:
         self.env = {**os.environ, "FALHOOK_LOG_FORMAT": "json", **(env or {})}
         self.log_path = tmp_path / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self._reader: StoreReader | None = None
 
     @property
     def base_url(self) -> str:
@@ -134,8 +191,12 @@ class Falhook:
                 args, cwd=self.tmp_path, env=self.env, stdout=log, stderr=log
             )
         if wait and self.command[0] == "serve":
-            wait_for(self._healthy, timeout=30, what=f"falhook on {self.port} to be healthy")
+            self.wait_healthy()
         return self
+
+    def wait_healthy(self, timeout: float = 30) -> None:
+        """Until /healthz answers (a serve started with wait=False)."""
+        wait_for(self._healthy, timeout=timeout, what=f"falhook on {self.port} to be healthy")
 
     def _healthy(self) -> bool:
         assert self.proc is not None
@@ -162,6 +223,23 @@ class Falhook:
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
 
+    def close(self) -> None:
+        """Stop the process and close the store reader, if one was opened."""
+        try:
+            self.stop()
+        finally:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
+
+    @property
+    def reader(self) -> StoreReader:
+        """This config's store, read in the test's process (opened on first use; it stays
+        open across stops and restarts of the process)."""
+        if self._reader is None:
+            self._reader = StoreReader(self.config, self.tmp_path)
+        return self._reader
+
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         """Run another falhook command against this config."""
         return subprocess.run(
@@ -175,18 +253,18 @@ class Falhook:
         )
 
     def event(self, request_id: str) -> dict[str, Any] | None:
-        done = self.cli("events", "show", request_id, "--json")
-        return json.loads(done.stdout) if done.returncode == 0 else None
+        """The event as `falhook events show --json` prints it, or None."""
+        return self.reader.event(request_id)
 
     def wait_state(self, request_id: str, state: str, timeout: float = 60) -> dict[str, Any]:
         def check() -> dict[str, Any] | None:
             ev = self.event(request_id)
             return ev if ev and ev["state"] == state else None
 
-        return wait_for(check, timeout=timeout, interval=0.2, what=f"{request_id} to be {state}")
+        return wait_for(check, timeout=timeout, what=f"{request_id} to be {state}")
 
     def __enter__(self) -> Falhook:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
-        self.stop()
+        self.close()

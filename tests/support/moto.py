@@ -62,6 +62,10 @@ class MotoServer:
         wait_for(lambda: _reachable(self.url), timeout=30, what="moto to answer")
         return self
 
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
     def reset(self) -> None:
         """Forget every bucket: moto's state is per process, shared by servers in it."""
         httpx.post(self.url + "/moto-api/reset", timeout=10).raise_for_status()

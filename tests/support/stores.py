@@ -63,27 +63,23 @@ def drop_pg_schemas(names: list[str]) -> None:
     _PG_SCHEMAS.difference_update(names)
 
 
-def pg_schema_text(schema: str) -> str:
+async def pg_schema_text(schema: str) -> str:
     """Every row of every table in the schema, as text: to look for what must not be stored."""
+    import asyncpg
 
-    async def dump() -> str:
-        import asyncpg
-
-        conn = await asyncpg.connect(PG_URL, timeout=10)
-        try:
-            tables = await conn.fetch(
-                "SELECT table_name FROM information_schema.tables WHERE table_schema = $1",
-                schema,
-            )
-            parts = []
-            for t in tables:
-                rows = await conn.fetch(f'SELECT x::text AS row FROM "{schema}"."{t[0]}" x')
-                parts += [r["row"] for r in rows]
-            return "\n".join(parts)
-        finally:
-            await conn.close()
-
-    return asyncio.run(dump())
+    conn = await asyncpg.connect(PG_URL, timeout=10)
+    try:
+        tables = await conn.fetch(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = $1",
+            schema,
+        )
+        parts = []
+        for t in tables:
+            rows = await conn.fetch(f'SELECT x::text AS row FROM "{schema}"."{t[0]}" x')
+            parts += [r["row"] for r in rows]
+        return "\n".join(parts)
+    finally:
+        await conn.close()
 
 
 def store_section(name: str, tmp_path: Path) -> dict[str, str]:
