@@ -15,12 +15,12 @@ from typing import Any
 
 import httpx
 import pytest
-from structlog.testing import capture_logs
 
 from falhook.config import ConfigError, settings_from_dict
 from falhook.delivery.files import download_all
 from falhook.downloads.fetch import Fetcher, FetchPermanent
 from falhook.fal.cli import emulate_banner
+from falhook.intake import keys as keys_module
 from falhook.intake.envelope import FileRef
 from falhook.intake.keys import FalKeys
 from falhook.metrics import Metrics
@@ -30,6 +30,7 @@ from falhook.sinks.disk import DiskSink
 from falhook.testing import FalSigner, JWKSServer, webhook_body
 from tests.support.falhook_server import Falhook, base_config, wait_for
 from tests.support.fileserver import FileServer
+from tests.support.logs import captured
 from tests.test_disk_sink import context
 
 
@@ -178,7 +179,7 @@ def test_ready_is_logged_only_once_keys_are_loaded(falhook_factory: Any, jwks: J
 
 async def reason_for(url: str) -> dict[str, Any]:
     keys = FalKeys(url)
-    with capture_logs() as logs:
+    with captured(keys_module) as logs:
         await keys.start()
         await keys.aclose()
     [failed] = [e for e in logs if e["event"] == "jwks fetch failed"]

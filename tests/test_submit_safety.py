@@ -11,9 +11,9 @@ from typing import Any
 
 import httpx
 import pytest
-from structlog.testing import capture_logs
 
 from falhook.config import Settings, settings_from_dict
+from falhook.fal import submit as submit_module
 from falhook.fal.emulate import Emulator, EmulatorServer
 from falhook.fal.queue import FalQueue, SubmitRefused
 from falhook.fal.reconcile import Reconciler, ReconcileSettings
@@ -21,6 +21,7 @@ from falhook.fal.submit import submit, unreachable_reason
 from falhook.store import Store, make_store
 from falhook.store.models import NewSubmission, utcnow
 from tests.support.falhook_server import base_config
+from tests.support.logs import captured
 
 REFRAME = "luma/agent/ray/v3.2/reframe"
 KEY = "test-key-0123456789"
@@ -119,7 +120,7 @@ async def test_a_webhook_field_in_the_input_is_warned_about(tmp_path: Path) -> N
     s = settings(tmp_path, "https://hooks.example.com")
     body = {**INPUT, "webhook_url": "https://hooks.example.com/x"}
     async with FalQueue(FAL_QUEUE, key=KEY, transport=queue) as client:
-        with capture_logs() as logs:
+        with captured(submit_module) as logs:
             await submit(REFRAME, body, route="reframe", settings=s, queue=client)
     [warning] = [e for e in logs if e["log_level"] == "warning"]
     assert warning["field"] == "input.webhook_url" and "fal_webhook" in warning["event"]
