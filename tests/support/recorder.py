@@ -7,13 +7,18 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
+import structlog
+
 from falhook.sinks.base import DeliveryContext, Permanent
 
 RECEIVED: defaultdict[str, list[DeliveryContext]] = defaultdict(list)
+# What every log line written during the call carries besides its own keys.
+LOG_CONTEXT: defaultdict[str, list[dict[str, Any]]] = defaultdict(list)
 
 
 async def record(ctx: DeliveryContext, *, key: str) -> dict[str, Any]:
     RECEIVED[key].append(ctx)
+    LOG_CONTEXT[key].append(structlog.contextvars.get_contextvars())
     return {"recorded": ctx.event.request_id}
 
 
