@@ -23,10 +23,11 @@ from falhook.config import TelemetrySettings, settings_from_dict
 from falhook.runtime import Runtime
 from falhook.telemetry import tracing_wanted
 from falhook.testing import FalSigner, JWKSServer, sign_request
-from tests.support.falhook_server import ROOT
+from tests.support.falhook_server import ROOT, Falhook, base_config, wait_for
 from tests.support.fileserver import FileServer
 from tests.support.http_target import HttpTarget
 from tests.support.otel import memory_exporter, spans_of
+from tests.support.otlp_collector import OtlpCollector
 from tests.support.recorder import LOG_CONTEXT
 
 SECRET = "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
@@ -269,3 +270,75 @@ def test_with_tracing_off_opentelemetry_is_never_imported(
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "loaded: []" in done.stdout
+
+
+def test_one_trace_across_falhook_serve_no_worker_and_falhook_worker_processes(
+    tmp_path: Path,
+    store_section: dict[str, str],
+    jwks: JWKSServer,
+    signer: FalSigner,
+    files: FileServer,
+) -> None:
+    """The real thing: two processes on one store, tracing turned on by the standard OTEL_*
+    variables, spans exported over OTLP/HTTP to a loopback collector."""
+    with OtlpCollector() as collector, HttpTarget() as target:
+        config = base_config(
+            tmp_path,
+            jwks.url,
+            store=store_section,
+            sinks={
+                "local": {"type": "disk", "root": str(tmp_path / "files")},
+                "forward": {"type": "http", "url": target.url, "secret": SECRET},
+            },
+            routes={"reframe": {"sinks": ["local", "forward"]}},
+        )
+        otel = {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100"}
+        receiver = Falhook(
+            tmp_path,
+            config,
+            command=("serve", "--no-worker"),
+            name="receiver",
+            env={**otel, "OTEL_SERVICE_NAME": "falhook-receiver"},
+        )
+        worker = Falhook(
+            tmp_path,
+            config,
+            command=("worker",),
+            name="worker",
+            env={**otel, "OTEL_SERVICE_NAME": "falhook-worker"},
+        )
+        try:
+            receiver.start()
+            worker.start()
+            files.add("/clip.mp4", data=b"c" * 4096, content_type="video/mp4")
+            payload = {"video": {"url": files.url("/clip.mp4")}}
+            rid, body, headers = sign_request(signer, payload=payload)
+            answer = httpx.post(receiver.url("/webhooks/reframe"), content=body, headers=headers)
+            assert answer.status_code == 200, answer.text
+            receiver.wait_state(rid, "delivered")
+
+            def whole_trace() -> list[Any]:
+                spans = collector.collected()
+                sends = [s for s in spans if s.name.startswith("send ")]
+                return spans if len(sends) == 2 else []
+
+            spans = wait_for(whole_trace, timeout=30, what="the worker's spans at the collector")
+        finally:
+            receiver.stop()
+            worker.stop()
+        [(forwarded, _)] = target.requests
+    [receive] = [s for s in spans if s.name == "receive reframe"]
+    assert receive.service == "falhook-receiver" and receive.attributes["falhook.request_id"] == rid
+    [process] = [s for s in spans if s.name == "process reframe"]
+    assert process.service == "falhook-worker"
+    assert process.parent_span_id == receive.span_id
+    assert process.links == [(receive.trace_id, receive.span_id)]
+    sends = {s.attributes["falhook.sink"]: s for s in spans if s.name.startswith("send ")}
+    assert sorted(sends) == ["forward", "local"]
+    [download] = [s for s in spans if s.name == "download"]
+    for span in [process, download, *sends.values()]:
+        assert span.trace_id == receive.trace_id
+    assert download.parent_span_id == process.span_id
+    assert all(s.parent_span_id == process.span_id for s in sends.values())
+    send = sends["forward"]
+    assert forwarded["traceparent"].startswith(f"00-{send.trace_id}-{send.span_id}-")
