@@ -119,6 +119,8 @@ class OtelTelemetry(Telemetry):
         # A route nobody configured is not named: scanners must not make span names up.
         name = f"receive {route}" if known else "receive"
         attributes = _messaging("receive", route if known else None)
+        if known:
+            attributes["falhook.route"] = route
         attributes |= {"http.request.method": "POST", "http.route": "/webhooks/{route}"}
         return self._start(name, SpanKind.SERVER, attributes)
 
