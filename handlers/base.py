@@ -96,10 +96,19 @@ class EventInfo:
     def endpoint(self) -> str | None:
         return (self.submission or {}).get("endpoint")
 
+    @property
+    def alert(self) -> dict[str, Any] | None:
+        """For an alert event (source "alert", raised by a route's `on_dead`): what it
+        reports, ``{"kind": "delivery_dead", "request_id", "route", "sink", "attempts",
+        "last_error", "console_url", ...}``; None for a fal result."""
+        if self.source == "alert" and isinstance(self.payload, dict):
+            return self.payload
+        return None
+
     def document(self) -> dict[str, Any]:
         """The event as JSON (what event.json holds): the keys of ``falhook events show
         --json`` that describe the event itself, and its payload."""
-        return {
+        doc = {
             "request_id": self.request_id,
             "route": self.route,
             "fal_status": self.fal_status,
@@ -112,6 +121,10 @@ class EventInfo:
             "submission": self.submission,
             "payload": self.payload,
         }
+        alert = self.alert
+        if alert is not None:  # an alert says what it is at the top: "delivery_dead"
+            doc["kind"] = alert.get("kind")
+        return doc
 
     def to_json_bytes(self) -> bytes:
         return json.dumps(self.document(), indent=2, sort_keys=True, default=str).encode() + b"\n"

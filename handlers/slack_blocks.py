@@ -90,6 +90,8 @@ def _field(label: str, value: str) -> dict[str, str]:
 def build_message(ctx: DeliveryContext, *, previews: bool = True) -> dict[str, Any]:
     """`{"text": fallback, "blocks": [...]}` for this event."""
     ev = ctx.event
+    if ev.alert is not None:
+        return build_alert(ctx, ev.alert)
     failed = not ev.ok or ev.payload_error
     title = f"fal request {'failed' if failed else 'done'} · {ev.route}"
     blocks = _head(ctx, title)
@@ -153,3 +155,45 @@ def _text(mrkdwn: str) -> dict[str, Any]:
 
 def _context(mrkdwn: str) -> dict[str, Any]:
     return {"type": "context", "elements": [{"type": "mrkdwn", "text": fit(mrkdwn, 300)}]}
+
+
+def build_alert(ctx: DeliveryContext, alert: dict[str, Any]) -> dict[str, Any]:
+    """An alert (a route's `on_dead`): what went dead, where, why, and a link to look."""
+    sink, route = str(alert.get("sink")), str(alert.get("route"))
+    title = f"⚠️ Delivery dead · {sink} · {route}"
+    error = str(alert.get("last_error") or "no error recorded")
+    blocks: list[dict[str, Any]] = [
+        {
+            "type": "header",
+            "text": {"type": "plain_text", "text": fit(title, HEADER_MAX, mrkdwn=False)},
+        },
+        {
+            "type": "section",
+            "fields": [
+                _field("Sink", sink),
+                _field("Route", route),
+                _field("Request", str(alert.get("request_id"))),
+                _field("Attempts", str(alert.get("attempts"))),
+            ],
+        },
+        _text(f"*Last error*\n```{fit(error, SECTION_MAX - 40)}```"),
+    ]
+    link = alert.get("console_url")
+    if _linkable(link):
+        blocks.append(_text(f"<{link}|Open the event in falhook's console>"))
+    blocks.append(_context(f"falhook alert {ctx.event.request_id} · `falhook events replay`"))
+    summary = (
+        f"falhook: delivery of {alert.get('request_id')} to {sink} ({route}) is dead after "
+        f"{alert.get('attempts')} attempt(s): {error}"
+    )
+    return {"text": fit(summary, FALLBACK_MAX), "blocks": blocks}
+
+
+def _linkable(link: Any) -> bool:
+    """An http(s) URL that can sit in a mrkdwn link as it is."""
+    return (
+        isinstance(link, str)
+        and link.startswith(("https://", "http://"))
+        and len(link) < URL_MAX
+        and not any(c in link for c in "|<> ")
+    )

@@ -191,6 +191,7 @@ def create_app(
         keys=runtime.keys,
         store=runtime.store,
         metrics=runtime.metrics,
+        telemetry=runtime.telemetry,
         ready=runtime.ensure_started,
         deliver_now=_inline_delivery(runtime) if inline else None,
     )

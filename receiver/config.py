@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from falhook.filters import Filter, FilterError
+
 DEFAULT_JWKS_URL = "https://rest.alpha.fal.ai/.well-known/jwks.json"
 DEFAULT_QUEUE_URL = "https://queue.fal.run"
 DEFAULT_SIGN_URL = "https://api.fal.ai/v1/storage/files/sign"
@@ -111,17 +113,30 @@ class ServerlessSettings:
 
 
 @dataclass(frozen=True)
+class TelemetrySettings:
+    """Tracing (OpenTelemetry). `enabled` None: on when the standard OTEL_* variables ask for
+    traces (falhook.telemetry decides); the other keys default to those variables too."""
+
+    enabled: bool | None = None
+    service_name: str = ""  # default: $OTEL_SERVICE_NAME, else "falhook"
+    exporter: str = ""  # "otlp", "console" or "none"; default: $OTEL_TRACES_EXPORTER, else otlp
+    endpoint: str = ""  # OTLP/HTTP base URL; default: $OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT
+
+
+@dataclass(frozen=True)
 class SinkSettings:
     name: str
     type: str
     options: dict[str, Any]
     after: tuple[str, ...] = ()
+    filter: Filter | None = None  # events it does not match get a `skipped` delivery
 
 
 @dataclass(frozen=True)
 class RouteSettings:
     name: str
     sinks: tuple[str, ...]
+    on_dead: tuple[str, ...] = ()  # sinks that get an alert when a delivery goes dead
 
 
 @dataclass(frozen=True)
@@ -133,6 +148,7 @@ class Settings:
     serverless: ServerlessSettings = field(default_factory=ServerlessSettings)
     submit: SubmitSettings = field(default_factory=SubmitSettings)
     reconcile: ReconcileSettings = field(default_factory=ReconcileSettings)
+    telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
     sinks: dict[str, SinkSettings] = field(default_factory=dict)
     routes: dict[str, RouteSettings] = field(default_factory=dict)
     base_dir: Path = field(default_factory=Path.cwd)
@@ -203,6 +219,7 @@ def settings_from_dict(raw: dict[str, Any], *, base_dir: Path, source: str = "<d
         "serverless",
         "submit",
         "reconcile",
+        "telemetry",
         "sinks",
         "routes",
     }
@@ -217,6 +234,7 @@ def settings_from_dict(raw: dict[str, Any], *, base_dir: Path, source: str = "<d
     serverless = _section(raw, "serverless", ServerlessSettings, _check_serverless)
     submit = _section(raw, "submit", SubmitSettings, _check_submit)
     reconcile = _section(raw, "reconcile", ReconcileSettings, _check_reconcile)
+    telemetry = _telemetry(raw.get("telemetry", {}))
     sinks = _sinks(raw.get("sinks", {}))
     routes = _routes(raw.get("routes", {}), sinks)
     return Settings(
@@ -227,6 +245,7 @@ def settings_from_dict(raw: dict[str, Any], *, base_dir: Path, source: str = "<d
         serverless=serverless,
         submit=submit,
         reconcile=reconcile,
+        telemetry=telemetry,
         sinks=sinks,
         routes=routes,
         base_dir=base_dir,
@@ -431,7 +450,14 @@ def _sinks(raw: Any) -> dict[str, SinkSettings]:
         after = options.pop("after", [])
         if not isinstance(after, list) or not all(isinstance(a, str) for a in after):
             raise ConfigError(f"{key}.after", "must be a list of sink names")
-        sinks[name] = SinkSettings(name=name, type=sink_type, options=options, after=tuple(after))
+        spec = options.pop("filter", None)
+        try:
+            matcher = None if spec is None else Filter.parse(spec)
+        except FilterError as exc:
+            raise ConfigError(f"{key}.filter", str(exc)) from None
+        sinks[name] = SinkSettings(
+            name=name, type=sink_type, options=options, after=tuple(after), filter=matcher
+        )
     for sink in sinks.values():
         for other in sink.after:
             if other not in sinks:
@@ -470,7 +496,7 @@ def _routes(raw: Any, sinks: dict[str, SinkSettings]) -> dict[str, RouteSettings
         if not isinstance(table, dict):
             raise ConfigError(key, "must be a table")
         for extra in table:
-            if extra != "sinks":
+            if extra not in ("sinks", "on_dead"):
                 raise ConfigError(f"{key}.{extra}", "unknown key")
         names = table.get("sinks")
         if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
@@ -486,5 +512,42 @@ def _routes(raw: Any, sinks: dict[str, SinkSettings]) -> dict[str, RouteSettings
                     )
         if len(set(names)) != len(names):
             raise ConfigError(f"{key}.sinks", "lists a sink twice")
-        routes[name] = RouteSettings(name=name, sinks=tuple(names))
+        on_dead = _on_dead(key, table.get("on_dead", []), sinks)
+        routes[name] = RouteSettings(name=name, sinks=tuple(names), on_dead=on_dead)
     return routes
+
+
+def _on_dead(key: str, names: Any, sinks: dict[str, SinkSettings]) -> tuple[str, ...]:
+    """The sinks that get an alert when a delivery of the route goes dead: any configured
+    sink, in the route or not."""
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"{key}.on_dead", "must be a list of sink names")
+    for sink in names:
+        if sink not in sinks:
+            raise ConfigError(f"{key}.on_dead", f"names unknown sink {sink!r}")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{key}.on_dead", "lists a sink twice")
+    return tuple(names)
+
+
+_EXPORTERS = ("otlp", "console", "none")
+
+
+def _telemetry(raw: Any) -> TelemetrySettings:
+    if not isinstance(raw, dict):
+        raise ConfigError("[telemetry]", "must be a table")
+    enabled = raw.get("enabled")
+    if enabled is not None and not isinstance(enabled, bool):
+        raise ConfigError("[telemetry].enabled", "must be true or false")
+    rest = {k: v for k, v in raw.items() if k != "enabled"}
+    strings = _section({"telemetry": rest}, "telemetry", TelemetrySettings, lambda _: None)
+    if strings.exporter and strings.exporter not in _EXPORTERS:
+        raise ConfigError("[telemetry].exporter", f"must be one of {', '.join(_EXPORTERS)}")
+    if strings.endpoint:
+        _check_url("telemetry", "endpoint", strings.endpoint, ("http", "https"))
+    return TelemetrySettings(
+        enabled=enabled,
+        service_name=strings.service_name,
+        exporter=strings.exporter,
+        endpoint=strings.endpoint,
+    )

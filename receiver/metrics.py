@@ -29,8 +29,15 @@ class Metrics:
         )
         self.deliveries = Counter(
             "falhook_deliveries_total",
-            "Delivery attempts by sink and outcome (delivered, retry, dead).",
+            "Delivery attempts by sink and outcome (delivered, retry, dead; skipped: the"
+            " sink's filter did not match; waiting: for a sink it runs after).",
             ["sink", "outcome"],
+            registry=r,
+        )
+        self.alerts = Counter(
+            "falhook_alerts_total",
+            "Alert events raised (on_dead) by the route and sink of the delivery that died.",
+            ["route", "sink"],
             registry=r,
         )
         self.downloads = Counter(

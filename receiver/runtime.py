@@ -26,6 +26,7 @@ from falhook.metrics import Metrics
 from falhook.sinks.base import OptionError, Sink, SinkEnv, SinkProblem
 from falhook.sinks.registry import build_sinks, check_sinks, close_sinks
 from falhook.store import Store, make_store
+from falhook.telemetry import Telemetry, make_telemetry
 
 if TYPE_CHECKING:
     from falhook.delivery.worker import Worker
@@ -73,6 +74,7 @@ class Runtime:
         sinks: Mapping[str, Sink] | None = None,
         metrics: Metrics | None = None,
         sink_checks_fatal: bool = True,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.settings = settings
         # Off where the runtime starts on a first request (serverless): that request is
@@ -84,6 +86,9 @@ class Runtime:
         self.store: Store = store or make_store(settings)
         self.metrics = metrics or Metrics()
         self.keys: FalKeys | None = make_keys(settings) if keys is True else (keys or None)
+        # Tracing, where there is something to trace: webhooks received or delivered.
+        traced = worker is not None or self.keys is not None
+        self.telemetry = telemetry or (make_telemetry(settings) if traced else Telemetry())
         self.worker_mode = worker
         self.worker: Worker | None = None
         self.reconcile = reconcile
@@ -145,7 +150,13 @@ class Runtime:
     def _start_worker(self) -> None:
         from falhook.delivery.worker import Worker
 
-        self.worker = Worker(self.settings, self.store, self.sinks, metrics=self.metrics)
+        self.worker = Worker(
+            self.settings,
+            self.store,
+            self.sinks,
+            metrics=self.metrics,
+            telemetry=self.telemetry,
+        )
         if self.worker_mode == "run":
             self._tasks.append(
                 asyncio.create_task(self.worker.run(self.stop), name="falhook-worker")
@@ -179,6 +190,8 @@ class Runtime:
             await self.keys.aclose()
         await close_sinks(self.sinks)
         await self.store.close()
+        with contextlib.suppress(Exception):  # spans still buffered go out before exit
+            await self.telemetry.aclose()
 
 
 @contextlib.asynccontextmanager

@@ -36,13 +36,17 @@ from falhook.delivery.files import (
     with_downloads,
 )
 from falhook.delivery.retry import RetryPolicy
+from falhook.delivery.routing import Router
+from falhook.delivery.traced import TracedFetcher
 from falhook.downloads.fal_media import FalMediaSigner
 from falhook.downloads.fetch import Fetcher, FetchError
 from falhook.metrics import Metrics
 from falhook.sinks.base import DeliveryContext, EventInfo, LocalFile, Permanent, Retryable, Sink
 from falhook.sinks.naming import id_component
-from falhook.store.models import EventView, Finish, Job, LeasedDelivery, utcnow
+from falhook.store.models import EventView, Finish, Job, LeasedDelivery, NewEvent, utcnow
 from falhook.store.roles import DeliveryQueue
+from falhook.store.states import DONE_STATES
+from falhook.telemetry import Telemetry
 
 log = structlog.get_logger("falhook.worker")
 FINISHED = ("delivered", "dead", "skipped")
@@ -54,7 +58,7 @@ class _Attempt:
     """One leased delivery's fate within a job."""
 
     lease: LeasedDelivery
-    outcome: str | None = None  # "delivered" | "retry" | "dead" once decided
+    outcome: str | None = None  # "delivered" | "retry" | "dead" | "skipped" once decided
     error: str | None = None
     retry_after: float | None = None
     output: dict[str, Any] | None = None
@@ -75,6 +79,7 @@ class Worker:
         metrics: Metrics | None = None,
         owner: str | None = None,
         signer: FalMediaSigner | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -95,6 +100,10 @@ class Worker:
         self.signer = signer or FalMediaSigner(
             dl.fal_sign_url, dl.fal_media_hosts, os.environ.get("FAL_KEY")
         )
+        self.routing = Router(settings)
+        self.telemetry = telemetry or Telemetry()
+        if self.telemetry.enabled:  # a span per file downloaded
+            self.fetcher = TracedFetcher.around(self.fetcher, self.telemetry)
         self.metrics = metrics or Metrics()
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.spool = settings.spool_path
@@ -240,7 +249,8 @@ class Worker:
             request_id=event.request_id, route=event.route
         ):
             try:
-                await self._deliver_job(event, attempts, spool_dir)
+                with self.telemetry.job(event.request_id, event.route, event.trace_context):
+                    await self._deliver_job(event, attempts, spool_dir)
             except asyncio.CancelledError:
                 await self._give_back(event, attempts)
                 raise
@@ -258,6 +268,7 @@ class Worker:
     async def _deliver_job(
         self, event: EventView, attempts: dict[str, _Attempt], spool_dir: Path
     ) -> None:
+        await self._skip_filtered(event, attempts)
         self._settle_before_download(event, attempts)
         runnable = [s for s, a in attempts.items() if a.outcome is None]
         if not runnable:
@@ -286,6 +297,16 @@ class Worker:
         await self._run_sinks(event, info, local, attempts, outputs)
         await self._record_all(event, attempts)
 
+    async def _skip_filtered(self, event: EventView, attempts: dict[str, _Attempt]) -> None:
+        """Sinks whose filter the event does not match: skipped, nothing downloaded for them."""
+        names = [s for s, a in attempts.items() if a.outcome is None and s in self.sinks]
+        if not self.routing.filters_any(event, names):
+            return
+        big = len(event.body) > OFF_LOOP_BYTES  # the payload is parsed to match it
+        for sink, why in (await off_loop(big, self.routing.skips, event, names)).items():
+            a = attempts[sink]
+            a.outcome, a.error, a.tried = "skipped", why, False
+
     def _settle_before_download(self, event: EventView, attempts: dict[str, _Attempt]) -> None:
         """Decide, without calling them, the sinks that cannot run in this job."""
         for name, a in attempts.items():
@@ -293,11 +314,13 @@ class Worker:
                 self._decide(a, Permanent(f"sink {name!r} is not configured"))
         # Prerequisites neither delivered nor part of this job: wait (no download for this
         # sink alone, no attempt spent), or go dead with a dead prerequisite.
+        after = self.routing.after(event, self.after)
         for name, a in attempts.items():
             if a.outcome is None:
-                outside = [d for d in self.after.get(name, ()) if d not in attempts]
+                outside = [d for d in after.get(name, ()) if d not in attempts]
+                # A skipped prerequisite counts as done: the sink runs without its output.
                 delivered = [
-                    d for d in outside if self._dep_state(event, attempts, d) == "delivered"
+                    d for d in outside if self._dep_state(event, attempts, d) in DONE_STATES
                 ]
                 deps = ordering.unmet(outside, delivered)
                 if deps:
@@ -319,13 +342,17 @@ class Worker:
         attempts: dict[str, _Attempt],
         outputs: dict[str, dict[str, Any]],
     ) -> None:
-        """Run sinks in waves: each wave holds those whose prerequisites have delivered."""
+        """Run sinks in waves: each wave holds those whose prerequisites have delivered (or
+        were skipped by their filter)."""
+        after = self.routing.after(event, self.after)
+        skipped = {s for s, a in attempts.items() if a.outcome == "skipped"}
+        skipped |= {s for s, d in event.deliveries.items() if d.state == "skipped"}
         waiting = {s for s, a in attempts.items() if a.outcome is None}
         while waiting:
-            wave, blocked = ordering.next_wave(waiting, self.after, outputs)
+            wave, blocked = ordering.next_wave(waiting, after, outputs.keys() | skipped)
             if not wave:
                 for s in blocked:
-                    deps = ordering.unmet(self.after.get(s, ()), outputs)
+                    deps = ordering.unmet(after.get(s, ()), outputs.keys() | skipped)
                     self._wait_or_fail(event, attempts, s, deps)
                 return
             ordered = sorted(wave)
@@ -365,6 +392,27 @@ class Worker:
         files: list[LocalFile],
         outputs: dict[str, dict[str, Any]],
     ) -> bool:
+        span = self.telemetry.attempt(
+            name,
+            attempt.lease.attempts + 1,
+            request_id=event.request_id,
+            trace_context=event.trace_context,
+        )
+        with span:
+            ok = await self._run_sink(name, attempt, event, info, files, outputs, span.headers)
+            span.outcome(attempt.outcome or "retry", attempt.error)
+        return ok
+
+    async def _run_sink(
+        self,
+        name: str,
+        attempt: _Attempt,
+        event: EventView,
+        info: EventInfo,
+        files: list[LocalFile],
+        outputs: dict[str, dict[str, Any]],
+        headers: Mapping[str, str],
+    ) -> bool:
         sink_log = log.bind(sink=name)
         previous = event.deliveries.get(name)
         ctx = DeliveryContext(
@@ -375,6 +423,7 @@ class Worker:
             log=sink_log,
             outputs={k: outputs[k] for k in self.after.get(name, ()) if k in outputs},
             previous=previous.output if previous else None,
+            headers=headers,
         )
         started = time.perf_counter()
         try:
@@ -431,12 +480,16 @@ class Worker:
                 output=a.output,
                 counted=a.tried,
                 duration_ms=a.duration_ms,
+                alerts=self._alerts(event, sink, a) if outcome == "dead" else (),
             )
             held = await self.store.finish(finish)
             a.recorded = True
             label = "waiting" if sink in waiting else outcome
             self.metrics.deliveries.labels(sink=sink, outcome=label).inc()
-            level = "info" if outcome == "delivered" or sink in waiting else "warning"
+            if held and finish.alerts:
+                self._alerted(event, sink, finish.alerts)
+            quiet = outcome in ("delivered", "skipped") or sink in waiting
+            level = "info" if quiet else "warning"
             getattr(log, level)(
                 "delivery " + label,
                 sink=sink,
@@ -444,6 +497,24 @@ class Worker:
                 error=a.error,
                 retry_at=next_at.isoformat() if next_at else None,
                 lease_lost=not held or None,
+            )
+
+    def _alerts(self, event: EventView, sink: str, a: _Attempt) -> tuple[NewEvent, ...]:
+        """The alert events of the route's on_dead sinks, stored with the dead outcome."""
+        return self.routing.alerts(
+            event,
+            sink,
+            attempts=a.lease.attempts + a.tried,
+            error=a.error,
+            token=a.lease.token,
+            trace_context=self.telemetry.traceparent(),
+        )
+
+    def _alerted(self, event: EventView, sink: str, alerts: tuple[NewEvent, ...]) -> None:
+        self.metrics.alerts.labels(route=event.route, sink=sink).inc(len(alerts))
+        for alert in alerts:
+            log.warning(
+                "alert raised", sink=sink, alert=alert.request_id, alert_sinks=list(alert.sinks)
             )
 
     def _when_due(self, event: EventView, deps: list[str], due: dict[str, datetime]) -> datetime:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import replace
 from typing import Any
 
 import msgspec
@@ -38,6 +39,7 @@ from falhook.intake.verify import (
 from falhook.metrics import Metrics
 from falhook.store.models import NewEvent, StoreUnavailable
 from falhook.store.roles import IntakeStore
+from falhook.telemetry import Telemetry
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -77,6 +79,7 @@ class WebhookEndpoint:
         keys: FalKeys,
         store: IntakeStore,
         metrics: Metrics,
+        telemetry: Telemetry | None = None,
         ready: Ready | None = None,
         deliver_now: DeliverNow | None = None,
     ) -> None:
@@ -85,6 +88,8 @@ class WebhookEndpoint:
         self.keys = keys
         self.store = store
         self.metrics = metrics
+        # None when tracing is off: the request path then does not even look at it.
+        self.tracing = telemetry if telemetry is not None and telemetry.enabled else None
         self.ready = ready
         self.deliver_now = deliver_now
         self.limit = r.max_body_bytes
@@ -101,6 +106,29 @@ class WebhookEndpoint:
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.tracing is not None:
+            return await self._traced(scope, receive, send)
+        answer = await self._answer(scope, receive)
+        if answer is not None:  # None: the client went away, nothing to answer
+            status, doc, close = answer
+            await _send(send, status, doc, allow=status == 405, close=close)
+
+    async def _traced(self, scope: Scope, receive: Receive, send: Send) -> None:
+        assert self.tracing is not None
+        route = scope["path"][len(PREFIX) :]
+        with self.tracing.receive(route, known=route in self.routes) as span:
+            answer = await self._answer(scope, receive)
+            if answer is None:
+                span.answered(499, "abandoned", "the client went away")
+                return
+            status, doc, close = answer
+            span.answered(status, doc.get("status", "rejected"), doc.get("error"))
+            await _send(send, status, doc, allow=status == 405, close=close)
+
+    async def _answer(
+        self, scope: Scope, receive: Receive
+    ) -> tuple[int, dict[str, Any], bool] | None:
+        """(status, body, close the connection) for one request."""
         route = scope["path"][len(PREFIX) :]
         close = False
         try:
@@ -111,7 +139,7 @@ class WebhookEndpoint:
             headers = _headers(scope)
             body = await self._read_body(headers, receive)
             if body is None:
-                return  # the client went away: nothing to answer, nothing stored
+                return None  # the client went away: nothing to answer, nothing stored
             status, doc = await self.process(route, headers, body)
         except Reply as reply:
             self._count_rejection(route, reply)
@@ -119,9 +147,7 @@ class WebhookEndpoint:
             # A body left unread (too large, too slow, no room) ends the connection: the
             # client must not keep it by trickling the rest.
             close = reply.code in _UNREAD_BODY
-        else:
-            close = False
-        await _send(send, status, doc, allow=status == 405, close=close)
+        return status, doc, close
 
     async def _read_body(self, headers: dict[str, str], receive: Receive) -> bytes | None:
         declared = headers.get("content-length")
@@ -184,6 +210,7 @@ class WebhookEndpoint:
             envelope, event = await asyncio.to_thread(self._event, route, headers, body, signed)
         else:
             envelope, event = self._event(route, headers, body, signed)
+        event = self._with_trace(envelope, event)
         started = time.perf_counter()
         try:
             fresh = await self.store.accept(event)
@@ -209,6 +236,14 @@ class WebhookEndpoint:
             files=len(event.files),
         )
         return 200, {"status": status, "request_id": envelope.request_id}
+
+    def _with_trace(self, envelope: Envelope, event: NewEvent) -> NewEvent:
+        """The event carrying the receive span's context (the store takes it to the
+        workers, in whatever process); as it is when tracing is off."""
+        if self.tracing is None:
+            return event
+        self.tracing.annotate(request_id=envelope.request_id, fal_status=envelope.status)
+        return replace(event, trace_context=self.tracing.traceparent())
 
     def _signed(self, headers: dict[str, str], body: bytes) -> SignedRequest:
         return check_headers(headers, body, now=time.time(), tolerance=self.tolerance)

@@ -171,6 +171,9 @@ class Finish:
     # delivery is rescheduled without spending one of its max_attempts.
     counted: bool = True
     duration_ms: int | None = None  # how long the attempt took (history)
+    # Events stored in the same transaction as this outcome, only if the token holds: the
+    # alerts a dead delivery raises (a worker dying right after the record loses none).
+    alerts: tuple[NewEvent, ...] = ()
 
 
 def logs_attempt(result: Finish) -> bool:

@@ -292,24 +292,8 @@ class PostgresStore:
     # --- events ------------------------------------------------------------------------------
 
     async def accept(self, event: NewEvent) -> bool:
-        sinks = list(dict.fromkeys(event.sinks))  # a sink named twice is one delivery
         async with self._conn() as conn:
-            fresh = await conn.fetchval(
-                q.ACCEPT,
-                event.request_id,
-                event.route,
-                event.fal_status,
-                event.error,
-                event.payload_error,
-                event.gateway_request_id,
-                q.as_utc(event.received_at),
-                event.headers,
-                event.body,
-                event.files,
-                event.source,
-                sinks,
-                event.trace_context,
-            )
+            fresh = await conn.fetchval(q.ACCEPT, *_accept_args(event))
         if fresh:
             self._notify()
         return bool(fresh)
@@ -388,29 +372,17 @@ class PostgresStore:
             await conn.execute(q.EXTEND, held, float(lease_seconds))
 
     async def finish(self, result: Finish) -> bool:
-        outcome = result.outcome
-        next_at = result.next_attempt_at
-        async with self._conn() as conn:
-            held = await conn.fetchval(
-                q.FINISH,
-                FINISHED_STATE[outcome],
-                None if outcome == "delivered" else result.error,
-                # As a delay from the database's clock, not the worker's: workers on hosts
-                # whose clocks drift still agree on when a retry is due.
-                (next_at - utcnow()).total_seconds()
-                if next_at is not None and outcome == "retry"
-                else None,
-                result.output if outcome == "delivered" else None,
-                result.request_id,
-                result.sink,
-                result.token,
-                1 if result.counted else 0,
-                logs_attempt(result),
-                outcome,
-                result.error,
-                result.duration_ms,
-            )
-        return bool(held == 1)
+        if not result.alerts:  # one statement, its own transaction
+            async with self._conn() as conn:
+                return await _finish(conn, result)
+        async with self._conn() as conn, conn.transaction():
+            held = await _finish(conn, result)
+            if held:  # in this transaction: both stored, or neither
+                for alert in result.alerts:
+                    await conn.fetchval(q.ACCEPT, *_accept_args(alert))
+        if held:
+            self._notify()
+        return held
 
     async def prune_history(self, older_than: datetime) -> int:
         async with self._conn() as conn:
@@ -486,6 +458,50 @@ class PostgresStore:
 
 
 # --- helpers -----------------------------------------------------------------------------------
+
+
+async def _finish(conn: asyncpg.Connection, result: Finish) -> bool:
+    outcome = result.outcome
+    next_at = result.next_attempt_at
+    held = await conn.fetchval(
+        q.FINISH,
+        FINISHED_STATE[outcome],
+        None if outcome == "delivered" else result.error,
+        # As a delay from the database's clock, not the worker's: workers on hosts whose
+        # clocks drift still agree on when a retry is due.
+        (next_at - utcnow()).total_seconds()
+        if next_at is not None and outcome == "retry"
+        else None,
+        result.output if outcome == "delivered" else None,
+        result.request_id,
+        result.sink,
+        result.token,
+        1 if result.counted else 0,
+        logs_attempt(result),
+        outcome,
+        result.error,
+        result.duration_ms,
+    )
+    return bool(held == 1)
+
+
+def _accept_args(event: NewEvent) -> tuple[Any, ...]:
+    """The parameters of q.ACCEPT for this event."""
+    return (
+        event.request_id,
+        event.route,
+        event.fal_status,
+        event.error,
+        event.payload_error,
+        event.gateway_request_id,
+        q.as_utc(event.received_at),
+        event.headers,
+        event.body,
+        event.files,
+        event.source,
+        list(dict.fromkeys(event.sinks)),  # a sink named twice is one delivery
+        event.trace_context,
+    )
 
 
 def _rowcount(status: str) -> int:

@@ -181,6 +181,25 @@ def _accept_all(c: sqlite3.Connection, accepts: list[_Accept]) -> list[bool]:
     return fresh
 
 
+def _accept_of(event: NewEvent) -> _Accept:
+    row = (
+        event.request_id,
+        event.route,
+        event.fal_status,
+        event.error,
+        event.payload_error,
+        event.gateway_request_id,
+        to_epoch(event.received_at),
+        encode(event.headers),
+        event.body,
+        encode(event.files),
+        event.source,
+        event.trace_context,
+    )
+    sinks = tuple(dict.fromkeys(event.sinks))  # a sink named twice is one delivery
+    return _Accept(row, sinks)
+
+
 def _in_savepoint(conn: sqlite3.Connection, op: Op) -> Outcome:
     """Run op so that its failure undoes only its own changes. When SQLite itself rolled the
     whole transaction back (disk full, I/O error), there is nothing left to save: raise, and
@@ -450,22 +469,7 @@ class SQLiteStore:
     # --- events ------------------------------------------------------------------------------
 
     async def accept(self, event: NewEvent) -> bool:
-        row = (
-            event.request_id,
-            event.route,
-            event.fal_status,
-            event.error,
-            event.payload_error,
-            event.gateway_request_id,
-            to_epoch(event.received_at),
-            encode(event.headers),
-            event.body,
-            encode(event.files),
-            event.source,
-            event.trace_context,
-        )
-        sinks = tuple(dict.fromkeys(event.sinks))  # a sink named twice is one delivery
-        fresh = await self._write(_Accept(row, sinks))
+        fresh = await self._write(_accept_of(event))
         if fresh:
             self._notify()
         return bool(fresh)
@@ -601,9 +605,14 @@ class SQLiteStore:
                         result.request_id,
                     ),
                 )
+            if held and result.alerts:  # in this transaction: both stored, or neither
+                _accept_all(c, [_accept_of(alert) for alert in result.alerts])
             return held
 
-        return await self._write(op)
+        held: bool = await self._write(op)
+        if held and result.alerts:
+            self._notify()
+        return held
 
     async def prune_history(self, older_than: datetime) -> int:
         cutoff = to_epoch(older_than)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -52,15 +53,18 @@ def to_toml(doc: dict[str, Any]) -> str:
             return "[" + ", ".join(value(x) for x in v) + "]"
         raise TypeError(type(v))
 
+    def key(k: str) -> str:  # bare when TOML allows it ("$in" is not a bare key)
+        return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else json.dumps(k)
+
     def table(prefix: str, d: dict[str, Any]) -> None:
         scalars = {k: v for k, v in d.items() if not isinstance(v, dict)}
         if prefix and (scalars or not d):
             lines.append(f"[{prefix}]")
         for k, v in scalars.items():
-            lines.append(f"{k} = {value(v)}")
+            lines.append(f"{key(k)} = {value(v)}")
         for k, v in d.items():
             if isinstance(v, dict):
-                table(f"{prefix}.{k}" if prefix else k, v)
+                table(f"{prefix}.{key(k)}" if prefix else key(k), v)
 
     table("", doc)
     return "\n".join(lines) + "\n"
