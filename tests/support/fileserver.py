@@ -231,13 +231,19 @@ class FileServer(LoopbackServer):
         for name, value in entry.headers.items():
             h.send_header(name, value)
         h.end_headers()
+        if entry.extra and not entry.extra_after and entry.data is not None:
+            # The other lie, at once: more than declared, in the same write as the body.
+            h.wfile.write(entry.data + entry.extra)
+            h.wfile.flush()
+            entry.extra_sent.set()
+            return
         try:
             _send_body(h, entry)
         except (BrokenPipeError, ConnectionResetError):
             return
         if entry.short_by:
             h.close_connection = True  # the lie: declared more than was sent
-        if entry.extra:  # the other lie: more than declared, left for the next response
+        if entry.extra:  # the other lie, later: left for the next response on the connection
             time.sleep(entry.extra_after)
             h.wfile.write(entry.extra)
             h.wfile.flush()
