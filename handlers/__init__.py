@@ -2,6 +2,7 @@
 and the API to write your own: subclass ``Sink``, declare options with ``SinkOptions``."""
 
 from falhook.sinks.base import (
+    ArrivingFile,
     DeliveryContext,
     DeliveryError,
     EventInfo,
@@ -16,6 +17,7 @@ from falhook.sinks.base import (
 from falhook.sinks.options import Invalid, SinkOptions, read_options
 
 __all__ = [
+    "ArrivingFile",
     "DeliveryContext",
     "DeliveryError",
     "EventInfo",

@@ -68,6 +68,8 @@ class _Link:
 
 
 class AmqpSink(Sink):
+    reads_files = False  # links the files (a stored copy, else fal's URL), never reads them
+
     def __init__(self, name: str, options: dict[str, Any], env: SinkEnv) -> None:
         opts = read_options(name, AmqpOptions, options)
         require_extra(name, "amqp", "aio_pika", "aio-pika")

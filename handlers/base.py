@@ -17,11 +17,11 @@ rejects its options raises ``OptionError`` naming ``[sinks.NAME].option``.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 
 class DeliveryError(Exception):
@@ -53,18 +53,29 @@ class OptionError(ValueError):
 class LocalFile:
     """A file of the event, downloaded once by the worker and shared by every sink.
 
-    Treat ``local_path`` as read-only: other sinks of the same event read it too.
+    Treat ``local_path`` as read-only: other sinks of the same event read it too, and it is
+    kept for the event's later attempts. A sink that reads files (``Sink.reads_files``, the
+    default) always gets ``local_path``, ``size`` and ``sha256``; one that only links them
+    gets ``None`` for what is not known without a download.
     """
 
     path: str  # JSON path in the payload: "video", "images[0]"
     name: str  # sanitised, unique within the event: "clip.mp4", "images_0.png"
     url: str  # fal's URL (a data: URI is cut short: its bytes are in local_path)
-    local_path: Path
-    size: int
-    sha256: str
+    local_path: Path | None
+    size: int | None
+    sha256: str | None
     content_type: str | None
     file_name: str | None = None  # as the payload gave it, unsanitised: display only
     extras: dict[str, Any] = field(default_factory=dict)  # width, height, ...
+
+
+def on_disk(file: LocalFile) -> Path:
+    """`file.local_path`, for a sink that reads files (the worker downloads every file for
+    such a sink, so it is always there)."""
+    if file.local_path is None:
+        raise Retryable(f"{file.path}: the file was not downloaded for this sink")
+    return file.local_path
 
 
 @dataclass(frozen=True)
@@ -167,17 +178,55 @@ class SinkProblem:
         return f"{self.key}: {self.problem}"
 
 
+class ArrivingFile(Protocol):
+    """A file still downloading, for a sink that consumes files as they arrive
+    (``Sink.streams_files``). ``local_path`` grows; ``wait`` says how much of it is there."""
+
+    path: str
+    name: str
+    url: str
+    content_type: str | None
+    file_name: str | None
+    local_path: Path
+    expected_size: int | None  # from Content-Length or the payload's file_size, when known
+
+    async def wait(self, size: int) -> int:
+        """Return once at least `size` bytes are in local_path, or the download is complete:
+        the bytes there now. Raises Retryable or Permanent when the download failed."""
+
+    @property
+    def complete(self) -> bool: ...
+
+    async def finished(self) -> LocalFile:
+        """The whole file (size and sha256 known); raises as `wait` does."""
+
+
 class Sink:
     """What the worker calls. Subclass it and implement ``deliver``.
 
+    ``reads_files``: the sink reads the files' bytes (``local_path``). One that only links
+    them (Slack, an HTTP forward, a queue message) sets it False, and never makes the worker
+    download a file for it alone.
     ``keeps_files``: the sink keeps the spool file itself instead of reading it (the disk
     sink hard-links it under its root); the download then writes the file back to disk as
     it arrives, so the sink's fsync has little left to do.
+    ``streams_files``: the sink implements ``deliver_streaming`` and consumes each file while
+    it is still arriving (the S3 sink uploads parts as the download produces them).
     """
 
+    reads_files: bool = True
     keeps_files: bool = False
+    streams_files: bool = False
 
     async def deliver(self, ctx: DeliveryContext) -> dict[str, Any] | None:
+        raise NotImplementedError
+
+    async def deliver_streaming(
+        self, ctx: DeliveryContext, files: Sequence[ArrivingFile]
+    ) -> dict[str, Any] | None:
+        """Deliver while the event's files download (``ctx.files`` is empty: `files` are
+        the same files, arriving). Used only when ``streams_files`` is set and the files are
+        not in the spool yet; otherwise ``deliver`` is called."""
         raise NotImplementedError
 
     async def check(self) -> list[SinkProblem]:

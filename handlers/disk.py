@@ -28,6 +28,7 @@ from falhook.sinks.base import (
     Sink,
     SinkEnv,
     SinkProblem,
+    on_disk,
 )
 from falhook.sinks.naming import id_component
 from falhook.sinks.options import Invalid, SinkOptions, option_key, read_options
@@ -132,7 +133,7 @@ class DiskSink(Sink):
             final = folder / file.name
             if final.parent != folder:
                 raise Permanent(f"unsafe file name {file.name!r}")
-            self._place(file.local_path, final)
+            self._place(on_disk(file), final)
             written[file.path] = str(final)
         self._write_bytes(folder / "event.json", ctx.event.to_json_bytes())
         if self.fsync:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from falhook.sinks.base import DeliveryContext, LocalFile, Permanent
+from falhook.sinks.base import DeliveryContext, LocalFile, Permanent, on_disk
 from falhook.sinks.links import stored_link
 
 
@@ -58,10 +58,11 @@ def _link(file: LocalFile, files_dir: Path) -> Path:
     target = files_dir / file.name
     if target.parent != files_dir or file.name in ("", ".", ".."):  # sanitised upstream
         raise Permanent(f"unsafe file name {file.name!r}")
+    source = on_disk(file)
     try:
-        os.link(file.local_path, target)
+        os.link(source, target)
     except OSError:  # another file system, or links not allowed there
-        target.symlink_to(file.local_path)
+        target.symlink_to(source)
     return target
 
 

@@ -62,6 +62,8 @@ class HttpOptions(SinkOptions):
 
 
 class HttpSink(Sink):
+    reads_files = False  # links the files (a stored copy, else fal's URL), never reads them
+
     def __init__(self, name: str, options: dict[str, Any], env: SinkEnv) -> None:
         opts = read_options(name, HttpOptions, options)
         self.name = name

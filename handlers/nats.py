@@ -82,6 +82,8 @@ def valid_subject(subject: str) -> bool:
 
 
 class NatsSink(Sink):
+    reads_files = False  # links the files (a stored copy, else fal's URL), never reads them
+
     def __init__(self, name: str, options: dict[str, Any], env: SinkEnv) -> None:
         opts = read_options(name, NatsOptions, options)
         require_extra(name, "nats", "nats", "nats-py")

@@ -83,6 +83,8 @@ class RedisOptions(SinkOptions):
 
 
 class RedisSink(Sink):
+    reads_files = False  # links the files (a stored copy, else fal's URL), never reads them
+
     def __init__(self, name: str, options: dict[str, Any], env: SinkEnv) -> None:
         opts = read_options(name, RedisOptions, options)
         require_extra(name, "redis", "redis", "redis-py")

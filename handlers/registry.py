@@ -113,6 +113,7 @@ class _Adapted(Sink):
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.keeps_files = bool(getattr(inner, "keeps_files", False))
+        self.reads_files = bool(getattr(inner, "reads_files", True))
 
     async def deliver(self, ctx: DeliveryContext) -> dict[str, Any] | None:
         result = await self.inner.deliver(ctx)

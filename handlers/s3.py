@@ -25,11 +25,12 @@ import base64
 import contextlib
 import importlib.util
 import io
+import json
 import math
 import os
 import threading
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -38,6 +39,7 @@ from msgspec import Meta
 
 from falhook.sinks.aws import classify
 from falhook.sinks.base import (
+    ArrivingFile,
     DeliveryContext,
     LocalFile,
     OptionError,
@@ -46,6 +48,7 @@ from falhook.sinks.base import (
     Sink,
     SinkEnv,
     SinkProblem,
+    on_disk,
 )
 from falhook.sinks.options import Invalid, SinkOptions, option_key, read_options
 from falhook.sinks.templates import check_template, render
@@ -56,6 +59,7 @@ MAX_PARTS = 10_000
 MAX_PRESIGN = 7 * 24 * 3600  # SigV4's limit
 _CRC_READ = 1024 * 1024
 _CHECK_SECONDS = 5.0  # the start-up check's HEAD of the bucket
+_MARKER_MAX = 16 * 1024 * 1024  # an event.json larger than this is not an earlier marker
 _ABORT_WAIT = 15.0  # seconds a failed upload waits for its parts in flight before aborting
 T = TypeVar("T")
 
@@ -108,6 +112,8 @@ class S3Options(SinkOptions):
 
 
 class S3Sink(Sink):
+    streams_files = True  # parts go up while the download writes them
+
     def __init__(self, name: str, options: dict[str, Any], env: SinkEnv) -> None:
         opts = read_options(name, S3Options, options)
         self.name = name
@@ -204,22 +210,34 @@ class S3Sink(Sink):
     # --- delivery --------------------------------------------------------------------------
 
     async def deliver(self, ctx: DeliveryContext) -> dict[str, Any]:
+        return await self._deliver(ctx, [_Whole(f) for f in ctx.files])
+
+    async def deliver_streaming(
+        self, ctx: DeliveryContext, files: Sequence[ArrivingFile]
+    ) -> dict[str, Any]:
+        """Each file's parts are uploaded as the download writes them: the upload ends
+        shortly after the download instead of starting after it."""
+        return await self._deliver(ctx, list(files))
+
+    async def _deliver(self, ctx: DeliveryContext, files: list[ArrivingFile]) -> dict[str, Any]:
         prefix = render(self.prefix, ctx.event)
+        event_key = prefix + "event.json"
         try:
+            marker = await self._run(self._stored_marker, event_key)
+            if marker is not None and _marker_matches(marker, _known_digests(ctx, files)):
+                ctx.log.info("s3 event already stored", key=event_key)
+                return await self._output(event_key, marker.get("objects") or {}, uploaded=False)
             objects: dict[str, dict[str, Any]] = {}
-            for file in ctx.files:
+            finals: dict[str, LocalFile] = {}
+            for file in files:
                 key = prefix + file.name
-                uploaded = await self._put_file(ctx, file, key)
+                uploaded, final = await self._put_file(ctx, file, key)
+                finals[file.path] = final
                 objects[file.path] = {
-                    "bucket": self.bucket,
-                    "key": key,
-                    "url": await self._run(self._presign, key),
-                    "size": file.size,
-                    "sha256": file.sha256,
-                    "uploaded": uploaded,
-                }
-            event_key = prefix + "event.json"
-            body = ctx.event.to_json_bytes()
+                    "key": key, "size": final.size, "sha256": final.sha256, "uploaded": uploaded
+                }  # fmt: skip
+            # event.json last: the commit marker, holding each file's size and sha256.
+            body = _marker_bytes(ctx, finals, objects)
             await self._run(
                 _call,
                 "put_object",
@@ -231,17 +249,49 @@ class S3Sink(Sink):
                 **self._class_arg(),
                 **self._crc_arg(zlib.crc32(body)),
             )
-            event_url = await self._run(self._presign, event_key)
+            return await self._output(event_key, objects)
         except (Retryable, Permanent):
             raise
         except Exception as exc:
             raise self._classify(exc) from exc
+
+    async def _output(
+        self, event_key: str, objects: dict[str, Any], *, uploaded: bool | None = None
+    ) -> dict[str, Any]:
+        """What sinks after this one read: presigned links to every object and the event."""
+        linked: dict[str, dict[str, Any]] = {}
+        for path, obj in objects.items():
+            entry = {
+                "bucket": self.bucket,
+                **obj,
+                "url": await self._run(self._presign, obj["key"]),
+            }
+            if uploaded is not None:
+                entry["uploaded"] = uploaded
+            linked[path] = entry
         return {
             "bucket": self.bucket,
-            "objects": objects,
+            "objects": linked,
             "event_key": event_key,
-            "event_url": event_url,
+            "event_url": await self._run(self._presign, event_key),
         }
+
+    def _stored_marker(self, client: Any, key: str) -> dict[str, Any] | None:
+        """The event.json an earlier delivery left, when there is one to trust."""
+        from botocore.exceptions import ClientError
+
+        try:
+            body = client.get_object(Bucket=self.bucket, Key=key)["Body"].read(_MARKER_MAX)
+        except ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status in (403, 404):
+                return None
+            raise
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            return None
+        return doc if isinstance(doc, dict) else None
 
     def _presign(self, client: Any, key: str) -> str:
         # Off the loop: no request, but refreshing temporary credentials may make one.
@@ -252,12 +302,15 @@ class S3Sink(Sink):
         )
         return url
 
-    def _metadata(self, ctx: DeliveryContext, file: LocalFile | None) -> dict[str, str]:
+    def _metadata(
+        self, ctx: DeliveryContext, file: ArrivingFile | None, sha256: str | None = None
+    ) -> dict[str, str]:
         # Metadata travels as HTTP headers: keep it ASCII (identifiers are sanitised names).
         meta = {"request_id": _ascii(ctx.event.request_id), "route": _ascii(ctx.event.route)}
         if file is not None:
-            meta["sha256"] = file.sha256
             meta["path"] = _ascii(file.path)
+        if sha256 is not None:  # known only when the upload starts after the download
+            meta["sha256"] = sha256
         return meta
 
     def _class_arg(self) -> dict[str, str]:
@@ -279,26 +332,42 @@ class S3Sink(Sink):
         meta = head.get("Metadata") or {}
         return meta.get("sha256") == file.sha256 and head.get("ContentLength") == file.size
 
-    async def _put_file(self, ctx: DeliveryContext, file: LocalFile, key: str) -> bool:
-        if await self._run(self._already_there, file, key):
-            ctx.log.info("s3 object already stored", path=file.path, key=key)
-            return False
-        args: dict[str, Any] = {
+    def _args(
+        self, ctx: DeliveryContext, file: ArrivingFile, key: str, sha256: str | None = None
+    ) -> dict[str, Any]:
+        return {
             "Bucket": self.bucket,
             "Key": key,
             "ContentType": file.content_type or "application/octet-stream",
-            "Metadata": self._metadata(ctx, file),
+            "Metadata": self._metadata(ctx, file, sha256),
             **self._class_arg(),
         }
-        if file.size < self.threshold:
-            await self._run(self._put_small, file, args)
+
+    async def _put_file(
+        self, ctx: DeliveryContext, file: ArrivingFile, key: str
+    ) -> tuple[bool, LocalFile]:
+        """Upload one file; (whether anything was uploaded, the whole file)."""
+        if not file.complete and (file.expected_size or 0) < self.threshold:
+            # Small or of unknown size: wait to see which (a large one streams its parts).
+            await file.wait(self.threshold)
+        if file.complete:
+            whole = await file.finished()
+            if await self._run(self._already_there, whole, key):
+                ctx.log.info("s3 object already stored", path=file.path, key=key)
+                return False, whole
+            args = self._args(ctx, file, key, whole.sha256)
+            if (whole.size or 0) < self.threshold:
+                await self._run(self._put_small, whole, args)
+            else:
+                await self._multipart(file, args)
         else:
-            await self._multipart(file, args)
-        ctx.log.info("s3 object stored", path=file.path, key=key, bytes=file.size)
-        return True
+            await self._multipart(file, self._args(ctx, file, key))
+            whole = await file.finished()
+        ctx.log.info("s3 object stored", path=file.path, key=key, bytes=whole.size)
+        return True, whole
 
     def _put_small(self, client: Any, file: LocalFile, args: dict[str, Any]) -> None:
-        body = file.local_path.read_bytes()
+        body = on_disk(file).read_bytes()
         client.put_object(Body=body, **args, **self._crc_arg(zlib.crc32(body)))
 
     def _upload_part(
@@ -314,49 +383,37 @@ class S3Sink(Sink):
             part.close()
         return {"PartNumber": number, "ETag": got["ETag"], **checksum}
 
-    async def _multipart(self, file: LocalFile, args: dict[str, Any]) -> None:
-        part_size = max(self.part_size, math.ceil(file.size / MAX_PARTS))
-        count = max(1, math.ceil(file.size / part_size))
+    def _part_size(self, size: int | None) -> int:
+        return max(self.part_size, math.ceil(size / MAX_PARTS)) if size else self.part_size
+
+    async def _multipart(self, file: ArrivingFile, args: dict[str, Any]) -> None:
+        """A multipart upload whose parts go as soon as the file holds them (at once for a
+        whole file), a few at a time; aborted when anything fails, the download included."""
+        part_size = self._part_size(file.expected_size)
         algorithm = {"ChecksumAlgorithm": "CRC32"} if self.crc32 else {}
         created = await self._run(_call, "create_multipart_upload", **args, **algorithm)
         where = {"Bucket": args["Bucket"], "Key": args["Key"], "UploadId": created["UploadId"]}
-        slots = self._part_slots()
-        done: dict[int, dict[str, Any]] = {}
-        running: list[Future[dict[str, Any]]] = []  # the threads' own futures, not the loop's
-        held = 0  # slots taken for parts whose task has not given them back yet
-
-        async def one(number: int) -> None:
-            nonlocal held
-            try:
-                offset = (number - 1) * part_size
-                size = min(part_size, file.size - offset)
-                job = self._submit(self._upload_part, where, number, file.local_path, offset, size)
-                running.append(job)
-                done[number] = await asyncio.wrap_future(job)
-            finally:
-                held -= 1
-                slots.release()
-
+        upload = _Parts(self, where, file.local_path, self._part_slots())
         try:
             async with asyncio.TaskGroup() as group:
-                for number in range(1, count + 1):
-                    await slots.acquire()  # bounded: parts in flight across all uploads
-                    held += 1
-                    group.create_task(one(number))
-            parts = [done[n] for n in range(1, count + 1)]
+                offset = 0
+                while (available := await file.wait(offset + part_size)) > offset:
+                    size = min(part_size, available - offset)
+                    await upload.start(group, offset, size)
+                    offset += size
             await self._run(
-                _call, "complete_multipart_upload", MultipartUpload={"Parts": parts}, **where
+                _call,
+                "complete_multipart_upload",
+                MultipartUpload={"Parts": upload.parts()},
+                **where,
             )
         except BaseException as exc:
-            await self._abort_quietly(where, running)
+            await self._abort_quietly(where, upload.running)
             if isinstance(exc, BaseExceptionGroup):
                 raise _first(exc) from None
             raise
         finally:
-            # A task cancelled before it started never runs its own finally: give its slot back
-            # here, or the sink-wide limit shrinks with every failed upload until none can run.
-            for _ in range(held):
-                slots.release()
+            upload.give_back()
 
     async def _abort_quietly(
         self, where: dict[str, str], running: list[Future[dict[str, Any]]]
@@ -396,6 +453,116 @@ class S3Sink(Sink):
     def _classify(self, exc: BaseException) -> Retryable | Permanent:
         """Map client errors to the worker's two kinds, with a message naming the bucket."""
         return classify(exc, f"s3 bucket {self.bucket!r}", _PERMANENT_HINTS, _RETRYABLE_CODES)
+
+
+class _Parts:
+    """The parts of one multipart upload: each in a pool thread, at most the sink-wide number
+    of parts in flight (its slots), every slot given back whatever happens."""
+
+    def __init__(
+        self, sink: S3Sink, where: dict[str, Any], path: Path, slots: asyncio.Semaphore
+    ) -> None:
+        self.sink, self.where, self.path, self.slots = sink, where, path, slots
+        self.done: dict[int, dict[str, Any]] = {}
+        self.running: list[Future[dict[str, Any]]] = []  # the threads' own futures
+        self.held = 0  # slots taken for parts whose task has not given them back yet
+        self.number = 0
+
+    async def start(self, group: asyncio.TaskGroup, offset: int, size: int) -> None:
+        self.number += 1
+        if self.number > MAX_PARTS:
+            raise Permanent(f"more than {MAX_PARTS} parts: raise part_size")
+        await self.slots.acquire()  # bounded: parts in flight across all uploads
+        self.held += 1
+        group.create_task(self._one(self.number, offset, size))
+
+    async def _one(self, number: int, offset: int, size: int) -> None:
+        try:
+            job = self.sink._submit(
+                self.sink._upload_part, self.where, number, self.path, offset, size
+            )
+            self.running.append(job)
+            self.done[number] = await asyncio.wrap_future(job)
+        finally:
+            self.held -= 1
+            self.slots.release()
+
+    def parts(self) -> list[dict[str, Any]]:
+        return [self.done[n] for n in range(1, self.number + 1)]
+
+    def give_back(self) -> None:
+        # A task cancelled before it started never runs its own finally: give its slot back
+        # here, or the sink-wide limit shrinks with every failed upload until none can run.
+        for _ in range(self.held):
+            self.slots.release()
+        self.held = 0
+
+
+class _Whole:
+    """A file already downloaded, seen as one that has arrived (one upload path for both)."""
+
+    def __init__(self, file: LocalFile) -> None:
+        self.file = file
+        self.path, self.name, self.url = file.path, file.name, file.url
+        self.content_type, self.file_name = file.content_type, file.file_name
+        self.local_path = on_disk(file)
+        self.expected_size = file.size
+        self.complete = True
+
+    async def wait(self, size: int) -> int:
+        return self.file.size or 0
+
+    async def finished(self) -> LocalFile:
+        return self.file
+
+
+def _known_digests(
+    ctx: DeliveryContext, files: list[ArrivingFile]
+) -> dict[str, tuple[int | None, str | None]] | None:
+    """Each file's size and sha256 when every one is known before uploading (a whole file,
+    or one an earlier download recorded on the event); else None."""
+    recorded = {v.get("path"): v for v in ctx.event.files}
+    known: dict[str, tuple[int | None, str | None]] = {}
+    for file in files:
+        whole = file.file if isinstance(file, _Whole) else None
+        view = recorded.get(file.path) or {}
+        size = whole.size if whole is not None else view.get("size")
+        sha256 = whole.sha256 if whole is not None else view.get("sha256")
+        if size is None or sha256 is None:
+            return None
+        known[file.path] = (size, sha256)
+    return known
+
+
+def _marker_matches(
+    marker: dict[str, Any], known: dict[str, tuple[int | None, str | None]] | None
+) -> bool:
+    """An earlier delivery's event.json lists exactly these files with these bytes."""
+    objects = marker.get("objects")
+    if known is None or not isinstance(objects, dict) or set(objects) != set(known):
+        return False
+    return all(
+        isinstance(objects[path], dict)
+        and (objects[path].get("size"), objects[path].get("sha256")) == digest
+        for path, digest in known.items()
+    )
+
+
+def _marker_bytes(
+    ctx: DeliveryContext, finals: dict[str, LocalFile], objects: dict[str, dict[str, Any]]
+) -> bytes:
+    """The event as received, its files' final sizes and digests, and where they are."""
+    doc = ctx.event.document()
+    doc["files"] = [
+        view | {"size": finals[view["path"]].size, "sha256": finals[view["path"]].sha256}
+        if view.get("path") in finals
+        else view
+        for view in doc["files"]
+    ]
+    doc["objects"] = {
+        path: {k: obj[k] for k in ("key", "size", "sha256")} for path, obj in objects.items()
+    }
+    return json.dumps(doc, indent=2, sort_keys=True, default=str).encode() + b"\n"
 
 
 def _first(group: BaseExceptionGroup) -> BaseException:

@@ -53,6 +53,8 @@ class SlackOptions(SinkOptions):
 
 
 class SlackSink(Sink):
+    reads_files = False  # links the files (a stored copy, else fal's URL), never reads them
+
     def __init__(self, name: str, options: dict[str, Any], env: SinkEnv) -> None:
         opts = read_options(name, SlackOptions, options)
         self.name = name

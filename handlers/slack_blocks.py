@@ -41,7 +41,9 @@ def fit(text: str, limit: int, *, mrkdwn: bool = True) -> str:
     return "".join(out)
 
 
-def human_size(size: int) -> str:
+def human_size(size: int | None) -> str:
+    if size is None:
+        return "size unknown"
     value = float(size)
     for unit in ("B", "KiB", "MiB", "GiB"):
         if value < 1024 or unit == "GiB":

@@ -86,6 +86,8 @@ class SqsOptions(SinkOptions):
 
 
 class SqsSink(Sink):
+    reads_files = False  # links the files (a stored copy, else fal's URL), never reads them
+
     def __init__(self, name: str, options: dict[str, Any], env: SinkEnv) -> None:
         opts = read_options(name, SqsOptions, options)
         require_extra(name, "sqs", "boto3", "boto3")

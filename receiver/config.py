@@ -80,6 +80,8 @@ class DownloadSettings:
     deadline: float = 4 * 3600.0  # seconds one file may take in all
     min_rate: float = 16 * 1024.0  # bytes/s each file must average over every rate_window
     rate_window: float = 30.0  # seconds; also the longest silence allowed mid-body
+    spool_max_bytes: int = 10 * 1024**3  # files kept for later attempts, all events together
+    spool_max_age: float = 7200.0  # seconds a kept event's files may go unused
     spool_dir: str = f"{DEFAULT_DATA_DIR}/spool"
     # Private fal files (an access rule forbids or hides them) are read through a signed URL
     # from fal's storage API, with FAL_KEY, when these hosts answer 401, 403 or 404.
@@ -407,6 +409,8 @@ def _check_downloads(s: DownloadSettings) -> None:
     _positive("downloads", "deadline", s.deadline)
     _positive("downloads", "min_rate", s.min_rate, strict=False)  # 0 turns it off
     _positive("downloads", "rate_window", s.rate_window)
+    _positive("downloads", "spool_max_bytes", s.spool_max_bytes, strict=False)
+    _positive("downloads", "spool_max_age", s.spool_max_age, strict=False)
     _check_url("downloads", "fal_sign_url", s.fal_sign_url, ("http", "https"))
     for host in s.fal_media_hosts:
         if not host or "/" in host or ":" in host.strip("[]"):

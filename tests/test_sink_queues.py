@@ -56,7 +56,10 @@ async def test_one_message_per_event_error_events_too(tmp_path: Path, broker: Br
     assert first.event["route"] == "reframe" and first.event["fal_status"] == "OK"
     assert first.event["payload"] == payload
     [image] = first.event["files"]
-    assert image["path"] == "image" and image["size"] == len(PNG) and image["sha256"]
+    # A queue sink links files and reads none: nothing was downloaded for it alone, so the
+    # message says what the payload said (no size or sha256 here) and links fal's copy.
+    assert image["path"] == "image" and image["url"].startswith("data:image/png")
+    assert image["size"] is None and image["sha256"] is None
     assert second.event["fal_status"] == "ERROR" and second.event["error"] == "boom"
     assert second.event["payload"] == {"detail": DETAIL}
     for message, rid in ((first, ok), (second, failed)):

@@ -66,37 +66,56 @@ async def download_all(
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise FetchRetryable(f"spool folder {spool_dir} cannot be made: {reason}") from None
-    fetched: list[FetchedFile] = []
-    for ref in refs:
-        started = time.perf_counter()
-        try:
-            got = await _fetch_one(fetcher, signer, ref, spool_dir, keep)
-        except FetchError as exc:
-            outcome = "retryable" if exc.retryable else "permanent"
-            metrics.downloads.labels(outcome=outcome).inc()
-            log.warning("download failed", path=ref.path, error=exc.message, kind=outcome)
-            raise
-        seconds = time.perf_counter() - started
-        log.info(
-            "downloaded",
-            path=ref.path,
-            bytes=got.size,
-            seconds=round(seconds, 3),
-            mib_per_s=round(got.size / 1048576 / max(seconds, 1e-6), 1),
-        )
-        fetched.append(got)
-        metrics.downloads.labels(outcome="ok").inc()
-        metrics.download_bytes.inc(got.size)
-    described = [(r.path, r.file_name, r.content_type, r.url) for r in refs]
-    names = await off_loop(len(refs) > OFF_LOOP_FILES, file_names, described)
+    fetched = [
+        await download_one(fetcher, metrics, signer, ref, spool_dir, keep=keep) for ref in refs
+    ]
+    names = await off_loop(len(refs) > OFF_LOOP_FILES, names_of, refs)
     return [local_file(f, name) for f, name in zip(fetched, names, strict=True)]
 
 
-async def _fetch_one(
-    fetcher: Fetcher, signer: FalMediaSigner | None, ref: FileRef, spool_dir: Path, keep: bool
+async def download_one(
+    fetcher: Fetcher,
+    metrics: Metrics,
+    signer: FalMediaSigner | None,
+    ref: FileRef,
+    spool_dir: Path,
+    *,
+    keep: bool,
+    **where: Any,
 ) -> FetchedFile:
+    """One File into spool_dir, counted and logged; FetchError when it fails."""
+    started = time.perf_counter()
     try:
-        return await fetcher.fetch(ref, spool_dir, keep=keep)
+        got = await fetch_one(fetcher, signer, ref, spool_dir, keep, **where)
+    except FetchError as exc:
+        outcome = "retryable" if exc.retryable else "permanent"
+        metrics.downloads.labels(outcome=outcome).inc()
+        log.warning("download failed", path=ref.path, error=exc.message, kind=outcome)
+        raise
+    seconds = time.perf_counter() - started
+    log.info(
+        "downloaded",
+        path=ref.path,
+        bytes=got.size,
+        seconds=round(seconds, 3),
+        mib_per_s=round(got.size / 1048576 / max(seconds, 1e-6), 1),
+    )
+    metrics.downloads.labels(outcome="ok").inc()
+    metrics.download_bytes.inc(got.size)
+    return got
+
+
+async def fetch_one(
+    fetcher: Fetcher,
+    signer: FalMediaSigner | None,
+    ref: FileRef,
+    spool_dir: Path,
+    keep: bool,
+    **where: Any,
+) -> FetchedFile:
+    """One File into spool_dir (`where`: Fetcher.fetch's `into` and `on_written`)."""
+    try:
+        return await fetcher.fetch(ref, spool_dir, keep=keep, **where)
     except FetchError as exc:
         if _refused_as_private(fetcher, exc):
             raise FetchPermanent(f"{exc.message}; {PRIVATE_HOSTS_HINT}") from None
@@ -104,7 +123,7 @@ async def _fetch_one(
             raise
         signed = await _signed(signer, ref, exc)
     # The signed URL is used here only: the event, its documents and logs keep fal's URL.
-    got = await fetcher.fetch(dataclasses.replace(ref, url=signed), spool_dir, keep=keep)
+    got = await fetcher.fetch(dataclasses.replace(ref, url=signed), spool_dir, keep=keep, **where)
     log.info("downloaded a private fal file through a signed URL", path=ref.path)
     return dataclasses.replace(got, ref=ref)
 
@@ -135,6 +154,35 @@ def _refused_as_private(fetcher: Fetcher, exc: FetchError) -> bool:
     """The address guard refused a loopback/private host (its message says `refused
     address`), and allow_private_hosts would have let it through."""
     return not fetcher.guard.allow_private and "refused address" in exc.message
+
+
+def names_of(refs: list[FileRef]) -> list[str]:
+    return file_names((r.path, r.file_name, r.content_type, r.url) for r in refs)
+
+
+def described_all(refs: list[FileRef], views: list[dict[str, Any]]) -> list[LocalFile]:
+    """Every File described without a download (for sinks that only link files)."""
+    by_path = {v.get("path"): v for v in views}
+    return [
+        described(ref, name, by_path.get(ref.path) or {})
+        for ref, name in zip(refs, names_of(refs), strict=True)
+    ]
+
+
+def described(ref: FileRef, name: str, view: dict[str, Any]) -> LocalFile:
+    """A File as a sink that reads no bytes sees it without a download: what the payload
+    and earlier downloads (the stored view) say."""
+    return LocalFile(
+        path=ref.path,
+        name=name,
+        url=ref.url if not ref.is_data_uri else ref.url[:32] + "...",
+        local_path=None,
+        size=view.get("size", ref.file_size),
+        sha256=view.get("sha256"),
+        content_type=view.get("content_type") or ref.content_type,
+        file_name=ref.file_name,
+        extras=ref.extras,
+    )
 
 
 def local_file(fetched: FetchedFile, name: str) -> LocalFile:

@@ -14,22 +14,21 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-import shutil
 import socket
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import structlog
 
 from falhook.config import Settings
 from falhook.delivery import ordering
+from falhook.delivery.arrivals import Arrival
 from falhook.delivery.files import (
     OFF_LOOP_BYTES,
-    download_all,
+    described_all,
     event_info,
     off_loop,
     refs_of,
@@ -38,12 +37,22 @@ from falhook.delivery.files import (
 from falhook.delivery.retry import RetryPolicy
 from falhook.delivery.routing import Router
 from falhook.delivery.traced import TracedFetcher
+from falhook.delivery.transfer import JobFiles
+from falhook.downloads.cache import EventSpool, sweep
 from falhook.downloads.fal_media import FalMediaSigner
 from falhook.downloads.fetch import Fetcher, FetchError
+from falhook.intake.envelope import FileRef
 from falhook.metrics import Metrics
 from falhook.sinks.base import DeliveryContext, EventInfo, LocalFile, Permanent, Retryable, Sink
-from falhook.sinks.naming import id_component
-from falhook.store.models import EventView, Finish, Job, LeasedDelivery, NewEvent, utcnow
+from falhook.store.models import (
+    FINISHED_STATE,
+    EventView,
+    Finish,
+    Job,
+    LeasedDelivery,
+    NewEvent,
+    utcnow,
+)
 from falhook.store.roles import DeliveryQueue
 from falhook.store.states import DONE_STATES
 from falhook.telemetry import Telemetry
@@ -66,6 +75,31 @@ class _Attempt:
     tried: bool = True  # False: decided without calling the sink (no attempt is counted)
     recorded: bool = False  # its Finish is in the store
     duration_ms: int | None = None  # how long the attempt took, for the history
+
+
+@dataclass
+class _JobRun:
+    """What one job's steps share: the event (as updated by the downloads), its attempts,
+    the outputs of delivered sinks, and the streaming sinks running beside the download."""
+
+    event: EventView
+    attempts: dict[str, _Attempt]
+    outputs: dict[str, dict[str, Any]]
+    problems: list[dict[str, str]]
+    big: bool
+    streams: dict[str, asyncio.Task[bool]] = field(default_factory=dict)
+
+    async def settle_streams(self) -> None:
+        """Wait for the streaming sinks; a delivered one's output is there for `after`."""
+        for sink, task in self.streams.items():
+            if await task:
+                self.outputs[sink] = self.attempts[sink].output or {}
+        self.streams.clear()
+
+
+def _state_after(attempt: _Attempt) -> str:
+    outcome = attempt.outcome or "retry"
+    return FINISHED_STATE.get(outcome, outcome)
 
 
 class Worker:
@@ -108,6 +142,7 @@ class Worker:
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.spool = settings.spool_path
         self._held: dict[str, tuple[str, str]] = {}  # token -> (request_id, sink)
+        self._in_use: dict[str, int] = {}  # the spool folders of jobs in flight
         self._tasks: set[asyncio.Task[None]] = set()
 
     # --- the loop ----------------------------------------------------------------------------
@@ -215,6 +250,25 @@ class Worker:
             if time.monotonic() - pruned > PRUNE_EVERY:
                 pruned = time.monotonic()
                 await self._prune_history()
+            await self._sweep_spool()
+
+    async def _sweep_spool(self) -> None:
+        """Files kept for later attempts go when unused too long or over the size limit,
+        least recently used first (never those of a job in flight here)."""
+        dl = self.settings.downloads
+        try:
+            removed = await asyncio.to_thread(
+                sweep,
+                self.spool,
+                max_bytes=dl.spool_max_bytes,
+                max_age=dl.spool_max_age,
+                in_use=set(self._in_use),
+            )
+        except Exception as exc:
+            log.warning("spool sweep failed", error=f"{type(exc).__name__}: {exc}")
+            return
+        if removed:
+            log.info("spool swept", events=removed)
 
     async def _prune_history(self) -> None:
         """Attempts older than [store].history_days leave the history (bounded growth;
@@ -244,13 +298,14 @@ class Worker:
         attempts = {d.sink: _Attempt(d) for d in job.deliveries}
         for d in job.deliveries:
             self._held[d.token] = (event.request_id, d.sink)
-        spool_dir = self.spool / f"{id_component(event.request_id)}.{secrets.token_hex(4)}"
+        spool = EventSpool(self.spool, event.request_id)
+        self._in_use[spool.folder.name] = self._in_use.get(spool.folder.name, 0) + 1
         with structlog.contextvars.bound_contextvars(
             request_id=event.request_id, route=event.route
         ):
             try:
                 with self.telemetry.job(event.request_id, event.route, event.trace_context):
-                    await self._deliver_job(event, attempts, spool_dir)
+                    await self._deliver_job(event, attempts, spool)
             except asyncio.CancelledError:
                 await self._give_back(event, attempts)
                 raise
@@ -260,13 +315,31 @@ class Worker:
                 log.exception("delivery attempt failed")
                 await self._fail_unrecorded(event, attempts, exc)
             finally:
-                # Unlinking a 1 GiB spool file takes a while: not on the event loop.
-                await asyncio.shield(asyncio.to_thread(shutil.rmtree, spool_dir, True))
+                await asyncio.shield(self._release_spool(event, attempts, spool))
                 for d in job.deliveries:
                     self._held.pop(d.token, None)
 
+    async def _release_spool(
+        self, event: EventView, attempts: dict[str, _Attempt], spool: EventSpool
+    ) -> None:
+        """Keep the event's files for its later attempts while a delivery that reads files
+        is left to do; remove them once none is (unlinking 1 GiB takes a while: in a
+        thread)."""
+        left = self._in_use[spool.folder.name] - 1
+        if left:
+            self._in_use[spool.folder.name] = left
+            return
+        del self._in_use[spool.folder.name]
+        states = {s: d.state for s, d in event.deliveries.items()}
+        states |= {s: _state_after(a) for s, a in attempts.items()}
+        if not any(
+            state not in FINISHED and sink in self.sinks and self.sinks[sink].reads_files
+            for sink, state in states.items()
+        ):
+            await asyncio.to_thread(spool.remove)
+
     async def _deliver_job(
-        self, event: EventView, attempts: dict[str, _Attempt], spool_dir: Path
+        self, event: EventView, attempts: dict[str, _Attempt], spool: EventSpool
     ) -> None:
         await self._skip_filtered(event, attempts)
         self._settle_before_download(event, attempts)
@@ -275,27 +348,59 @@ class Worker:
             return await self._record_all(event, attempts)
         big = len(event.body) > OFF_LOOP_BYTES  # thousands of Files: parsed off the loop
         refs, problems = await off_loop(big, refs_of, event)
-        # Written back to disk as it arrives only when a sink of this job keeps it.
-        keep = any(self.sinks[s].keeps_files for s in runnable)
-        started = time.perf_counter()
-        try:
-            local = await download_all(
-                self.fetcher, self.metrics, refs, spool_dir, keep=keep, signer=self.signer
-            )
-        except FetchError as exc:
-            error = Retryable(exc.message) if exc.retryable else Permanent(exc.message)
-            for s in runnable:
-                self._decide(attempts[s], error)
-                attempts[s].duration_ms = round((time.perf_counter() - started) * 1000)
-            return await self._record_all(event, attempts)
-        if local:
-            event = await self._record_files(event, local)
-        info = await off_loop(big, event_info, event, event.files, problems)
         outputs: dict[str, dict[str, Any]] = {
             name: d.output or {} for name, d in event.deliveries.items() if d.state == "delivered"
         }
-        await self._run_sinks(event, info, local, attempts, outputs)
-        await self._record_all(event, attempts)
+        job = _JobRun(event, attempts, outputs, problems, big)
+        readers = [s for s in runnable if self.sinks[s].reads_files]
+        started = time.perf_counter()
+        try:
+            local = await self._files(job, refs, readers, spool)
+        except FetchError as exc:
+            # The download failed: so did every sink that reads files (streaming ones too);
+            # the sinks that only link them still run.
+            await job.settle_streams()
+            error = Retryable(exc.message) if exc.retryable else Permanent(exc.message)
+            for s in readers:
+                attempts[s].outcome = None
+                self._decide(attempts[s], error)
+                attempts[s].duration_ms = round((time.perf_counter() - started) * 1000)
+            local = await off_loop(big, described_all, refs, event.files)
+        else:
+            if any(f.local_path is not None for f in local):
+                job.event = await self._record_files(event, [f for f in local if f.sha256])
+            await job.settle_streams()
+        info = await off_loop(big, event_info, job.event, job.event.files, problems)
+        await self._run_sinks(job.event, info, local, attempts, outputs)
+        await self._record_all(job.event, attempts)
+
+    async def _files(
+        self, job: _JobRun, refs: list[FileRef], readers: list[str], spool: EventSpool
+    ) -> list[LocalFile]:
+        """The job's files: from the spool or downloaded once for the sinks that read them
+        (those that stream get them as they arrive), described for the others."""
+        if not refs or not readers:
+            return await off_loop(job.big, described_all, refs, job.event.files)
+        keep = any(self.sinks[s].keeps_files for s in readers)  # written back as it arrives
+        files = JobFiles(self.fetcher, self.metrics, self.signer, spool, job.event, refs, keep=keep)
+        await files.prepare()
+        streamers = [s for s in readers if self._streams_now(job, s)] if files.missing else []
+        if streamers:
+            info = await off_loop(job.big, event_info, job.event, job.event.files, job.problems)
+            arriving = files.arriving()
+            for s in streamers:
+                job.streams[s] = asyncio.create_task(
+                    self._call_sink(s, job.attempts[s], job.event, info, [], job.outputs, arriving)
+                )
+        return await files.download()
+
+    def _streams_now(self, job: _JobRun, sink: str) -> bool:
+        """A streaming sink whose prerequisites are done may take the files as they come."""
+        if not self.sinks[sink].streams_files:
+            return False
+        after = self.routing.after(job.event, self.after).get(sink, ())
+        done = {s for s, d in job.event.deliveries.items() if d.state in DONE_STATES}
+        return not ordering.unmet(after, done)
 
     async def _skip_filtered(self, event: EventView, attempts: dict[str, _Attempt]) -> None:
         """Sinks whose filter the event does not match: skipped, nothing downloaded for them."""
@@ -391,6 +496,7 @@ class Worker:
         info: EventInfo,
         files: list[LocalFile],
         outputs: dict[str, dict[str, Any]],
+        arriving: Sequence[Arrival] | None = None,
     ) -> bool:
         span = self.telemetry.attempt(
             name,
@@ -399,7 +505,9 @@ class Worker:
             trace_context=event.trace_context,
         )
         with span:
-            ok = await self._run_sink(name, attempt, event, info, files, outputs, span.headers)
+            ok = await self._run_sink(
+                name, attempt, event, info, files, outputs, span.headers, arriving
+            )
             span.outcome(attempt.outcome or "retry", attempt.error)
         return ok
 
@@ -412,6 +520,7 @@ class Worker:
         files: list[LocalFile],
         outputs: dict[str, dict[str, Any]],
         headers: Mapping[str, str],
+        arriving: Sequence[Arrival] | None = None,
     ) -> bool:
         sink_log = log.bind(sink=name)
         previous = event.deliveries.get(name)
@@ -428,7 +537,11 @@ class Worker:
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self.settings.delivery.attempt_timeout):
-                output = await self.sinks[name].deliver(ctx)
+                sink = self.sinks[name]
+                if arriving is not None:
+                    output = await sink.deliver_streaming(ctx, arriving)
+                else:
+                    output = await sink.deliver(ctx)
             sink_log.debug("sink finished", seconds=round(time.perf_counter() - started, 3))
         except (Retryable, Permanent) as exc:
             self._decide(attempt, exc)

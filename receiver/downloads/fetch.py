@@ -77,9 +77,10 @@ def _lower_priority() -> None:
 class _Job:
     """One download in flight: stopping it also ends a read blocked on its connection."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_written: Callable[[int], None] | None = None) -> None:
         self._stop = threading.Event()
         self.conn: GuardedConnection | None = None
+        self.on_written = on_written
 
     @property
     def stopped(self) -> bool:
@@ -144,19 +145,32 @@ class Fetcher:
             DOWNLOAD_THREADS, thread_name_prefix="falhook-fetch", initializer=_lower_priority
         )
 
-    async def fetch(self, ref: FileRef, dest_dir: Path, *, keep: bool = True) -> FetchedFile:
+    async def fetch(
+        self,
+        ref: FileRef,
+        dest_dir: Path,
+        *,
+        keep: bool = True,
+        on_written: Callable[[int], None] | None = None,
+        into: Path | None = None,
+    ) -> FetchedFile:
         """Download (or decode) ref into a new file in dest_dir; FetchError on failure.
 
         ``keep``: a sink will keep this file (the disk sink links it and fsyncs it), so it is
         written back to disk as it arrives. Without it the file is only read by sinks and
         then deleted: it stays in the page cache, and a download is not held to the disk's
         pace.
+
+        ``on_written(n)``: called on the download's thread whenever the file's first n bytes
+        are in place (a sink may read them while the rest arrives).
+        ``into``: the file to create (it must not exist), instead of a new name in dest_dir.
         """
         if self._closed.is_set():
             raise FetchRetryable(f"{ref.path}: the fetcher is closed")
-        job = _Job()
+        job = _Job(on_written)
         try:
-            future = self._pool.submit(self._fetch, ref, dest_dir, job, keep)
+            dest = into or dest_dir / f"dl-{secrets.token_hex(8)}"
+            future = self._pool.submit(self._fetch, ref, dest, job, keep)
         except RuntimeError:  # closed between the check and here
             raise FetchRetryable(f"{ref.path}: the fetcher is closed") from None
         try:
@@ -179,15 +193,14 @@ class Fetcher:
 
     # --- in the worker thread ----------------------------------------------------------------
 
-    def _fetch(self, ref: FileRef, dest_dir: Path, job: _Job, keep: bool) -> FetchedFile:
-        dest = dest_dir / f"dl-{secrets.token_hex(8)}"
+    def _fetch(self, ref: FileRef, dest: Path, job: _Job, keep: bool) -> FetchedFile:
         with self._jobs_lock:
             self._jobs.add(job)
         try:
             if self._closed.is_set():
                 raise Stopped()
             if ref.is_data_uri:
-                return self._write_data_uri(ref, dest, keep)
+                return self._write_data_uri(ref, dest, keep, job)
             return self._download(ref, dest, job, keep)
         except SpoolError as exc:  # the disk, not the network: name the spool file
             dest.unlink(missing_ok=True)
@@ -199,14 +212,14 @@ class Fetcher:
             with self._jobs_lock:
                 self._jobs.discard(job)
 
-    def _write_data_uri(self, ref: FileRef, dest: Path, keep: bool) -> FetchedFile:
+    def _write_data_uri(self, ref: FileRef, dest: Path, keep: bool, job: _Job) -> FetchedFile:
         try:
             data, mime = decode_data_uri(ref.url)
         except ValueError as exc:
             raise FetchPermanent(f"{ref.path}: {exc}") from None
         self._check_size_limit(ref, len(data))
         self._check_file_size(ref, len(data))
-        writer = SpoolWriter(dest, write_behind=keep)
+        writer = SpoolWriter(dest, write_behind=keep, on_written=job.on_written)
         try:
             writer.add(data)
             digest = writer.finish()
@@ -295,7 +308,7 @@ class Fetcher:
             self._check_file_size(ref, expected)
         if job.conn is not None and job.conn.sock is not None:
             job.conn.sock.settimeout(self.limits.idle)
-        writer = SpoolWriter(dest, write_behind=keep)
+        writer = SpoolWriter(dest, write_behind=keep, on_written=job.on_written)
         try:
             received = read_body(ref, resp, writer, self.limits, stopped=job.stopped_or(self))
             if expected is not None and received != expected:

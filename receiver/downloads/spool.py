@@ -20,6 +20,7 @@ import hashlib
 import os
 import queue
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -177,8 +178,18 @@ class SpoolWriter:
     """Writes one file: `buffer()` / `commit(n)` for bytes read in place, `add(data)` for
     bytes that already exist (a decoded data: URI, a decompressed body), then `finish()`."""
 
-    def __init__(self, path: Path, *, write_behind: bool = True) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        write_behind: bool = True,
+        on_written: Callable[[int], None] | None = None,
+    ) -> None:
+        """`on_written(n)` is called (on the writing thread) whenever the file's first n bytes
+        are written: a sink streaming the file may read that far."""
         self.path = path
+        self._on_written = on_written
+        self.written = 0
         # The file first: if it cannot be made, no thread has been started for it.
         try:
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -244,6 +255,9 @@ class SpoolWriter:
                 view = view[os.write(self._fd, view) :]
         except OSError as exc:
             raise SpoolError(f"spool file {self.path} cannot be written: {_reason(exc)}") from exc
+        self.written += length
+        if self._on_written is not None:
+            self._on_written(self.written)
         if self._write_behind and self.size - self._announced >= WRITEBACK_EVERY:
             self._flusher.poke(self.size)
             self._announced = self.size
