@@ -80,6 +80,9 @@ class DownloadSettings:
     deadline: float = 4 * 3600.0  # seconds one file may take in all
     min_rate: float = 16 * 1024.0  # bytes/s each file must average over every rate_window
     rate_window: float = 30.0  # seconds; also the longest silence allowed mid-body
+    range_threshold: int = 64 * 1024**2  # files this large come in parallel ranges (0: never)
+    range_size: int = 16 * 1024**2  # bytes per range
+    range_parts: int = 4  # ranges fetched at once, each on its own connection
     spool_max_bytes: int = 10 * 1024**3  # files kept for later attempts, all events together
     spool_max_age: float = 7200.0  # seconds a kept event's files may go unused
     spool_dir: str = f"{DEFAULT_DATA_DIR}/spool"
@@ -409,6 +412,9 @@ def _check_downloads(s: DownloadSettings) -> None:
     _positive("downloads", "deadline", s.deadline)
     _positive("downloads", "min_rate", s.min_rate, strict=False)  # 0 turns it off
     _positive("downloads", "rate_window", s.rate_window)
+    _positive("downloads", "range_threshold", s.range_threshold, strict=False)
+    _positive("downloads", "range_size", s.range_size, minimum=64 * 1024, strict=False)
+    _positive("downloads", "range_parts", s.range_parts)
     _positive("downloads", "spool_max_bytes", s.spool_max_bytes, strict=False)
     _positive("downloads", "spool_max_age", s.spool_max_age, strict=False)
     _check_url("downloads", "fal_sign_url", s.fal_sign_url, ("http", "https"))

@@ -15,6 +15,10 @@ from typing import Any
 import pytest
 
 from falhook.downloads.cache import sweep
+from falhook.downloads.errors import FetchRetryable
+from falhook.downloads.fetch import Fetcher
+from falhook.downloads.ranged import RangePlan
+from falhook.intake.envelope import FileRef
 from falhook.testing import FalSigner
 from tests.support.fileserver import FileServer, generated_bytes, generated_sha256
 from tests.support.inprocess import InProcess, InProcessFactory, sync_condition, wait_until
@@ -283,3 +287,107 @@ def test_a_sweep_within_bounds_removes_nothing(tmp_path: Path) -> None:
 
 def test_generated_bytes_are_what_the_server_sends() -> None:
     assert sum(len(b) for b in generated_bytes(3 * MIB)) == 3 * MIB
+
+
+# --- parallel ranges ----------------------------------------------------------------------------
+
+
+def ranged_fetcher(**plan: int) -> Fetcher:
+    values = {"threshold": 4 * MIB, "size": 1 * MIB, "parts": 3, **plan}
+    return Fetcher(
+        max_file_bytes=1 << 30, timeout=10, allow_private_hosts=True, ranges=RangePlan(**values)
+    )
+
+
+async def test_a_server_that_honours_ranges_gets_several_at_once(
+    files: FileServer, tmp_path: Path
+) -> None:
+    size = 10 * MIB + 12345
+    files.add("/r.bin", size=size, ranges="honour")
+    f = ranged_fetcher()
+    written: list[int] = []
+    try:
+        got = await f.fetch(
+            FileRef("video", files.url("/r.bin")), tmp_path, on_written=written.append
+        )
+    finally:
+        await f.aclose()
+    assert got.size == size and got.sha256 == generated_sha256(size)
+    assert hashlib.sha256(got.local_path.read_bytes()).hexdigest() == generated_sha256(size)
+    asked = files.ranges_asked("/r.bin")
+    assert len(asked) == 11 and asked[0] == "bytes=0-1048575"  # the first, then ten more
+    assert files.connections >= 3  # parts on connections of their own, at once
+    assert written == sorted(written) and written[-1] == size  # in place in order
+
+
+async def test_a_server_that_ignores_ranges_gets_one_stream(
+    files: FileServer, tmp_path: Path
+) -> None:
+    size = 6 * MIB
+    files.add("/i.bin", size=size, ranges="ignore")
+    f = ranged_fetcher()
+    try:
+        got = await f.fetch(FileRef("video", files.url("/i.bin")), tmp_path)
+    finally:
+        await f.aclose()
+    assert got.sha256 == generated_sha256(size)
+    assert files.hits("/i.bin") == 1 and files.ranges_asked("/i.bin") == ["bytes=0-1048575"]
+
+
+@pytest.mark.parametrize("lie", ["lie_total", "short"])
+async def test_a_server_that_lies_about_ranges_is_a_retryable_error(
+    files: FileServer, tmp_path: Path, lie: str
+) -> None:
+
+    files.add("/l.bin", size=6 * MIB, ranges=lie)
+    f = ranged_fetcher()
+    try:
+        with pytest.raises(FetchRetryable):
+            await f.fetch(FileRef("video", files.url("/l.bin")), tmp_path)
+    finally:
+        await f.aclose()
+    assert list(tmp_path.iterdir()) == []  # nothing half-written is left
+
+
+async def test_a_small_file_of_known_size_is_asked_for_whole(
+    files: FileServer, tmp_path: Path
+) -> None:
+
+    files.add("/s.bin", data=b"small", ranges="honour")
+    f = ranged_fetcher()
+    try:
+        got = await f.fetch(FileRef("video", files.url("/s.bin"), file_size=5), tmp_path)
+    finally:
+        await f.aclose()
+    assert got.local_path.read_bytes() == b"small" and files.ranges_asked("/s.bin") == []
+
+
+async def test_a_file_of_unknown_size_that_fits_the_first_range_is_one_request(
+    files: FileServer, tmp_path: Path
+) -> None:
+
+    files.add("/u.bin", data=b"u" * 1000, ranges="honour")
+    f = ranged_fetcher()
+    try:
+        got = await f.fetch(FileRef("video", files.url("/u.bin")), tmp_path)
+    finally:
+        await f.aclose()
+    assert got.local_path.read_bytes() == b"u" * 1000 and files.hits("/u.bin") == 1
+
+
+@pytest.mark.one_store("the download and the sink are what is tested")
+async def test_a_file_fetched_in_ranges_streams_to_s3_byte_identical(
+    inprocess: InProcessFactory, signer: FalSigner, files: FileServer, moto: MotoServer, s3: Any
+) -> None:
+    size = 40 * MIB + 777
+    files.add("/ranged.mp4", size=size, content_type="video/mp4", ranges="honour")
+    fh = await inprocess(
+        sinks={"archive": s3_sink(moto)},
+        routes={"reframe": {"sinks": ["archive"]}},
+        downloads={"range_threshold": 8 * MIB, "range_size": 4 * MIB, "range_parts": 3},
+    )
+    rid = await fh.send(signer, video(files, "/ranged.mp4", size), route="reframe")
+    event = await fh.wait_state(rid, "delivered", timeout=120)
+    assert len(files.ranges_asked("/ranged.mp4")) == 11
+    [key] = [k for k in keys_of(s3) if k.endswith(".mp4")]
+    assert object_sha256(s3, key) == generated_sha256(size) == event["files"][0]["sha256"]

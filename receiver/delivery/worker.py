@@ -41,6 +41,7 @@ from falhook.delivery.transfer import JobFiles
 from falhook.downloads.cache import EventSpool, sweep
 from falhook.downloads.fal_media import FalMediaSigner
 from falhook.downloads.fetch import Fetcher, FetchError
+from falhook.downloads.ranged import RangePlan
 from falhook.intake.envelope import FileRef
 from falhook.metrics import Metrics
 from falhook.sinks.base import DeliveryContext, EventInfo, LocalFile, Permanent, Retryable, Sink
@@ -129,6 +130,7 @@ class Worker:
             deadline=dl.deadline,
             min_rate=dl.min_rate,
             rate_window=dl.rate_window,
+            ranges=RangePlan(dl.range_threshold, dl.range_size, dl.range_parts),
         )
         # Private fal files are read through signed URLs, with FAL_KEY from the environment.
         self.signer = signer or FalMediaSigner(

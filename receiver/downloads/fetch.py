@@ -23,6 +23,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urljoin
 
 import httpx
@@ -42,6 +43,7 @@ from falhook.downloads.netguard import (
     connect_guarded,
     resolve,
 )
+from falhook.downloads.ranged import RangedDownload, RangePlan, content_range
 from falhook.downloads.spool import SpoolError, SpoolWriter
 from falhook.downloads.stream import TransferLimits, declared_length, read_body
 from falhook.intake.envelope import FileRef, decode_data_uri
@@ -114,6 +116,7 @@ class Fetcher:
         deadline: float = 4 * 3600.0,
         min_rate: float = 16 * 1024.0,
         rate_window: float = 30.0,
+        ranges: RangePlan | None = None,
         max_redirects: int = 5,
         guard: AddressGuard | None = None,
         resolver: Resolver | None = None,
@@ -121,6 +124,7 @@ class Fetcher:
         self.max_file_bytes = max_file_bytes
         self.max_redirects = max_redirects
         self.timeout = timeout
+        self.ranges = ranges or RangePlan(threshold=0, size=16 * 1024 * 1024, parts=1)
         self.limits = TransferLimits.of(
             max_file_bytes,
             deadline=deadline,
@@ -143,6 +147,11 @@ class Fetcher:
         self._jobs_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(
             DOWNLOAD_THREADS, thread_name_prefix="falhook-fetch", initializer=_lower_priority
+        )
+        # The extra connections of files fetched in ranges (never the pool above: a download
+        # there waits for its parts).
+        self._range_pool = ThreadPoolExecutor(
+            DOWNLOAD_THREADS * 2, thread_name_prefix="falhook-range", initializer=_lower_priority
         )
 
     async def fetch(
@@ -189,6 +198,7 @@ class Fetcher:
         for job in running:
             job.stop()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._range_pool.shutdown(wait=False, cancel_futures=True)
         await asyncio.to_thread(self._connections.close)
 
     # --- in the worker thread ----------------------------------------------------------------
@@ -234,12 +244,15 @@ class Fetcher:
         try:
             for _ in range(self.max_redirects + 1):
                 origin, target = _split(ref, url)
-                conn, resp = self._request(origin, target, job)
+                first = self._first_range(ref)
+                conn, resp = self._request(origin, target, job, first)
                 got: FetchedFile | None = None
                 try:
                     location = resp.getheader("location")
                     if resp.status in _REDIRECTS and location:
                         url = _follow(ref, url, location)
+                    elif resp.status == 206 and first is not None:
+                        got = self._ranged(ref, resp, conn, (origin, target), dest, job)
                     else:
                         _check_status(ref, resp.status)
                         got = self._stream_to(ref, resp, dest, job, keep)
@@ -263,25 +276,43 @@ class Fetcher:
             job.conn = None
         raise FetchPermanent(f"{ref.path}: more than {self.max_redirects} redirects")
 
+    def _first_range(self, ref: FileRef) -> tuple[int, int] | None:
+        """The range the first request asks for, when the file may be fetched in parts (it
+        is large, or of unknown size); None: the whole file at once."""
+        plan = self.ranges
+        if not plan.threshold or (ref.file_size is not None and ref.file_size < plan.threshold):
+            return None
+        return (0, plan.size - 1)
+
     def _request(
-        self, origin: Origin, target: str, job: _Job
+        self,
+        origin: Origin,
+        target: str,
+        job: _Job | None,
+        byte_range: tuple[int, int] | None = None,
     ) -> tuple[GuardedConnection, http.client.HTTPResponse]:
         """Send the GET and read the response head. A kept-alive connection the server has
-        closed meanwhile fails before any answer: that one is retried on a new connection."""
+        closed meanwhile fails before any answer: that one is retried on a new connection.
+        `job`: the download that may stop this connection (None for the extra parts of a
+        ranged download, which stops its own)."""
+        headers = dict(_HEADERS)
+        if byte_range is not None:
+            headers["Range"] = f"bytes={byte_range[0]}-{byte_range[1]}"
         while True:
             conn, reused = self._connections.take(origin)
             if conn.sock is not None:  # a body's shorter idle limit does not outlive it
                 conn.sock.settimeout(self.timeout)
-            job.conn = conn
-            if job.stopped:
-                conn.close()
-                raise Stopped()
+            if job is not None:
+                job.conn = conn
+                if job.stopped:
+                    conn.close()
+                    raise Stopped()
             try:
-                conn.request("GET", target, headers=_HEADERS)
+                conn.request("GET", target, headers=headers)
                 return conn, conn.getresponse()
             except (ConnectionError, http.client.RemoteDisconnected):
                 conn.close()
-                if not reused or job.stopped:
+                if not reused or (job is not None and job.stopped):
                     raise
             except BaseException:
                 conn.close()
@@ -297,6 +328,55 @@ class Fetcher:
             self._connections.give_back(conn)
         else:
             conn.close()
+
+    def _ranged(
+        self,
+        ref: FileRef,
+        resp: http.client.HTTPResponse,
+        conn: GuardedConnection,
+        where: tuple[Origin, str],
+        dest: Path,
+        job: _Job,
+    ) -> FetchedFile:
+        """The server answered the first range: the rest in parts at once (a file that fit
+        in the first range is simply read)."""
+        found = content_range(resp)
+        encoding = (resp.getheader("content-encoding") or "identity").strip().lower()
+        if found is None or found[0] != 0 or encoding != "identity":
+            raise FetchRetryable(
+                f"{ref.path}: the server answered 206 without a usable Content-Range"
+            )
+        _, last, total = found
+        self._check_size_limit(ref, total)
+        self._check_file_size(ref, total)
+        if last + 1 == total:
+            return self._stream_to(ref, resp, dest, job, keep=False)
+        if conn.sock is not None:
+            conn.sock.settimeout(self.limits.idle)
+
+        def request(byte_range: tuple[int, int]) -> tuple[GuardedConnection, Any]:
+            got = self._request(*where, None, byte_range)
+            if got[0].sock is not None:
+                got[0].sock.settimeout(self.limits.idle)
+            return got
+
+        digest = RangedDownload(
+            ref,
+            dest,
+            total=total,
+            first=(conn, resp, last),
+            plan=self.ranges,
+            request=request,
+            release=self._release,
+            pool=self._range_pool,
+            stopped=job.stopped_or(self),
+            on_written=job.on_written,
+            deadline=self.limits.deadline,
+        ).run()
+        content_type = ref.content_type or (
+            (resp.getheader("content-type") or "").split(";", 1)[0].strip() or None
+        )
+        return FetchedFile(ref, dest, total, digest, content_type)
 
     def _stream_to(
         self, ref: FileRef, resp: http.client.HTTPResponse, dest: Path, job: _Job, keep: bool

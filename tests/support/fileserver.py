@@ -67,6 +67,7 @@ class _Entry:
     extra: bytes  # sent after the declared body: a server that says less than it sends
     extra_after: float  # seconds between the body and the extra bytes
     extra_sent: threading.Event = field(default_factory=threading.Event)
+    ranges: str = "ignore"  # "honour" Range, "ignore" it (200), or lie: "lie_total", "short"
 
 
 class FileServer(LoopbackServer):
@@ -78,6 +79,7 @@ class FileServer(LoopbackServer):
         self._entries: dict[str, _Entry] = {}
         self._hits: dict[str, int] = {}
         self._headers: dict[str, dict[str, str]] = {}
+        self._range_log: dict[str, list[str]] = {}
         self._sockets: list[socket.socket] = []  # every client connection, in accept order
         self._lock = threading.Lock()
         outer = self
@@ -127,6 +129,7 @@ class FileServer(LoopbackServer):
         bytes_per_second: float | None = None,
         extra: bytes = b"",
         extra_after: float = 0.0,
+        ranges: str = "ignore",
     ) -> None:
         """Serve path. `size` serves generated content (see generated_sha256); `fail_times`
         answers fail_status that many times first; `short_by` declares the full
@@ -135,7 +138,9 @@ class FileServer(LoopbackServer):
         `pause_after` sends that many body bytes, then waits for resume(path);
         `bytes_per_second` sends the body slowly, in small pieces, at about that rate;
         `extra` bytes follow the declared body on the same connection, `extra_after` seconds
-        later (a server that sends more than it said)."""
+        later (a server that sends more than it said); `ranges`: "honour" answers a Range
+        request with 206, "ignore" sends the whole file (200), "lie_total" gives later parts
+        another total size, "short" sends later parts cut short."""
         total = len(data) if data is not None else (size or 0)
         with self._lock:
             self._entries[path] = _Entry(
@@ -154,7 +159,13 @@ class FileServer(LoopbackServer):
                 bytes_per_second,
                 extra,
                 extra_after,
+                ranges=ranges,
             )
+
+    def ranges_asked(self, path: str) -> list[str]:
+        """The Range headers path's requests carried, in order."""
+        with self._lock:
+            return list(self._range_log.get(path, []))
 
     def extra_sent(self, path: str) -> bool:
         """Whether path's `extra` bytes have been written (to its latest request)."""
@@ -215,6 +226,13 @@ class FileServer(LoopbackServer):
             h.send_header("Content-Length", "0")
             h.end_headers()
             return
+        asked = h.headers.get("Range")
+        if asked:
+            with self._lock:
+                self._range_log.setdefault(path, []).append(asked)
+        if asked and entry.ranges != "ignore":
+            _send_range(h, entry, asked)
+            return
         if entry.redirect_to:
             h.send_response(302)
             h.send_header("Location", entry.redirect_to)
@@ -248,6 +266,40 @@ class FileServer(LoopbackServer):
             h.wfile.write(entry.extra)
             h.wfile.flush()
             entry.extra_sent.set()
+
+
+def _send_range(h: BaseHTTPRequestHandler, entry: _Entry, asked: str) -> None:
+    first_text, _, last_text = asked.removeprefix("bytes=").partition("-")
+    first = int(first_text)
+    last = min(int(last_text or entry.size - 1), entry.size - 1)
+    body = _slice(entry, first, last)
+    total = entry.size
+    if first > 0 and entry.ranges == "lie_total":
+        total += 1000
+    h.send_response(206)
+    h.send_header("Content-Type", entry.content_type)
+    h.send_header("Content-Range", f"bytes {first}-{last}/{total}")
+    h.send_header("Content-Length", str(len(body)))
+    h.end_headers()
+    if first > 0 and entry.ranges == "short":
+        body, h.close_connection = body[: len(body) // 2], True
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        h.wfile.write(body)
+        h.wfile.flush()
+
+
+def _slice(entry: _Entry, first: int, last: int) -> bytes:
+    if entry.data is not None:
+        return entry.data[first : last + 1]
+    out, offset = [], 0
+    for block in generated_bytes(entry.size):
+        end = offset + len(block)
+        if end > first and offset <= last:
+            out.append(block[max(0, first - offset) : last + 1 - offset])
+        offset = end
+        if offset > last:
+            break
+    return b"".join(out)
 
 
 def _send_body(h: BaseHTTPRequestHandler, entry: _Entry) -> None:
