@@ -1,14 +1,16 @@
-"""S3 transfer: a large file from a loopback HTTP server through `falhook serve` (download once,
-then the S3 sink), against `curl -o` followed by boto3's `upload_file` (the sequential
-baseline), both to the same moto S3 server on loopback; with falhook's peak RSS growth.
+"""S3 transfer: a large file from a loopback HTTP server through `falhook serve` (the S3
+sink streams: parts go up while the ranged download writes them), against `curl -o` followed
+by boto3's `upload_file` (the sequential baseline), both to the same moto S3 server on
+loopback; with falhook's peak RSS (whole process) and its growth during the transfer.
 
     python bench/s3_transfer.py [--size-mib 1024] [--runs 3] [--workdir /tmp/falhook-bench-s3]
+                                [--rate-mib N]   # the file server's bandwidth (default: no cap)
     python bench/s3_transfer.py --clients [--size-mib 1024]   # upload-only client comparison
 
 `--clients` uploads the same local file with each candidate client in a fresh process
 (our S3 sink: boto3 in its thread pool with CRC32 per part; boto3 upload_file; obstore when
-importable) and reports the
-cold import time, upload wall time and peak RSS of each: the figures behind the client choice.
+importable) and reports the cold import time, upload wall time and peak RSS of each: the
+figures behind the client choice.
 """
 
 from __future__ import annotations
@@ -56,25 +58,6 @@ def make_file(path: Path, size: int) -> None:
     )
 
 
-def sink_type() -> dict[str, Any]:
-    """`type = "s3"` once the registry lists it; until then the same class via a shim."""
-    from falhook.sinks.registry import BUILTIN_SINKS
-
-    if "s3" in BUILTIN_SINKS:
-        return {"type": "s3"}
-    return {"type": "python", "handler": "s3_shim:archive"}
-
-
-SHIM = """
-from pathlib import Path
-from falhook.sinks.base import SinkEnv
-from falhook.sinks.s3 import S3Sink
-
-def archive(**options):
-    return S3Sink("archive", options, SinkEnv(base_dir=Path("."), settings=None))
-"""
-
-
 def baseline_once(url: str, work: Path, s3: Any, key: str) -> float:
     out = work / "curl.out"
     out.unlink(missing_ok=True)
@@ -112,7 +95,7 @@ def delivered(log: Path, rid: str, since: int, deadline: float) -> int:
 
 def falhook_once(
     base: str, signer: FalSigner, url: str, size: int, s3: Any, pid: int, log: Path
-) -> tuple[float, int]:
+) -> tuple[float, int, int]:
     rid, body = webhook_body(
         str(uuid.uuid4()),
         payload={
@@ -132,22 +115,22 @@ def falhook_once(
     r.raise_for_status()
     delivered(log, rid, since, time.monotonic() + 900)
     elapsed = time.perf_counter() - t0
-    growth = proc_status(pid, "VmHWM") - rss_before
+    peak = proc_status(pid, "VmHWM")
+    growth = peak - rss_before
     keys = [f"fal/default/{rid}/big.mp4", f"fal/default/{rid}/event.json"]
     head = s3.head_object(Bucket=BUCKET, Key=keys[0])
     assert head["ContentLength"] == size, head
     for key in keys:
         s3.delete_object(Bucket=BUCKET, Key=key)
-    return elapsed, growth
+    return elapsed, growth, peak
 
 
 def pipeline(args: argparse.Namespace) -> None:
     work = Path(args.workdir)
     shutil.rmtree(work, ignore_errors=True)
     (work / "serve").mkdir(parents=True)
-    (work / "s3_shim.py").write_text(SHIM)
     os.environ.update(AWS_ENV)
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(work), str(ROOT)])
+    os.environ["PYTHONPATH"] = str(ROOT)
     signer = FalSigner()
     jwks = JWKSServer()
     jwks.set_jwks(signer.jwks())
@@ -164,15 +147,17 @@ def pipeline(args: argparse.Namespace) -> None:
                 str(ROOT / "bench" / "fileserver.py"),
                 str(work / "serve"),
                 str(fport),
+                "0",
+                str(args.rate_mib),
             ],
             log=work / "fileserver.log",
         )
         procs.append(files)
-        sink = {**sink_type(), "bucket": BUCKET, "endpoint_url": moto.url}
+        sink = {"type": "s3", "bucket": BUCKET, "endpoint_url": moto.url}
         config = falhook_config(
             work,
             jwks.url,
-            sinks={"local": {"type": "disk", "root": str(work / "files")}, "archive": sink},
+            sinks={"archive": sink},
             routes={"default": {"sinks": ["archive"]}},
         )
         try:
@@ -188,7 +173,7 @@ def pipeline(args: argparse.Namespace) -> None:
         base = f"http://127.0.0.1:{hport}"
         log = work / "falhook.log"
         falhook_once(base, signer, url, size, s3, fh.pid, log)  # warm-up (imports, connections)
-        base_t, fal_t, growths = [], [], []
+        base_t, fal_t, growths, peaks = [], [], [], []
         for i in range(args.runs):
             # Interleaved, each first every other run: drift, and what one run leaves the
             # server and the disk to do, hit both alike.
@@ -196,15 +181,17 @@ def pipeline(args: argparse.Namespace) -> None:
                 if kind == "baseline":
                     base_t.append(baseline_once(url, work, s3, f"baseline/{i}.bin"))
                 else:
-                    t, g = falhook_once(base, signer, url, size, s3, fh.pid, log)
+                    t, g, peak = falhook_once(base, signer, url, size, s3, fh.pid, log)
                     fal_t.append(t)
                     growths.append(g)
+                    peaks.append(peak)
         ratios = [f / b for f, b in zip(fal_t, base_t, strict=True)]
+        cap = f" at {args.rate_mib:g} MiB/s" if args.rate_mib else ""
         print(
-            f"{args.size_mib} MiB: curl+upload_file {median(base_t):.2f} s, "
+            f"{args.size_mib} MiB{cap}: curl+upload_file {median(base_t):.2f} s, "
             f"falhook (download + S3 sink) {median(fal_t):.2f} s, "
             f"ratio {median(ratios):.2f}x (runs {', '.join(f'{r:.2f}' for r in ratios)}), "
-            f"peak RSS growth {max(growths) / MiB:.1f} MB"
+            f"peak RSS {max(peaks) / MiB:.0f} MB (growth {max(growths) / MiB:.1f} MB)"
         )
         print(
             "  per run (baseline / falhook, s): "
@@ -249,7 +236,7 @@ def one_client(name: str, file: Path, endpoint: str) -> dict[str, float]:
         sink = S3Sink(
             "archive",
             {"bucket": BUCKET, "endpoint_url": endpoint, "prefix": f"clients/{run}/"},
-            SinkEnv(base_dir=Path("."), settings=None),
+            SinkEnv(base_dir=Path(".")),
         )
         f = LocalFile(
             path="video",
@@ -338,6 +325,7 @@ def main() -> int:
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--workdir", default="/tmp/falhook-bench-s3")
+    ap.add_argument("--rate-mib", type=float, default=0, help="cap the file server's MiB/s")
     ap.add_argument("--keep-logs", action="store_true", help="keep falhook's log in the workdir")
     ap.add_argument("--clients", action="store_true", help="compare S3 clients, upload only")
     ap.add_argument(
