@@ -19,6 +19,7 @@ from falhook.downloads.errors import FetchRetryable
 from falhook.downloads.fetch import Fetcher
 from falhook.downloads.ranged import RangePlan
 from falhook.intake.envelope import FileRef
+from falhook.sinks import ArrivingFile, DeliveryContext, Sink
 from falhook.testing import FalSigner
 from tests.support.fileserver import FileServer, generated_bytes, generated_sha256
 from tests.support.inprocess import InProcess, InProcessFactory, sync_condition, wait_until
@@ -391,3 +392,43 @@ async def test_a_file_fetched_in_ranges_streams_to_s3_byte_identical(
     assert len(files.ranges_asked("/ranged.mp4")) == 11
     [key] = [k for k in keys_of(s3) if k.endswith(".mp4")]
     assert object_sha256(s3, key) == generated_sha256(size) == event["files"][0]["sha256"]
+
+
+# --- the streaming API, as docs/sinks.md shows it ----------------------------------------------
+
+STREAMED: dict[str, tuple[bool, dict[str, str]]] = {}
+
+
+def docs_checksummer() -> type[Sink]:
+    """The `Checksummer` example of docs/sinks.md, run as written."""
+    text = (Path(__file__).parents[1] / "docs" / "sinks.md").read_text()
+    [block] = [b for b in text.split("```python\n")[1:] if "class Checksummer" in b]
+    namespace: dict[str, Any] = {}
+    exec(compile(block.split("```")[0], "docs/sinks.md", "exec"), namespace)
+    checksummer: type[Sink] = namespace["Checksummer"]
+    return checksummer
+
+
+class RecordingChecksummer(docs_checksummer()):  # type: ignore[misc]
+    async def deliver_streaming(
+        self, ctx: DeliveryContext, files: list[ArrivingFile]
+    ) -> dict[str, Any]:
+        arriving = not all(f.complete for f in files)
+        out: dict[str, str] = await super().deliver_streaming(ctx, files)
+        STREAMED[ctx.event.request_id] = (arriving, out)
+        return out
+
+
+async def test_the_docs_streaming_example_hashes_files_as_they_arrive(
+    inprocess: InProcessFactory, signer: FalSigner, files: FileServer
+) -> None:
+    size = 20 * MIB
+    files.add("/st.mp4", size=size, content_type="video/mp4", bytes_per_second=40 * MIB)
+    handler = f"{__name__}:RecordingChecksummer"
+    fh = await start(inprocess, {"sums": {"type": "python", "handler": handler}})
+    rid = await fh.send(signer, video(files, "/st.mp4", size), route="reframe")
+    await fh.wait_state(rid, "delivered", timeout=60)
+    digest = hashlib.blake2b()
+    for block in generated_bytes(size):
+        digest.update(block)
+    assert STREAMED[rid] == (True, {"video": digest.hexdigest()})

@@ -39,7 +39,7 @@ class Arrival:
         self.expected_size = expected_size
         self._loop = loop
         self._lock = threading.Lock()
-        self._written = 0
+        self._written = -1  # the file does not exist yet
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._result: LocalFile | None = None
         self._error: Retryable | Permanent | None = None
@@ -81,7 +81,9 @@ class Arrival:
         return self._result is not None
 
     async def wait(self, size: int) -> int:
-        """Once at least `size` bytes are in place, or the file is complete: how many are."""
+        """Once at least `size` bytes are in place, or the file is complete: how many are.
+        `local_path` exists when it returns (`wait(0)`: as soon as the file is created)."""
+        size = max(size, 0)
         while True:
             if self._error is not None:
                 raise self._error

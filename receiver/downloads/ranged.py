@@ -98,6 +98,8 @@ class RangedDownload:
             self.fd = os.open(self.dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except OSError as exc:
             raise SpoolError(f"spool file {self.dest} cannot be created: {exc.strerror}") from exc
+        if self.on_written is not None:
+            self.on_written(0)  # the file exists: a streaming sink may open it
         workers: list[Future[None]] = []
         try:
             workers.append(self.pool.submit(self._first_part))

@@ -186,7 +186,8 @@ class SpoolWriter:
         on_written: Callable[[int], None] | None = None,
     ) -> None:
         """`on_written(n)` is called (on the writing thread) whenever the file's first n bytes
-        are written: a sink streaming the file may read that far."""
+        are written: a sink streaming the file may read that far. It is called with 0 once
+        the file exists."""
         self.path = path
         self._on_written = on_written
         self.written = 0
@@ -205,6 +206,8 @@ class SpoolWriter:
         self._fill = 0  # bytes in the current buffer (add() gathers small pieces)
         self._announced = 0
         self._flusher = _Flusher(self._fd)
+        if on_written is not None:
+            on_written(0)
 
     def buffer(self) -> memoryview:
         """Room to read into: the rest of the current buffer (a fresh one when it is full).
