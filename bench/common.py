@@ -126,3 +126,14 @@ def reset_peak_rss(pid: int) -> None:
 
 def median(values: list[float]) -> float:
     return statistics.median(values)
+
+
+def make_file(path: Path, size: int) -> None:
+    """`size` bytes (whole MiB) of random data at path, kept across runs."""
+    if path.exists() and path.stat().st_size == size:
+        return
+    subprocess.run(
+        ["dd", "if=/dev/urandom", f"of={path}", "bs=1M", f"count={size // (1024 * 1024)}"],
+        check=True,
+        capture_output=True,
+    )

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import ROOT, free_port, median, start, stop, wait_http
+from common import ROOT, free_port, make_file, median, start, stop, wait_http
 
 from falhook.config import DownloadSettings
 from falhook.downloads.fetch import Fetcher
@@ -25,16 +25,6 @@ from falhook.downloads.ranged import RangePlan
 from falhook.intake.envelope import FileRef
 
 MiB = 1024 * 1024
-
-
-def make_file(path: Path, size: int) -> None:
-    if path.exists() and path.stat().st_size == size:
-        return
-    subprocess.run(
-        ["dd", "if=/dev/urandom", f"of={path}", "bs=1M", f"count={size // MiB}"],
-        check=True,
-        capture_output=True,
-    )
 
 
 def curl_once(url: str, out: Path) -> float:
@@ -104,7 +94,7 @@ async def run(args: argparse.Namespace) -> None:
         curl = times["curl"]
         print(f"{args.size_mib} MiB, {args.runs} runs, median wall time:")
         rate = args.size_mib / median(curl)
-        print(f"  curl -o           {median(curl):.2f} s  ({rate:.0f} MiB/s)")
+        print(f"  curl -o            {median(curl):.2f} s  ({rate:.0f} MiB/s)")
         for kind in fetchers:
             ratios = [c / t for c, t in zip(curl, times[kind], strict=True)]
             print(

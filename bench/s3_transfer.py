@@ -32,6 +32,7 @@ from common import (
     ROOT,
     falhook_config,
     free_port,
+    make_file,
     median,
     proc_status,
     reset_peak_rss,
@@ -46,16 +47,6 @@ from tests.support.moto import AWS_ENV, MotoProcess, boto3_client  # common puts
 
 MiB = 1024 * 1024
 BUCKET = "bench"
-
-
-def make_file(path: Path, size: int) -> None:
-    if path.exists() and path.stat().st_size == size:
-        return
-    subprocess.run(
-        ["dd", "if=/dev/urandom", f"of={path}", "bs=1M", f"count={size // MiB}"],
-        check=True,
-        capture_output=True,
-    )
 
 
 def baseline_once(url: str, work: Path, s3: Any, key: str) -> float:

@@ -21,6 +21,7 @@ from common import (
     ROOT,
     falhook_config,
     free_port,
+    make_file,
     median,
     proc_status,
     reset_peak_rss,
@@ -33,16 +34,6 @@ from common import (
 from falhook.testing import FalSigner, JWKSServer, webhook_body
 
 MiB = 1024 * 1024
-
-
-def make_file(path: Path, size: int) -> None:
-    if path.exists() and path.stat().st_size == size:
-        return
-    subprocess.run(
-        ["dd", "if=/dev/urandom", f"of={path}", "bs=1M", f"count={size // MiB}"],
-        check=True,
-        capture_output=True,
-    )
 
 
 def settle(folder: Path) -> None:
