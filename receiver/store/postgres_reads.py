@@ -1,0 +1,194 @@
+"""The PostgreSQL store's console reads: filtered and searched listings with cursors, changes
+since a mark, dead deliveries grouped, delivery statistics.
+
+Listings walk `events_by_time` (received_at, request_id), newest first; a cursor is that
+pair. Search goes through `events.search`, a tsvector of the request id and the body
+(payload, fal's error) set by a trigger at insert and indexed with GIN (core PostgreSQL, no
+extension); delivery errors, which change, are matched with ILIKE on the deliveries that
+have one.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from falhook.store.changes import LIMIT, OVERLAP, delivery_changes
+from falhook.store.models import Change, ChangeMark, DeadGroup, DeliveryStats, EventQuery
+from falhook.store.paging import decode_cursor, encode_cursor, like_pattern, search_terms
+from falhook.store.postgres_schema import as_utc, state_where
+
+
+class _Params:
+    """Numbered placeholders ($1, $2, ...) for the values of a statement being built."""
+
+    def __init__(self) -> None:
+        self.values: list[Any] = []
+
+    def __call__(self, value: Any) -> str:
+        self.values.append(value)
+        return f"${len(self.values)}"
+
+
+def query_where(query: EventQuery, p: _Params) -> list[str]:
+    where: list[str] = []
+    for column, value in (("e.route", query.route), ("e.fal_status", query.fal_status)):
+        if value is not None:
+            where.append(f"{column} = {p(value)}")
+    if query.endpoint is not None:
+        endpoint = p(query.endpoint)
+        submitted = f"SELECT request_id FROM submissions WHERE endpoint = {endpoint}"
+        where.append(f"e.request_id IN ({submitted})")
+    if query.since is not None:
+        where.append(f"e.received_at >= {p(as_utc(query.since))}")
+    if query.until is not None:
+        where.append(f"e.received_at < {p(as_utc(query.until))}")
+    if query.state is not None:
+        clause, extra = state_where(query.state, len(p.values) + 1)
+        where.append(clause)
+        p.values.extend(extra)
+    if query.q:
+        where.append(_search(query.q, p))
+    return where
+
+
+def _search(q: str, p: _Params) -> str:
+    parts = [f"SELECT {p(q.strip())}::text"]
+    terms = search_terms(q)
+    if terms:
+        # The words as PostgreSQL's parser splits them (hyphenated ids whole), or as a
+        # phrase whose last word may be a beginning ("harbo" finds "harbour").
+        prefix = " <-> ".join(terms) + ":*"
+        query = f"phraseto_tsquery('simple', {p(q)}) || to_tsquery('simple', {p(prefix)})"
+        parts.append(f"SELECT request_id FROM events WHERE search @@ ({query})")
+    parts.append(
+        "SELECT request_id FROM deliveries WHERE last_error IS NOT NULL"
+        f" AND last_error ILIKE {p(like_pattern(q))}"
+    )
+    return f"e.request_id IN ({' UNION '.join(parts)})"
+
+
+async def find_ids(
+    c: asyncpg.Connection, query: EventQuery, limit: int, cursor: str | None
+) -> tuple[list[str], str | None]:
+    p = _Params()
+    where = query_where(query, p)
+    if cursor is not None:
+        at, rid = decode_cursor(cursor, 2)
+        try:
+            after = datetime.fromisoformat(at)
+        except (TypeError, ValueError):
+            raise ValueError("malformed cursor") from None
+        where.append(f"(e.received_at, e.request_id) < ({p(after)}, {p(str(rid))})")
+    sql = (
+        f"SELECT e.request_id, e.received_at FROM events e WHERE {' AND '.join(where) or 'true'}"
+        f" ORDER BY e.received_at DESC, e.request_id DESC LIMIT {p(limit + 1)}"
+    )
+    rows = await c.fetch(sql, *p.values)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    last = rows[-1] if rows else None
+    next_cursor = (
+        encode_cursor([last["received_at"].isoformat(), last["request_id"]])
+        if more and last is not None
+        else None
+    )
+    return [r["request_id"] for r in rows], next_cursor
+
+
+async def count_events(c: asyncpg.Connection, query: EventQuery) -> int:
+    p = _Params()
+    where = query_where(query, p)
+    sql = f"SELECT count(*) FROM events e WHERE {' AND '.join(where) or 'true'}"
+    count: int = await c.fetchval(sql, *p.values)
+    return count
+
+
+def replay_many_sql(*, one_sink: bool, force: bool) -> str:
+    return (
+        "UPDATE deliveries SET state = 'pending', attempts = 0, last_error = NULL,"
+        " next_attempt_at = now(), lease_token = NULL, lease_owner = NULL,"
+        " lease_expires_at = NULL, updated_at = now()"
+        + (", output = NULL" if force else "")
+        + " WHERE request_id = ANY($1::text[])"
+        + (" AND sink = $2" if one_sink else "")
+        + " RETURNING request_id"
+    )
+
+
+# Deliveries changed since a time, by the database's clock. A pending delivery never tried
+# and without history is one an accept just made.
+_CHANGED = """
+SELECT d.request_id, d.sink, d.state, extract(epoch FROM d.updated_at)::float8 AS at, e.route,
+    (d.state = 'pending' AND d.attempts = 0 AND NOT EXISTS (
+        SELECT 1 FROM attempts a WHERE a.request_id = d.request_id AND a.sink = d.sink
+    )) AS fresh
+FROM deliveries d JOIN events e ON e.request_id = d.request_id
+WHERE d.updated_at > to_timestamp($1) ORDER BY d.updated_at LIMIT $2
+"""
+
+
+async def changes(
+    c: asyncpg.Connection, mark: ChangeMark | None
+) -> tuple[list[Change], ChangeMark]:
+    if mark is None:
+        now = await c.fetchval("SELECT extract(epoch FROM now())::float8")
+        return [], ChangeMark(event_key=None, at=now)
+    rows = await c.fetch(_CHANGED, mark.at - OVERLAP, LIMIT)
+    accepted: dict[str, Change] = {}
+    for r in rows:
+        key = (r["request_id"], r["sink"], r["state"], r["at"])
+        if r["fresh"] and key not in mark.seen and r["request_id"] not in accepted:
+            accepted[r["request_id"]] = Change(r["request_id"], "accepted", route=r["route"])
+    plain = [(r["request_id"], r["sink"], r["state"], r["at"]) for r in rows]
+    fresh = {r["request_id"] for r in rows if r["fresh"]}
+    moved, at, seen = delivery_changes(mark, plain, fresh)
+    return [*accepted.values(), *moved], ChangeMark(event_key=None, at=at, seen=seen)
+
+
+async def dead_groups(c: asyncpg.Connection, limit: int) -> list[DeadGroup]:
+    rows = await c.fetch(
+        "SELECT sink, last_error, count(*) AS n, max(updated_at) AS latest,"
+        " (array_agg(request_id ORDER BY updated_at DESC))[1:5] AS ids"
+        " FROM deliveries WHERE state = 'dead' GROUP BY sink, last_error"
+        " ORDER BY n DESC, latest DESC LIMIT $1",
+        limit,
+    )
+    return [
+        DeadGroup(r["sink"], r["last_error"], r["n"], r["latest"], tuple(r["ids"])) for r in rows
+    ]
+
+
+SAMPLE = 20000  # latencies read for the percentiles, at most
+
+
+async def delivery_stats(c: asyncpg.Connection, since: datetime) -> DeliveryStats:
+    by_state = {
+        r[0]: r[1] for r in await c.fetch("SELECT state, count(*) FROM deliveries GROUP BY state")
+    }
+    oldest = await c.fetchval(
+        "SELECT min(due_at) FROM deliveries WHERE due_at IS NOT NULL"
+        " AND state IN ('pending', 'retrying')"
+    )
+    outcomes: dict[str, dict[str, int]] = {}
+    for r in await c.fetch(
+        "SELECT sink, outcome, count(*) FROM attempts WHERE at >= $1 GROUP BY sink, outcome",
+        as_utc(since),
+    ):
+        outcomes.setdefault(r[0], {})[r[1]] = r[2]
+    rows = await c.fetch(
+        "SELECT extract(epoch FROM a.at - e.received_at)::float8 AS latency, a.duration_ms"
+        " FROM attempts a JOIN events e ON e.request_id = a.request_id"
+        " WHERE a.at >= $1 AND a.outcome = 'delivered' ORDER BY a.at DESC LIMIT $2",
+        as_utc(since),
+        SAMPLE,
+    )
+    return DeliveryStats(
+        by_state=by_state,
+        oldest_due_at=oldest,
+        outcomes=outcomes,
+        latencies=[max(0.0, r["latency"]) for r in rows],
+        durations_ms=[r["duration_ms"] for r in rows if r["duration_ms"] is not None],
+    )
