@@ -13,7 +13,7 @@ import time
 import traceback
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import structlog
@@ -38,7 +38,11 @@ from falhook.logs import configure_logging
 from falhook.runtime import Runtime, WorkerMode
 from falhook.store.states import DELIVERY_STATES
 
+if TYPE_CHECKING:
+    from falhook.console import Console
+
 log = structlog.get_logger("falhook.receiver")
+CONSOLE_PREFIX = "/console"
 _encode = msgspec.json.encode
 _COUNTS_TTL = 5.0
 _STORE_RETRY = 5.0  # seconds between readiness checks of a store that does not answer
@@ -130,14 +134,43 @@ class Falhook:
         # A configuration mistake found at start-up (a sink's folder not writable): the
         # server exits and `falhook serve` prints it, without a traceback.
         self.startup_error: ConfigError | None = None
+        self.console: Console | None = None  # built on the first console request
+        self._console_app: Starlette | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith(PREFIX):
             await self.webhooks(scope, receive, send)
+        elif scope["type"] == "http" and self._is_console(scope["path"]):
+            await (await self._console())(scope, receive, send)
         elif scope["type"] == "lifespan" and self.lifespan is not None:
             await self._lifespan(receive, send, self.lifespan)
         else:
             await self.app(scope, receive, send)
+
+    def _is_console(self, path: str) -> bool:
+        if not self.runtime.settings.console.enabled or not path.startswith(CONSOLE_PREFIX):
+            return False
+        return len(path) == len(CONSOLE_PREFIX) or path[len(CONSOLE_PREFIX)] == "/"
+
+    async def _console(self) -> Starlette:
+        """The console's app, built on its first request: Jinja2 and the templates load
+        only when someone opens the console."""
+        await self.runtime.ensure_started()
+        if self._console_app is None:
+            from falhook.console import console_app
+
+            self._console_app, self.console = console_app(self.runtime.settings, self.runtime.store)
+        return self._console_app
+
+    def stop_streams(self) -> None:
+        """The server is stopping: end the console's live streams, so it does not wait for
+        open tabs."""
+        if self.console is not None:
+            self.console.state.feed.stop()
+
+    async def close_console(self) -> None:
+        if self.console is not None:
+            await self.console.aclose()
 
     async def _lifespan(self, receive: Receive, send: Send, lifespan: Lifespan) -> None:
         await receive()  # lifespan.startup
@@ -154,6 +187,7 @@ class Falhook:
         await send({"type": "lifespan.startup.complete"})
         await receive()  # lifespan.shutdown
         try:
+            await self.close_console()
             await context.__aexit__(None, None, None)
         except BaseException:
             await send({"type": "lifespan.shutdown.failed", "message": traceback.format_exc()})

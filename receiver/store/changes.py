@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from falhook.store.models import Change, ChangeMark
 
 OVERLAP = 5.0  # seconds read again before the mark
+ACCEPTED = "(accepted)"  # the state part of an accept's key among those seen
 LIMIT = 1000  # rows read per call; the next call continues
 
 

@@ -194,6 +194,7 @@ class EventQuery:
     q: str | None = None
     since: datetime | None = None  # received at or after
     until: datetime | None = None  # received before
+    request_ids: tuple[str, ...] | None = None  # only these (the live view checks new ones)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,10 @@ _WORD = re.compile(r"[^\W_]+")
 MAX_TERMS = 16  # a pasted paragraph searches its first words, not a huge phrase
 
 
+class InvalidCursor(ValueError):
+    """A cursor that no listing of ours made."""
+
+
 def encode_cursor(key: list[Any]) -> str:
     return base64.urlsafe_b64encode(msgspec.json.encode(key)).decode().rstrip("=")
 
@@ -27,9 +31,9 @@ def decode_cursor(cursor: str, arity: int) -> list[Any]:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         key = msgspec.json.decode(raw)
     except (ValueError, msgspec.DecodeError):
-        raise ValueError("malformed cursor") from None
+        raise InvalidCursor("malformed cursor") from None
     if not isinstance(key, list) or len(key) != arity:
-        raise ValueError("malformed cursor")
+        raise InvalidCursor("malformed cursor")
     return key
 
 

@@ -10,14 +10,21 @@ have one.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 
-from falhook.store.changes import LIMIT, OVERLAP, delivery_changes
+from falhook.store.changes import ACCEPTED, LIMIT, OVERLAP, delivery_changes
 from falhook.store.models import Change, ChangeMark, DeadGroup, DeliveryStats, EventQuery
-from falhook.store.paging import decode_cursor, encode_cursor, like_pattern, search_terms
+from falhook.store.paging import (
+    InvalidCursor,
+    decode_cursor,
+    encode_cursor,
+    like_pattern,
+    search_terms,
+)
 from falhook.store.postgres_schema import as_utc, state_where
 
 
@@ -41,6 +48,8 @@ def query_where(query: EventQuery, p: _Params) -> list[str]:
         endpoint = p(query.endpoint)
         submitted = f"SELECT request_id FROM submissions WHERE endpoint = {endpoint}"
         where.append(f"e.request_id IN ({submitted})")
+    if query.request_ids is not None:
+        where.append(f"e.request_id = ANY({p(list(query.request_ids))}::text[])")
     if query.since is not None:
         where.append(f"e.received_at >= {p(as_utc(query.since))}")
     if query.until is not None:
@@ -80,7 +89,7 @@ async def find_ids(
         try:
             after = datetime.fromisoformat(at)
         except (TypeError, ValueError):
-            raise ValueError("malformed cursor") from None
+            raise InvalidCursor("malformed cursor") from None
         where.append(f"(e.received_at, e.request_id) < ({p(after)}, {p(str(rid))})")
     sql = (
         f"SELECT e.request_id, e.received_at FROM events e WHERE {' AND '.join(where) or 'true'}"
@@ -118,15 +127,17 @@ def replay_many_sql(*, one_sink: bool, force: bool) -> str:
     )
 
 
-# Deliveries changed since a time, by the database's clock. A pending delivery never tried
-# and without history is one an accept just made.
+# Deliveries changed since a time, by the database's clock; events received since a time, by
+# their receivers' clocks (accepts are told by the events, so an event delivered within one
+# look is still reported as accepted).
 _CHANGED = """
-SELECT d.request_id, d.sink, d.state, extract(epoch FROM d.updated_at)::float8 AS at, e.route,
-    (d.state = 'pending' AND d.attempts = 0 AND NOT EXISTS (
-        SELECT 1 FROM attempts a WHERE a.request_id = d.request_id AND a.sink = d.sink
-    )) AS fresh
+SELECT e.request_id, d.sink, d.state, extract(epoch FROM d.updated_at)::float8 AS at
 FROM deliveries d JOIN events e ON e.request_id = d.request_id
 WHERE d.updated_at > to_timestamp($1) ORDER BY d.updated_at LIMIT $2
+"""
+_RECEIVED = """
+SELECT request_id, route, extract(epoch FROM received_at)::float8 AS at FROM events
+WHERE received_at > to_timestamp($1) ORDER BY received_at LIMIT $2
 """
 
 
@@ -135,17 +146,25 @@ async def changes(
 ) -> tuple[list[Change], ChangeMark]:
     if mark is None:
         now = await c.fetchval("SELECT extract(epoch FROM now())::float8")
-        return [], ChangeMark(event_key=None, at=now)
-    rows = await c.fetch(_CHANGED, mark.at - OVERLAP, LIMIT)
-    accepted: dict[str, Change] = {}
-    for r in rows:
-        key = (r["request_id"], r["sink"], r["state"], r["at"])
-        if r["fresh"] and key not in mark.seen and r["request_id"] not in accepted:
-            accepted[r["request_id"]] = Change(r["request_id"], "accepted", route=r["route"])
-    plain = [(r["request_id"], r["sink"], r["state"], r["at"]) for r in rows]
-    fresh = {r["request_id"] for r in rows if r["fresh"]}
-    moved, at, seen = delivery_changes(mark, plain, fresh)
-    return [*accepted.values(), *moved], ChangeMark(event_key=None, at=at, seen=seen)
+        return [], ChangeMark(event_key=now, at=now)
+    newest = float(mark.event_key)
+    accepted: list[Change] = []
+    seen_accepts = {k for k in mark.seen if k[2] == ACCEPTED}
+    for r in await c.fetch(_RECEIVED, newest - OVERLAP, LIMIT):
+        key = (r["request_id"], "", ACCEPTED, r["at"])
+        if key not in seen_accepts:
+            seen_accepts.add(key)
+            accepted.append(Change(r["request_id"], "accepted", route=r["route"]))
+        newest = max(newest, r["at"])
+    rows = [tuple(r) for r in await c.fetch(_CHANGED, mark.at - OVERLAP, LIMIT)]
+    deliveries = replace(mark, seen=frozenset(k for k in mark.seen if k[2] != ACCEPTED))
+    moved, at, seen = delivery_changes(
+        deliveries,
+        rows,
+        {c.request_id for c in accepted},  # type: ignore[arg-type]
+    )
+    kept = frozenset(k for k in seen_accepts if k[3] > newest - OVERLAP)
+    return [*accepted, *moved], ChangeMark(event_key=newest, at=at, seen=seen | kept)
 
 
 async def dead_groups(c: asyncpg.Connection, limit: int) -> list[DeadGroup]:

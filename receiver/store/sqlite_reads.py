@@ -16,7 +16,13 @@ from typing import Any
 
 from falhook.store.changes import LIMIT, OVERLAP, delivery_changes
 from falhook.store.models import Change, ChangeMark, DeadGroup, DeliveryStats, EventQuery
-from falhook.store.paging import decode_cursor, encode_cursor, fts5_query, like_pattern
+from falhook.store.paging import (
+    InvalidCursor,
+    decode_cursor,
+    encode_cursor,
+    fts5_query,
+    like_pattern,
+)
 from falhook.store.sqlite_schema import state_where, to_dt, to_epoch
 
 
@@ -31,6 +37,9 @@ def query_where(query: EventQuery) -> tuple[list[str], list[Any]]:
     if query.endpoint is not None:
         where.append("e.request_id IN (SELECT request_id FROM submissions WHERE endpoint = ?)")
         params.append(query.endpoint)
+    if query.request_ids is not None:
+        where.append(f"e.request_id IN ({','.join('?' * len(query.request_ids)) or 'NULL'})")
+        params.extend(query.request_ids)
     if query.since is not None:
         where.append("e.received_at >= ?")
         params.append(to_epoch(query.since))
@@ -70,7 +79,7 @@ def find_ids(
     if cursor is not None:
         [after] = decode_cursor(cursor, 1)
         if not isinstance(after, int):
-            raise ValueError("malformed cursor")
+            raise InvalidCursor("malformed cursor")
         where.append("e.id < ?")
         params.append(after)
     sql = (
