@@ -158,11 +158,7 @@ async def changes(
         newest = max(newest, r["at"])
     rows = [tuple(r) for r in await c.fetch(_CHANGED, mark.at - OVERLAP, LIMIT)]
     deliveries = replace(mark, seen=frozenset(k for k in mark.seen if k[2] != ACCEPTED))
-    moved, at, seen = delivery_changes(
-        deliveries,
-        rows,
-        {c.request_id for c in accepted},  # type: ignore[arg-type]
-    )
+    moved, at, seen = delivery_changes(deliveries, rows, {c.request_id for c in accepted})
     kept = frozenset(k for k in seen_accepts if k[3] > newest - OVERLAP)
     return [*accepted, *moved], ChangeMark(event_key=newest, at=at, seen=seen | kept)
 
