@@ -21,7 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from falhook.config import ConfigError, Settings
@@ -64,7 +64,7 @@ def error(status: int, code: str, detail: str, headers: dict[str, str] | None = 
 class Probes:
     """/healthz, /readyz and /metrics over one runtime."""
 
-    def __init__(self, runtime: Runtime, keys: FalKeys) -> None:
+    def __init__(self, runtime: Runtime, keys: FalKeys | None) -> None:
         self.runtime = runtime
         self.keys = keys
         self._counted_at = 0.0
@@ -76,7 +76,7 @@ class Probes:
     async def readyz(self, _: Request) -> Response:
         await self.runtime.ensure_started()
         store_ok = await self.runtime.store.ping()
-        keys_ok = self.keys.loaded
+        keys_ok = self.keys is not None and self.keys.loaded
         # Sink problems are reported, not made a 503: webhooks are still stored safely and
         # their deliveries retry, so the receiver stays in the load balancer.
         sinks: dict[str, list[str]] = {name: [] for name in self.runtime.sinks}
@@ -93,7 +93,7 @@ class Probes:
             by_state = await self._deliveries_by_state()
             for state in DELIVERY_STATES:
                 m.deliveries_by_state.labels(state=state).set(by_state.get(state, 0))
-        m.keys_loaded.set(len(self.keys.keys()))
+        m.keys_loaded.set(len(self.keys.keys()) if self.keys is not None else 0)
         return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def _deliveries_by_state(self) -> dict[str, int]:
@@ -122,7 +122,7 @@ class Falhook:
     def __init__(
         self,
         app: Starlette,
-        webhooks: WebhookEndpoint,
+        webhooks: WebhookEndpoint | None,
         runtime: Runtime,
         lifespan: Lifespan | None = None,
     ) -> None:
@@ -138,7 +138,7 @@ class Falhook:
         self._console_app: Starlette | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith(PREFIX):
+        if scope["type"] == "http" and self.webhooks and scope["path"].startswith(PREFIX):
             await self.webhooks(scope, receive, send)
         elif scope["type"] == "http" and self._is_console(scope["path"]):
             await (await self._console())(scope, receive, send)
@@ -240,6 +240,35 @@ def create_app(
     app.state.runtime = runtime
     lifespan = _lifespan(runtime, run_worker) if managed_lifespan else None
     return Falhook(app, webhooks, runtime, lifespan)
+
+
+def create_console_app(settings: Settings) -> Falhook:
+    """The console alone (`falhook console`): its pages and API over the configured store,
+    without webhooks, keys or a worker; for deployments whose receivers and workers run
+    elsewhere."""
+    configure_logging()
+    if not settings.console.enabled:
+        raise ConfigError("[console].enabled", "is false: there is no console to serve")
+    runtime = Runtime(settings)  # the store only
+    probes = Probes(runtime, keys=None)
+    app = Starlette(
+        routes=[
+            Route("/", lambda _: RedirectResponse("/console/", status_code=307)),
+            Route("/healthz", probes.healthz, methods=["GET", "HEAD"]),
+        ],
+        exception_handlers={HTTPException: http_error},
+    )
+    app.state.runtime = runtime
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        await runtime.ensure_started()
+        try:
+            yield
+        finally:
+            await runtime.close()
+
+    return Falhook(app, None, runtime, lifespan)
 
 
 def _inline_delivery(runtime: Runtime) -> DeliverNow:

@@ -23,8 +23,9 @@ SECURITY_HEADERS = {
     "Content-Security-Policy": CSP,
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
-    # Presigned links and request ids stay out of other sites' logs.
-    "Referrer-Policy": "no-referrer",
+    # Presigned links and request ids stay out of other sites' logs ("no-referrer" would
+    # also make browsers send `Origin: null` on the console's own forms).
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
 

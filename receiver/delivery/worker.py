@@ -26,7 +26,7 @@ from typing import Any
 import structlog
 
 from falhook.config import Settings
-from falhook.delivery import ordering
+from falhook.delivery import media, ordering
 from falhook.delivery.files import (
     OFF_LOOP_BYTES,
     download_all,
@@ -278,6 +278,7 @@ class Worker:
                 attempts[s].duration_ms = round((time.perf_counter() - started) * 1000)
             return await self._record_all(event, attempts)
         if local:
+            local = await media.enrich(local, spool_dir)  # falhook[media]: video facts, posters
             event = await self._record_files(event, local)
         info = await off_loop(big, event_info, event, event.files, problems)
         outputs: dict[str, dict[str, Any]] = {
@@ -478,7 +479,7 @@ class Worker:
 
     async def _record_files(self, event: EventView, local: list[LocalFile]) -> EventView:
         """Store the files' sizes and digests (informational: delivery goes on without)."""
-        files = with_downloads(event.files, local)
+        files = media.annotate(with_downloads(event.files, local), local)
         try:
             await self.store.record_files(event.request_id, files)
         except Exception as exc:

@@ -139,6 +139,11 @@
     });
   }
 
+  // A preview whose file is gone (fal's URL expired, a 404) shows the placeholder's colour.
+  document.addEventListener("error", (e) => {
+    if (e.target instanceof HTMLImageElement) e.target.classList.add("broken");
+  }, true);
+
   rowsPage();
   eventPage();
   copying();
