@@ -144,6 +144,9 @@ async def changes_until(
 
 
 async def test_changes_report_each_accept_and_state_change_once(store: Store) -> None:
+    earlier = made(received_at=utcnow())
+    await store.accept(earlier)  # before the reader came: not news
+    await set_states(store, earlier.request_id, {"a": "delivered"})
     _, mark = await store.changes(None)
     e = made(received_at=utcnow())
     await store.accept(e)

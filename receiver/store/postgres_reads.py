@@ -146,7 +146,8 @@ async def changes(
 ) -> tuple[list[Change], ChangeMark]:
     if mark is None:
         now = await c.fetchval("SELECT extract(epoch FROM now())::float8")
-        return [], ChangeMark(event_key=now, at=now)
+        # What happened within the overlap before now is not news: seen, not reported.
+        return [], (await changes(c, ChangeMark(event_key=now, at=now)))[1]
     newest = float(mark.event_key)
     accepted: list[Change] = []
     seen_accepts = {k for k in mark.seen if k[2] == ACCEPTED}

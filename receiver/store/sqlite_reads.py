@@ -122,7 +122,8 @@ def replay_many(
 def changes(c: sqlite3.Connection, mark: ChangeMark | None) -> tuple[list[Change], ChangeMark]:
     if mark is None:
         newest = c.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
-        return [], ChangeMark(event_key=newest, at=time.time())
+        # What happened within the overlap before now is not news: seen, not reported.
+        return [], changes(c, ChangeMark(event_key=newest, at=time.time()))[1]
     fresh = c.execute(
         "SELECT id, request_id, route FROM events WHERE id > ? ORDER BY id LIMIT ?",
         (mark.event_key, LIMIT),
