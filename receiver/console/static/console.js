@@ -5,6 +5,8 @@
 
 (function () {
   const csrf = document.body.dataset.csrf || "";
+  const MAX_ROWS = 200;  // rows a live list keeps
+  const MAX_FETCH = 100;  // rows asked for at once
 
   function stream(onMessage, indicator) {
     if (!window.EventSource) return;
@@ -38,7 +40,8 @@
     if (!tbody || !tbody.dataset.live) return;
     const filters = tbody.dataset.filters || "";
     const rowOf = (id) => Array.from(tbody.rows).find((r) => r.dataset.requestId === id);
-    const refresh = batcher(async (ids) => {
+    const refresh = batcher(async (all) => {
+      const ids = all.slice(-MAX_FETCH);  // a burst of webhooks: the newest are what shows
       const sep = filters ? "&" : "?";
       const url = "/console/fragments/rows" + filters + sep + "ids=" + encodeURIComponent(ids.join(","));
       const response = await fetch(url, { credentials: "same-origin" });
@@ -52,6 +55,7 @@
         row.classList.add("fresh");
         tbody.insertBefore(row, tbody.firstChild);
       }
+      while (tbody.rows.length > MAX_ROWS) tbody.deleteRow(-1);  // older ones: "Older →"
       const empty = document.getElementById("empty");
       if (empty && tbody.rows.length) empty.hidden = true;
     }, 250);
