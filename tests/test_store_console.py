@@ -224,3 +224,26 @@ async def test_sqlite_a_version_4_file_is_indexed_for_search(tmp_path: Path) -> 
         await s.close()
     with closing(sqlite3.connect(path)) as check:
         assert check.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION
+
+
+async def test_changes_move_on_past_a_busy_window(store: Store, monkeypatch: Any) -> None:
+    from falhook.store import postgres_reads, sqlite_reads
+
+    for module in (sqlite_reads, postgres_reads):
+        monkeypatch.setattr(module, "LIMIT", 5)  # rows read per look
+    _, mark = await store.changes(None)
+    events = [made(received_at=utcnow()) for _ in range(12)]
+    for e in events:
+        await store.accept(e)
+    await lease_all(store)  # 24 deliveries change state within a moment
+    found: list[Change] = []
+    for _ in range(100):
+        got, mark = await store.changes(mark)
+        found += got
+        if len(found) >= 36:
+            break
+    assert sorted(c.request_id for c in found if c.kind == "accepted") == sorted(
+        e.request_id for e in events
+    )
+    moved = {(c.request_id, c.sink) for c in found if c.state == "delivering"}
+    assert len(moved) == 24 and len(found) == 36

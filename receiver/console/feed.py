@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 import msgspec
 import structlog
 
+from falhook.store.changes import LIMIT
 from falhook.store.models import Change, ChangeMark
 from falhook.store.roles import ConsoleReader
 
@@ -46,14 +47,16 @@ class ChangeFeed:
         self.closing = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._mark: ChangeMark | None = None
+        self._starting = asyncio.Lock()
 
     async def subscribe(self) -> asyncio.Queue[bytes | None]:
         queue: asyncio.Queue[bytes | None] = asyncio.Queue(QUEUE_MAX)
-        if self._task is None or self._task.done():
-            # The mark of now, before the tab is told it listens: nothing after is missed.
-            _, self._mark = await self.store.changes(None)
-            self._task = asyncio.create_task(self._poll(), name="falhook-console-feed")
-        self.listeners.add(queue)
+        async with self._starting:
+            if self._task is None or self._task.done():
+                # The mark of now, before the tab is told it listens: nothing after is missed.
+                _, self._mark = await self.store.changes(None)
+                self._task = asyncio.create_task(self._poll(), name="falhook-console-feed")
+            self.listeners.add(queue)
         return queue
 
     def unsubscribe(self, queue: asyncio.Queue[bytes | None]) -> None:
@@ -68,6 +71,8 @@ class ChangeFeed:
                 found = []
             for change in found:
                 self._publish(message(change))
+            if len(found) >= LIMIT:
+                continue  # behind (a burst of webhooks): read on at once
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.closing.wait(), self.interval)
         self._task = None

@@ -9,6 +9,7 @@ for a file FFmpeg cannot read, nothing is added and delivery goes on as before.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import importlib.util
 from dataclasses import replace
@@ -26,6 +27,7 @@ POSTER_MAX_WIDTH = 1280  # a poster is a preview: no need for a 4K JPEG
 VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".m4v", ".mkv")
 
 
+@functools.cache
 def available() -> bool:
     return importlib.util.find_spec("av") is not None
 
@@ -54,13 +56,14 @@ def _enrich(files: list[LocalFile], spool_dir: Path) -> list[LocalFile]:
             continue
         try:
             facts, jpeg = probe(file.local_path)
+            poster = _poster(file, jpeg, spool_dir, names) if jpeg is not None else None
         except Exception as exc:  # not a video FFmpeg can read: deliver it as it is
             log.info("no video facts", path=file.path, error=f"{type(exc).__name__}: {exc}")
             out.append(file)
             continue
         out.append(replace(file, extras={**file.extras, "media": facts}))
-        if jpeg is not None:
-            out.append(_poster(file, jpeg, spool_dir, names))
+        if poster is not None:
+            out.append(poster)
     return out
 
 

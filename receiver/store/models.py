@@ -226,6 +226,8 @@ class ChangeMark:
     event_key: Any
     at: float
     seen: frozenset[tuple[str, str, str, float]] = frozenset()
+    after: Any = None  # the tie-breaker of the last delivery row read at `at`
+    event_after: Any = None  # the same for events, where they are read by time
 
 
 @dataclass(frozen=True)

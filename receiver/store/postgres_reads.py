@@ -11,7 +11,7 @@ have one.
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -127,41 +127,87 @@ def replay_many_sql(*, one_sink: bool, force: bool) -> str:
     )
 
 
-# Deliveries changed since a time, by the database's clock; events received since a time, by
-# their receivers' clocks (accepts are told by the events, so an event delivered within one
-# look is still reported as accepted).
-_CHANGED = """
-SELECT e.request_id, d.sink, d.state, extract(epoch FROM d.updated_at)::float8 AS at
+# Deliveries changed and events received, each read twice: the overlap before the mark
+# (late commits; newest first, bounded) and what is new since it, by keyset. Deliveries by
+# the database's clock; events by their receivers' (an event delivered within one look is
+# still reported as accepted).
+_DELIVERIES = """
+SELECT e.request_id, d.sink, d.state, extract(epoch FROM d.updated_at)::float8 AS at,
+    d.updated_at AS t
 FROM deliveries d JOIN events e ON e.request_id = d.request_id
-WHERE d.updated_at > to_timestamp($1) ORDER BY d.updated_at LIMIT $2
 """
-_RECEIVED = """
-SELECT request_id, route, extract(epoch FROM received_at)::float8 AS at FROM events
-WHERE received_at > to_timestamp($1) ORDER BY received_at LIMIT $2
+_DELIVERIES_LATE = (
+    _DELIVERIES
+    + """
+WHERE d.updated_at > $1 AND d.updated_at <= $2 ORDER BY d.updated_at DESC LIMIT $3
 """
+)
+_DELIVERIES_NEW = (
+    _DELIVERIES
+    + """
+WHERE (d.updated_at, d.request_id, d.sink) > ($1, $2, $3)
+ORDER BY d.updated_at, d.request_id, d.sink LIMIT $4
+"""
+)
+_EVENTS = """
+SELECT request_id, route, extract(epoch FROM received_at)::float8 AS at, received_at AS t
+FROM events
+"""
+_EVENTS_LATE = (
+    _EVENTS
+    + """
+WHERE received_at > $1 AND received_at <= $2 ORDER BY received_at DESC LIMIT $3
+"""
+)
+_EVENTS_NEW = (
+    _EVENTS
+    + """
+WHERE (received_at, request_id) > ($1, $2) ORDER BY received_at, request_id LIMIT $3
+"""
+)
+_WINDOW = timedelta(seconds=OVERLAP)
+
+
+def _row(r: Any) -> tuple[Any, ...]:
+    return (r["request_id"], r["sink"], r["state"], r["at"], (r["t"], r["request_id"], r["sink"]))
+
+
+async def _accepted(
+    c: asyncpg.Connection, mark: ChangeMark
+) -> tuple[list[Change], frozenset[Any], tuple[Any, Any]]:
+    """Events received since the mark: their changes, the accept keys still in the
+    window, and the events' new keyset position."""
+    since, after_id = mark.event_after
+    late = await c.fetch(_EVENTS_LATE, since - _WINDOW, since, LIMIT)
+    new = await c.fetch(_EVENTS_NEW, since, after_id, LIMIT)
+    seen = {k for k in mark.seen if k[2] == ACCEPTED}
+    found = []
+    for r in [*late[::-1], *new]:
+        key = (r["request_id"], "", ACCEPTED, r["at"])
+        if key not in seen:
+            seen.add(key)
+            found.append(Change(r["request_id"], "accepted", route=r["route"]))
+    position = (new[-1]["t"], new[-1]["request_id"]) if new else mark.event_after
+    newest = position[0].timestamp()
+    return found, frozenset(k for k in seen if k[3] > newest - OVERLAP), position
 
 
 async def changes(
     c: asyncpg.Connection, mark: ChangeMark | None
 ) -> tuple[list[Change], ChangeMark]:
     if mark is None:
-        now = await c.fetchval("SELECT extract(epoch FROM now())::float8")
+        now = await c.fetchval("SELECT now()")
         # What happened within the overlap before now is not news: seen, not reported.
-        return [], (await changes(c, ChangeMark(event_key=now, at=now)))[1]
-    newest = float(mark.event_key)
-    accepted: list[Change] = []
-    seen_accepts = {k for k in mark.seen if k[2] == ACCEPTED}
-    for r in await c.fetch(_RECEIVED, newest - OVERLAP, LIMIT):
-        key = (r["request_id"], "", ACCEPTED, r["at"])
-        if key not in seen_accepts:
-            seen_accepts.add(key)
-            accepted.append(Change(r["request_id"], "accepted", route=r["route"]))
-        newest = max(newest, r["at"])
-    rows = [tuple(r) for r in await c.fetch(_CHANGED, mark.at - OVERLAP, LIMIT)]
-    deliveries = replace(mark, seen=frozenset(k for k in mark.seen if k[2] != ACCEPTED))
-    moved, at, seen = delivery_changes(deliveries, rows, {c.request_id for c in accepted})
-    kept = frozenset(k for k in seen_accepts if k[3] > newest - OVERLAP)
-    return [*accepted, *moved], ChangeMark(event_key=newest, at=at, seen=seen | kept)
+        first = ChangeMark(None, now.timestamp(), after=(now, None, None), event_after=(now, None))
+        return [], (await changes(c, first))[1]
+    accepted, accept_keys, event_after = await _accepted(c, mark)
+    since = mark.after[0]
+    late = [_row(r) for r in await c.fetch(_DELIVERIES_LATE, since - _WINDOW, since, LIMIT)]
+    new = [_row(r) for r in await c.fetch(_DELIVERIES_NEW, *mark.after, LIMIT)]
+    others = replace(mark, seen=frozenset(k for k in mark.seen if k[2] != ACCEPTED))
+    moved, moved_mark = delivery_changes(others, late[::-1], new, {a.request_id for a in accepted})
+    seen = frozenset(k for k in moved_mark.seen if k[2] != ACCEPTED) | accept_keys
+    return [*accepted, *moved], replace(moved_mark, seen=seen, event_after=event_after)
 
 
 async def dead_groups(c: asyncpg.Connection, limit: int) -> list[DeadGroup]:

@@ -134,7 +134,7 @@ MIGRATIONS: list[tuple[str, ...]] = [
         " FOR EACH ROW EXECUTE FUNCTION events_search_trigger()",
         "CREATE INDEX events_by_search ON events USING gin (search)",
         # The console's live view reads deliveries changed since a time.
-        "CREATE INDEX deliveries_by_change ON deliveries (updated_at)",
+        "CREATE INDEX deliveries_by_change ON deliveries (updated_at, request_id, sink)",
         # Searching delivery errors reads only the deliveries that have one.
         "CREATE INDEX deliveries_with_error ON deliveries (request_id)"
         " WHERE last_error IS NOT NULL",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from dataclasses import replace
 from typing import Any
 
 from falhook.store.changes import LIMIT, OVERLAP, delivery_changes
@@ -119,25 +120,33 @@ def replay_many(
     return len(events), len(set(events))
 
 
+_CHANGED = (
+    "SELECT e.request_id, d.sink, d.state, d.updated_at, d.rowid FROM deliveries d"
+    " JOIN events e ON e.id = d.event_id"
+)
+_LATE = _CHANGED + (
+    " WHERE d.updated_at > ? AND d.updated_at <= ? ORDER BY d.updated_at DESC LIMIT ?"
+)
+_NEW = _CHANGED + (" WHERE (d.updated_at, d.rowid) > (?, ?) ORDER BY d.updated_at, d.rowid LIMIT ?")
+_LAST_ROWID = 2**63 - 1  # a first mark: nothing stamped at its instant is new
+
+
 def changes(c: sqlite3.Connection, mark: ChangeMark | None) -> tuple[list[Change], ChangeMark]:
     if mark is None:
         newest = c.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
         # What happened within the overlap before now is not news: seen, not reported.
-        return [], changes(c, ChangeMark(event_key=newest, at=time.time()))[1]
+        first = ChangeMark(event_key=newest, at=time.time(), after=_LAST_ROWID)
+        return [], changes(c, first)[1]
     fresh = c.execute(
         "SELECT id, request_id, route FROM events WHERE id > ? ORDER BY id LIMIT ?",
         (mark.event_key, LIMIT),
     ).fetchall()
     accepted = [Change(request_id=r[1], kind="accepted", route=r[2]) for r in fresh]
-    rows = c.execute(
-        "SELECT e.request_id, d.sink, d.state, d.updated_at FROM deliveries d"
-        " JOIN events e ON e.id = d.event_id WHERE d.updated_at > ?"
-        " ORDER BY d.updated_at LIMIT ?",
-        (mark.at - OVERLAP, LIMIT),
-    ).fetchall()
-    moved, at, seen = delivery_changes(mark, rows, {r[1] for r in fresh})
+    late = c.execute(_LATE, (mark.at - OVERLAP, mark.at, LIMIT)).fetchall()
+    new = c.execute(_NEW, (mark.at, mark.after, LIMIT)).fetchall()
+    moved, moved_mark = delivery_changes(mark, late[::-1], new, {r[1] for r in fresh})
     newest = fresh[-1][0] if fresh else mark.event_key
-    return [*accepted, *moved], ChangeMark(event_key=newest, at=at, seen=seen)
+    return [*accepted, *moved], replace(moved_mark, event_key=newest)
 
 
 def dead_groups(c: sqlite3.Connection, limit: int) -> list[DeadGroup]:
