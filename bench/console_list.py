@@ -29,7 +29,7 @@ from common import ROOT, median
 
 from falhook.app import create_console_app
 from falhook.config import settings_from_dict
-from falhook.store.models import NewEvent, utcnow
+from falhook.store.models import EventQuery, NewEvent, utcnow
 
 PG_URL = os.environ.get("FALHOOK_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 WORDS = [
@@ -187,8 +187,8 @@ async def measure(app: Any, requests: int) -> dict[str, list[float]]:
     return kinds
 
 
-async def run(backend: str, count: int, requests: int, work: Path) -> None:
-    schema = f"falhook_bench_{os.getpid()}"
+async def run(backend: str, count: int, requests: int, work: Path, keep: str | None) -> None:
+    schema = keep or f"falhook_bench_{os.getpid()}"
     store_section: dict[str, Any] = (
         {"url": f"sqlite:///{work}/console.db"}
         if backend == "sqlite"
@@ -204,9 +204,10 @@ async def run(backend: str, count: int, requests: int, work: Path) -> None:
     runtime = app.runtime
     await runtime.start()
     try:
-        seconds = await fill(runtime.store, count)
-        await settle(runtime.store, backend)
-        print(f"{backend}: stored {count} events in {seconds:.1f} s ({count / seconds:.0f}/s)")
+        if not (keep and await runtime.store.count_events(EventQuery()) >= count):
+            seconds = await fill(runtime.store, count)
+            await settle(runtime.store, backend)
+            print(f"{backend}: stored {count} events in {seconds:.1f} s ({count / seconds:.0f}/s)")
         results = await measure(app, requests)
         for kind, values in results.items():
             print(
@@ -215,7 +216,7 @@ async def run(backend: str, count: int, requests: int, work: Path) -> None:
                 flush=True,
             )
     finally:
-        if backend == "postgres":
+        if backend == "postgres" and not keep:
             async with runtime.store._conn() as conn:  # type: ignore[attr-defined]
                 await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         await runtime.close()
@@ -227,13 +228,15 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=300)
     ap.add_argument("--stores", default="sqlite,postgres")
     ap.add_argument("--workdir", default="/tmp/falhook-bench-console")
+    ap.add_argument("--keep", metavar="SCHEMA", help="PostgreSQL: keep (and reuse) this schema")
     args = ap.parse_args()
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    for old in work.glob("console.db*"):
-        old.unlink()
+    if not args.keep:
+        for old in work.glob("console.db*"):
+            old.unlink()
     for backend in args.stores.split(","):
-        asyncio.run(run(backend, args.events, args.requests, work))
+        asyncio.run(run(backend, args.events, args.requests, work, args.keep))
     return 0
 
 
