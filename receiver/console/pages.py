@@ -81,12 +81,16 @@ class Pages:
         )
 
     async def rows(self, request: Request, _: Caller) -> Response:
-        """Rows of the given events that match the list's filters (the live view's
-        fragments): new events are shown only where they belong."""
+        """Rows of the given events (`ids`) that match the list's filters, or the newest
+        page of them: the live view's fragments, so new events show only where they
+        belong."""
         params = request.query_params
-        ids = tuple(i for i in params.get("ids", "").split(",") if i)[:100]
-        query = dataclasses.replace(event_query(params), request_ids=ids)
-        listing = await self.store.find_events(query, limit=100)
+        query = event_query(params)
+        if "ids" in params:  # else the newest page: a tab catching up after (re)connecting
+            ids = tuple(i for i in params["ids"].split(",") if i)[:100]
+            query = dataclasses.replace(query, request_ids=ids)
+        limit = self.state.settings.console.page_size
+        listing = await self.store.find_events(query, limit=100 if "ids" in params else limit)
         rows = [row(v, self.state.roots) for v in listing.events]
         return page("_rows.html", {"rows": rows})
 

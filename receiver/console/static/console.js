@@ -8,11 +8,16 @@
   const MAX_ROWS = 200;  // rows a live list keeps
   const MAX_FETCH = 100;  // rows asked for at once
 
-  function stream(onMessage, indicator) {
+  // The stream tells what changes after it opened: on each (re)open, onOpen catches up with
+  // what changed since the page was rendered.
+  function stream(onMessage, indicator, onOpen) {
     if (!window.EventSource) return;
     const source = new EventSource("/console/api/stream");
     if (indicator) indicator.hidden = false;
-    source.onopen = () => indicator && (indicator.dataset.state = "on");
+    source.onopen = () => {
+      if (indicator) indicator.dataset.state = "on";
+      onOpen();
+    };
     source.onerror = () => indicator && (indicator.dataset.state = "retry");
     source.addEventListener("event", (e) => {
       try { onMessage(JSON.parse(e.data)); } catch (err) { /* a malformed message: ignore */ }
@@ -40,11 +45,11 @@
     if (!tbody || !tbody.dataset.live) return;
     const filters = tbody.dataset.filters || "";
     const rowOf = (id) => Array.from(tbody.rows).find((r) => r.dataset.requestId === id);
-    const refresh = batcher(async (all) => {
-      const ids = all.slice(-MAX_FETCH);  // a burst of webhooks: the newest are what shows
+    const rows = async (ids) => {
+      // No ids: the newest page of rows (catching up after the stream (re)opened).
       const sep = filters ? "&" : "?";
-      const url = "/console/fragments/rows" + filters + sep + "ids=" + encodeURIComponent(ids.join(","));
-      const response = await fetch(url, { credentials: "same-origin" });
+      const query = ids ? sep + "ids=" + encodeURIComponent(ids.join(",")) : "";
+      const response = await fetch("/console/fragments/rows" + filters + query, { credentials: "same-origin" });
       if (!response.ok) return;
       const holder = document.createElement("tbody");
       holder.innerHTML = await response.text();
@@ -58,10 +63,12 @@
       while (tbody.rows.length > MAX_ROWS) tbody.deleteRow(-1);  // older ones: "Older →"
       const empty = document.getElementById("empty");
       if (empty && tbody.rows.length) empty.hidden = true;
-    }, 250);
+    };
+    // A burst of webhooks: the newest are what shows.
+    const refresh = batcher((all) => rows(all.slice(-MAX_FETCH)), 250);
     stream((msg) => {
       if (msg.kind === "accepted" || rowOf(msg.request_id)) refresh(msg.request_id);
-    }, document.getElementById("live"));
+    }, document.getElementById("live"), () => rows(null));
   }
 
   function eventPage() {
@@ -82,7 +89,7 @@
       const current = document.querySelector(".facts");
       if (state && current) current.replaceWith(state);
     }, 150);
-    stream((msg) => { if (msg.request_id === id) refresh(id); }, null);
+    stream((msg) => { if (msg.request_id === id) refresh(id); }, null, () => refresh(id));
   }
 
   function copying() {
