@@ -150,9 +150,14 @@
     });
   }
 
-  // A preview whose file is gone (fal's URL expired, a 404) shows the placeholder's colour.
+  // A preview whose file is gone (fal's URL expired, a 404) becomes a placeholder.
   document.addEventListener("error", (e) => {
-    if (e.target instanceof HTMLImageElement) e.target.classList.add("broken");
+    if (!(e.target instanceof HTMLImageElement)) return;
+    const placeholder = document.createElement("span");
+    placeholder.className = "ph";
+    placeholder.textContent = "gone";
+    placeholder.title = "the file could not be loaded";
+    e.target.replaceWith(placeholder);
   }, true);
 
   rowsPage();
