@@ -37,10 +37,12 @@ def open_tab(url: str, log: Path) -> subprocess.Popen[str]:
     return tab
 
 
-def close_tab(tab: subprocess.Popen[str]) -> int:
+def close_tab(tab: subprocess.Popen[str]) -> tuple[int, bool]:
+    """(messages the tab read, whether it was still connected when stopped)."""
     tab.terminate()
     out, _ = tab.communicate(timeout=30)
-    return int(out.strip().rsplit(" ", 1)[-1]) if out.strip() else 0
+    _, count, how = out.strip().rsplit(" ", 2)
+    return int(count), how == "stopped"
 
 
 def phase(kind: str, rnd: int, work: Path, jwks_url: str, signer: FalSigner, args: Any) -> Any:
@@ -58,7 +60,7 @@ def phase(kind: str, rnd: int, work: Path, jwks_url: str, signer: FalSigner, arg
         if kind == "tab":
             tab = open_tab(url, work / "tab.log")
         res = run_wrk(url, reqs, args, work / f"wrk-{rnd}-{kind}.txt")
-        res["messages"] = close_tab(tab) if tab is not None else 0
+        res["messages"], res["connected"] = close_tab(tab) if tab is not None else (0, True)
     finally:
         if tab is not None and tab.poll() is None:
             tab.kill()
@@ -93,7 +95,8 @@ def main() -> int:
                 print(
                     f"round {rnd} {kind:5} {res['rps']:7.0f} req/s  p50 {res['p50']:6.2f} ms  "
                     f"p99 {res['p99']:6.2f} ms  non-2xx {res['non2xx']}  "
-                    f"stream messages {res['messages']}",
+                    f"stream messages {res['messages']}"
+                    f"{'' if res['connected'] else ' (the tab was dropped)'}",
                     flush=True,
                 )
     finally:

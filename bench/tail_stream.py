@@ -1,5 +1,6 @@
 """A console tab, as far as the server can tell: it reads /console/api/stream and counts the
-`event: event` messages. Prints `connected` once subscribed, and the count when stopped.
+`event: event` messages. Prints `connected` once subscribed, and the count when stopped
+(and whether the server had dropped the stream before).
 
     python bench/tail_stream.py http://127.0.0.1:8000
 """
@@ -34,7 +35,8 @@ def main() -> int:
                     count += 1
     except KeyboardInterrupt:
         pass
-    print(f"messages {count}", flush=True)
+    # "dropped": the server ended the stream (the tab fell too far behind) before we stopped.
+    print(f"messages {count} {'stopped' if stopping else 'dropped'}", flush=True)
     return 0 if stopping or count else 1
 
 

@@ -20,7 +20,7 @@ from falhook.store.models import Change, ChangeMark
 from falhook.store.roles import ConsoleReader
 
 log = structlog.get_logger("falhook.console")
-QUEUE_MAX = 2000  # messages a slow tab may fall behind before it is dropped (it reconnects)
+QUEUE_MAX = 256  # looks' worth of messages a slow tab may fall behind before it is dropped
 KEEPALIVE = 15.0  # seconds between comments on a quiet stream (proxies close idle ones)
 
 
@@ -69,8 +69,8 @@ class ChangeFeed:
             except Exception as exc:  # the store may be away for a moment; tabs wait
                 log.warning("console feed read failed", error=f"{type(exc).__name__}: {exc}")
                 found = []
-            for change in found:
-                self._publish(message(change))
+            if found:  # one write per look, however many changes it found
+                self._publish(b"".join(message(change) for change in found))
             if len(found) >= LIMIT:
                 continue  # behind (a burst of webhooks): read on at once
             with contextlib.suppress(TimeoutError):
