@@ -342,3 +342,18 @@ async def test_pages_render_payload_text_escaped(
     assert "script-src 'self'" in page.headers["content-security-policy"]
     assert "<script>alert" not in listing.text
     assert TOKEN not in page.text
+
+
+@pytest.mark.one_store("what is imported does not depend on the store")
+def test_the_console_costs_nothing_until_it_is_used(store_backend: str) -> None:
+    """The Lambda entry point and the command line load neither Jinja2 nor the console."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, falhook.serverless, falhook.app, falhook.cli;"
+        "print(sorted(m for m in ('jinja2', 'falhook.console', 'av') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
