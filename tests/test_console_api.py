@@ -357,3 +357,28 @@ def test_the_console_costs_nothing_until_it_is_used(store_backend: str) -> None:
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.one_store("rendering does not depend on the store")
+async def test_the_event_page_previews_images_and_lists_a_zip(
+    inprocess: InProcessFactory, signer: FalSigner, files: FileServer, store_backend: str
+) -> None:
+    import io
+    import zipfile
+
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as z:
+        for n in range(3):
+            z.writestr(f"frame_{n:04d}.exr", b"\x76\x2f\x31\x01")
+    files.add("/frames.zip", data=archive.getvalue(), content_type="application/zip")
+    files.add("/still.png", data=b"\x89PNG\r\n\x1a\n", content_type="image/png")
+    fh = await inprocess()
+    payload = {"exr_file": {"url": files.url("/frames.zip"), "file_name": "frames.zip"},
+               "images": [{"url": files.url("/still.png")}]}  # fmt: skip
+    rid = await fh.send(signer, payload, route="reframe")
+    await fh.wait_state(rid, "delivered")
+    async with client(fh) as c:
+        page = await c.get(f"/console/events/{rid}")
+    assert page.status_code == 200
+    assert "3 entries" in page.text and "frame_0002.exr" in page.text
+    assert f'<img src="/console/files/{rid}?sink=local&amp;path=images%5B0%5D"' in page.text
