@@ -133,12 +133,15 @@ def _head(ctx: DeliveryContext, title: str) -> list[dict[str, Any]]:
 
 
 def _file_blocks(ctx: DeliveryContext, room: int, *, previews: bool) -> list[dict[str, Any]]:
-    """A line (and a preview) per file, as many as fit in `room` blocks, then how many more."""
+    """A line (and a preview) per file, as many as fit in `room` blocks, then how many more.
+    A video's poster frame (falhook[media]) is its preview, shown once stored (S3)."""
     blocks: list[dict[str, Any]] = []
     shown = 0
-    for file in ctx.files:
+    posters = {f.extras["poster_of"]: f for f in ctx.files if f.extras.get("poster_of")}
+    listed = [f for f in ctx.files if not f.extras.get("poster_of")]
+    for file in listed:
         file_blocks = [_text(_file_line(ctx, file))]
-        preview = _preview(ctx, file) if previews else None
+        preview = _preview(ctx, posters.get(file.path, file)) if previews else None
         if preview is not None:
             file_blocks.append(preview)
         if len(file_blocks) > room:
@@ -146,8 +149,8 @@ def _file_blocks(ctx: DeliveryContext, room: int, *, previews: bool) -> list[dic
         blocks.extend(file_blocks)
         room -= len(file_blocks)
         shown += 1
-    if shown < len(ctx.files):
-        blocks.append(_text(f"…and {len(ctx.files) - shown} more file(s), not listed"))
+    if shown < len(listed):
+        blocks.append(_text(f"…and {len(listed) - shown} more file(s), not listed"))
     return blocks
 
 

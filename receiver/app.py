@@ -13,7 +13,7 @@ import time
 import traceback
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import structlog
@@ -21,7 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from falhook.config import ConfigError, Settings
@@ -38,7 +38,11 @@ from falhook.logs import configure_logging
 from falhook.runtime import Runtime, WorkerMode
 from falhook.store.states import DELIVERY_STATES
 
+if TYPE_CHECKING:
+    from falhook.console import Console
+
 log = structlog.get_logger("falhook.receiver")
+CONSOLE_PREFIX = "/console"
 _encode = msgspec.json.encode
 _COUNTS_TTL = 5.0
 _STORE_RETRY = 5.0  # seconds between readiness checks of a store that does not answer
@@ -60,7 +64,7 @@ def error(status: int, code: str, detail: str, headers: dict[str, str] | None = 
 class Probes:
     """/healthz, /readyz and /metrics over one runtime."""
 
-    def __init__(self, runtime: Runtime, keys: FalKeys) -> None:
+    def __init__(self, runtime: Runtime, keys: FalKeys | None) -> None:
         self.runtime = runtime
         self.keys = keys
         self._counted_at = 0.0
@@ -72,7 +76,7 @@ class Probes:
     async def readyz(self, _: Request) -> Response:
         await self.runtime.ensure_started()
         store_ok = await self.runtime.store.ping()
-        keys_ok = self.keys.loaded
+        keys_ok = self.keys is not None and self.keys.loaded
         # Sink problems are reported, not made a 503: webhooks are still stored safely and
         # their deliveries retry, so the receiver stays in the load balancer.
         sinks: dict[str, list[str]] = {name: [] for name in self.runtime.sinks}
@@ -89,7 +93,7 @@ class Probes:
             by_state = await self._deliveries_by_state()
             for state in DELIVERY_STATES:
                 m.deliveries_by_state.labels(state=state).set(by_state.get(state, 0))
-        m.keys_loaded.set(len(self.keys.keys()))
+        m.keys_loaded.set(len(self.keys.keys()) if self.keys is not None else 0)
         return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def _deliveries_by_state(self) -> dict[str, int]:
@@ -118,7 +122,7 @@ class Falhook:
     def __init__(
         self,
         app: Starlette,
-        webhooks: WebhookEndpoint,
+        webhooks: WebhookEndpoint | None,
         runtime: Runtime,
         lifespan: Lifespan | None = None,
     ) -> None:
@@ -130,14 +134,43 @@ class Falhook:
         # A configuration mistake found at start-up (a sink's folder not writable): the
         # server exits and `falhook serve` prints it, without a traceback.
         self.startup_error: ConfigError | None = None
+        self.console: Console | None = None  # built on the first console request
+        self._console_app: Starlette | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith(PREFIX):
+        if scope["type"] == "http" and self.webhooks and scope["path"].startswith(PREFIX):
             await self.webhooks(scope, receive, send)
+        elif scope["type"] == "http" and self._is_console(scope["path"]):
+            await (await self._console())(scope, receive, send)
         elif scope["type"] == "lifespan" and self.lifespan is not None:
             await self._lifespan(receive, send, self.lifespan)
         else:
             await self.app(scope, receive, send)
+
+    def _is_console(self, path: str) -> bool:
+        if not self.runtime.settings.console.enabled or not path.startswith(CONSOLE_PREFIX):
+            return False
+        return len(path) == len(CONSOLE_PREFIX) or path[len(CONSOLE_PREFIX)] == "/"
+
+    async def _console(self) -> Starlette:
+        """The console's app, built on its first request: Jinja2 and the templates load
+        only when someone opens the console."""
+        await self.runtime.ensure_started()
+        if self._console_app is None:
+            from falhook.console import console_app
+
+            self._console_app, self.console = console_app(self.runtime.settings, self.runtime.store)
+        return self._console_app
+
+    def stop_streams(self) -> None:
+        """The server is stopping: end the console's live streams, so it does not wait for
+        open tabs."""
+        if self.console is not None:
+            self.console.state.feed.stop()
+
+    async def close_console(self) -> None:
+        if self.console is not None:
+            await self.console.aclose()
 
     async def _lifespan(self, receive: Receive, send: Send, lifespan: Lifespan) -> None:
         await receive()  # lifespan.startup
@@ -154,6 +187,7 @@ class Falhook:
         await send({"type": "lifespan.startup.complete"})
         await receive()  # lifespan.shutdown
         try:
+            await self.close_console()
             await context.__aexit__(None, None, None)
         except BaseException:
             await send({"type": "lifespan.shutdown.failed", "message": traceback.format_exc()})
@@ -207,6 +241,35 @@ def create_app(
     app.state.runtime = runtime
     lifespan = _lifespan(runtime, run_worker) if managed_lifespan else None
     return Falhook(app, webhooks, runtime, lifespan)
+
+
+def create_console_app(settings: Settings) -> Falhook:
+    """The console alone (`falhook console`): its pages and API over the configured store,
+    without webhooks, keys or a worker; for deployments whose receivers and workers run
+    elsewhere."""
+    configure_logging()
+    if not settings.console.enabled:
+        raise ConfigError("[console].enabled", "is false: there is no console to serve")
+    runtime = Runtime(settings)  # the store only
+    probes = Probes(runtime, keys=None)
+    app = Starlette(
+        routes=[
+            Route("/", lambda _: RedirectResponse("/console/", status_code=307)),
+            Route("/healthz", probes.healthz, methods=["GET", "HEAD"]),
+        ],
+        exception_handlers={HTTPException: http_error},
+    )
+    app.state.runtime = runtime
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        await runtime.ensure_started()
+        try:
+            yield
+        finally:
+            await runtime.close()
+
+    return Falhook(app, None, runtime, lifespan)
 
 
 def _inline_delivery(runtime: Runtime) -> DeliverNow:

@@ -13,7 +13,8 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 from falhook import __version__
 from falhook.argtypes import (
@@ -32,6 +33,9 @@ from falhook.store import Store
 from falhook.store.document import event_document
 from falhook.store.models import DeliveryView, EventView
 from falhook.store.states import DELIVERY_STATES, EVENT_STATES
+
+if TYPE_CHECKING:
+    from falhook.app import Falhook
 
 
 class CLIError(Exception):
@@ -54,36 +58,59 @@ async def with_store(settings: Settings, action: Callable[[Store], Awaitable[int
 # --- serve / worker --------------------------------------------------------------------------
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def _run_server(app: Falhook, host: str, port: int, grace: float) -> int:
     import uvicorn
 
-    from falhook.app import create_app
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            app.stop_streams()  # open console tabs must not hold the shutdown up
+            super().handle_exit(sig, frame)
 
-    settings = settings_from(args)
-    app = create_app(settings, run_worker=not args.no_worker)  # sinks built: config checked
     config = uvicorn.Config(
         app,
-        host=args.host,
-        port=args.port,
+        host=host,
+        port=port,
         log_level="warning",
         access_log=False,
         lifespan="on",
-        timeout_graceful_shutdown=max(5, int(settings.delivery.shutdown_grace) + 5),
-    )
-    print(
-        f"falhook: serving on http://{args.host}:{args.port} (routes: "
-        f"{', '.join(f'/webhooks/{r}' for r in sorted(settings.routes))}; "
-        f"config: {settings.source})",
-        file=sys.stderr,
+        timeout_graceful_shutdown=max(5, int(grace) + 5),
     )
     try:
-        uvicorn.Server(config).run()
+        Server(config).run()
     except SystemExit:  # uvicorn exits 3 when start-up failed
         if app.startup_error is None:
             raise
     if app.startup_error is not None:  # found at start-up, e.g. a sink folder not writable
         raise app.startup_error
     return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from falhook.app import create_app
+
+    settings = settings_from(args)
+    app = create_app(settings, run_worker=not args.no_worker)  # sinks built: config checked
+    console = f"; console: http://{args.host}:{args.port}/console/"
+    print(
+        f"falhook: serving on http://{args.host}:{args.port} (routes: "
+        f"{', '.join(f'/webhooks/{r}' for r in sorted(settings.routes))}; "
+        f"config: {settings.source}{console if settings.console.enabled else ''})",
+        file=sys.stderr,
+    )
+    return _run_server(app, args.host, args.port, settings.delivery.shutdown_grace)
+
+
+def cmd_console(args: argparse.Namespace) -> int:
+    from falhook.app import create_console_app
+
+    settings = settings_from(args)
+    app = create_console_app(settings)
+    print(
+        f"falhook: console on http://{args.host}:{args.port}/console/ (store: "
+        f"{settings.store.url.split('://', 1)[0]}; config: {settings.source})",
+        file=sys.stderr,
+    )
+    return _run_server(app, args.host, args.port, grace=0)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -283,6 +310,15 @@ def _add_serve_and_worker(
         "worker", parents=[common], help="run delivery workers only", formatter_class=HelpFormatter
     )
     worker.set_defaults(func=cmd_worker)
+    console = sub.add_parser(
+        "console",
+        parents=[common],
+        help="serve the operator console alone, on the configured store",
+        formatter_class=HelpFormatter,
+    )
+    console.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    console.add_argument("--port", type=port, default=8080, help="port to listen on")
+    console.set_defaults(func=cmd_console)
 
 
 def _add_events(

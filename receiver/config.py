@@ -129,6 +129,15 @@ class TelemetrySettings:
 
 
 @dataclass(frozen=True)
+class ConsoleSettings:
+    enabled: bool = True  # the operator console at /console/ (false: 404)
+    token: str = ""  # empty: loopback clients only; set it (from ${ENV}) for any other
+    session_hours: float = 12.0  # how long a login lasts
+    stream_interval: float = 0.5  # seconds between looks at the store for the live view
+    page_size: int = 50  # events per page
+
+
+@dataclass(frozen=True)
 class SinkSettings:
     name: str
     type: str
@@ -154,6 +163,7 @@ class Settings:
     submit: SubmitSettings = field(default_factory=SubmitSettings)
     reconcile: ReconcileSettings = field(default_factory=ReconcileSettings)
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
+    console: ConsoleSettings = field(default_factory=ConsoleSettings)
     sinks: dict[str, SinkSettings] = field(default_factory=dict)
     routes: dict[str, RouteSettings] = field(default_factory=dict)
     base_dir: Path = field(default_factory=Path.cwd)
@@ -225,6 +235,7 @@ def settings_from_dict(raw: dict[str, Any], *, base_dir: Path, source: str = "<d
         "submit",
         "reconcile",
         "telemetry",
+        "console",
         "sinks",
         "routes",
     }
@@ -240,6 +251,7 @@ def settings_from_dict(raw: dict[str, Any], *, base_dir: Path, source: str = "<d
     submit = _section(raw, "submit", SubmitSettings, _check_submit)
     reconcile = _section(raw, "reconcile", ReconcileSettings, _check_reconcile)
     telemetry = _telemetry(raw.get("telemetry", {}))
+    console = _section(raw, "console", ConsoleSettings, _check_console)
     sinks = _sinks(raw.get("sinks", {}))
     routes = _routes(raw.get("routes", {}), sinks)
     return Settings(
@@ -251,6 +263,7 @@ def settings_from_dict(raw: dict[str, Any], *, base_dir: Path, source: str = "<d
         submit=submit,
         reconcile=reconcile,
         telemetry=telemetry,
+        console=console,
         sinks=sinks,
         routes=routes,
         base_dir=base_dir,
@@ -441,6 +454,15 @@ def _check_reconcile(s: ReconcileSettings) -> None:
     _positive("reconcile", "deadline", s.deadline)
     _positive("reconcile", "interval", s.interval)
     _positive("reconcile", "batch", s.batch)
+
+
+def _check_console(s: ConsoleSettings) -> None:
+    if s.token and len(s.token) < 16:
+        raise ConfigError("[console].token", "must be at least 16 characters (or empty)")
+    _positive("console", "session_hours", s.session_hours)
+    _positive("console", "stream_interval", s.stream_interval)
+    if not 1 <= s.page_size <= 500:
+        raise ConfigError("[console].page_size", "must be between 1 and 500")
 
 
 def _sinks(raw: Any) -> dict[str, SinkSettings]:

@@ -122,6 +122,9 @@ def test_the_wheel_installs_falhook_and_nothing_else_at_the_top(wheel: Path) -> 
     assert {t for t in tops if not t.endswith(".dist-info")} == {"falhook"}
     assert "falhook/py.typed" in names
     assert "falhook/sinks/base.py" in names and "falhook/intake/endpoint.py" in names
+    assert {"falhook/console/templates/base.html", "falhook/console/static/console.js"} <= set(
+        names
+    )  # the console's assets ship in the package
     assert not any(n.startswith(("receiver/", "handlers/")) for n in names)
 
 

@@ -24,7 +24,7 @@ from typing import Any
 import structlog
 
 from falhook.config import Settings
-from falhook.delivery import ordering
+from falhook.delivery import media, ordering
 from falhook.delivery.arrivals import Arrival
 from falhook.delivery.files import (
     OFF_LOOP_BYTES,
@@ -90,12 +90,22 @@ class _JobRun:
     big: bool
     streams: dict[str, asyncio.Task[bool]] = field(default_factory=dict)
 
-    async def settle_streams(self) -> None:
-        """Wait for the streaming sinks; a delivered one's output is there for `after`."""
+    async def settle_streams(self) -> list[str]:
+        """Wait for the streaming sinks; a delivered one's output is there for `after`.
+        The streaming sinks that delivered."""
+        delivered = []
         for sink, task in self.streams.items():
             if await task:
                 self.outputs[sink] = self.attempts[sink].output or {}
+                delivered.append(sink)
         self.streams.clear()
+        return delivered
+
+    def deliver_again(self, sinks: list[str]) -> None:
+        """These sinks run once more in this attempt, with the whole files."""
+        for sink in sinks:
+            self.attempts[sink].outcome = self.attempts[sink].output = None
+            self.outputs.pop(sink, None)
 
 
 def _state_after(attempt: _Attempt) -> str:
@@ -369,9 +379,15 @@ class Worker:
                 attempts[s].duration_ms = round((time.perf_counter() - started) * 1000)
             local = await off_loop(big, described_all, refs, event.files)
         else:
+            downloaded = len(local)
             if any(f.local_path is not None for f in local):
+                local = await media.enrich(local, spool.folder)  # falhook[media]: facts, posters
                 job.event = await self._record_files(event, [f for f in local if f.sha256])
-            await job.settle_streams()
+            streamed = await job.settle_streams()
+            if len(local) > downloaded:
+                # Posters are made once their videos are whole, after the sinks that streamed
+                # the videos: those get the whole set too (their writes are idempotent).
+                job.deliver_again(streamed)
         info = await off_loop(big, event_info, job.event, job.event.files, problems)
         await self._run_sinks(job.event, info, local, attempts, outputs)
         await self._record_all(job.event, attempts)
@@ -556,8 +572,9 @@ class Worker:
             sink_log.exception("sink raised an unexpected error")
             self._decide(attempt, Retryable(f"{type(exc).__name__}: {exc}"))
             return False
-        finally:
-            attempt.duration_ms = round((time.perf_counter() - started) * 1000)
+        finally:  # a sink that streamed and then delivered again: both calls count
+            took = round((time.perf_counter() - started) * 1000)
+            attempt.duration_ms = (attempt.duration_ms or 0) + took
         attempt.outcome, attempt.output = "delivered", output if isinstance(output, dict) else None
         return True
 
@@ -664,7 +681,7 @@ class Worker:
 
     async def _record_files(self, event: EventView, local: list[LocalFile]) -> EventView:
         """Store the files' sizes and digests (informational: delivery goes on without)."""
-        files = with_downloads(event.files, local)
+        files = media.annotate(with_downloads(event.files, local), local)
         try:
             await self.store.record_files(event.request_id, files)
         except Exception as exc:

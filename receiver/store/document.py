@@ -34,7 +34,11 @@ def file_views(files: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The event's files as documents show them: the contract's keys, then what is known."""
     return [
         {k: f.get(k) for k in ("path", "url", "content_type", "size", "sha256")}
-        | {k: f[k] for k in ("file_name", "name", "error") if f.get(k) is not None}
+        | {
+            k: f[k]
+            for k in ("file_name", "name", "error", "media", "poster_of")
+            if f.get(k) is not None
+        }
         for f in files
     ]
 

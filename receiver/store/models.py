@@ -180,3 +180,77 @@ def logs_attempt(result: Finish) -> bool:
     """Whether a finish goes into the delivery's history: every attempt, and a skip (a
     decision the operator wants to see), but not a sink rescheduled to wait for another."""
     return result.counted or result.outcome == "skipped"
+
+
+# --- what the console reads ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EventQuery:
+    """Which events to list: every given filter must hold. `q` searches request ids, payload
+    text and error text (the event's and its deliveries' last errors)."""
+
+    state: str | None = None
+    route: str | None = None
+    endpoint: str | None = None  # of the submission, when falhook submitted the request
+    fal_status: str | None = None
+    q: str | None = None
+    since: datetime | None = None  # received at or after
+    until: datetime | None = None  # received before
+    request_ids: tuple[str, ...] | None = None  # only these (the live view checks new ones)
+
+
+@dataclass(frozen=True)
+class EventPage:
+    """One page of a listing, newest first; `next_cursor` continues it (None: no more)."""
+
+    events: list[EventView]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class Change:
+    """Something the console's live view shows: an event accepted, or a delivery that
+    changed state."""
+
+    request_id: str
+    kind: Literal["accepted", "delivery"]
+    route: str | None = None
+    sink: str | None = None
+    state: str | None = None
+
+
+@dataclass(frozen=True)
+class ChangeMark:
+    """Where a reader of changes is: the newest event seen, the delivery clock, and the
+    changes already reported within the overlap window (a late commit is not missed, and
+    nothing is reported twice)."""
+
+    event_key: Any
+    at: float
+    seen: frozenset[tuple[str, str, str, float]] = frozenset()
+    after: Any = None  # the tie-breaker of the last delivery row read at `at`
+    event_after: Any = None  # the same for events, where they are read by time
+
+
+@dataclass(frozen=True)
+class DeadGroup:
+    """Dead deliveries of one sink that died of the same error."""
+
+    sink: str
+    error: str | None
+    count: int
+    latest: datetime | None
+    request_ids: tuple[str, ...]  # a few of them, newest first
+
+
+@dataclass(frozen=True)
+class DeliveryStats:
+    """The overview: backlog, the oldest due delivery, the last hour's outcomes by sink and
+    delivery latency (received to delivered, seconds) of the last hour."""
+
+    by_state: dict[str, int]
+    oldest_due_at: datetime | None
+    outcomes: dict[str, dict[str, int]]  # sink -> outcome -> count, last hour
+    latencies: list[float]  # seconds from received to delivered, last hour (a sample)
+    durations_ms: list[int]  # how long each attempt took, last hour (a sample)

@@ -26,9 +26,16 @@ import asyncpg
 import msgspec
 
 from falhook.logs import get_logger
+from falhook.store import postgres_reads as reads
 from falhook.store import postgres_schema as q
 from falhook.store.models import (
     FINISHED_STATE,
+    Change,
+    ChangeMark,
+    DeadGroup,
+    DeliveryStats,
+    EventPage,
+    EventQuery,
     EventView,
     Finish,
     Job,
@@ -403,6 +410,56 @@ class PostgresStore:
         if count:
             self._notify()
         return count
+
+    # --- the console's reads -------------------------------------------------------------------
+
+    async def find_events(
+        self, query: EventQuery, *, limit: int = 50, cursor: str | None = None
+    ) -> EventPage:
+        async with self._conn() as conn, conn.transaction(isolation="repeatable_read"):
+            ids, next_cursor = await reads.find_ids(conn, query, limit, cursor)
+            return EventPage(await q.load_events(conn, ids), next_cursor)
+
+    async def find_ids(
+        self, query: EventQuery, *, limit: int = 500, cursor: str | None = None
+    ) -> tuple[list[str], str | None]:
+        async with self._conn() as conn:
+            return await reads.find_ids(conn, query, limit, cursor)
+
+    async def count_events(self, query: EventQuery) -> int:
+        async with self._conn() as conn:
+            return await reads.count_events(conn, query)
+
+    async def replay_many(
+        self, request_ids: Sequence[str], sink: str | None = None, *, force: bool = False
+    ) -> tuple[int, int]:
+        ids = list(dict.fromkeys(request_ids))
+        if not ids:
+            return 0, 0
+        sql = reads.replay_many_sql(one_sink=sink is not None, force=force)
+        params: list[Any] = [ids] if sink is None else [ids, sink]
+        async with self._conn() as conn:
+            rows = await conn.fetch(sql, *params)
+        if rows:
+            self._notify()
+        return len(rows), len({r[0] for r in rows})
+
+    async def changes(self, mark: ChangeMark | None) -> tuple[list[Change], ChangeMark]:
+        async with self._conn() as conn:
+            return await reads.changes(conn, mark)
+
+    async def dead_groups(self, limit: int = 100) -> list[DeadGroup]:
+        async with self._conn() as conn:
+            return await reads.dead_groups(conn, limit)
+
+    async def dead_count(self) -> int:
+        async with self._conn() as conn:
+            count: int = await conn.fetchval("SELECT count(*) FROM deliveries WHERE state = 'dead'")
+        return count
+
+    async def delivery_stats(self, since: datetime) -> DeliveryStats:
+        async with self._conn() as conn, conn.transaction(isolation="repeatable_read"):
+            return await reads.delivery_stats(conn, since)
 
     # --- submissions -------------------------------------------------------------------------
 

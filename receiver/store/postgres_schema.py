@@ -110,6 +110,35 @@ MIGRATIONS: list[tuple[str, ...]] = [
         # The W3C traceparent of the span that received the event (tracing, when on).
         "ALTER TABLE events ADD COLUMN trace_context text",
     ),
+    (
+        # The console's search: a tsvector of each event's request id and body (payload,
+        # fal's error; its first 64 KiB), set at insert by a trigger and indexed with GIN.
+        # A body that is not UTF-8 text (or too large for a tsvector) is searchable by its
+        # request id only, and never fails an insert.
+        """CREATE FUNCTION events_search_text(rid text, body bytea) RETURNS tsvector
+        LANGUAGE plpgsql IMMUTABLE AS $$
+        BEGIN
+            RETURN to_tsvector('simple'::regconfig,
+                rid || ' ' || left(convert_from(body, 'UTF8'), 65536));
+        EXCEPTION WHEN others THEN
+            RETURN to_tsvector('simple'::regconfig, rid);
+        END $$""",
+        """CREATE FUNCTION events_search_trigger() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            NEW.search := events_search_text(NEW.request_id, NEW.body);
+            RETURN NEW;
+        END $$""",
+        "ALTER TABLE events ADD COLUMN search tsvector",
+        "UPDATE events SET search = events_search_text(request_id, body)",
+        "CREATE TRIGGER events_search BEFORE INSERT ON events"
+        " FOR EACH ROW EXECUTE FUNCTION events_search_trigger()",
+        "CREATE INDEX events_by_search ON events USING gin (search)",
+        # The console's live view reads deliveries changed since a time.
+        "CREATE INDEX deliveries_by_change ON deliveries (updated_at, request_id, sink)",
+        # Searching delivery errors reads only the deliveries that have one.
+        "CREATE INDEX deliveries_with_error ON deliveries (request_id)"
+        " WHERE last_error IS NOT NULL",
+    ),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -5,6 +5,8 @@ and a store can be written and tested role by role.
 - ``IntakeStore``: accept an event durably (the webhook endpoint, reconciliation).
 - ``DeliveryQueue``: lease due deliveries, keep and finish them (the worker).
 - ``EventReader``: read events back, make them due again (CLI, console, metrics).
+- ``ConsoleReader``: what the operator console adds: filtered, searched, paged listings,
+  the changes since a mark (its live view), dead deliveries grouped, delivery statistics.
 - ``SubmissionStore``: jobs falhook submitted to fal (submit, reconciliation).
 
 ``Store`` is all of them: what ``falhook.store.make_store`` returns.
@@ -24,7 +26,20 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
-from falhook.store.models import EventView, Finish, Job, NewEvent, NewSubmission, SubmissionView
+from falhook.store.models import (
+    Change,
+    ChangeMark,
+    DeadGroup,
+    DeliveryStats,
+    EventPage,
+    EventQuery,
+    EventView,
+    Finish,
+    Job,
+    NewEvent,
+    NewSubmission,
+    SubmissionView,
+)
 
 
 @runtime_checkable
@@ -96,6 +111,43 @@ class EventReader(Protocol):
 
 
 @runtime_checkable
+class ConsoleReader(EventReader, Protocol):
+    async def find_events(
+        self, query: EventQuery, *, limit: int = 50, cursor: str | None = None
+    ) -> EventPage:
+        """Events matching every filter of `query`, newest stored first, `limit` at most,
+        after `cursor` (a page's next_cursor). Paging is stable while events arrive: no
+        event is listed twice, none that was there is skipped. A malformed cursor raises
+        ValueError."""
+
+    async def find_ids(
+        self, query: EventQuery, *, limit: int = 500, cursor: str | None = None
+    ) -> tuple[list[str], str | None]:
+        """The request ids find_events would list (bulk actions page through these)."""
+
+    async def count_events(self, query: EventQuery) -> int: ...
+
+    async def replay_many(
+        self, request_ids: Sequence[str], sink: str | None = None, *, force: bool = False
+    ) -> tuple[int, int]:
+        """replay() of each event (one sink's deliveries, or all) in one write; returns
+        (deliveries rescheduled, events that had any)."""
+
+    async def changes(self, mark: ChangeMark | None) -> tuple[list[Change], ChangeMark]:
+        """Events accepted and delivery state changes since `mark` (None: none, only the
+        mark of now), oldest first, and the mark to ask from next time. Works across
+        processes: it reads the store, nothing in memory."""
+
+    async def dead_groups(self, limit: int = 100) -> list[DeadGroup]:
+        """Dead deliveries grouped by sink and last error, the largest groups first."""
+
+    async def dead_count(self) -> int:
+        """How many deliveries are dead (cheap: the console's navigation shows it)."""
+
+    async def delivery_stats(self, since: datetime) -> DeliveryStats: ...
+
+
+@runtime_checkable
 class SubmissionStore(Protocol):
     async def record_submission(self, submission: NewSubmission) -> None:
         """Store a submission (idempotent on request_id: a second call replaces nothing)."""
@@ -119,5 +171,5 @@ class SubmissionStore(Protocol):
 
 
 @runtime_checkable
-class Store(StoreLifecycle, IntakeStore, DeliveryQueue, EventReader, SubmissionStore, Protocol):
+class Store(StoreLifecycle, IntakeStore, DeliveryQueue, ConsoleReader, SubmissionStore, Protocol):
     """Every role: one engine's whole store."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import queue
 import secrets
@@ -29,9 +30,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from falhook.store import sqlite_reads as reads
 from falhook.store.models import (
     FINISHED_STATE,
     LEASE_EXPIRED,
+    Change,
+    ChangeMark,
+    DeadGroup,
+    DeliveryStats,
+    EventPage,
+    EventQuery,
     EventView,
     Finish,
     Job,
@@ -656,6 +664,52 @@ class SQLiteStore:
         if count:
             self._notify()
         return count
+
+    # --- the console's reads -------------------------------------------------------------------
+
+    async def find_events(
+        self, query: EventQuery, *, limit: int = 50, cursor: str | None = None
+    ) -> EventPage:
+        def op(c: sqlite3.Connection) -> EventPage:
+            ids, next_cursor = reads.find_ids(c, query, limit, cursor)
+            return EventPage(load_events(c, ids), next_cursor)
+
+        return await self._read(op)
+
+    async def find_ids(
+        self, query: EventQuery, *, limit: int = 500, cursor: str | None = None
+    ) -> tuple[list[str], str | None]:
+        return await self._read(lambda c: reads.find_ids(c, query, limit, cursor))
+
+    async def count_events(self, query: EventQuery) -> int:
+        return await self._read(lambda c: reads.count_events(c, query))
+
+    async def replay_many(
+        self, request_ids: Sequence[str], sink: str | None = None, *, force: bool = False
+    ) -> tuple[int, int]:
+        ids = list(dict.fromkeys(request_ids))
+        deliveries = events = 0
+        for start in range(0, len(ids), 400):  # under SQLite's bound-parameter limit
+            chunk = ids[start : start + 400]
+            d, e = await self._write(
+                functools.partial(reads.replay_many, ids=chunk, sink=sink, force=force)
+            )
+            deliveries, events = deliveries + d, events + e
+        if deliveries:
+            self._notify()
+        return deliveries, events
+
+    async def changes(self, mark: ChangeMark | None) -> tuple[list[Change], ChangeMark]:
+        return await self._read(lambda c: reads.changes(c, mark))
+
+    async def dead_groups(self, limit: int = 100) -> list[DeadGroup]:
+        return await self._read(lambda c: reads.dead_groups(c, limit))
+
+    async def dead_count(self) -> int:
+        return await self._read(reads.dead_count)
+
+    async def delivery_stats(self, since: datetime) -> DeliveryStats:
+        return await self._read(lambda c: reads.delivery_stats(c, to_epoch(since)))
 
     # --- submissions -------------------------------------------------------------------------
 

@@ -143,6 +143,22 @@ MIGRATIONS: list[tuple[str, ...]] = [
         # The W3C traceparent of the span that received the event (tracing, when on).
         "ALTER TABLE events ADD COLUMN trace_context TEXT",
     ),
+    (
+        # The console's search: each event's request id and body (payload, fal's error),
+        # indexed once at insert. Contentless: the text stays in `events` only. The first
+        # 64 KiB of a body are indexed (a data: URI holds nothing to search for).
+        "CREATE VIRTUAL TABLE events_fts USING fts5(request_id, body, content='')",
+        "INSERT INTO events_fts (rowid, request_id, body)"
+        " SELECT id, request_id, substr(CAST(body AS TEXT), 1, 65536) FROM events",
+        """CREATE TRIGGER events_fts_insert AFTER INSERT ON events BEGIN
+            INSERT INTO events_fts (rowid, request_id, body)
+            VALUES (new.id, new.request_id, substr(CAST(new.body AS TEXT), 1, 65536));
+        END""",
+        # The console's live view reads deliveries changed since a time.
+        "CREATE INDEX deliveries_by_change ON deliveries (updated_at)",
+        # Searching delivery errors reads only the deliveries that have one.
+        "CREATE INDEX deliveries_with_error ON deliveries (event_id) WHERE last_error IS NOT NULL",
+    ),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -188,13 +188,13 @@ class Falhook:
             "--config",
             str(self.config_path),
         ]
-        if self.command[0] == "serve":
+        if self.command[0] in ("serve", "console"):
             args += ["--host", "127.0.0.1", "--port", str(self.port)]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 args, cwd=self.tmp_path, env=self.env, stdout=log, stderr=log
             )
-        if wait and self.command[0] == "serve":
+        if wait and self.command[0] in ("serve", "console"):
             self.wait_healthy()
         return self
 

@@ -1,0 +1,150 @@
+"""The JSON API under /console/api/ (the contract's "Console" section): events listed,
+shown and replayed, bulk replay by filter, the live stream, submissions and statistics."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from falhook.console import actions
+from falhook.console.gate import Caller, api_error
+from falhook.console.params import ParamError, event_query, limit_of
+from falhook.console.state import ConsoleState
+from falhook.console.views import stats_document
+from falhook.store.document import event_document
+from falhook.store.models import SubmissionView, iso, utcnow
+from falhook.store.states import SUBMISSION_STATES
+
+
+class JSONBody(JSONResponse):
+    def render(self, content: Any) -> bytes:
+        return msgspec.json.encode(content)
+
+
+def submission_document(s: SubmissionView) -> dict[str, Any]:
+    return {
+        "request_id": s.request_id,
+        "endpoint": s.endpoint,
+        "route": s.route,
+        "state": s.state,
+        "detail": s.detail,
+        "submitted_at": iso(s.submitted_at),
+        "checked_at": iso(s.checked_at),
+        "received_at": iso(s.received_at),
+        "input": s.input,
+    }
+
+
+async def _json_object(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    try:
+        value = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        raise ParamError("body", "must be a JSON object") from None
+    if not isinstance(value, dict):
+        raise ParamError("body", "must be a JSON object")
+    return value
+
+
+def _sink_and_force(body: dict[str, Any]) -> tuple[str | None, bool]:
+    sink = body.get("sink")
+    force = body.get("force", False)
+    if sink is not None and (not isinstance(sink, str) or not sink):
+        raise ParamError("sink", "must be a sink name")
+    if not isinstance(force, bool):
+        raise ParamError("force", "must be true or false")
+    return sink, force
+
+
+class Api:
+    def __init__(self, state: ConsoleState) -> None:
+        self.state = state
+        self.store = state.store
+
+    async def events(self, request: Request, _: Caller) -> Response:
+        params = request.query_params
+        query = event_query(params)
+        limit = limit_of(params, self.state.settings.console.page_size)
+        page = await self.store.find_events(query, limit=limit, cursor=params.get("cursor"))
+        return JSONBody(
+            {"events": [event_document(v) for v in page.events], "next_cursor": page.next_cursor}
+        )
+
+    async def count(self, request: Request, _: Caller) -> Response:
+        return JSONBody({"count": await self.store.count_events(event_query(request.query_params))})
+
+    async def event(self, request: Request, _: Caller) -> Response:
+        request_id = request.path_params["request_id"]
+        view = await self.store.get_event(request_id)
+        if view is None:
+            return api_error(404, "not_found", f"no event with request_id {request_id!r}")
+        return JSONBody(event_document(view, with_payload=True) | {"headers": view.headers})
+
+    async def replay(self, request: Request, _: Caller) -> Response:
+        sink, force = _sink_and_force(await _json_object(request))
+        request_id = request.path_params["request_id"]
+        return JSONBody(
+            {"scheduled": await actions.replay_one(self.store, request_id, sink, force)}
+        )
+
+    async def bulk_replay(self, request: Request, _: Caller) -> Response:
+        body = await _json_object(request)
+        sink, force = _sink_and_force(body)
+        limit = limit_of(body, 0) or None
+        cursor = body.get("cursor")
+        if cursor is not None and not isinstance(cursor, str):
+            raise ParamError("cursor", "must be a string")
+        done = await actions.replay_matching(
+            self.store, event_query(body), sink=sink, force=force, limit=limit, cursor=cursor
+        )
+        answer: dict[str, Any] = {"scheduled": done.scheduled, "events": done.events}
+        if limit is not None:
+            answer["next_cursor"] = done.next_cursor
+        return JSONBody(answer)
+
+    async def stream(self, _: Request, __: Caller) -> Response:
+        queue = await self.state.feed.subscribe()
+        return StreamingResponse(
+            self.state.feed.stream(queue),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+
+    async def submissions(self, request: Request, _: Caller) -> Response:
+        state = request.query_params.get("state") or None
+        if state is not None and state not in SUBMISSION_STATES:
+            raise ParamError("state", f"must be one of {', '.join(SUBMISSION_STATES)}")
+        limit = limit_of(request.query_params, 100)
+        found = await self.store.list_submissions(state=state, limit=limit)
+        return JSONBody({"submissions": [submission_document(s) for s in found]})
+
+    async def reconcile(self, _: Request, __: Caller) -> Response:
+        return JSONBody(await actions.reconcile_now(self.store, self.state.settings))
+
+    async def stats(self, _: Request, __: Caller) -> Response:
+        stats = await self.store.delivery_stats(utcnow() - timedelta(hours=1))
+        return JSONBody(stats_document(stats))
+
+    async def dead(self, _: Request, __: Caller) -> Response:
+        groups = await self.store.dead_groups()
+        return JSONBody(
+            {
+                "dead": await self.store.dead_count(),
+                "groups": [
+                    {
+                        "sink": g.sink,
+                        "error": g.error,
+                        "count": g.count,
+                        "latest": iso(g.latest),
+                        "request_ids": list(g.request_ids),
+                    }
+                    for g in groups
+                ],
+            }
+        )
