@@ -2,8 +2,9 @@
 own client publishing the same messages in a loop with the same guarantee, same run.
 
 falhook:  N small events (no files) accepted into a SQLite store, then one Worker (the real
-          delivery loop, [delivery].concurrency 8) delivers them to the sink: events/s from
-          the worker's start to the last delivery recorded (lease, sink, record: all of it).
+          delivery loop, at each [delivery].concurrency of --concurrency: 8 is the default)
+          delivers them to the sink: events/s from the worker's start to the last delivery
+          recorded (lease, sink, record: all of it).
 sink:     the sink alone: its deliver() called for each event one after another, without
           worker or store (what the sink adds to the broker's client).
 noop:     control: the same worker delivering the same events to a sink that does nothing
@@ -18,7 +19,7 @@ server, started here as a subprocess. Rounds interleave the two sides, alternati
 first; each run gets a fresh stream, queue or subject, removed afterwards. Nothing is pinned.
 
     .venv/bin/python bench/queue_sinks.py [--events 2000] [--sqs-events 500] [--rounds 3]
-        [--brokers redis,amqp,nats,sqs]
+        [--brokers redis,amqp,nats,sqs] [--concurrency 8,32]
 """
 
 from __future__ import annotations
@@ -93,11 +94,13 @@ async def noop(ctx: Any) -> None:
 # --- falhook: one worker ---------------------------------------------------------------------
 
 
-async def falhook_run(sink: dict[str, Any], hooks: list[tuple[str, bytes]], work: Path) -> float:
+async def falhook_run(
+    sink: dict[str, Any], hooks: list[tuple[str, bytes]], work: Path, concurrency: int = 8
+) -> float:
     config = {
         "store": {"url": f"sqlite:///{work}/events.db"},
         "downloads": {"spool_dir": str(work / "spool")},
-        "delivery": {"poll_interval": 0.05},
+        "delivery": {"poll_interval": 0.05, "concurrency": concurrency},
         "sinks": {"queue": sink},
         "routes": {ROUTE: {"sinks": ["queue"]}},
     }
@@ -214,7 +217,9 @@ BARE: dict[str, Callable[[Any, list[tuple[str, bytes]]], Awaitable[float]]] = {
 # --- the rounds ------------------------------------------------------------------------------
 
 
-SIDES = ("bare", "falhook", "sink", "noop")
+def sides(concurrencies: list[int]) -> list[str]:
+    """bare, sink, and falhook@C / noop@C for each worker concurrency C."""
+    return ["bare", "sink"] + [f"{w}@{c}" for c in concurrencies for w in ("falhook", "noop")]
 
 
 async def one_side(kind: str, side: str, n: int, moto_url: str | None, tmp: Path) -> float:
@@ -227,8 +232,9 @@ async def one_side(kind: str, side: str, n: int, moto_url: str | None, tmp: Path
         if side == "sink":
             return await sink_alone(broker, hooks)
         work = Path(tempfile.mkdtemp(dir=tmp))
-        sink = broker.options() if side == "falhook" else NOOP
-        return await falhook_run(sink, hooks, work)
+        who, _, concurrency = side.partition("@")
+        sink = broker.options() if who == "falhook" else NOOP
+        return await falhook_run(sink, hooks, work, int(concurrency))
     finally:
         await broker.teardown()
 
@@ -241,17 +247,21 @@ async def main_async(args: argparse.Namespace) -> None:
         with tempfile.TemporaryDirectory(prefix="falhook-bench-queues-") as tmp:
             for kind in kinds:
                 n = args.sqs_events if kind == "sqs" else args.events
-                await report(kind, n, args.rounds, moto.url if moto else None, Path(tmp))
+                await report(kind, n, args, moto.url if moto else None, Path(tmp))
     finally:
         if moto is not None:
             moto.stop()
 
 
-async def report(kind: str, n: int, rounds: int, moto_url: str | None, tmp: Path) -> None:
-    rates: dict[str, list[float]] = {side: [] for side in SIDES}
-    for r in range(rounds):
-        order = SIDES[r % len(SIDES) :] + SIDES[: r % len(SIDES)]  # rotating which goes first
-        for side in order:
+async def report(
+    kind: str, n: int, args: argparse.Namespace, moto_url: str | None, tmp: Path
+) -> None:
+    concurrencies = [int(c) for c in args.concurrency.split(",") if c]
+    all_sides = sides(concurrencies)
+    rates: dict[str, list[float]] = {side: [] for side in all_sides}
+    for r in range(args.rounds):
+        k = r % len(all_sides)
+        for side in all_sides[k:] + all_sides[:k]:  # rotating which goes first
             rates[side].append(await one_side(kind, side, n, moto_url, tmp))
 
     def ratios(a: str, b: str) -> str:
@@ -261,14 +271,18 @@ async def report(kind: str, n: int, rounds: int, moto_url: str | None, tmp: Path
     def figures(side: str) -> str:
         return ", ".join(f"{x:.0f}" for x in rates[side])
 
-    print(
-        f"{kind}, {n} events x {rounds} rounds (per second):\n"
-        f"  bare {figures('bare')} | falhook worker {figures('falhook')} |"
-        f" sink alone {figures('sink')} | worker with a no-op sink {figures('noop')}\n"
-        f"  falhook/bare {ratios('falhook', 'bare')}; sink alone/bare {ratios('sink', 'bare')};"
-        f" falhook/no-op worker {ratios('falhook', 'noop')}",
-        flush=True,
-    )
+    lines = [
+        f"{kind}, {n} events x {args.rounds} rounds (per second):",
+        f"  bare {figures('bare')} | sink alone {figures('sink')}"
+        f" | sink alone/bare {ratios('sink', 'bare')}",
+    ]
+    for c in concurrencies:
+        lines.append(
+            f"  concurrency {c}: falhook worker {figures(f'falhook@{c}')} | worker with a no-op"
+            f" sink {figures(f'noop@{c}')} | falhook/bare {ratios(f'falhook@{c}', 'bare')};"
+            f" falhook/no-op worker {ratios(f'falhook@{c}', f'noop@{c}')}"
+        )
+    print("\n".join(lines), flush=True)
 
 
 def main() -> int:
@@ -277,6 +291,9 @@ def main() -> int:
     ap.add_argument("--sqs-events", type=int, default=500, help="moto is slow: fewer for SQS")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--brokers", default="redis,amqp,nats,sqs")
+    ap.add_argument(
+        "--concurrency", default="8,32", help="the worker's [delivery].concurrency, each in turn"
+    )
     args = ap.parse_args()
     # As `falhook worker` logs: JSON lines on stderr (sent to a file or /dev/null by the caller).
     configure_logging(json=True)

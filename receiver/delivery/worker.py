@@ -344,10 +344,13 @@ class Worker:
         del self._in_use[spool.folder.name]
         states = {s: d.state for s, d in event.deliveries.items()}
         states |= {s: _state_after(a) for s, a in attempts.items()}
-        if not any(
+        done = not any(
             state not in FINISHED and sink in self.sinks and self.sinks[sink].reads_files
             for sink, state in states.items()
-        ):
+        )
+        # Most events never had a folder: one stat here costs far less than a thread's
+        # hand-off, which waits for the GIL behind the loop's own work.
+        if done and os.path.lexists(spool.folder):  # noqa: ASYNC240
             await asyncio.to_thread(spool.remove)
 
     async def _deliver_job(
