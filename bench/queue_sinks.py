@@ -15,7 +15,7 @@ bare:     the same N event documents published by the broker's own client, one a
           Nats-Msg-Id), SQS SendMessage's answer (boto3).
 
 Brokers: the machine's Redis (6379), RabbitMQ (5672), NATS JetStream (4222); SQS is moto's
-server, started here as a subprocess. Rounds interleave the two sides, alternating which goes
+server, started here as a subprocess. Rounds interleave the sides, rotating which goes
 first; each run gets a fresh stream, queue or subject, removed afterwards. Nothing is pinned.
 
     .venv/bin/python bench/queue_sinks.py [--events 2000] [--sqs-events 500] [--rounds 3]
