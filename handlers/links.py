@@ -6,22 +6,34 @@ run ``after`` it find those links in ``ctx.outputs`` without knowing which sink 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from falhook.sinks.base import DeliveryContext, LocalFile
 
 
-def stored_link(ctx: DeliveryContext, file: LocalFile) -> str | None:
-    for output in ctx.outputs.values():
+def web_url(value: object) -> str | None:
+    """The value if it is an http(s) URL: never a `data:` or `javascript:` one."""
+    return value if isinstance(value, str) and value.startswith(("https://", "http://")) else None
+
+
+def link_in_outputs(outputs: Iterable[object], path: str) -> str | None:
+    """The stored copy's link of the file at `path`, from the first output that has one."""
+    for output in outputs:
         objects = output.get("objects") if isinstance(output, dict) else None
-        entry = objects.get(file.path) if isinstance(objects, dict) else None
-        url = entry.get("url") if isinstance(entry, dict) else None
-        if isinstance(url, str) and url.startswith(("https://", "http://")):
+        entry = objects.get(path) if isinstance(objects, dict) else None
+        url = web_url(entry.get("url")) if isinstance(entry, dict) else None
+        if url is not None:
             return url
     return None
 
 
+def stored_link(ctx: DeliveryContext, file: LocalFile) -> str | None:
+    return link_in_outputs(ctx.outputs.values(), file.path)
+
+
 def fal_link(file: LocalFile) -> str | None:
     """fal's own URL, unless it was a data: URI (nothing to link to)."""
-    return file.url if file.url.startswith(("https://", "http://")) else None
+    return web_url(file.url)
 
 
 def best_link(ctx: DeliveryContext, file: LocalFile) -> str | None:
@@ -32,7 +44,7 @@ def stored_event_link(ctx: DeliveryContext) -> str | None:
     """A link to the whole event document stored by an earlier sink (the S3 sink's
     ``event_url``): where a message too large to carry the payload points instead."""
     for output in ctx.outputs.values():
-        url = output.get("event_url") if isinstance(output, dict) else None
-        if isinstance(url, str) and url.startswith(("https://", "http://")):
+        url = web_url(output.get("event_url")) if isinstance(output, dict) else None
+        if url is not None:
             return url
     return None

@@ -12,6 +12,7 @@ from typing import Any
 
 from falhook.sinks.base import DeliveryContext, LocalFile, iso_utc
 from falhook.sinks.links import best_link, stored_link
+from falhook.sinks.units import size_text
 
 MAX_BLOCKS = 50
 HEADER_MAX = 150
@@ -42,14 +43,7 @@ def fit(text: str, limit: int, *, mrkdwn: bool = True) -> str:
 
 
 def human_size(size: int | None) -> str:
-    if size is None:
-        return "size unknown"
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"  # pragma: no cover - the loop always returns
+    return "size unknown" if size is None else size_text(size)
 
 
 def _display_name(file: LocalFile) -> str:

@@ -13,6 +13,8 @@ import sys
 import time
 from typing import TextIO
 
+from falhook.sinks.units import size_text
+
 _EVERY = 0.1  # seconds between redraws: a terminal needs no more, and it keeps the cost nil
 
 
@@ -86,9 +88,4 @@ def _is_terminal(stream: TextIO) -> bool:
 
 
 def _size(n: int | None) -> str:
-    value = float(n or 0)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} GiB"  # pragma: no cover - the loop returns
+    return size_text(n or 0)

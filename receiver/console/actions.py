@@ -17,20 +17,19 @@ BATCH = 500  # events per bulk-replay write
 class ActionError(Exception):
     """An action that cannot be done as asked: `status` is the HTTP answer (404, 409)."""
 
-    def __init__(self, status: int, code: str, detail: str) -> None:
+    def __init__(self, status: int, detail: str) -> None:
         super().__init__(detail)
         self.status = status
-        self.code = code
         self.detail = detail
 
 
 async def replay_one(store: Store, request_id: str, sink: str | None, force: bool) -> int:
     view = await store.get_event(request_id)
     if view is None:
-        raise ActionError(404, "not_found", f"no event with request_id {request_id!r}")
+        raise ActionError(404, f"no event with request_id {request_id!r}")
     if sink is not None and sink not in view.deliveries:
         known = ", ".join(sorted(view.deliveries))
-        raise ActionError(404, "no_such_sink", f"the event has no sink {sink!r} (it has: {known})")
+        raise ActionError(404, f"the event has no sink {sink!r} (it has: {known})")
     return await store.replay(request_id, sink, force=force)
 
 
@@ -65,14 +64,13 @@ async def replay_matching(
 
 async def reconcile_now(store: Store, settings: Settings) -> dict[str, int]:
     """One reconciliation pass over every pending submission, whatever its age."""
-    key = os.environ.get("FAL_KEY")
+    from falhook.fal.queue import KEY_ENV, make_queue
+
+    key = os.environ.get(KEY_ENV)
     if not key:
         raise ActionError(
-            409,
-            "no_fal_key",
-            "reconciling asks fal's queue, which needs FAL_KEY in the environment",
+            409, f"reconciling asks fal's queue, which needs {KEY_ENV} in the environment"
         )
-    from falhook.fal.queue import make_queue
     from falhook.fal.reconcile import Reconciler
 
     queue = make_queue(settings, key=key)

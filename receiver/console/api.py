@@ -3,7 +3,6 @@ shown and replayed, bulk replay by filter, the live stream, submissions and stat
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
 import msgspec
@@ -12,31 +11,16 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from falhook.console import actions
 from falhook.console.gate import Caller, api_error
-from falhook.console.params import ParamError, event_query, limit_of
+from falhook.console.params import ParamError, event_query, limit_of, submission_state
 from falhook.console.state import ConsoleState
-from falhook.console.views import stats_document
-from falhook.store.document import event_document
-from falhook.store.models import SubmissionView, iso, utcnow
-from falhook.store.states import SUBMISSION_STATES
+from falhook.console.views import last_hour_stats
+from falhook.store.document import event_document, submission_record
+from falhook.store.models import iso
 
 
 class JSONBody(JSONResponse):
     def render(self, content: Any) -> bytes:
         return msgspec.json.encode(content)
-
-
-def submission_document(s: SubmissionView) -> dict[str, Any]:
-    return {
-        "request_id": s.request_id,
-        "endpoint": s.endpoint,
-        "route": s.route,
-        "state": s.state,
-        "detail": s.detail,
-        "submitted_at": iso(s.submitted_at),
-        "checked_at": iso(s.checked_at),
-        "received_at": iso(s.received_at),
-        "input": s.input,
-    }
 
 
 async def _json_object(request: Request) -> dict[str, Any]:
@@ -117,19 +101,16 @@ class Api:
         )
 
     async def submissions(self, request: Request, _: Caller) -> Response:
-        state = request.query_params.get("state") or None
-        if state is not None and state not in SUBMISSION_STATES:
-            raise ParamError("state", f"must be one of {', '.join(SUBMISSION_STATES)}")
+        state = submission_state(request.query_params)
         limit = limit_of(request.query_params, 100)
         found = await self.store.list_submissions(state=state, limit=limit)
-        return JSONBody({"submissions": [submission_document(s) for s in found]})
+        return JSONBody({"submissions": [submission_record(s) for s in found]})
 
     async def reconcile(self, _: Request, __: Caller) -> Response:
         return JSONBody(await actions.reconcile_now(self.store, self.state.settings))
 
     async def stats(self, _: Request, __: Caller) -> Response:
-        stats = await self.store.delivery_stats(utcnow() - timedelta(hours=1))
-        return JSONBody(stats_document(stats))
+        return JSONBody(await last_hour_stats(self.store))
 
     async def dead(self, _: Request, __: Caller) -> Response:
         groups = await self.store.dead_groups()

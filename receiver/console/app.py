@@ -36,7 +36,7 @@ STATIC = Path(__file__).parent / "static"
 def _safe_next(value: str | None) -> str:
     """Where to go after logging in: a console path of ours, never another site."""
     if value and value.startswith("/console") and not urlsplit(value).netloc:
-        return value if not value.startswith("//") else "/console/"
+        return value
     return "/console/"
 
 

@@ -13,9 +13,10 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from falhook.config import Settings
+from falhook.delivery.media import VIDEO_SUFFIXES
+from falhook.sinks.links import link_in_outputs, web_url
 from falhook.store.models import EventView
 
-VIDEO_EXT = (".mp4", ".mov", ".webm", ".m4v", ".mkv")
 IMAGE_EXT = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".avif")
 # Types the browser may show inline from the console's origin; anything else is a download
 # (an HTML or SVG "file" from a payload must never run in the console's origin).
@@ -31,10 +32,6 @@ INLINE_TYPES = frozenset(
         "image/avif",
     }
 )
-
-
-def web_url(url: Any) -> str | None:
-    return url if isinstance(url, str) and url.startswith(("https://", "http://")) else None
 
 
 @dataclass(frozen=True)
@@ -53,7 +50,7 @@ def kind_of(file: dict[str, Any]) -> str:
     content_type = str(file.get("content_type") or "").split(";")[0].strip().lower()
     name = str(file.get("name") or file.get("file_name") or file.get("url") or "").lower()
     name = name.split("?", 1)[0]
-    if content_type.startswith("video/") or name.endswith(VIDEO_EXT):
+    if content_type.startswith("video/") or name.endswith(VIDEO_SUFFIXES):
         return "video"
     if (content_type.startswith("image/") and "exr" not in content_type) or name.endswith(
         IMAGE_EXT
@@ -78,11 +75,8 @@ def disk_roots(settings: Settings) -> dict[str, Path]:
 def disk_copy(view: EventView, sink: str, path: str, roots: dict[str, Path]) -> Path | None:
     """The disk copy of the file at `path` that `sink` wrote, if it is inside its root."""
     root = roots.get(sink)
-    delivery = view.deliveries.get(sink)
-    output = delivery.output if delivery is not None else None
-    files = output.get("files") if isinstance(output, dict) else None
-    written = files.get(path) if isinstance(files, dict) else None
-    if root is None or not isinstance(written, str):
+    written = _written(view, sink, path)
+    if root is None or written is None:
         return None
     target = Path(written).resolve()
     if not target.is_relative_to(root) or not target.is_file():
@@ -100,25 +94,17 @@ def file_links(view: EventView, roots: dict[str, Path]) -> dict[str, FileLinks]:
     for file in view.files:
         path = str(file.get("path", ""))
         disk = next(
-            (disk_url(view.request_id, s, path) for s in roots if _wrote(view, s, path)), None
+            (disk_url(view.request_id, s, path) for s in roots if _written(view, s, path)), None
         )
-        found[path] = FileLinks(disk=disk, s3=_s3_link(view, path), fal=web_url(file.get("url")))
+        s3 = link_in_outputs((d.output for d in view.deliveries.values()), path)
+        found[path] = FileLinks(disk=disk, s3=s3, fal=web_url(file.get("url")))
     return found
 
 
-def _wrote(view: EventView, sink: str, path: str) -> bool:
+def _written(view: EventView, sink: str, path: str) -> str | None:
+    """Where `sink`'s output says it wrote the file at `path` (the disk sink's `files`)."""
     delivery = view.deliveries.get(sink)
     output = delivery.output if delivery is not None else None
     files = output.get("files") if isinstance(output, dict) else None
-    return isinstance(files, dict) and isinstance(files.get(path), str)
-
-
-def _s3_link(view: EventView, path: str) -> str | None:
-    for delivery in view.deliveries.values():
-        output = delivery.output
-        objects = output.get("objects") if isinstance(output, dict) else None
-        entry = objects.get(path) if isinstance(objects, dict) else None
-        url = web_url(entry.get("url")) if isinstance(entry, dict) else None
-        if url is not None:
-            return url
-    return None
+    written = files.get(path) if isinstance(files, dict) else None
+    return written if isinstance(written, str) else None

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import zipfile
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -17,11 +16,17 @@ from starlette.responses import FileResponse, RedirectResponse, Response
 from falhook.console import actions
 from falhook.console.gate import Caller, read_form
 from falhook.console.links import INLINE_TYPES, disk_copy
-from falhook.console.params import STATES, ParamError, event_query, filters_of, limit_of
-from falhook.console.render import page
+from falhook.console.params import (
+    FAL_STATUSES,
+    STATES,
+    event_query,
+    filters_of,
+    limit_of,
+    submission_state,
+)
+from falhook.console.render import page, query_string
 from falhook.console.state import ConsoleState
-from falhook.console.views import detail, prompt_of, row, stats_document
-from falhook.store.models import utcnow
+from falhook.console.views import detail, last_hour_stats, prompt_of, row
 from falhook.store.states import ATTEMPT_OUTCOMES, SUBMISSION_STATES
 
 ZIP_ENTRIES_SHOWN = 200
@@ -77,6 +82,7 @@ class Pages:
             next_cursor=listing.next_cursor,
             live=cursor is None,
             states=STATES,
+            fal_statuses=FAL_STATUSES,
             routes=sorted(self.state.settings.routes),
         )
 
@@ -118,7 +124,7 @@ class Pages:
         sink = str(form.get("sink") or "") or None
         count = await actions.replay_one(self.store, request_id, sink, _form_flag(form, "force"))
         flash = f"Scheduled {count} deliver{'y' if count == 1 else 'ies'} again."
-        target = f"/console/events/{quote(request_id, safe='')}?flash={quote(flash)}"
+        target = f"/console/events/{quote(request_id, safe='')}" + query_string({}, flash=flash)
         return RedirectResponse(target, status_code=303)
 
     async def bulk_form(self, request: Request, caller: Caller) -> Response:
@@ -131,25 +137,22 @@ class Pages:
 
     async def bulk_replay(self, request: Request, caller: Caller) -> Response:
         form = await read_form(request)
-        values = form
         done = await actions.replay_matching(
             self.store,
-            event_query(values),
-            sink=values.get("sink") or None,
-            force=_form_flag(values, "force"),
+            event_query(form),
+            sink=form.get("sink") or None,
+            force=_form_flag(form, "force"),
         )
         flash = f"Scheduled {done.scheduled} deliveries of {done.events} events again."
-        query = "&".join(f"{k}={quote(v)}" for k, v in filters_of(values).items())
-        return RedirectResponse(f"/console/?{query}&flash={quote(flash)}", status_code=303)
+        target = "/console/" + query_string(filters_of(form), flash=flash)
+        return RedirectResponse(target, status_code=303)
 
     async def actions(self, request: Request, caller: Caller) -> Response:
         groups = await self.store.dead_groups()
         return await self._render(request, caller, "actions.html", "actions", groups=groups)
 
     async def submissions(self, request: Request, caller: Caller) -> Response:
-        state = request.query_params.get("state") or None
-        if state is not None and state not in SUBMISSION_STATES:
-            raise ParamError("state", f"must be one of {', '.join(SUBMISSION_STATES)}")
+        state = submission_state(request.query_params)
         found = await self.store.list_submissions(state=state, limit=200)
         shown = [s.__dict__ | {"prompt": prompt_of(s.input)} for s in found]
         return await self._render(
@@ -165,10 +168,11 @@ class Pages:
     async def reconcile(self, request: Request, caller: Caller) -> Response:
         counts = await actions.reconcile_now(self.store, self.state.settings)
         flash = ", ".join(f"{k} {v}" for k, v in counts.items())
-        return RedirectResponse(f"/console/submissions?flash={quote(flash)}", status_code=303)
+        target = "/console/submissions" + query_string({}, flash=flash)
+        return RedirectResponse(target, status_code=303)
 
     async def overview(self, request: Request, caller: Caller) -> Response:
-        stats = stats_document(await self.store.delivery_stats(utcnow() - timedelta(hours=1)))
+        stats = await last_hour_stats(self.store)
         return await self._render(
             request, caller, "overview.html", "overview", stats=stats, outcomes=ATTEMPT_OUTCOMES
         )

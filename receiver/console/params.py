@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from falhook.store.models import EventQuery
-from falhook.store.states import DELIVERY_STATES, EVENT_STATES
+from falhook.store.states import DELIVERY_STATES, EVENT_STATES, SUBMISSION_STATES
 
 FILTERS = ("state", "route", "endpoint", "fal_status", "q", "since", "until")
 STATES = tuple(dict.fromkeys((*EVENT_STATES, *DELIVERY_STATES)))
@@ -63,6 +63,14 @@ def event_query(values: Mapping[str, Any]) -> EventQuery:
         since=parse_time("since", _text(values, "since")),
         until=parse_time("until", _text(values, "until")),
     )
+
+
+def submission_state(values: Mapping[str, Any]) -> str | None:
+    """The `state` filter of the submissions list, if given."""
+    state = values.get("state") or None
+    if state is not None and state not in SUBMISSION_STATES:
+        raise ParamError("state", f"must be one of {', '.join(SUBMISSION_STATES)}")
+    return state
 
 
 def limit_of(values: Mapping[str, Any], default: int) -> int:

@@ -10,6 +10,7 @@ from urllib.parse import urlencode
 import jinja2
 from starlette.responses import HTMLResponse
 
+from falhook.sinks.units import size_text
 from falhook.store.models import iso, utcnow
 
 # The console's own scripts and styles only: no inline script can run, whatever a payload
@@ -41,14 +42,7 @@ def ago(value: datetime | None, now: datetime | None = None) -> str:
 
 
 def human_size(value: Any) -> str:
-    if not isinstance(value, int):
-        return "?"
-    size = float(value)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{value} B"  # pragma: no cover
+    return size_text(value) if isinstance(value, int) else "?"
 
 
 def seconds(value: Any) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ import msgspec
 from falhook.console.links import FileLinks, file_links, kind_of
 from falhook.store.document import event_document, payload_of
 from falhook.store.models import DeliveryStats, EventView, utcnow
+from falhook.store.roles import ConsoleReader
 
 TREE_MAX_BYTES = 512 * 1024  # a larger payload is shown as text, not as a tree
 PREVIEW_KINDS = ("video", "image")
@@ -70,7 +71,10 @@ def preview_of(files: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def row(view: EventView, roots: dict[str, Path]) -> dict[str, Any]:
-    files = _files(view, file_links(view, roots))
+    return _row(view, _files(view, file_links(view, roots)))
+
+
+def _row(view: EventView, files: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "request_id": view.request_id,
         "received_at": view.received_at,
@@ -91,10 +95,11 @@ def detail(view: EventView, roots: dict[str, Path]) -> dict[str, Any]:
     payload = payload_of(view)
     raw = msgspec.json.encode(payload)
     submission = doc.get("submission")
+    files = _files(view, file_links(view, roots))
     return {
         "doc": doc,
-        "row": row(view, roots),
-        "files": _files(view, file_links(view, roots)),
+        "row": _row(view, files),
+        "files": files,
         "payload": payload,
         "payload_json": msgspec.json.format(raw, indent=2).decode(),
         "tree": len(raw) <= TREE_MAX_BYTES,
@@ -136,3 +141,8 @@ def stats_document(stats: DeliveryStats, now: datetime | None = None) -> dict[st
             f"p{round(f * 100)}": percentile(durations, f) for f in (0.5, 0.9, 0.99)
         },
     }
+
+
+async def last_hour_stats(store: ConsoleReader) -> dict[str, Any]:
+    """The overview's figures: /console/api/stats and the overview page."""
+    return stats_document(await store.delivery_stats(utcnow() - timedelta(hours=1)))

@@ -29,7 +29,8 @@ from falhook.argtypes import (
 )
 from falhook.config import ConfigError, Settings, config_path_from, load_settings
 from falhook.progress import Progress
-from falhook.store.models import SubmissionView, iso
+from falhook.store.document import submission_record
+from falhook.store.models import SubmissionView
 from falhook.store.states import SUBMISSION_STATES
 
 
@@ -234,24 +235,6 @@ def cmd_submit(args: argparse.Namespace) -> int:
 # --- submissions -------------------------------------------------------------------------------
 
 
-def submission_doc(view: SubmissionView) -> dict[str, Any]:
-    waited = None
-    if view.received_at is not None:
-        waited = round((view.received_at - view.submitted_at).total_seconds(), 3)
-    return {
-        "request_id": view.request_id,
-        "endpoint": view.endpoint,
-        "route": view.route,
-        "state": view.state,
-        "detail": view.detail,
-        "submitted_at": iso(view.submitted_at),
-        "checked_at": iso(view.checked_at),
-        "received_at": iso(view.received_at),
-        "seconds_to_result": waited,
-        "input": view.input,
-    }
-
-
 def cmd_submissions_list(args: argparse.Namespace) -> int:
     from falhook.store import make_store
 
@@ -267,7 +250,7 @@ def cmd_submissions_list(args: argparse.Namespace) -> int:
         views = asyncio.run(run(_settings(args)))
     except ConfigError as exc:
         return _fail(f"config error: {exc}", EXIT_USAGE)
-    docs = [submission_doc(v) for v in views]
+    docs = [submission_record(v) for v in views]
     if args.json:
         print(json.dumps({"submissions": docs}))
     elif docs:

@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from falhook.store.models import EventView, iso, iso_ms
+from falhook.store.models import EventView, SubmissionView, iso, iso_ms
 
 
 def payload_of(view: EventView) -> Any:
@@ -27,6 +27,25 @@ def submission_doc(view: EventView) -> dict[str, Any] | None:
         "input": sub.input,
         "submitted_at": iso(sub.submitted_at),
         "seconds_to_webhook": round((view.received_at - sub.submitted_at).total_seconds(), 3),
+    }
+
+
+def submission_record(view: SubmissionView) -> dict[str, Any]:
+    """A submission as `falhook submissions list --json` and the console's API show it."""
+    waited = None
+    if view.received_at is not None:
+        waited = round((view.received_at - view.submitted_at).total_seconds(), 3)
+    return {
+        "request_id": view.request_id,
+        "endpoint": view.endpoint,
+        "route": view.route,
+        "state": view.state,
+        "detail": view.detail,
+        "submitted_at": iso(view.submitted_at),
+        "checked_at": iso(view.checked_at),
+        "received_at": iso(view.received_at),
+        "seconds_to_result": waited,
+        "input": view.input,
     }
 
 
