@@ -32,7 +32,10 @@ from falhook.runtime import Runtime, open_runtime
 from falhook.store import Store
 from falhook.store.document import event_document
 from falhook.store.models import DeliveryView, EventView
-from falhook.store.states import DELIVERY_STATES, EVENT_STATES
+from falhook.store.states import DELIVERY_STATES, DONE_STATES, EVENT_STATES
+
+# A replayed delivery `--now` waits for: done, dead, or retrying later (its attempt is over).
+SETTLED = DONE_STATES | {"dead", "retrying"}
 
 if TYPE_CHECKING:
     from falhook.app import Falhook
@@ -238,7 +241,7 @@ async def _deliver_now(runtime: Runtime, args: argparse.Namespace) -> int:
     """Run a worker in this process until the replayed deliveries are settled."""
     with Progress(f"delivering {args.request_id}", unit="deliveries settled") as progress:
         mine = await _settle(runtime, args, progress)
-    failed = {k: d for k, d in mine.items() if d.state != "delivered"}
+    failed = {k: d for k, d in mine.items() if d.state not in DONE_STATES}
     for name, d in sorted(mine.items()):
         print(f"{name}: {d.state}" + (f" ({d.last_error})" if d.last_error else ""))
     if failed:
@@ -257,7 +260,7 @@ async def _settle(
         view = await store.get_event(args.request_id)
         assert view is not None
         mine = {k: d for k, d in view.deliveries.items() if wanted is None or k in wanted}
-        settled = [d for d in mine.values() if d.state in ("delivered", "dead", "retrying")]
+        settled = [d for d in mine.values() if d.state in SETTLED]
         progress.update(len(settled), len(mine))
         if len(settled) == len(mine):
             return mine

@@ -177,6 +177,25 @@ async def test_replay_now_delivers_in_the_command_and_leaves_one_copy(
     assert files.hits("/r.mp4") == 2
 
 
+async def test_replay_now_counts_a_sink_its_filter_skips_as_settled(
+    inprocess: InProcessFactory, signer: FalSigner, tmp_path: Path
+) -> None:
+    errors_only = {
+        "type": "disk",
+        "root": str(tmp_path / "errors"),
+        "filter": {"fal_status": "ERROR"},
+    }
+    fh = await inprocess(
+        sinks={"errors": errors_only}, routes={"default": {"sinks": ["local", "errors"]}}
+    )
+    rid = await fh.send(signer, {"n": 1})
+    await fh.wait_state(rid, "delivered")
+    await fh.aclose()  # no worker runs now but the command's own
+    done = await fh.cli("events", "replay", rid, "--now", "--force", "--timeout", "20")
+    assert done.returncode == 0, done.stderr
+    assert "errors: skipped" in done.stdout and "local: delivered" in done.stdout
+
+
 async def test_config_mistakes_fail_at_start_up_naming_the_key(tmp_path: Path) -> None:
     mistakes = {
         "typo.toml": {"delivery": {"max_attemps": 3}},
