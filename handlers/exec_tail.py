@@ -33,10 +33,16 @@ class LineTail:
         if len(pieces) == 1:
             return
         self._end_line()
-        # Of the lines complete within this chunk, only the last non-blank ones can be kept.
+        # Of the lines complete within this chunk, only the last ones not blank (as
+        # _end_line decides it) can be kept: the rest are never decoded.
         keep = self._lines.maxlen or 0
-        middle = [p for p in pieces[1:-1] if p.strip()][-keep:] if keep else []
-        for piece in middle:
+        middle: list[bytes] = []
+        for piece in reversed(pieces[1:-1]):
+            if len(middle) == keep:
+                break
+            if self._decode(piece[: self.max_line_bytes], False):
+                middle.append(piece)
+        for piece in reversed(middle):
             self._add_to_partial(piece)
             self._end_line()
         self._add_to_partial(pieces[-1])

@@ -132,6 +132,15 @@ def test_many_lines_in_one_chunk_keep_only_the_last() -> None:
     assert tail.lines() == ["line 99998", "line 99999"]
 
 
+def test_lines_are_the_same_in_one_chunk_or_byte_by_byte() -> None:
+    stream = b"x\nreal\n\xc2\xa0\n\x0c\nlast\n  \n"
+    whole, pieces = LineTail(2), LineTail(2)
+    whole.feed(stream)
+    for i in range(len(stream)):
+        pieces.feed(stream[i : i + 1])
+    assert whole.lines() == pieces.lines() == ["?", "last"]
+
+
 def test_zero_lines_keeps_nothing() -> None:
     tail = LineTail(0)
     tail.feed(b"a\nb")
