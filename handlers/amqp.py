@@ -146,7 +146,7 @@ class AmqpSink(Sink):
             ),
             message_id=event.request_id,
             timestamp=event.received_at,
-            type="fal.request.completed" if event.ok else "fal.request.failed",
+            type=event.event_type,
             app_id="falhook",
             headers=headers,
         )

@@ -116,6 +116,15 @@ class EventInfo:
             return self.payload
         return None
 
+    @property
+    def event_type(self) -> str:
+        """fal.request.completed / fal.request.failed, or falhook.alert.delivery_dead: the
+        type the HTTP sink's body and the AMQP sink's message carry."""
+        alert = self.alert
+        if alert is not None:
+            return f"falhook.alert.{alert.get('kind', 'unknown')}"
+        return "fal.request.completed" if self.ok else "fal.request.failed"
+
     def document(self) -> dict[str, Any]:
         """The event as JSON (what event.json holds): the keys of ``falhook events show
         --json`` that describe the event itself, and its payload."""

@@ -123,7 +123,7 @@ class HttpSink(Sink):
         }
         if self.include_payload:
             data["payload"] = ev.payload
-        return {"type": _event_type(ctx), "timestamp": iso_utc(ev.received_at), "data": data}
+        return {"type": ctx.event.event_type, "timestamp": iso_utc(ev.received_at), "data": data}
 
     async def deliver(self, ctx: DeliveryContext) -> dict[str, Any]:
         body = json.dumps(self.message(ctx), separators=(",", ":"), default=str).encode()
@@ -153,11 +153,3 @@ class HttpSink(Sink):
         raise error_for_status(
             "HTTP target", status, short(response.text), response.headers.get("retry-after")
         )
-
-
-def _event_type(ctx: DeliveryContext) -> str:
-    """fal.request.completed / fal.request.failed, or falhook.alert.delivery_dead."""
-    alert = ctx.event.alert
-    if alert is not None:
-        return f"falhook.alert.{alert.get('kind', 'unknown')}"
-    return "fal.request.completed" if ctx.event.ok else "fal.request.failed"
