@@ -234,9 +234,10 @@ async def test_a_kept_file_that_changed_is_downloaded_again(
     root.write_text("not a folder")
     rid = await fh.send(signer, video(files, "/c.mp4", 50_000), route="reframe")
     await fh.wait_event(rid, lambda e: e["deliveries"]["local"]["attempts"] >= 1)
-    spool = Path(fh.settings.spool_path)
-    for kept in spool.rglob("dl-*"):
-        kept.write_bytes(b"x" * 50_000)  # same size, other bytes: the sha256 check sees it
+    kept = list(Path(fh.settings.spool_path).rglob("dl-*"))
+    assert kept, "the first attempt's download was not kept in the spool"
+    for file in kept:
+        file.write_bytes(b"x" * 50_000)  # same size, other bytes: the sha256 check sees it
     root.unlink()
     (tmp_path / "moved").rename(root)
     await fh.wait_state(rid, "delivered", timeout=60)

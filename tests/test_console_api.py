@@ -4,6 +4,7 @@ live stream is read over real HTTP (uvicorn on loopback): ASGITransport buffers 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from typing import Any
@@ -289,7 +290,8 @@ async def test_the_stream_sends_an_event_per_accept_and_state_change(
                 messages.append(json.loads(line[6:]))
             return any(m.get("state") == "delivered" for m in messages)
 
-        await wait_until(delivered, what="a delivered message")
+        async with asyncio.timeout(30):  # a read that waits on a silent stream is bounded too
+            await wait_until(delivered, what="a delivered message")
     assert messages[0] == {"request_id": rid, "kind": "accepted", "route": "default"}
     # States a delivery passes through within one stream_interval are reported as the last.
     assert messages[-1] == {"request_id": rid, "kind": "delivery", "sink": "local",
@@ -354,7 +356,7 @@ def test_the_console_costs_nothing_until_it_is_used(store_backend: str) -> None:
         "import sys, falhook.serverless, falhook.app, falhook.cli;"
         "print(sorted(m for m in ('jinja2', 'falhook.console', 'av') if m in sys.modules))"
     )
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
 

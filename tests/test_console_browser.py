@@ -7,7 +7,6 @@ test-artifacts/console/ (not committed) for a person to look at."""
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -213,8 +212,9 @@ async def test_screenshots_of_every_page_light_dark_and_phone(
             ("submissions", "/console/submissions"),
             ("overview", "/console/overview"),
         ):
-            await page.goto(f"{fh.base_url}{path}")
+            response = await page.goto(f"{fh.base_url}{path}")
+            assert response is not None and response.status == 200, (name, response)
             await page.wait_for_load_state("networkidle")
+            assert await page.locator("h1").count() == 1, name  # the page, not an error page
             await shot(page, f"{scheme}-{name}", store_backend)
         await context.close()
-    assert shutil.which(CHROMIUM)

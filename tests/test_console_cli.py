@@ -7,6 +7,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -42,9 +43,11 @@ def test_the_console_alone_reads_and_follows_what_a_receiver_stores(
         lines = stream.iter_lines()
         assert next(lines).startswith("retry:")
         rid, body = webhook_body(payload={"prompt": "while it was open"})
-        httpx.post(receiver.url("/webhooks/default"), content=body,
-                   headers=signer.headers(body, rid))  # fmt: skip
-        for line in lines:  # bounded by the client's read timeout
+        assert httpx.post(receiver.url("/webhooks/default"), content=body,
+                          headers=signer.headers(body, rid)).status_code == 200  # fmt: skip
+        deadline = time.monotonic() + 30  # keep-alive comments come every 15 s: not a bound
+        for line in lines:
+            assert time.monotonic() < deadline, f"no delivered message in 30 s: {messages}"
             if line.startswith("data: "):
                 messages.append(json.loads(line[6:]))
             if any(m.get("state") == "delivered" for m in messages):

@@ -15,8 +15,7 @@ from falhook.fal.queue import FalQueue
 from falhook.fal.submit import submit
 from falhook.testing import FalSigner
 from tests.support.emulator import SharedEmulator
-from tests.support.falhook_server import wait_for
-from tests.support.inprocess import InProcessFactory
+from tests.support.inprocess import InProcessFactory, sync_condition, wait_until
 
 KEY = "test-key-0123456789"
 TOKEN = "reconcile-token-0123456789"
@@ -47,7 +46,7 @@ async def test_reconcile_now_recovers_a_dropped_webhook(
             store=fh.store,
             queue=queue,
         )
-    wait_for(fal.emulator.idle, timeout=15, what="the job to finish")
+    await wait_until(sync_condition(fal.emulator.idle), timeout=15, what="the job to finish")
     assert fh.app is not None
     transport = httpx.ASGITransport(app=fh.app)
     async with httpx.AsyncClient(transport=transport, base_url="http://falhook.test") as c:

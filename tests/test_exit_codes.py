@@ -138,8 +138,6 @@ def test_every_option_in_help_says_its_default(
     text = " ".join(out.split())  # argparse wraps lines
     for part in expected:
         assert part in text, (part, out)
-    for line in re.findall(r"^  (--[a-z-]+)(?: [A-Z_]+)?\s*$|^  (--[a-z-]+)", out, re.MULTILINE):
-        assert any(line)  # every option line is followed by its description
 
 
 def test_help_describes_every_option(capfd: pytest.CaptureFixture[str]) -> None:

@@ -15,8 +15,8 @@ from falhook.downloads.decoding import DecodeError, Decoder
 from falhook.downloads.errors import FetchRetryable
 from falhook.downloads.fetch import Fetcher
 from falhook.intake.envelope import FileRef
-from tests.support.falhook_server import wait_for
 from tests.support.fileserver import FileServer
+from tests.support.inprocess import sync_condition, wait_until
 
 FAKE_RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nEVIL!"
 
@@ -133,7 +133,8 @@ async def test_bytes_arriving_on_an_idle_connection_retire_it(
     f = fetcher()
     try:
         first = await f.fetch(FileRef("video", server.url("/a")), tmp_path)
-        wait_for(lambda: server.extra_sent("/a"), timeout=10, what="the extra bytes")
+        extra_sent = sync_condition(lambda: server.extra_sent("/a"))
+        await wait_until(extra_sent, timeout=10, what="the extra bytes")
         second = await f.fetch(FileRef("video", server.url("/b")), tmp_path)
     finally:
         await f.aclose()

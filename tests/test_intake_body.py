@@ -94,18 +94,18 @@ async def test_a_stalled_body_times_out_on_the_real_clock() -> None:
 
 async def test_bodies_beyond_the_shared_budget_are_refused_as_busy() -> None:
     budget = BodyBudget(1500)
-    first_started, release = asyncio.Event(), asyncio.Event()
+    first_read, second_read, release = asyncio.Event(), asyncio.Event(), asyncio.Event()
 
     async def slow_first() -> MutableMapping[str, Any]:
-        if not first_started.is_set():
-            first_started.set()
+        if not first_read.is_set():
+            first_read.set()
             return {"type": "http.request", "body": b"x" * 1000, "more_body": True}
+        second_read.set()  # asking for more: the first chunk has been counted
         await release.wait()
         return {"type": "http.request", "body": b"", "more_body": False}
 
     holder = asyncio.create_task(read_body(slow_first, RULES, budget, declared=None, keep=True))
-    await first_started.wait()
-    await asyncio.sleep(0)
+    await asyncio.wait_for(second_read.wait(), 10)
     assert budget.held == 1000
     with pytest.raises(Busy):
         await read_body(receiver([b"y" * 600]), RULES, budget, declared=None, keep=True)

@@ -19,10 +19,13 @@ def waves(waiting: set[str], after: dict[str, list[str]]) -> list[set[str]]:
     """Every wave when each sink delivers as soon as it runs: the worker's loop, pure."""
     delivered: set[str] = set()
     found = []
-    while waiting:
+    for _ in range(len(waiting)):  # each wave runs at least one sink, or none is left
+        if not waiting:
+            break
         ready, waiting = next_wave(waiting, after, delivered)
         if not ready:
             break
+        assert not ready & waiting, "a sink is both ready and still waiting"
         found.append(ready)
         delivered |= ready
     return found

@@ -450,8 +450,10 @@ async def test_stop_mid_delivery_hands_the_lease_back_without_counting(bench: Ma
     rid = await b.accept()
     stop = asyncio.Event()
     running = asyncio.create_task(b.worker().run(stop))
-    await wait_until(_called(b.sinks["a"]), what="the delivery to start")
-    stop.set()
+    try:
+        await wait_until(_called(b.sinks["a"]), what="the delivery to start")
+    finally:
+        stop.set()  # the worker stops even when the test fails
     await asyncio.wait_for(running, 10)
     assert b.journal == [("start", "a"), ("end", "a")]  # cancelled, not left running
     d = await b.delivery(rid, "a")
@@ -469,9 +471,11 @@ async def test_stop_lets_in_flight_deliveries_finish_within_shutdown_grace(
     rid = await b.accept()
     stop = asyncio.Event()
     running = asyncio.create_task(b.worker().run(stop))
-    await wait_until(_called(b.sinks["a"]), what="the delivery to start")
-    stop.set()
-    gate.set()  # the sink finishes while the worker drains
+    try:
+        await wait_until(_called(b.sinks["a"]), what="the delivery to start")
+    finally:
+        stop.set()
+        gate.set()  # the sink finishes while the worker drains
     await asyncio.wait_for(running, 10)
     d = await b.delivery(rid, "a")
     assert (d.state, d.attempts) == ("delivered", 1)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,6 +23,7 @@ from falhook.store import Store
 from falhook.store.models import EventView
 from tests.support.falhook_server import base_config
 from tests.support.fileserver import FileServer
+from tests.support.inprocess import wait_until
 from tests.support.stores import open_backend
 
 
@@ -124,10 +124,11 @@ async def test_stalled_files_do_not_starve_other_events(
     stop = asyncio.Event()
     running = asyncio.create_task(worker.run(stop))
     try:
-        deadline = time.monotonic() + 60
-        while (await view(store, fine)).state != "delivered":
-            assert time.monotonic() < deadline, "the event behind the stalled ones waited on"
-            await asyncio.sleep(0.1)
+
+        async def fine_delivered() -> bool:
+            return (await view(store, fine)).state == "delivered"
+
+        await wait_until(fine_delivered, timeout=60, what="the event behind the stalled ones")
     finally:
         stop.set()
         await running
