@@ -120,9 +120,12 @@ def test_serve_with_an_unwritable_root_exits_2_without_a_traceback(
     config = base_config(tmp_path, jwks.url, store=store_section)
     config["sinks"]["local"]["root"] = str(tmp_path / "blocker" / "files")
     falhook = Falhook(tmp_path, config)
-    falhook.start(wait=False)
-    assert falhook.proc is not None
-    assert falhook.proc.wait(timeout=60) == 2
+    try:
+        falhook.start(wait=False)
+        assert falhook.proc is not None
+        assert falhook.proc.wait(timeout=60) == 2
+    finally:
+        falhook.close()  # a regression that serves instead must not outlive the test
     logs = falhook.logs()
     assert "falhook: config error: [sinks.local].root:" in logs and "blocker" in logs
     assert "Traceback" not in logs

@@ -90,7 +90,7 @@ def test_webhook_replay_and_forced_replay_through_the_command_line(
         expected = 1 if broker.label == "sqs-fifo" else 2  # FIFO: SQS's own 5-minute rule
         assert count(broker) == expected
     finally:
-        fh.stop()
+        fh.close()
 
 
 def test_kill_9_between_publish_and_record(
@@ -113,4 +113,4 @@ def test_kill_9_between_publish_and_record(
         assert len(got) == EXPECTED[broker.label]
         assert {m.event["request_id"] for m in got} == {rid}
     finally:
-        fh.stop()
+        fh.close()

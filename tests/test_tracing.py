@@ -326,8 +326,10 @@ def test_one_trace_across_falhook_serve_no_worker_and_falhook_worker_processes(
 
             spans = wait_for(whole_trace, timeout=30, what="the worker's spans at the collector")
         finally:
-            receiver.stop()
-            worker.stop()
+            try:
+                receiver.close()
+            finally:
+                worker.close()
         [(forwarded, _)] = target.requests
     [receive] = [s for s in spans if s.name == "receive reframe"]
     assert receive.service == "falhook-receiver" and receive.attributes["falhook.request_id"] == rid
