@@ -1,13 +1,16 @@
 """S3 sink: each file and ``event.json`` under ``<prefix>``, in any S3-protocol store.
 
-- Streams from the spool: small files in one PUT, large ones as a multipart upload whose parts
-  are streamed from the file (``FilePart``: never a whole part in memory), several at once. A
-  sink-wide semaphore bounds the parts in flight across all events (``concurrency``).
+- Streams: a file's multipart parts go up while the download writes them (``FilePart``
+  reads each part from the spool file: never a whole part in memory), several at once; small
+  files that are already whole go in one PUT. A sink-wide semaphore bounds the parts in
+  flight across all events (``concurrency``).
 - Integrity: each part (and each small object) carries its CRC32, computed here and sent as a
   header; the store checks it and refuses a part damaged on the way (``checksum = "none"``
   for stores that do not take checksum headers).
-- Idempotent: each object carries ``x-amz-meta-sha256``; a HEAD showing the same digest and
-  size means the upload is skipped, so redeliveries and replays upload nothing twice.
+- Idempotent: ``event.json`` is written last, as the commit marker listing each object's
+  key, size and sha256; a delivery that finds a marker matching the event's files uploads
+  nothing. A file whole before its upload also carries ``x-amz-meta-sha256``, and a HEAD
+  showing the same digest and size skips that file.
 - Returns presigned GET links that sinks declared ``after`` this one (Slack) can show.
 - Credentials come from the standard AWS chain (env, shared files/profile, SSO, web identity,
   container and instance roles); ``profile`` picks a named profile.
@@ -223,8 +226,10 @@ class S3Sink(Sink):
         prefix = render(self.prefix, ctx.event)
         event_key = prefix + "event.json"
         try:
-            marker = await self._run(self._stored_marker, event_key)
-            if marker is not None and _marker_matches(marker, _known_digests(ctx, files)):
+            # A marker can only match files whose digests are known: otherwise no GET for it.
+            known = _known_digests(ctx, files)
+            marker = await self._run(self._stored_marker, event_key) if known is not None else None
+            if marker is not None and _marker_matches(marker, known):
                 ctx.log.info("s3 event already stored", key=event_key)
                 return await self._output(event_key, marker.get("objects") or {}, uploaded=False)
             objects: dict[str, dict[str, Any]] = {}
@@ -259,13 +264,11 @@ class S3Sink(Sink):
         self, event_key: str, objects: dict[str, Any], *, uploaded: bool | None = None
     ) -> dict[str, Any]:
         """What sinks after this one read: presigned links to every object and the event."""
+        keys = [obj["key"] for obj in objects.values()]
+        *urls, event_url = await self._run(self._presign_all, [*keys, event_key])
         linked: dict[str, dict[str, Any]] = {}
-        for path, obj in objects.items():
-            entry = {
-                "bucket": self.bucket,
-                **obj,
-                "url": await self._run(self._presign, obj["key"]),
-            }
+        for (path, obj), url in zip(objects.items(), urls, strict=True):
+            entry = {"bucket": self.bucket, **obj, "url": url}
             if uploaded is not None:
                 entry["uploaded"] = uploaded
             linked[path] = entry
@@ -273,7 +276,7 @@ class S3Sink(Sink):
             "bucket": self.bucket,
             "objects": linked,
             "event_key": event_key,
-            "event_url": await self._run(self._presign, event_key),
+            "event_url": event_url,
         }
 
     def _stored_marker(self, client: Any, key: str) -> dict[str, Any] | None:
@@ -293,14 +296,17 @@ class S3Sink(Sink):
             return None
         return doc if isinstance(doc, dict) else None
 
-    def _presign(self, client: Any, key: str) -> str:
-        # Off the loop: no request, but refreshing temporary credentials may make one.
-        url: str = client.generate_presigned_url(
-            "get_object",
-            Params={"Bucket": self.bucket, "Key": key},
-            ExpiresIn=self.presign_seconds,
-        )
-        return url
+    def _presign_all(self, client: Any, keys: list[str]) -> list[str]:
+        # Off the loop, all in one hand-off: no request, but refreshing temporary
+        # credentials may make one.
+        return [
+            client.generate_presigned_url(
+                "get_object",
+                Params={"Bucket": self.bucket, "Key": key},
+                ExpiresIn=self.presign_seconds,
+            )
+            for key in keys
+        ]
 
     def _metadata(
         self, ctx: DeliveryContext, file: ArrivingFile | None, sha256: str | None = None
