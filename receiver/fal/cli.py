@@ -125,7 +125,7 @@ def _add_emulate(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         "--outcome",
         choices=("ok", "error", "payload_error", "drop"),
         default="ok",
-        help='default outcome (a request can ask for another with "_emulate")',
+        help='the outcome of a request that asks for none (with "_emulate")',
     )
     emulate.add_argument(
         "--tls",
