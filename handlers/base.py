@@ -51,7 +51,9 @@ class OptionError(ValueError):
 
 @dataclass(frozen=True)
 class LocalFile:
-    """A file of the event, downloaded once by the worker and shared by every sink.
+    """A file of the event, shared by every sink: downloaded once by the worker for the
+    sinks that read files, described (its URL and what the payload says) for those that do
+    not.
 
     Treat ``local_path`` as read-only: other sinks of the same event read it too, and it is
     kept for the event's later attempts. A sink that reads files (``Sink.reads_files``, the

@@ -2,17 +2,18 @@
 connection each keeps, and secrets kept out of errors.
 
 The message is the event document (``ctx.event.document()``, the event as received) with each
-downloaded file's best link: the stored copy when a sink in ``after`` stored one (S3), else
-fal's URL, which is then kept as ``fal_url``.
+file's best link: the stored copy when a sink in ``after`` stored one (S3), else fal's URL,
+which is then kept as ``fal_url``.
 
 Publishing once per event. A sink's successful output comes back in ``ctx.previous`` on later
 retries and replays, and then nothing is published (``"done"``). Without it, two cases look
 alike: a first try (``"fresh"``: the first attempt of the event, or of ``events replay
 --force``, which forgets the output and resets the attempts) and a later attempt after one
 that may have published without being recorded (``"resume"``: its answer was lost, or the
-worker died between the publish and the record). Sinks whose broker can deduplicate (the
-Redis marker, JetStream's ``Nats-Msg-Id``, the SQS FIFO deduplication id) honour what the
-broker already holds only when resuming, so a forced replay publishes again.
+worker died between the publish and the record). Redis (its marker) and NATS (JetStream's
+``Nats-Msg-Id``) honour what the broker already holds only when resuming, so a forced replay
+publishes again; an SQS FIFO queue drops any message whose deduplication id (the request id)
+it saw in the last 5 minutes, forced or not.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def publish_mode(ctx: DeliveryContext) -> PublishMode:
 
 
 def event_message(ctx: DeliveryContext) -> dict[str, Any]:
-    """The event document, each downloaded file linked to its best copy."""
+    """The event document, each file linked to its best copy."""
     doc = ctx.event.document()
     local = {f.path: f for f in ctx.files}
     files = []

@@ -1,5 +1,6 @@
-"""From a stored event to what its sinks get: every File downloaded once into the job's spool
-folder and named safely (``LocalFile``), and the event as sinks see it (``EventInfo``)."""
+"""From a stored event to what its sinks get: its Files found and named safely, fetched one
+by one (``transfer.JobFiles`` keeps them in the event's spool folder across attempts) or
+described without bytes (``LocalFile``), and the event as sinks see it (``EventInfo``)."""
 
 from __future__ import annotations
 

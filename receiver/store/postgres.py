@@ -403,13 +403,7 @@ class PostgresStore:
             self._notify()
 
     async def replay(self, request_id: str, sink: str | None = None, *, force: bool = False) -> int:
-        sql = q.replay_sql(one_sink=sink is not None, force=force)
-        params: list[Any] = [request_id] if sink is None else [request_id, sink]
-        async with self._conn() as conn:
-            count = _rowcount(await conn.execute(sql, *params))
-        if count:
-            self._notify()
-        return count
+        return (await self.replay_many([request_id], sink, force=force))[0]
 
     # --- the console's reads -------------------------------------------------------------------
 
@@ -436,7 +430,7 @@ class PostgresStore:
         ids = list(dict.fromkeys(request_ids))
         if not ids:
             return 0, 0
-        sql = reads.replay_many_sql(one_sink=sink is not None, force=force)
+        sql = q.replay_sql(one_sink=sink is not None, force=force)
         params: list[Any] = [ids] if sink is None else [ids, sink]
         async with self._conn() as conn:
             rows = await conn.fetch(sql, *params)

@@ -144,18 +144,6 @@ async def count_events(c: asyncpg.Connection, query: EventQuery) -> int:
     return count
 
 
-def replay_many_sql(*, one_sink: bool, force: bool) -> str:
-    return (
-        "UPDATE deliveries SET state = 'pending', attempts = 0, last_error = NULL,"
-        " next_attempt_at = now(), lease_token = NULL, lease_owner = NULL,"
-        " lease_expires_at = NULL, updated_at = now()"
-        + (", output = NULL" if force else "")
-        + " WHERE request_id = ANY($1::text[])"
-        + (" AND sink = $2" if one_sink else "")
-        + " RETURNING request_id"
-    )
-
-
 # Deliveries changed and events received, each read twice: the overlap before the mark
 # (late commits; newest first, bounded) and what is new since it, by keyset. Deliveries by
 # the database's clock; events by their receivers' (an event delivered within one look is

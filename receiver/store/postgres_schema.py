@@ -281,13 +281,15 @@ WHERE request_id = $1 AND sink = $2 AND lease_token = $3 AND state = 'delivering
 
 
 def replay_sql(*, one_sink: bool, force: bool) -> str:
+    """Deliveries of the events in $1 (an array) due again; the request id of each."""
     return (
         "UPDATE deliveries SET state = 'pending', attempts = 0, last_error = NULL,"
         " next_attempt_at = now(), lease_token = NULL, lease_owner = NULL,"
         " lease_expires_at = NULL, updated_at = now()"
         + (", output = NULL" if force else "")
-        + " WHERE request_id = $1"
+        + " WHERE request_id = ANY($1::text[])"
         + (" AND sink = $2" if one_sink else "")
+        + " RETURNING request_id"
     )
 
 

@@ -644,26 +644,7 @@ class SQLiteStore:
             self._notify()
 
     async def replay(self, request_id: str, sink: str | None = None, *, force: bool = False) -> int:
-        sql = (
-            "UPDATE deliveries SET state = 'pending', attempts = 0, last_error = NULL,"
-            " next_attempt_at = ?, lease_token = NULL, lease_owner = NULL,"
-            " lease_expires_at = NULL, updated_at = ?"
-            + (", output = NULL" if force else "")
-            + f" WHERE {_OF_EVENT}"
-            + (" AND sink = ?" if sink is not None else "")
-        )
-
-        def op(c: sqlite3.Connection) -> int:
-            now = time.time()
-            params: list[Any] = [now, now, request_id]
-            if sink is not None:
-                params.append(sink)
-            return c.execute(sql, params).rowcount
-
-        count: int = await self._write(op)
-        if count:
-            self._notify()
-        return count
+        return (await self.replay_many([request_id], sink, force=force))[0]
 
     # --- the console's reads -------------------------------------------------------------------
 
@@ -691,9 +672,7 @@ class SQLiteStore:
         deliveries = events = 0
         for start in range(0, len(ids), 400):  # under SQLite's bound-parameter limit
             chunk = ids[start : start + 400]
-            d, e = await self._write(
-                functools.partial(reads.replay_many, ids=chunk, sink=sink, force=force)
-            )
+            d, e = await self._write(functools.partial(_replay, ids=chunk, sink=sink, force=force))
             deliveries, events = deliveries + d, events + e
         if deliveries:
             self._notify()
@@ -763,3 +742,23 @@ class SQLiteStore:
         return await self._read(
             lambda c: load_submissions(c, where, [cutoff], limit, oldest_first=True)
         )
+
+
+def _replay(
+    c: sqlite3.Connection, ids: list[str], sink: str | None, force: bool
+) -> tuple[int, int]:
+    """Deliveries of these events due again: (deliveries, events) changed."""
+    now = time.time()
+    marks = ",".join("?" * len(ids))
+    sql = (
+        "UPDATE deliveries SET state = 'pending', attempts = 0, last_error = NULL,"
+        " next_attempt_at = ?, lease_token = NULL, lease_owner = NULL,"
+        " lease_expires_at = NULL, updated_at = ?"
+        + (", output = NULL" if force else "")
+        + f" WHERE event_id IN (SELECT id FROM events WHERE request_id IN ({marks}))"
+        + (" AND sink = ?" if sink is not None else "")
+        + " RETURNING event_id"
+    )
+    params: list[Any] = [now, now, *ids] + ([sink] if sink is not None else [])
+    events = [r[0] for r in c.execute(sql, params).fetchall()]
+    return len(events), len(set(events))

@@ -101,25 +101,6 @@ def count_events(c: sqlite3.Connection, query: EventQuery) -> int:
     return count
 
 
-def replay_many(
-    c: sqlite3.Connection, ids: list[str], sink: str | None, force: bool
-) -> tuple[int, int]:
-    now = time.time()
-    marks = ",".join("?" * len(ids))
-    sql = (
-        "UPDATE deliveries SET state = 'pending', attempts = 0, last_error = NULL,"
-        " next_attempt_at = ?, lease_token = NULL, lease_owner = NULL,"
-        " lease_expires_at = NULL, updated_at = ?"
-        + (", output = NULL" if force else "")
-        + f" WHERE event_id IN (SELECT id FROM events WHERE request_id IN ({marks}))"
-        + (" AND sink = ?" if sink is not None else "")
-        + " RETURNING event_id"
-    )
-    params: list[Any] = [now, now, *ids] + ([sink] if sink is not None else [])
-    events = [r[0] for r in c.execute(sql, params).fetchall()]
-    return len(events), len(set(events))
-
-
 _CHANGED = (
     "SELECT e.request_id, d.sink, d.state, d.updated_at, d.rowid FROM deliveries d"
     " JOIN events e ON e.id = d.event_id"
