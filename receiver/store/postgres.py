@@ -368,7 +368,10 @@ class PostgresStore:
                 held = LeasedDelivery(r["sink"], r["lease_token"], r["attempts"])
                 leased.setdefault(r["request_id"], []).append(held)
             async with conn.transaction(isolation="repeatable_read"):
-                events = {v.request_id: v for v in await q.load_events(conn, list(leased))}
+                leased_ids = list(leased)
+                events = {
+                    v.request_id: v for v in await q.load_events(conn, leased_ids, history=False)
+                }
         return [Job(events[rid], held) for rid, held in leased.items() if rid in events]
 
     async def extend(self, tokens: Sequence[str], lease_seconds: float) -> None:

@@ -376,18 +376,25 @@ async def load_submissions(
     ]
 
 
-async def load_events(c: asyncpg.Connection, ids: list[str]) -> list[EventView]:
-    """Events (in the order of ids) with their deliveries and submission. Call inside a
-    transaction to read all three tables in one snapshot."""
+async def load_events(
+    c: asyncpg.Connection, ids: list[str], *, history: bool = True
+) -> list[EventView]:
+    """Events (in the order of ids) with their deliveries and submission; each delivery's
+    history of attempts too unless `history` is false (the worker never reads it). Call
+    inside a transaction to read all the tables in one snapshot."""
     if not ids:
         return []
-    history: dict[tuple[str, str], list[AttemptView]] = {}
-    for r in await c.fetch(
-        "SELECT request_id, sink, at, outcome, error, duration_ms FROM attempts"
-        " WHERE request_id = ANY($1::text[]) ORDER BY request_id, sink, at, ctid",
-        ids,
+    attempts: dict[tuple[str, str], list[AttemptView]] = {}
+    for r in (
+        await c.fetch(
+            "SELECT request_id, sink, at, outcome, error, duration_ms FROM attempts"
+            " WHERE request_id = ANY($1::text[]) ORDER BY request_id, sink, at, ctid",
+            ids,
+        )
+        if history
+        else ()
     ):
-        history.setdefault((r["request_id"], r["sink"]), []).append(
+        attempts.setdefault((r["request_id"], r["sink"]), []).append(
             AttemptView(r["at"], r["outcome"], r["error"], r["duration_ms"])
         )
     deliveries: dict[str, dict[str, DeliveryView]] = {rid: {} for rid in ids}
@@ -405,7 +412,7 @@ async def load_events(c: asyncpg.Connection, ids: list[str]) -> list[EventView]:
             next_attempt_at=r["next_attempt_at"],
             updated_at=r["updated_at"],
             output=r["output"],
-            history=tuple(history.get((r["request_id"], r["sink"]), ())),
+            history=tuple(attempts.get((r["request_id"], r["sink"]), ())),
         )
     subs = {
         s.request_id: s

@@ -552,7 +552,7 @@ class SQLiteStore:
                 updates,
             )
             c.executemany(_LOG_ATTEMPT, expired)
-            events = {v.request_id: v for v in load_events(c, list(leased))}
+            events = {v.request_id: v for v in load_events(c, list(leased), history=False)}
             return [Job(events[rid], ds) for rid, ds in leased.items() if rid in events]
 
         return await self._write(op)

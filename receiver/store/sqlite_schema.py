@@ -312,22 +312,25 @@ def load_submissions(
 _CHUNK = 500  # well under SQLite's limit on bound parameters
 
 
-def load_events(c: sqlite3.Connection, ids: list[str]) -> list[EventView]:
-    """Events (in the order of ids) with their deliveries and submission."""
+def load_events(c: sqlite3.Connection, ids: list[str], *, history: bool = True) -> list[EventView]:
+    """Events (in the order of ids) with their deliveries and submission; each delivery's
+    history of attempts too unless `history` is false (the worker never reads it)."""
     views: list[EventView] = []
     for start in range(0, len(ids), _CHUNK):
-        views.extend(_load_chunk(c, ids[start : start + _CHUNK]))
+        views.extend(_load_chunk(c, ids[start : start + _CHUNK], history))
     return views
 
 
-def _load_chunk(c: sqlite3.Connection, ids: list[str]) -> list[EventView]:
+def _load_chunk(c: sqlite3.Connection, ids: list[str], with_history: bool) -> list[EventView]:
     marks = ",".join("?" * len(ids))
     history: dict[tuple[str, str], list[AttemptView]] = {}
-    for rid, sink, at, outcome, error, duration in c.execute(
+    attempts_sql = (
         "SELECT e.request_id, a.sink, a.at, a.outcome, a.error, a.duration_ms FROM attempts a"
         f" JOIN events e ON e.id = a.event_id WHERE e.request_id IN ({marks})"
-        " ORDER BY a.event_id, a.sink, a.at, a.rowid",
-        ids,
+        " ORDER BY a.event_id, a.sink, a.at, a.rowid"
+    )
+    for rid, sink, at, outcome, error, duration in (
+        c.execute(attempts_sql, ids) if with_history else ()
     ):
         history.setdefault((rid, sink), []).append(
             AttemptView(to_dt(at), outcome, error, duration)  # type: ignore[arg-type]
