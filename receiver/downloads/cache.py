@@ -1,10 +1,12 @@
 """An event's downloaded files, kept in the spool across its attempts.
 
 Each event has a folder, ``<spool>/<request id as a component>/``, holding its files under
-names of their own and an index (``index.json``: JSON path -> file, size, sha256, url). A
-later attempt of any sink of the event reuses a file after checking its size and sha256
-against the index (and against what the store recorded), so a Slack post that failed twice
-does not download a 1 GiB video three times.
+names of their own and an index (``index.jsonl``: one line per finished download, JSON path
+-> file, size, sha256, url; appended, so recording a file costs the same whether the event
+has one file or thousands, and a line cut by a crash is skipped). A later attempt of any
+sink of the event reuses a file after checking its size and sha256 against the index (and
+against what the store recorded), so a Slack post that failed twice does not download a
+1 GiB video three times.
 
 The worker removes the folder once no delivery that reads files is left to do. Folders also
 go when the spool grows past `max_bytes` or a folder has not been used for `max_age` seconds,
@@ -18,7 +20,6 @@ import contextlib
 import hashlib
 import json
 import os
-import secrets
 import shutil
 import time
 from collections.abc import Collection
@@ -29,7 +30,7 @@ from falhook.downloads.fetch import FetchedFile
 from falhook.intake.envelope import FileRef
 from falhook.sinks.naming import id_component
 
-INDEX = "index.json"
+INDEX = "index.jsonl"
 _HASH_READ = 1024 * 1024
 
 
@@ -46,11 +47,13 @@ class EventSpool:
 
     def __init__(self, root: Path, request_id: str) -> None:
         self.folder = root / id_component(request_id)
+        self._entries: dict[str, dict[str, object]] | None = None  # the index, once read
 
     def prepare(self) -> Path:
-        """The folder, made if needed, marked as just used."""
+        """The folder, made if needed, marked as just used, its index read."""
         self.folder.mkdir(parents=True, exist_ok=True)
         os.utime(self.folder)
+        self._entries = self._read_index()
         return self.folder
 
     def lookup(self, ref: FileRef, recorded_sha256: str | None) -> Cached | None:
@@ -69,35 +72,47 @@ class EventSpool:
             return None
         if _sha256_of(path) != sha256:
             return None
-        with contextlib.suppress(OSError):
-            os.utime(self.folder)
         content_type = entry.get("content_type")
         return Cached(path, size, str(sha256), str(content_type) if content_type else None)
 
     def keep(self, fetched: FetchedFile) -> Path:
         """Record a finished download (already in this folder) in the index; its path."""
-        index = self._index()
-        index[fetched.ref.path] = {
+        entry: dict[str, object] = {
+            "path": fetched.ref.path,
             "file": fetched.local_path.name,
             "size": fetched.size,
             "sha256": fetched.sha256,
             "content_type": fetched.content_type,
             "url": _url_key(fetched.ref),
         }
-        tmp = self.folder / f".{INDEX}.{secrets.token_hex(4)}"
-        tmp.write_text(json.dumps(index))
-        os.replace(tmp, self.folder / INDEX)  # readers see the old index or the new one
+        with open(self.folder / INDEX, "a", encoding="utf-8") as index:
+            index.write(json.dumps(entry) + "\n")  # one write: whole or cut, never mixed
+        self._index()[fetched.ref.path] = entry
         return fetched.local_path
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
 
     def _index(self) -> dict[str, dict[str, object]]:
+        if self._entries is None:
+            self._entries = self._read_index()
+        return self._entries
+
+    def _read_index(self) -> dict[str, dict[str, object]]:
+        """JSON path -> the latest entry recorded for it; unreadable lines are skipped."""
+        entries: dict[str, dict[str, object]] = {}
         try:
-            loaded = json.loads((self.folder / INDEX).read_text())
-        except (OSError, ValueError):
-            return {}
-        return loaded if isinstance(loaded, dict) else {}
+            lines = (self.folder / INDEX).read_text(encoding="utf-8").splitlines()
+        except OSError:
+            return entries
+        for line in lines:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(entry, dict) and isinstance(entry.get("path"), str):
+                entries[entry["path"]] = entry
+        return entries
 
 
 def sweep(root: Path, *, max_bytes: int, max_age: float, in_use: Collection[str] = ()) -> int:
