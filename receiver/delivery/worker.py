@@ -377,7 +377,6 @@ class Worker:
             await job.settle_streams()
             error = Retryable(exc.message) if exc.retryable else Permanent(exc.message)
             for s in readers:
-                attempts[s].outcome = None
                 self._decide(attempts[s], error)
                 attempts[s].duration_ms = round((time.perf_counter() - started) * 1000)
             local = await off_loop(big, described_all, refs, event.files)
@@ -685,6 +684,8 @@ class Worker:
     async def _record_files(self, event: EventView, local: list[LocalFile]) -> EventView:
         """Store the files' sizes and digests (informational: delivery goes on without)."""
         files = media.annotate(with_downloads(event.files, local), local)
+        if files == event.files:  # a later attempt with the kept files: nothing new to write
+            return event
         try:
             await self.store.record_files(event.request_id, files)
         except Exception as exc:

@@ -50,10 +50,6 @@ class Span:
     def answered(self, status: int, outcome: str, reason: str | None = None) -> None:
         """How a request span ended: the HTTP status, accepted/duplicate/rejected, why."""
 
-    def traceparent(self) -> str | None:
-        """The W3C traceparent of this span, to store with what it produced."""
-        return None
-
     def __enter__(self) -> Span:
         return self
 

@@ -43,7 +43,6 @@ SYSTEM = "falhook"  # messaging.system: falhook is the intermediary between fal 
 FLUSH_TIMEOUT_MS = 5000
 _W3C = TraceContextTextMapPropagator()  # what the store keeps, whatever OTEL_PROPAGATORS says
 _FAILED = frozenset({"retry", "dead"})
-_own_provider: TracerProvider | None = None  # the one falhook made for this process
 _provider_lock = threading.Lock()
 try:
     VERSION = importlib.metadata.version("falhook")
@@ -103,9 +102,6 @@ class OtelSpan(Span):
         if status >= 500:  # HTTP server spans: only the server's own failures are errors
             self._span.set_attribute("error.type", str(status))
             self._span.set_status(Status(StatusCode.ERROR, reason))
-
-    def traceparent(self) -> str | None:
-        return traceparent_of(trace.set_span_in_context(self._span))
 
 
 class OtelTelemetry(Telemetry):
@@ -223,14 +219,13 @@ def context_of(traceparent: str | None) -> Context | None:
 
 def tracer_provider(settings: TelemetrySettings, environ: Mapping[str, str]) -> TracerProvider:
     """The provider installed globally, or the one falhook makes for this process."""
-    global _own_provider
     with _provider_lock:
         current = trace.get_tracer_provider()
         if not isinstance(current, trace.ProxyTracerProvider):
             return current
-        _own_provider = _make_provider(settings, environ)
-        trace.set_tracer_provider(_own_provider)
-        return _own_provider
+        made = _make_provider(settings, environ)
+        trace.set_tracer_provider(made)
+        return made
 
 
 def _make_provider(settings: TelemetrySettings, environ: Mapping[str, str]) -> TracerProvider:
