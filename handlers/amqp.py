@@ -28,10 +28,10 @@ from falhook.sinks.messaging import (
     SecretUrl,
     encode,
     event_message,
+    message_headers,
     publish_mode,
-    require_extra,
 )
-from falhook.sinks.options import Invalid, SinkOptions, read_options
+from falhook.sinks.options import Invalid, SinkOptions, read_options, require_extra
 from falhook.sinks.templates import check_template, render
 
 if TYPE_CHECKING:
@@ -130,12 +130,7 @@ class AmqpSink(Sink):
         import aio_pika
 
         event = ctx.event
-        headers: dict[str, Any] = {
-            "request_id": event.request_id,
-            "route": event.route,
-            "fal_status": event.fal_status,
-            **ctx.headers,
-        }
+        headers: dict[str, Any] = message_headers(ctx)
         return aio_pika.Message(
             encode(event_message(ctx)),
             content_type=CONTENT_TYPE,

@@ -149,7 +149,12 @@ class EventInfo:
         return doc
 
     def to_json_bytes(self) -> bytes:
-        return json.dumps(self.document(), indent=2, sort_keys=True, default=str).encode() + b"\n"
+        return json_document(self.document())
+
+
+def json_document(doc: dict[str, Any]) -> bytes:
+    """A document as the files falhook writes hold it (event.json): indented, keys sorted."""
+    return json.dumps(doc, indent=2, sort_keys=True, default=str).encode() + b"\n"
 
 
 def iso_utc(at: datetime) -> str:

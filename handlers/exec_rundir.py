@@ -13,7 +13,6 @@ runs after stored a copy) ``stored_url``.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -21,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from falhook.sinks.base import DeliveryContext, LocalFile, Permanent, on_disk
+from falhook.sinks.base import DeliveryContext, LocalFile, Permanent, json_document, on_disk
 from falhook.sinks.links import stored_link
 
 
@@ -80,4 +79,4 @@ def _document(ctx: DeliveryContext, local: dict[str, str]) -> bytes:
                 entry["stored_url"] = stored
         files.append(entry)
     doc["files"] = files
-    return json.dumps(doc, indent=2, sort_keys=True, default=str).encode() + b"\n"
+    return json_document(doc)

@@ -20,30 +20,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import msgspec
 
-from falhook.sinks.base import DeliveryContext, OptionError, Permanent
+from falhook.sinks.base import DeliveryContext, Permanent
 from falhook.sinks.links import best_link, stored_event_link
-from falhook.sinks.options import option_key
 
 T = TypeVar("T")
 PublishMode = Literal["done", "fresh", "resume"]
 CONTENT_TYPE = "application/json"
-
-
-def require_extra(sink: str, sink_type: str, module: str, package: str) -> None:
-    """Client libraries are imported lazily, but a missing one stops start-up, naming the
-    extra that brings it."""
-    if importlib.util.find_spec(module) is None:
-        raise OptionError(
-            option_key(sink, "type"),
-            f"the {sink_type} sink needs {package}: pip install 'falhook[{sink_type}]'",
-        )
 
 
 def publish_mode(ctx: DeliveryContext) -> PublishMode:
@@ -67,6 +55,14 @@ def event_message(ctx: DeliveryContext) -> dict[str, Any]:
     return doc
 
 
+def message_headers(ctx: DeliveryContext) -> dict[str, str]:
+    """What every queue message carries beside its body: the request id, route and fal
+    status, and the propagation headers (``traceparent``) when tracing is on."""
+    event = ctx.event
+    fixed = {"request_id": event.request_id, "route": event.route, "fal_status": event.fal_status}
+    return {**ctx.headers, **fixed}
+
+
 def encode(doc: dict[str, Any]) -> bytes:
     return msgspec.json.encode(doc, enc_hook=str)
 
@@ -81,21 +77,23 @@ def fitted(
     if len(body) <= limit:
         return body, False
     reason = f"the event is {len(body)} bytes, over the limit of {limit}"
-    return encode(claim_check(ctx, doc, reason, limit, target)), True
+    return claim_check(ctx, doc, reason, limit, target), True
 
 
 def claim_check(
     ctx: DeliveryContext, doc: dict[str, Any], reason: str, limit: int, target: str
-) -> dict[str, Any]:
-    """The event without its payload, saying why, and where the whole event is stored."""
+) -> bytes:
+    """The event without its payload, saying why, and where the whole event is stored
+    (encoded)."""
     slim = {k: v for k, v in doc.items() if k != "payload"}
     slim["claim_check"] = {
         "reason": reason + ": payload left out",
         "event_url": stored_event_link(ctx),
     }
-    if len(encode(slim)) > limit:
+    body = encode(slim)
+    if len(body) > limit:
         raise Permanent(f"{target}: the event is over {limit} bytes even without its payload")
-    return slim
+    return body
 
 
 # --- secrets in URLs -----------------------------------------------------------------------

@@ -39,10 +39,10 @@ from falhook.sinks.messaging import (
     SecretUrl,
     event_message,
     fitted,
+    message_headers,
     publish_mode,
-    require_extra,
 )
-from falhook.sinks.options import Invalid, SinkOptions, read_options
+from falhook.sinks.options import Invalid, SinkOptions, read_options, require_extra
 from falhook.sinks.templates import FIELDS, check_template, event_values
 
 _TOKEN = re.compile(r"^[^\s.*>]+$")  # one subject token: no dots, wildcards or spaces
@@ -158,13 +158,7 @@ class NatsSink(Sink):
         (a forced replay inside the duplicate window), publish again under a new id."""
         js = nc.jetstream(timeout=self.opts.ack_timeout)
         event = ctx.event
-        headers = {
-            **ctx.headers,
-            "Content-Type": CONTENT_TYPE,
-            "request_id": event.request_id,
-            "route": event.route,
-            "fal_status": event.fal_status,
-        }
+        headers = {"Content-Type": CONTENT_TYPE, **message_headers(ctx)}
         msg_id = event.request_id
         for _ in range(_MAX_FORCED):
             ack = await js.publish(

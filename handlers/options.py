@@ -13,6 +13,7 @@ involve several options go in ``check()``, raising ``Invalid(option, problem)``.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from collections.abc import Mapping
 from typing import Any, TypeVar
@@ -122,3 +123,13 @@ def _choices(spec: type[SinkOptions], option: str | None) -> tuple[Any, ...]:
             values = getattr(f.type, "values", None)
             return tuple(values) if values else ()
     return ()
+
+
+def require_extra(sink: str, sink_type: str, module: str, package: str) -> None:
+    """Client libraries are imported lazily, but a missing one stops start-up, naming the
+    extra that brings it."""
+    if importlib.util.find_spec(module) is None:
+        raise OptionError(
+            option_key(sink, "type"),
+            f"the {sink_type} sink needs {package}: pip install 'falhook[{sink_type}]'",
+        )

@@ -25,9 +25,8 @@ from falhook.sinks.messaging import (
     encode,
     event_message,
     publish_mode,
-    require_extra,
 )
-from falhook.sinks.options import Invalid, SinkOptions, read_options
+from falhook.sinks.options import Invalid, SinkOptions, read_options, require_extra
 from falhook.sinks.templates import check_template, render
 
 # KEYS: stream, marker. ARGV: mode ("fresh" | "resume"), marker TTL, MAXLEN ("" for none),

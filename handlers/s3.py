@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import importlib.util
 import io
 import json
 import math
@@ -45,15 +44,21 @@ from falhook.sinks.base import (
     ArrivingFile,
     DeliveryContext,
     LocalFile,
-    OptionError,
     Permanent,
     Retryable,
     Sink,
     SinkEnv,
     SinkProblem,
+    json_document,
     on_disk,
 )
-from falhook.sinks.options import Invalid, SinkOptions, option_key, read_options
+from falhook.sinks.options import (
+    Invalid,
+    SinkOptions,
+    option_key,
+    read_options,
+    require_extra,
+)
 from falhook.sinks.templates import check_template, render
 
 MIB = 1024 * 1024
@@ -135,10 +140,7 @@ class S3Sink(Sink):
         self.connect_timeout = opts.connect_timeout
         self.read_timeout = opts.read_timeout
         # Imported lazily, but missing is a start-up error, not a failure at the first delivery.
-        if importlib.util.find_spec("boto3") is None:
-            raise OptionError(
-                option_key(name, "type"), "the s3 sink needs boto3: pip install 'falhook[s3]'"
-            )
+        require_extra(name, "s3", "boto3", "boto3")
         self._client: Any = None
         self._client_lock = threading.Lock()
         self._threads: ThreadPoolExecutor | None = None
@@ -568,7 +570,7 @@ def _marker_bytes(
     doc["objects"] = {
         path: {k: obj[k] for k in ("key", "size", "sha256")} for path, obj in objects.items()
     }
-    return json.dumps(doc, indent=2, sort_keys=True, default=str).encode() + b"\n"
+    return json_document(doc)
 
 
 def _first(group: BaseExceptionGroup) -> BaseException:

@@ -31,13 +31,12 @@ from falhook.sinks.aws import classify
 from falhook.sinks.base import DeliveryContext, Permanent, Retryable, Sink, SinkEnv
 from falhook.sinks.messaging import (
     claim_check,
-    encode,
     event_message,
     fitted,
+    message_headers,
     publish_mode,
-    require_extra,
 )
-from falhook.sinks.options import Invalid, SinkOptions, read_options
+from falhook.sinks.options import Invalid, SinkOptions, read_options, require_extra
 
 SQS_MAX = 1_048_576  # SQS's own ceiling since 2025 (1 MiB); before it, 256 KiB
 _REGION = re.compile(r"^https://sqs[.-]([a-z0-9-]+)\.amazonaws\.com(\.cn)?/")
@@ -162,7 +161,7 @@ class SqsSink(Sink):
                     raise
                 ctx.log.warning("sqs queue refused the size; sending a claim check")
                 why = f"the queue refused {len(body)} bytes (its MaximumMessageSize is lower)"
-                body = encode(claim_check(ctx, doc, why, room, self.target))
+                body = claim_check(ctx, doc, why, room, self.target)
                 checked = True
                 sent = await self._send({**params, "MessageBody": body.decode()})
         except Permanent:
@@ -179,13 +178,7 @@ class SqsSink(Sink):
         }
 
     def _attributes(self, ctx: DeliveryContext) -> dict[str, dict[str, str]]:
-        event = ctx.event
-        values = {
-            "request_id": event.request_id,
-            "route": event.route,
-            "fal_status": event.fal_status,
-            **ctx.headers,
-        }
+        values = message_headers(ctx)
         return {k: {"DataType": "String", "StringValue": v} for k, v in values.items() if v}
 
     def _classify(self, exc: BaseException) -> Retryable | Permanent:

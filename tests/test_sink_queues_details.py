@@ -357,7 +357,7 @@ def test_a_missing_client_library_stops_start_up_naming_the_extra(
 ) -> None:
     real = importlib.util.find_spec
     monkeypatch.setattr(
-        messaging.importlib.util,
+        importlib.util,
         "find_spec",
         lambda name, *a: None if name == module else real(name, *a),
     )
