@@ -376,6 +376,22 @@ async def load_submissions(
     ]
 
 
+async def _histories(
+    c: asyncpg.Connection, ids: list[str]
+) -> dict[tuple[str, str], list[AttemptView]]:
+    """Each delivery's attempts, oldest first, by (request id, sink)."""
+    attempts: dict[tuple[str, str], list[AttemptView]] = {}
+    for r in await c.fetch(
+        "SELECT request_id, sink, at, outcome, error, duration_ms FROM attempts"
+        " WHERE request_id = ANY($1::text[]) ORDER BY request_id, sink, at, ctid",
+        ids,
+    ):
+        attempts.setdefault((r["request_id"], r["sink"]), []).append(
+            AttemptView(r["at"], r["outcome"], r["error"], r["duration_ms"])
+        )
+    return attempts
+
+
 async def load_events(
     c: asyncpg.Connection, ids: list[str], *, history: bool = True
 ) -> list[EventView]:
@@ -384,19 +400,7 @@ async def load_events(
     inside a transaction to read all the tables in one snapshot."""
     if not ids:
         return []
-    attempts: dict[tuple[str, str], list[AttemptView]] = {}
-    for r in (
-        await c.fetch(
-            "SELECT request_id, sink, at, outcome, error, duration_ms FROM attempts"
-            " WHERE request_id = ANY($1::text[]) ORDER BY request_id, sink, at, ctid",
-            ids,
-        )
-        if history
-        else ()
-    ):
-        attempts.setdefault((r["request_id"], r["sink"]), []).append(
-            AttemptView(r["at"], r["outcome"], r["error"], r["duration_ms"])
-        )
+    attempts = await _histories(c, ids) if history else {}
     deliveries: dict[str, dict[str, DeliveryView]] = {rid: {} for rid in ids}
     for r in await c.fetch(
         "SELECT request_id, sink, state, attempts, last_error, next_attempt_at, updated_at,"
