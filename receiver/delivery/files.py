@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,6 +17,7 @@ from falhook.downloads.fal_media import SIGNABLE_STATUSES, FalMediaSigner, Signi
 from falhook.downloads.fetch import FetchedFile, Fetcher
 from falhook.intake.envelope import EnvelopeError, FileRef, parse_envelope
 from falhook.intake.events import files_of
+from falhook.intake.offload import off_loop
 from falhook.metrics import Metrics
 from falhook.sinks.base import EventInfo, LocalFile
 from falhook.sinks.naming import file_names
@@ -27,14 +27,7 @@ from falhook.store.models import EventView
 log = structlog.get_logger("falhook.worker")
 Problems = list[dict[str, str]]
 T = TypeVar("T")
-OFF_LOOP_BYTES = 256 * 1024  # an event body this large is parsed and walked in a thread
 OFF_LOOP_FILES = 256  # so many Files are named in a thread
-
-
-async def off_loop(big: bool, fn: Callable[..., T], *args: Any) -> T:
-    """fn(*args) in a thread when the work is big (the event loop serves webhooks), else here
-    (a thread's hand-off would cost small events more than the work)."""
-    return await asyncio.to_thread(fn, *args) if big else fn(*args)
 
 
 def refs_of(event: EventView) -> tuple[list[FileRef], Problems]:

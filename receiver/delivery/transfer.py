@@ -7,12 +7,13 @@ import asyncio
 import secrets
 
 from falhook.delivery.arrivals import Arrival
-from falhook.delivery.files import OFF_LOOP_FILES, download_one, local_file, names_of, off_loop
+from falhook.delivery.files import OFF_LOOP_FILES, download_one, local_file, names_of
 from falhook.downloads.cache import EventSpool
 from falhook.downloads.errors import FetchError, FetchRetryable
 from falhook.downloads.fal_media import FalMediaSigner
 from falhook.downloads.fetch import Fetcher
 from falhook.intake.envelope import FileRef
+from falhook.intake.offload import off_loop
 from falhook.metrics import Metrics
 from falhook.sinks.base import LocalFile
 from falhook.store.models import EventView

@@ -26,14 +26,7 @@ import structlog
 from falhook.config import Settings
 from falhook.delivery import media, ordering
 from falhook.delivery.arrivals import Arrival
-from falhook.delivery.files import (
-    OFF_LOOP_BYTES,
-    described_all,
-    event_info,
-    off_loop,
-    refs_of,
-    with_downloads,
-)
+from falhook.delivery.files import described_all, event_info, refs_of, with_downloads
 from falhook.delivery.retry import RetryPolicy
 from falhook.delivery.routing import Router
 from falhook.delivery.traced import TracedFetcher
@@ -43,6 +36,7 @@ from falhook.downloads.fal_media import FalMediaSigner
 from falhook.downloads.fetch import Fetcher, FetchError
 from falhook.downloads.ranged import RangePlan
 from falhook.intake.envelope import FileRef
+from falhook.intake.offload import OFF_LOOP_BYTES, off_loop
 from falhook.metrics import Metrics
 from falhook.sinks.base import DeliveryContext, EventInfo, LocalFile, Permanent, Retryable, Sink
 from falhook.store.models import (

@@ -14,7 +14,6 @@ is read, a body too slow to arrive gets 408 and one the memory budget cannot hol
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import replace
@@ -28,6 +27,7 @@ from falhook.intake.body import BodyBudget, BodyRules, Busy, TooLarge, TooSlow, 
 from falhook.intake.envelope import Envelope, EnvelopeError, parse_envelope
 from falhook.intake.events import FAL_HEADERS, new_event
 from falhook.intake.keys import FalKeys
+from falhook.intake.offload import OFF_LOOP_BYTES, off_loop
 from falhook.intake.verify import (
     SignedRequest,
     VerificationError,
@@ -51,7 +51,6 @@ _encode = msgspec.json.encode
 _WANTED = frozenset(name.encode() for name in (*FAL_HEADERS, "content-length"))
 _JSON = (b"content-type", b"application/json")
 _UNREAD_BODY = frozenset({"body_too_large", "body_timeout", "busy"})
-OFF_LOOP_BYTES = 256 * 1024  # bodies larger than this are hashed and parsed in a thread
 
 
 class Reply(Exception):
@@ -187,10 +186,7 @@ class WebhookEndpoint:
         started = time.perf_counter()
         big = len(body) > OFF_LOOP_BYTES
         try:
-            if big:  # hashing megabytes must not hold the event loop
-                signed = await asyncio.to_thread(self._signed, headers, body)
-            else:
-                signed = self._signed(headers, body)
+            signed = await off_loop(big, self._signed, headers, body)  # hashing megabytes
         except VerificationError as exc:
             raise Reply(401, exc.code, exc.detail) from None
         if not keys.keys() and not await keys.ensure_loaded():
@@ -206,10 +202,8 @@ class WebhookEndpoint:
         except VerificationError as exc:
             raise Reply(401, exc.code, exc.detail) from None
 
-        if big:  # a payload of thousands of Files is parsed and walked off the loop too
-            envelope, event = await asyncio.to_thread(self._event, route, headers, body, signed)
-        else:
-            envelope, event = self._event(route, headers, body, signed)
+        # A payload of thousands of Files is parsed and walked off the loop too.
+        envelope, event = await off_loop(big, self._event, route, headers, body, signed)
         event = self._with_trace(envelope, event)
         started = time.perf_counter()
         try:
