@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from falhook.config import ConfigError, settings_from_dict
-from falhook.delivery.files import download_all
+from falhook.delivery.files import download_one
 from falhook.downloads.fetch import Fetcher, FetchPermanent
 from falhook.fal.cli import emulate_banner
 from falhook.intake import keys as keys_module
@@ -259,7 +259,8 @@ def test_a_loopback_file_refused_names_allow_private_hosts(
 
     async def run() -> None:
         try:
-            await download_all(fetcher, Metrics(), [ref], tmp_path / "spool", keep=False)
+            (tmp_path / "spool").mkdir()
+            await download_one(fetcher, Metrics(), None, ref, tmp_path / "spool", keep=False)
         finally:
             await fetcher.aclose()
 

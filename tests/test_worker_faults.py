@@ -146,7 +146,9 @@ async def test_thousands_of_files_are_named_off_the_event_loop(
     tests/test_naming.py) runs in a thread, so webhooks on the event loop are not held while
     the worker names 8,000 of them."""
     import falhook.delivery.files as files_module
-    from falhook.delivery.files import download_all, refs_of
+    from falhook.delivery.files import refs_of
+    from falhook.delivery.transfer import JobFiles
+    from falhook.downloads.cache import EventSpool
     from falhook.downloads.fetch import Fetcher
     from falhook.metrics import Metrics
 
@@ -169,7 +171,10 @@ async def test_thousands_of_files_are_named_off_the_event_loop(
     refs, _ = refs_of(view)
     fetcher = Fetcher(max_file_bytes=1 << 20, timeout=10, allow_private_hosts=True)
     try:
-        local = await download_all(fetcher, Metrics(), refs, tmp_path / "spool", keep=False)
+        spool = EventSpool(tmp_path / "spool", "r")
+        files = JobFiles(fetcher, Metrics(), None, spool, view, refs, keep=False)
+        await files.prepare()  # the worker's step that names the files
+        local = await files.download()
     finally:
         await fetcher.aclose()
     assert named_in and named_in[0] != threading.main_thread().name

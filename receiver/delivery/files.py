@@ -4,7 +4,6 @@ described without bytes (``LocalFile``), and the event as sinks see it (``EventI
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import time
 from pathlib import Path
@@ -17,7 +16,6 @@ from falhook.downloads.fal_media import SIGNABLE_STATUSES, FalMediaSigner, Signi
 from falhook.downloads.fetch import FetchedFile, Fetcher
 from falhook.intake.envelope import EnvelopeError, FileRef, parse_envelope
 from falhook.intake.events import files_of
-from falhook.intake.offload import off_loop
 from falhook.metrics import Metrics
 from falhook.sinks.base import EventInfo, LocalFile
 from falhook.sinks.naming import file_names
@@ -39,32 +37,6 @@ def refs_of(event: EventView) -> tuple[list[FileRef], Problems]:
         return [], [{"path": "payload", "reason": "stored body is not an envelope"}]
     refs, problems = files_of(envelope)
     return refs, [{"path": p.path, "reason": p.reason} for p in problems]
-
-
-async def download_all(
-    fetcher: Fetcher,
-    metrics: Metrics,
-    refs: list[FileRef],
-    spool_dir: Path,
-    *,
-    keep: bool,
-    signer: FalMediaSigner | None = None,
-) -> list[LocalFile]:
-    """Each File once, one after another (each download already saturates a core), into
-    spool_dir; FetchError when one fails. A private fal file is read through a signed URL
-    from `signer` (fal's storage API) when its host refuses it."""
-    if not refs:
-        return []
-    try:
-        await asyncio.to_thread(spool_dir.mkdir, parents=True, exist_ok=True)
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise FetchRetryable(f"spool folder {spool_dir} cannot be made: {reason}") from None
-    fetched = [
-        await download_one(fetcher, metrics, signer, ref, spool_dir, keep=keep) for ref in refs
-    ]
-    names = await off_loop(len(refs) > OFF_LOOP_FILES, names_of, refs)
-    return [local_file(f, name) for f, name in zip(fetched, names, strict=True)]
 
 
 async def download_one(
