@@ -135,13 +135,18 @@ def described_all(refs: list[FileRef], views: list[dict[str, Any]]) -> list[Loca
     ]
 
 
+def shown_url(ref: FileRef) -> str:
+    """The File's URL as sinks get it: a data: URI (megabytes, maybe) only by its start."""
+    return ref.url if not ref.is_data_uri else ref.url[:32] + "..."
+
+
 def described(ref: FileRef, name: str, view: dict[str, Any]) -> LocalFile:
     """A File as a sink that reads no bytes sees it without a download: what the payload
     and earlier downloads (the stored view) say."""
     return LocalFile(
         path=ref.path,
         name=name,
-        url=ref.url if not ref.is_data_uri else ref.url[:32] + "...",
+        url=shown_url(ref),
         local_path=None,
         size=view.get("size", ref.file_size),
         sha256=view.get("sha256"),
@@ -156,7 +161,7 @@ def local_file(fetched: FetchedFile, name: str) -> LocalFile:
     return LocalFile(
         path=ref.path,
         name=name,
-        url=ref.url if not ref.is_data_uri else ref.url[:32] + "...",
+        url=shown_url(ref),
         local_path=fetched.local_path,
         size=fetched.size,
         sha256=fetched.sha256,

@@ -7,7 +7,13 @@ import asyncio
 import secrets
 
 from falhook.delivery.arrivals import Arrival
-from falhook.delivery.files import OFF_LOOP_FILES, download_one, local_file, names_of
+from falhook.delivery.files import (
+    OFF_LOOP_FILES,
+    download_one,
+    local_file,
+    names_of,
+    shown_url,
+)
 from falhook.downloads.cache import EventSpool
 from falhook.downloads.errors import FetchError, FetchRetryable
 from falhook.downloads.fal_media import FalMediaSigner
@@ -57,17 +63,7 @@ class JobFiles:
         for ref, name in zip(self.refs, self.names, strict=True):
             kept = self.spool.lookup(ref, self.recorded.get(ref.path))
             if kept is not None:
-                found[ref.path] = LocalFile(
-                    path=ref.path,
-                    name=name,
-                    url=ref.url if not ref.is_data_uri else ref.url[:32] + "...",
-                    local_path=kept.local_path,
-                    size=kept.size,
-                    sha256=kept.sha256,
-                    content_type=kept.content_type,
-                    file_name=ref.file_name,
-                    extras=ref.extras,
-                )
+                found[ref.path] = local_file(kept, name)
         return found
 
     @property
@@ -84,7 +80,7 @@ class JobFiles:
                 loop,
                 path=ref.path,
                 name=names[ref.path],
-                url=ref.url,
+                url=shown_url(ref),  # as every sink gets it
                 content_type=ref.content_type,
                 file_name=ref.file_name,
                 local_path=self.spool.folder / f"dl-{secrets.token_hex(8)}",

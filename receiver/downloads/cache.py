@@ -23,7 +23,6 @@ import os
 import shutil
 import time
 from collections.abc import Collection
-from dataclasses import dataclass
 from pathlib import Path
 
 from falhook.downloads.fetch import FetchedFile
@@ -32,14 +31,6 @@ from falhook.sinks.naming import id_component
 
 INDEX = "index.jsonl"
 _HASH_READ = 1024 * 1024
-
-
-@dataclass(frozen=True)
-class Cached:
-    local_path: Path
-    size: int
-    sha256: str
-    content_type: str | None
 
 
 class EventSpool:
@@ -56,7 +47,7 @@ class EventSpool:
         self._entries = self._read_index()
         return self.folder
 
-    def lookup(self, ref: FileRef, recorded_sha256: str | None) -> Cached | None:
+    def lookup(self, ref: FileRef, recorded_sha256: str | None) -> FetchedFile | None:
         """The file kept for `ref`, when it is whole: its size and a fresh sha256 of its
         bytes match the index (and the store's record, when there is one)."""
         entry = self._index().get(ref.path)
@@ -73,7 +64,9 @@ class EventSpool:
         if _sha256_of(path) != sha256:
             return None
         content_type = entry.get("content_type")
-        return Cached(path, size, str(sha256), str(content_type) if content_type else None)
+        return FetchedFile(
+            ref, path, size, str(sha256), str(content_type) if content_type else None
+        )
 
     def keep(self, fetched: FetchedFile) -> Path:
         """Record a finished download (already in this folder) in the index; its path."""
