@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import structlog
 
-from falhook.downloads.errors import FetchError, FetchPermanent, FetchRetryable
+from falhook.downloads.errors import FetchError, FetchPermanent, FetchRefused, FetchRetryable
 from falhook.downloads.fal_media import SIGNABLE_STATUSES, FalMediaSigner, SigningError
 from falhook.downloads.fetch import FetchedFile, Fetcher
 from falhook.intake.envelope import EnvelopeError, FileRef, parse_envelope
@@ -117,9 +117,9 @@ PRIVATE_HOSTS_HINT = (
 
 
 def _refused_as_private(fetcher: Fetcher, exc: FetchError) -> bool:
-    """The address guard refused a loopback/private host (its message says `refused
-    address`), and allow_private_hosts would have let it through."""
-    return not fetcher.guard.allow_private and "refused address" in exc.message
+    """The address guard refused the host's address, and allow_private_hosts would have let
+    it through."""
+    return isinstance(exc, FetchRefused) and not fetcher.guard.allow_private
 
 
 def names_of(refs: list[FileRef]) -> list[str]:

@@ -28,6 +28,10 @@ class FetchPermanent(FetchError):
     retryable = False
 
 
+class FetchRefused(FetchPermanent):
+    """The address guard refused the address the file's host resolved to."""
+
+
 class Stopped(FetchRetryable):
     """The caller went away (cancelled, or the fetcher closed): abandon the download."""
 

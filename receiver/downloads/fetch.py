@@ -35,7 +35,13 @@ from falhook.downloads.connections import (
     Origin,
     split_url,
 )
-from falhook.downloads.errors import FetchError, FetchPermanent, FetchRetryable, Stopped
+from falhook.downloads.errors import (
+    FetchError,
+    FetchPermanent,
+    FetchRefused,
+    FetchRetryable,
+    Stopped,
+)
 from falhook.downloads.netguard import (
     AddressGuard,
     RefusedAddress,
@@ -265,7 +271,8 @@ class Fetcher:
         except FetchError:
             raise
         except RefusedAddress as exc:
-            raise FetchPermanent(f"{ref.path}: {exc}") from None
+            refused = FetchRefused if exc.address is not None else FetchPermanent
+            raise refused(f"{ref.path}: {exc}") from None
         except http.client.InvalidURL as exc:
             raise FetchPermanent(f"{ref.path}: invalid URL ({exc})") from None
         except (OSError, http.client.HTTPException) as exc:

@@ -22,7 +22,12 @@ _UNIQUE_LOCAL = ipaddress.ip_network("fc00::/7")
 
 
 class RefusedAddress(OSError):
-    """A download refused by the address policy (permanent)."""
+    """A download refused by the address policy (permanent); `address` is the address
+    refused, None when the host resolved to none."""
+
+    def __init__(self, message: str, *, address: str | None = None) -> None:
+        super().__init__(message)
+        self.address = address
 
 
 def embedded_ipv4(ip: IPAddress) -> ipaddress.IPv4Address | None:
@@ -81,7 +86,9 @@ class AddressGuard:
         for address in result:
             reason = self.check(address.split("%", 1)[0])
             if reason is not None:
-                raise RefusedAddress(f"refused address {address} ({reason}) for host {host}")
+                raise RefusedAddress(
+                    f"refused address {address} ({reason}) for host {host}", address=address
+                )
         if not result:
             raise RefusedAddress(f"host {host} resolves to no address")
         return result
