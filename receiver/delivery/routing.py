@@ -41,6 +41,7 @@ class Router:
             name: s.filter for name, s in settings.sinks.items() if s.filter is not None
         }
         self.on_dead = {name: route.on_dead for name, route in settings.routes.items()}
+        self.sinks_after = {name: s.after for name, s in settings.sinks.items()}
         self.public_url = settings.receiver.public_url.rstrip("/")
 
     def filters_any(self, event: EventView, sinks: Iterable[str]) -> bool:
@@ -87,11 +88,10 @@ class Router:
     def console(self, event: EventView) -> str:
         return f"{self.public_url}/console/events/{quote(event.request_id, safe='')}"
 
-    @staticmethod
-    def after(event: EventView, after: Mapping[str, Sequence[str]]) -> Mapping[str, Sequence[str]]:
+    def after(self, event: EventView) -> Mapping[str, Sequence[str]]:
         """The `after` order for this event: none for an alert (it has no files, and its
         sinks must not wait on sinks the alert is not delivered to)."""
-        return {} if event.source == ALERT_SOURCE else after
+        return {} if event.source == ALERT_SOURCE else self.sinks_after
 
 
 def filter_document(event: EventView) -> dict[str, Any]:

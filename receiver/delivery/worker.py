@@ -53,7 +53,7 @@ from falhook.store.states import DONE_STATES
 from falhook.telemetry import Telemetry
 
 log = structlog.get_logger("falhook.worker")
-FINISHED = ("delivered", "dead", "skipped")
+FINISHED = DONE_STATES | {"dead"}  # nothing more will happen to these deliveries
 PRUNE_EVERY = 3600.0  # seconds between two prunings of old history
 
 
@@ -123,7 +123,6 @@ class Worker:
         self.settings = settings
         self.store = store
         self.sinks = dict(sinks)
-        self.after = {name: s.after for name, s in settings.sinks.items()}
         d = settings.delivery
         self.policy = RetryPolicy(d.max_attempts, d.backoff_initial, d.backoff_max)
         dl = settings.downloads
@@ -412,7 +411,7 @@ class Worker:
         """A streaming sink whose prerequisites are done may take the files as they come."""
         if not self.sinks[sink].streams_files:
             return False
-        after = self.routing.after(job.event, self.after).get(sink, ())
+        after = self.routing.after(job.event).get(sink, ())
         done = {s for s, d in job.event.deliveries.items() if d.state in DONE_STATES}
         return not ordering.unmet(after, done)
 
@@ -433,7 +432,7 @@ class Worker:
                 self._decide(a, Permanent(f"sink {name!r} is not configured"))
         # Prerequisites neither delivered nor part of this job: wait (no download for this
         # sink alone, no attempt spent), or go dead with a dead prerequisite.
-        after = self.routing.after(event, self.after)
+        after = self.routing.after(event)
         for name, a in attempts.items():
             if a.outcome is None:
                 outside = [d for d in after.get(name, ()) if d not in attempts]
@@ -463,7 +462,7 @@ class Worker:
     ) -> None:
         """Run sinks in waves: each wave holds those whose prerequisites have delivered (or
         were skipped by their filter)."""
-        after = self.routing.after(event, self.after)
+        after = self.routing.after(event)
         skipped = {s for s, a in attempts.items() if a.outcome == "skipped"}
         skipped |= {s for s, d in event.deliveries.items() if d.state == "skipped"}
         waiting = {s for s, a in attempts.items() if a.outcome is None}
@@ -538,13 +537,14 @@ class Worker:
     ) -> bool:
         sink_log = log.bind(sink=name)
         previous = event.deliveries.get(name)
+        after = self.routing.after(event).get(name, ())
         ctx = DeliveryContext(
             event=info,
             files=files,
             sink=name,
             attempt=attempt.lease.attempts + 1,
             log=sink_log,
-            outputs={k: outputs[k] for k in self.after.get(name, ()) if k in outputs},
+            outputs={k: outputs[k] for k in after if k in outputs},
             previous=previous.output if previous else None,
             headers=headers,
         )
