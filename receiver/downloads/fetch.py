@@ -51,7 +51,13 @@ from falhook.downloads.netguard import (
 )
 from falhook.downloads.ranged import RangedDownload, RangePlan, content_range
 from falhook.downloads.spool import SpoolError, SpoolWriter
-from falhook.downloads.stream import TransferLimits, declared_length, read_body
+from falhook.downloads.stream import (
+    TransferLimits,
+    content_encoding,
+    content_type_of,
+    declared_length,
+    read_body,
+)
 from falhook.intake.envelope import FileRef, decode_data_uri
 
 __all__ = ["FetchError", "FetchPermanent", "FetchRetryable", "FetchedFile", "Fetcher"]
@@ -348,7 +354,7 @@ class Fetcher:
         """The server answered the first range: the rest in parts at once (a file that fit
         in the first range is simply read)."""
         found = content_range(resp)
-        encoding = (resp.getheader("content-encoding") or "identity").strip().lower()
+        encoding = content_encoding(resp)
         if found is None or found[0] != 0 or encoding != "identity":
             raise FetchRetryable(
                 f"{ref.path}: the server answered 206 without a usable Content-Range"
@@ -380,16 +386,14 @@ class Fetcher:
             on_written=job.on_written,
             deadline=self.limits.deadline,
         ).run()
-        content_type = ref.content_type or (
-            (resp.getheader("content-type") or "").split(";", 1)[0].strip() or None
-        )
+        content_type = content_type_of(ref, resp)
         return FetchedFile(ref, dest, total, digest, content_type)
 
     def _stream_to(
         self, ref: FileRef, resp: http.client.HTTPResponse, dest: Path, job: _Job, keep: bool
     ) -> FetchedFile:
         expected = declared_length(resp)
-        encoding = (resp.getheader("content-encoding") or "identity").strip().lower()
+        encoding = content_encoding(resp)
         if expected is not None and encoding == "identity":
             self._check_size_limit(ref, expected)
             self._check_file_size(ref, expected)
@@ -410,9 +414,7 @@ class Fetcher:
             writer.close()
         if job.stopped or self._closed.is_set():
             raise Stopped()
-        content_type = ref.content_type or (
-            (resp.getheader("content-type") or "").split(";", 1)[0].strip() or None
-        )
+        content_type = content_type_of(ref, resp)
         return FetchedFile(ref, dest, writer.size, digest, content_type)
 
     def _describe(self, exc: BaseException) -> str:

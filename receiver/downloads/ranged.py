@@ -24,9 +24,10 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from falhook.downloads.connections import CheckedResponse, GuardedConnection
+from falhook.downloads.connections import GuardedConnection
 from falhook.downloads.errors import FetchError, FetchPermanent, FetchRetryable, Stopped
 from falhook.downloads.spool import CHUNK, SpoolError
+from falhook.downloads.stream import read_some
 from falhook.intake.envelope import FileRef
 
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+)\s*$", re.I)
@@ -168,11 +169,7 @@ class RangedDownload:
             if time.monotonic() > self.deadline:
                 raise FetchRetryable(f"{self.ref.path}: took longer than the download deadline")
             room = buffer[: min(CHUNK, end - offset)]
-            n = (
-                resp.readinto_some(room)
-                if isinstance(resp, CheckedResponse)
-                else resp.readinto(room)
-            )
+            n = read_some(resp, room)
             if not n:
                 raise FetchRetryable(
                     f"{self.ref.path}: bytes {first}-{last} ended after {offset - first}"

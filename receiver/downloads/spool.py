@@ -190,7 +190,6 @@ class SpoolWriter:
         the file exists."""
         self.path = path
         self._on_written = on_written
-        self.written = 0
         # The file first: if it cannot be made, no thread has been started for it.
         try:
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -258,9 +257,8 @@ class SpoolWriter:
                 view = view[os.write(self._fd, view) :]
         except OSError as exc:
             raise SpoolError(f"spool file {self.path} cannot be written: {_reason(exc)}") from exc
-        self.written += length
-        if self._on_written is not None:
-            self._on_written(self.written)
+        if self._on_written is not None:  # every byte committed so far is in the file now
+            self._on_written(self.size)
         if self._write_behind and self.size - self._announced >= WRITEBACK_EVERY:
             self._flusher.poke(self.size)
             self._announced = self.size

@@ -73,8 +73,19 @@ def declared_length(resp: http.client.HTTPResponse) -> int | None:
     return int(declared) if declared.isdigit() and not resp.chunked else None
 
 
+def content_encoding(resp: http.client.HTTPResponse) -> str:
+    return (resp.getheader("content-encoding") or "identity").strip().lower()
+
+
+def content_type_of(ref: FileRef, resp: http.client.HTTPResponse) -> str | None:
+    """The payload's content type, else the response's (without parameters)."""
+    return ref.content_type or (
+        (resp.getheader("content-type") or "").split(";", 1)[0].strip() or None
+    )
+
+
 def decoder_for(ref: FileRef, resp: http.client.HTTPResponse) -> Decoder | None:
-    encoding = (resp.getheader("content-encoding") or "identity").strip().lower()
+    encoding = content_encoding(resp)
     if encoding == "identity":
         return None
     if encoding in ENCODINGS:
@@ -108,12 +119,12 @@ def read_body(
                 # Straight into the writer's buffer, never more than one byte past the limit.
                 room = writer.buffer()
                 room = room[: min(len(room), limits.max_bytes - writer.size + 1)]
-                n = _read_some(resp, room)
+                n = read_some(resp, room)
                 if n:
                     writer.commit(n)
             else:
                 assert decoder is not None  # scratch is only made for a decoder
-                n = _read_some(resp, scratch)
+                n = read_some(resp, scratch)
                 _decode_into(ref, decoder, scratch[:n] if n else None, writer, limits)
         except TimeoutError:
             raise FetchRetryable(f"{ref.path}: no data for {limits.idle:g} s") from None
@@ -128,7 +139,8 @@ def read_body(
             raise FetchRetryable(f"{ref.path}: {problem}")
 
 
-def _read_some(resp: http.client.HTTPResponse, into: memoryview) -> int:
+def read_some(resp: http.client.HTTPResponse, into: memoryview) -> int:
+    """Whatever bytes are there, up to len(into) (0 at the end of the body)."""
     if isinstance(resp, CheckedResponse):
         return resp.readinto_some(into)
     return resp.readinto(into)
