@@ -345,7 +345,7 @@ def cmd_emulate(args: argparse.Namespace) -> int:
 
 
 def _url_host(host: str) -> str:
-    if host in ("0.0.0.0", ""):  # noqa: S104 - a bind address, shown as the local one
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - a bind address, shown as the local one
         return "127.0.0.1"
     return f"[{host}]" if ":" in host else host
 

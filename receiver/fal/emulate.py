@@ -168,12 +168,6 @@ class Job:
     webhook_sent: bool = False
 
 
-def app_id_of(endpoint: str) -> str:
-    """fal's app id: the owner and alias (the first two parts of the endpoint id), after the
-    namespace for namespaced apps (`workflows/owner/alias`)."""
-    return app_id(endpoint)
-
-
 class Emulator:
     """The emulator's state and its Starlette app (`.app`)."""
 
@@ -266,7 +260,7 @@ class Emulator:
         name = name.replace("/", "_").replace("\\", "_") or "upload.bin"
         content_type = received.headers.get("content-type", "application/octet-stream")
         key = f"{uuid.uuid4().hex}/{name}"
-        self.files[key] = (received.body, content_type)
+        self.storage.put(key, received.body, content_type)
         return JSONResponse({"url": f"{self._base(request)}/files/{key}"})
 
     async def _file(self, request: Request) -> Response:
@@ -309,7 +303,7 @@ class Emulator:
         job = Job(
             request_id=str(uuid.uuid4()),
             endpoint=endpoint,
-            app_id=app_id_of(endpoint),
+            app_id=app_id(endpoint),
             input=body,
             webhook_url=received.query.get("fal_webhook"),
             outcome=outcome,

@@ -153,11 +153,10 @@ def check_before_sending(
 ) -> None:
     """Refuse what would spend money for nothing: an unknown route, or a job on fal's real
     queue whose webhook fal cannot deliver."""
-    if settings.routes and route not in settings.routes:
+    if route not in settings.routes:
         known = ", ".join(sorted(settings.routes))
-        raise SubmitRefused(f"route {route!r} is not configured (routes: {known})")
-    if not settings.routes:
-        raise SubmitRefused(f"route {route!r} is not configured ({settings.source} has no routes)")
+        where = f"routes: {known}" if known else f"{settings.source} has no routes"
+        raise SubmitRefused(f"route {route!r} is not configured ({where})")
     queue_url = settings.receiver.queue_url
     if not is_fal_queue(queue_url) or allow_unreachable_webhook:
         return  # the emulator, or another queue: its own network rules
@@ -274,7 +273,8 @@ def submit_sync(
         }
         if not record:
             return await submit(endpoint, input, **options)
-        # Refused before the store is opened: a mistake must not create an empty database.
+        # A config mistake is refused before the store is opened (a missing --file or an
+        # input Ray refuses is found later, by submit itself).
         check_before_sending(settings, route, allow_unreachable_webhook=allow_unreachable_webhook)
         from falhook.store import make_store
 
