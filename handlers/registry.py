@@ -134,12 +134,12 @@ async def close_sinks(sinks: Mapping[str, Sink]) -> None:
         await sink.aclose()
 
 
-async def check_sinks(sinks: Mapping[str, Sink]) -> list[SinkProblem]:
-    """Every sink's start-up check; a check that raises is a problem of its own."""
-    found: list[SinkProblem] = []
+async def check_sinks(sinks: Mapping[str, Sink]) -> dict[str, list[SinkProblem]]:
+    """Every sink's start-up check, by sink; a check that raises is a problem of its own."""
+    found: dict[str, list[SinkProblem]] = {}
     for name, sink in sinks.items():
         try:
-            found += await sink.check()
+            found[name] = await sink.check()
         except Exception as exc:
-            found.append(SinkProblem(f"[sinks.{name}]", f"its check failed: {exc!r}", False))
+            found[name] = [SinkProblem(f"[sinks.{name}]", f"its check failed: {exc!r}", False)]
     return found

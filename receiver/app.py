@@ -79,9 +79,8 @@ class Probes:
         keys_ok = self.keys is not None and self.keys.loaded
         # Sink problems are reported, not made a 503: webhooks are still stored safely and
         # their deliveries retry, so the receiver stays in the load balancer.
-        sinks: dict[str, list[str]] = {name: [] for name in self.runtime.sinks}
-        for problem in await self.runtime.check_sinks():
-            sinks.setdefault(_sink_of(problem.key), []).append(str(problem))
+        problems = await self.runtime.check_sinks()
+        sinks = {name: [str(p) for p in problems.get(name, [])] for name in self.runtime.sinks}
         body = {"store": store_ok, "keys": keys_ok, "sinks": sinks}
         if store_ok and keys_ok:
             return JSONBody({"status": "ready", **body})
@@ -102,11 +101,6 @@ class Probes:
             self._counts = await self.runtime.store.counts()
             self._counted_at = time.monotonic()
         return self._counts
-
-
-def _sink_of(key: str) -> str:
-    """`[sinks.local].root` -> `local`."""
-    return key.removeprefix("[sinks.").split("]", 1)[0]
 
 
 async def http_error(_: Request, exc: Exception) -> Response:

@@ -97,14 +97,14 @@ class Runtime:
         self._tasks: list[asyncio.Task[None]] = []
         self._closers: list[Any] = []
         self._start_lock = asyncio.Lock()
-        self.sink_problems: list[SinkProblem] = []
+        self.sink_problems: dict[str, list[SinkProblem]] = {}
         self._checked_at = 0.0
 
     async def start(self) -> None:
         if self.keys is not None or self.worker_mode == "run":  # a long-running process
             for warning in config_warnings(self.settings):
                 log.warning("config warning", problem=warning)
-        await self.check_sinks(at_start=True, fatal=self.sink_checks_fatal)
+        await self.check_sinks(at_start=True)
         try:
             await self.store.open()
             if self.keys is not None:
@@ -118,17 +118,17 @@ class Runtime:
             raise
         self.started = True
 
-    async def check_sinks(self, *, at_start: bool = False, fatal: bool = True) -> list[SinkProblem]:
-        """Every sink's own check (a writable folder, a reachable bucket). At start a fatal
-        problem is a ConfigError naming the key (unless ``fatal`` is off: then it is logged
-        like a warning); later (``/readyz``) problems are only reported, at most every few
-        seconds."""
+    async def check_sinks(self, *, at_start: bool = False) -> dict[str, list[SinkProblem]]:
+        """Every sink's own check (a writable folder, a reachable bucket), by sink. At start
+        a fatal problem is a ConfigError naming the key (unless ``sink_checks_fatal`` is off:
+        then it is logged like a warning); later (``/readyz``) problems are only reported,
+        at most every few seconds."""
         if not at_start and time.monotonic() - self._checked_at < _SINK_CHECK_TTL:
             return self.sink_problems
         self.sink_problems = await check_sinks(self.sinks)
         self._checked_at = time.monotonic()
-        for problem in self.sink_problems:
-            if at_start and problem.fatal and fatal:
+        for problem in (p for found in self.sink_problems.values() for p in found):
+            if at_start and problem.fatal and self.sink_checks_fatal:
                 raise ConfigError(problem.key, problem.problem)
             if at_start:
                 log.warning("sink check", problem=str(problem))
