@@ -585,7 +585,7 @@ class SQLiteStore:
                 "UPDATE deliveries SET state = ?, attempts = attempts + ?, last_error = ?,"
                 " next_attempt_at = ?, output = COALESCE(?, output), lease_token = NULL,"
                 " lease_owner = NULL, lease_expires_at = NULL, updated_at = ?"
-                f" WHERE {_ONE} AND lease_token = ? AND state = 'delivering'",
+                f" WHERE {_ONE} AND lease_token = ? AND state = 'delivering' RETURNING event_id",
                 (
                     state,
                     1 if result.counted else 0,
@@ -599,20 +599,11 @@ class SQLiteStore:
                     result.token,
                 ),
             )
-            held = cur.rowcount == 1
+            rows = cur.fetchall()  # the statement runs to its end before the next one
+            held = len(rows) == 1
             if held and logs_attempt(result):
-                c.execute(
-                    "INSERT INTO attempts (event_id, sink, at, outcome, error, duration_ms)"
-                    " SELECT id, ?, ?, ?, ?, ? FROM events WHERE request_id = ?",
-                    (
-                        result.sink,
-                        now,
-                        outcome,
-                        result.error,
-                        result.duration_ms,
-                        result.request_id,
-                    ),
-                )
+                attempt = (rows[0][0], result.sink, now, outcome, result.error, result.duration_ms)
+                c.execute(_LOG_ATTEMPT, attempt)
             if held and result.alerts:  # in this transaction: both stored, or neither
                 _accept_all(c, [_accept_of(alert) for alert in result.alerts])
             return held
