@@ -30,16 +30,15 @@ import io
 import json
 import math
 import os
-import threading
 import zlib
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 from msgspec import Meta
 
-from falhook.sinks.aws import classify
+from falhook.sinks.aws import ThreadedClient, classify
 from falhook.sinks.base import (
     ArrivingFile,
     DeliveryContext,
@@ -141,9 +140,25 @@ class S3Sink(Sink):
         self.read_timeout = opts.read_timeout
         # Imported lazily, but missing is a start-up error, not a failure at the first delivery.
         require_extra(name, "s3", "boto3", "boto3")
-        self._client: Any = None
-        self._client_lock = threading.Lock()
-        self._threads: ThreadPoolExecutor | None = None
+        # Parts in flight, plus room for the HEADs, small PUTs and presigns of other events,
+        # so those never queue behind a large upload's parts.
+        self._aws = ThreadedClient(
+            "s3",
+            f"falhook-s3-{name}",
+            threads=self.concurrency + 4,
+            profile=self.profile,
+            region=self.region,
+            endpoint_url=self.endpoint_url,
+            connect_timeout=self.connect_timeout,
+            read_timeout=self.read_timeout,
+            s3={"addressing_style": self.addressing_style},
+            signature_version="s3v4",  # presigned links too (SigV2 is long gone)
+            # botocore's own default sends CRCs as aws-chunked trailers over HTTPS, which
+            # several S3-compatible stores refuse; this sink computes the CRC32 itself and
+            # sends it as a plain header instead (see `checksum`).
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        )
         self._slots: tuple[asyncio.AbstractEventLoop | None, asyncio.Semaphore | None] = (
             None,
             None,
@@ -152,45 +167,14 @@ class S3Sink(Sink):
     # --- the client and its threads ------------------------------------------------------------
 
     def _get_client(self) -> Any:
-        """The boto3 client, made once, in a pool thread (making one is costly).
-        botocore clients are thread-safe; one serves every event loop and thread."""
-        with self._client_lock:
-            if self._client is None:
-                import boto3
-                from botocore.config import Config
-
-                session = boto3.session.Session(profile_name=self.profile or None)
-                config = Config(
-                    connect_timeout=self.connect_timeout,
-                    read_timeout=self.read_timeout,
-                    max_pool_connections=self.concurrency + 4,
-                    # The worker owns retries; one quick retry here saves restarting an upload.
-                    retries={"mode": "standard", "total_max_attempts": 2},
-                    s3={"addressing_style": self.addressing_style},
-                    signature_version="s3v4",  # presigned links too (SigV2 is long gone)
-                    # botocore's own default sends CRCs as aws-chunked trailers over HTTPS,
-                    # which several S3-compatible stores refuse; this sink computes the CRC32
-                    # itself and sends it as a plain header instead (see `checksum`).
-                    request_checksum_calculation="when_required",
-                    response_checksum_validation="when_required",
-                )
-                self._client = session.client(
-                    "s3", region_name=self.region, endpoint_url=self.endpoint_url, config=config
-                )
-            return self._client
+        return self._aws.client()
 
     def _submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         """fn(client, *args, **kwargs) in one of this sink's threads."""
-        if self._threads is None:
-            # Parts in flight, plus room for the HEADs, small PUTs and presigns of other
-            # events, so those never queue behind a large upload's parts.
-            self._threads = ThreadPoolExecutor(
-                self.concurrency + 4, thread_name_prefix=f"falhook-s3-{self.name}"
-            )
-        return self._threads.submit(lambda: fn(self._get_client(), *args, **kwargs))
+        return self._aws.submit(fn, *args, **kwargs)
 
     async def _run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-        return await asyncio.wrap_future(self._submit(fn, *args, **kwargs))
+        return await self._aws.run(fn, *args, **kwargs)
 
     def _part_slots(self) -> asyncio.Semaphore:
         """The sink-wide bound on parts in flight. An asyncio primitive belongs to one loop:
@@ -203,14 +187,9 @@ class S3Sink(Sink):
         return slots
 
     async def aclose(self) -> None:
-        # Queued calls are dropped; a part already in a thread ends within read_timeout (the
-        # interpreter waits for it at exit), and its delivery's lease covers a hard stop.
-        threads, self._threads = self._threads, None
-        if threads is not None:
-            threads.shutdown(wait=False, cancel_futures=True)
-        client, self._client = self._client, None
-        if client is not None:
-            client.close()
+        # A part already in a thread ends within read_timeout (the interpreter waits for it
+        # at exit), and its delivery's lease covers a hard stop.
+        self._aws.close()
 
     # --- delivery --------------------------------------------------------------------------
 

@@ -18,16 +18,13 @@ chain. Imported lazily: configs without an SQS sink never pay for it.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import re
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any
 
 from msgspec import Meta
 
-from falhook.sinks.aws import classify
+from falhook.sinks.aws import ThreadedClient, classify
 from falhook.sinks.base import DeliveryContext, Permanent, Retryable, Sink, SinkEnv
 from falhook.sinks.messaging import (
     claim_check,
@@ -96,50 +93,23 @@ class SqsSink(Sink):
         found = _REGION.match(opts.queue_url)
         self.region = opts.region or (found.group(1) if found else None)
         self.target = f"sqs queue {opts.queue_url}"
-        self._client: Any = None
-        self._client_lock = threading.Lock()
-        self._threads: ThreadPoolExecutor | None = None
-
-    def _get_client(self) -> Any:
-        """Made once, in a pool thread; botocore clients are thread-safe."""
-        with self._client_lock:
-            if self._client is None:
-                import boto3
-                from botocore.config import Config
-
-                session = boto3.session.Session(profile_name=self.opts.profile or None)
-                config = Config(
-                    connect_timeout=self.opts.connect_timeout,
-                    read_timeout=self.opts.read_timeout,
-                    max_pool_connections=self.opts.concurrency,
-                    # The worker owns retries; one quick retry saves a backoff after a stale
-                    # pooled connection.
-                    retries={"mode": "standard", "total_max_attempts": 2},
-                )
-                self._client = session.client(
-                    "sqs",
-                    region_name=self.region,
-                    endpoint_url=self.opts.endpoint_url or None,
-                    config=config,
-                )
-            return self._client
+        self._aws = ThreadedClient(
+            "sqs",
+            f"falhook-sqs-{name}",
+            threads=opts.concurrency,
+            profile=opts.profile,
+            region=self.region,
+            endpoint_url=opts.endpoint_url,
+            connect_timeout=opts.connect_timeout,
+            read_timeout=opts.read_timeout,
+        )
 
     async def _send(self, params: dict[str, Any]) -> dict[str, Any]:
-        if self._threads is None:
-            self._threads = ThreadPoolExecutor(
-                self.opts.concurrency, thread_name_prefix=f"falhook-sqs-{self.name}"
-            )
-        job = self._threads.submit(lambda: self._get_client().send_message(**params))
-        result: dict[str, Any] = await asyncio.wrap_future(job)
+        result: dict[str, Any] = await self._aws.run(lambda c: c.send_message(**params))
         return result
 
     async def aclose(self) -> None:
-        threads, self._threads = self._threads, None
-        if threads is not None:
-            threads.shutdown(wait=False, cancel_futures=True)
-        client, self._client = self._client, None
-        if client is not None:
-            client.close()
+        self._aws.close()
 
     async def deliver(self, ctx: DeliveryContext) -> dict[str, Any]:
         if publish_mode(ctx) == "done" and ctx.previous is not None:
