@@ -14,13 +14,13 @@ are off (a retried script whose answer was lost would add a second entry): the w
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated, Any
 
 from msgspec import Meta
 
 from falhook.sinks.base import DeliveryContext, Permanent, Retryable, Sink, SinkEnv
 from falhook.sinks.messaging import (
+    Connection,
     SecretUrl,
     encode,
     event_message,
@@ -90,33 +90,28 @@ class RedisSink(Sink):
         self.name = name
         self.opts = opts
         self.url = SecretUrl(opts.url)
-        self._client: Any = None
-        self._script: Any = None
-        self._loop: Any = None
+        # The client is a pool that reconnects by itself: always usable once made.
+        self._script: Connection[Any] = Connection(
+            self._open_script, lambda script: script.registered_client.aclose(), lambda _: True
+        )
 
-    def _get_script(self) -> Any:
+    async def _open_script(self) -> Any:
         """The registered script, on a client (a pool) bound to this event loop."""
-        loop = asyncio.get_running_loop()
-        if self._client is None or self._loop is not loop:
-            from redis.asyncio import Redis
-            from redis.asyncio.retry import Retry
-            from redis.backoff import NoBackoff
+        from redis.asyncio import Redis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
 
-            self._client = Redis.from_url(
-                self.opts.url,
-                socket_connect_timeout=self.opts.timeout,
-                socket_timeout=self.opts.timeout,
-                retry=Retry(NoBackoff(), 0),
-                client_name=f"falhook-{self.name}",
-            )
-            self._script = self._client.register_script(_SCRIPT)
-            self._loop = loop
-        return self._script
+        client = Redis.from_url(
+            self.opts.url,
+            socket_connect_timeout=self.opts.timeout,
+            socket_timeout=self.opts.timeout,
+            retry=Retry(NoBackoff(), 0),
+            client_name=f"falhook-{self.name}",
+        )
+        return client.register_script(_SCRIPT)
 
     async def aclose(self) -> None:
-        client, self._client = self._client, None
-        if client is not None and self._loop is asyncio.get_running_loop():
-            await client.aclose()
+        await self._script.aclose()
 
     def marker_key(self, stream: str, request_id: str) -> str:
         return f"falhook:published:{stream}:{self.name}:{request_id}"
@@ -148,7 +143,8 @@ class RedisSink(Sink):
         ]
         keys = [stream, self.marker_key(stream, event.request_id)]
         try:
-            code, entry_id = await self._get_script()(keys=keys, args=args)
+            script = await self._script.get()
+            code, entry_id = await script(keys=keys, args=args)
         except Exception as exc:
             raise self._classify(exc, stream) from None
         if code == 2:
