@@ -2,6 +2,10 @@
 in the test's own process (`inprocess`), and `falhook serve` processes configured per test
 (`falhook_factory`, for what needs a process: signals, kill -9, the command line, scale-out).
 
+Stand-ins for outside services: moto's S3 server (`moto`, `s3`) and its fake credentials
+(`aws_env`), Slack (`slack`), and fal's emulator on one loopback server per test module
+(`fal_host`; each module's own `fal` fixture puts a fresh Emulator behind it).
+
 Every test that uses `store_backend` (directly, or through `store_section`, `inprocess`,
 `falhook_factory` or `falhook`) runs once per store backend (SQLite and PostgreSQL), each on
 its own data: a SQLite file under tmp_path, or a PostgreSQL schema of its own, dropped after
@@ -23,10 +27,12 @@ import httpx._transports.default
 import pytest
 
 from falhook.testing import FalSigner, JWKSServer
+from tests.support.emulator import SharedEmulator
 from tests.support.falhook_server import Falhook, base_config
 from tests.support.fileserver import FileServer
 from tests.support.inprocess import InProcessFactory, inprocess_apps
-from tests.support.moto import BUCKET, MotoServer, boto3_client
+from tests.support.moto import AWS_ENV, BUCKET, MotoServer, boto3_client
+from tests.support.slack_stub import SlackStub
 from tests.support.stores import STORE_BACKENDS, drop_pg_schemas
 from tests.support.stores import store_section as make_section
 
@@ -187,8 +193,31 @@ def moto(moto_server: MotoServer) -> MotoServer:
 
 
 @pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """moto's fake AWS credentials and region (AWS_ENV) in this test's environment, where
+    boto3's standard chain reads them, and never the developer's own AWS files."""
+    for key, value in AWS_ENV.items():
+        monkeypatch.setenv(key, value)
+
+
+@pytest.fixture
 def s3(moto: MotoServer) -> Any:
     """A boto3 client for assertions, with BUCKET created."""
     client = boto3_client(moto.url)
     client.create_bucket(Bucket=BUCKET)
     return client
+
+
+@pytest.fixture(scope="module")
+def fal_host() -> Iterator[SharedEmulator]:
+    """fal's emulator server, one per test module (starting and stopping one costs): a test
+    module's `fal` fixture puts its own fresh Emulator behind it with `fal_host.use(...)`."""
+    with SharedEmulator() as host:
+        yield host
+
+
+@pytest.fixture
+def slack() -> Iterator[SlackStub]:
+    """A loopback stand-in for Slack (tests/support/slack_stub.py), recording every request."""
+    with SlackStub() as stub:
+        yield stub

@@ -8,7 +8,6 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,22 +22,13 @@ from falhook.sinks import ArrivingFile, DeliveryContext, Sink
 from falhook.testing import FalSigner
 from tests.support.fileserver import FileServer, generated_bytes, generated_sha256
 from tests.support.inprocess import InProcess, InProcessFactory, sync_condition, wait_until
-from tests.support.moto import AWS_ENV, BUCKET, MotoServer
+from tests.support.moto import BUCKET, MotoServer, object_sha256
 from tests.support.slack_stub import SlackStub
 
 MIB = 1024 * 1024
 
 
-@pytest.fixture(autouse=True)
-def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key, value in AWS_ENV.items():
-        monkeypatch.setenv(key, value)
-
-
-@pytest.fixture
-def slack() -> Iterator[SlackStub]:
-    with SlackStub() as stub:
-        yield stub
+pytestmark = pytest.mark.usefixtures("aws_env")  # S3 sinks read moto's credentials
 
 
 def s3_sink(moto: MotoServer, **options: Any) -> dict[str, Any]:
@@ -70,14 +60,6 @@ def keys_of(s3: Any) -> list[str]:
 def uploads_of(s3: Any) -> list[dict[str, Any]]:
     uploads: list[dict[str, Any]] = s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", [])
     return uploads
-
-
-def object_sha256(s3: Any, key: str) -> str:
-    body = s3.get_object(Bucket=BUCKET, Key=key)["Body"]
-    digest = hashlib.sha256()
-    for chunk in iter(lambda: body.read(MIB), b""):
-        digest.update(chunk)
-    return digest.hexdigest()
 
 
 # --- streaming to S3 -----------------------------------------------------------------------------

@@ -21,21 +21,10 @@ import pytest
 
 from falhook.store import Finish, Store
 from falhook.testing import FalSigner, webhook_body
+from tests.support.contract import EVENT_KEYS
 from tests.support.falhook_server import Falhook, to_toml
 from tests.support.fileserver import FileServer
 from tests.support.inprocess import InProcess, InProcessFactory, run_cli
-
-EVENT_KEYS = {
-    "request_id",
-    "route",
-    "fal_status",
-    "error",
-    "payload_error",
-    "received_at",
-    "state",
-    "deliveries",
-    "files",
-}
 
 
 def run(

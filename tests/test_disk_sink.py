@@ -5,21 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import hashlib
-import itertools
 import json
 import os
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 
 from falhook.sinks.base import (
     DeliveryContext,
-    EventInfo,
-    LocalFile,
     OptionError,
     Permanent,
     Retryable,
@@ -27,62 +21,7 @@ from falhook.sinks.base import (
 )
 from falhook.sinks.disk import DiskSink
 from falhook.sinks.naming import id_component
-
-_spool_names = itertools.count(1)
-
-
-def spooled(tmp_path: Path, data: bytes) -> Path:
-    """A freshly downloaded file, as the worker leaves it in its spool folder."""
-    spool = tmp_path / "spool"
-    spool.mkdir(exist_ok=True)
-    path = spool / f"dl-{next(_spool_names)}"
-    path.write_bytes(data)
-    return path
-
-
-def local_file(tmp_path: Path, name: str, data: bytes, path: str = "video") -> LocalFile:
-    return LocalFile(
-        path=path,
-        name=name,
-        url=f"https://v3.fal.media/{name}",
-        local_path=spooled(tmp_path, data),
-        size=len(data),
-        sha256=hashlib.sha256(data).hexdigest(),
-        content_type="video/mp4",
-    )
-
-
-def context(
-    tmp_path: Path,
-    *,
-    request_id: str = "req-1",
-    route: str = "reframe",
-    files: dict[str, bytes] | None = None,
-    status: str = "OK",
-) -> DeliveryContext:
-    files = {"clip.mp4": b"video bytes"} if files is None else files
-    info = EventInfo(
-        request_id=request_id,
-        route=route,
-        fal_status=status,
-        error=None if status == "OK" else "Invalid",
-        payload_error=None,
-        payload={"video": {"url": "https://v3.fal.media/clip.mp4"}} if status == "OK" else None,
-        gateway_request_id=None,
-        received_at=datetime(2026, 11, 23, 19, 12, 29, tzinfo=UTC),
-        files=[],
-        file_problems=[],
-    )
-    return DeliveryContext(
-        event=info,
-        files=[
-            local_file(tmp_path, name, data, path=f"out[{i}]")
-            for i, (name, data) in enumerate(files.items())
-        ],
-        sink="local",
-        attempt=1,
-        log=structlog.get_logger(),
-    )
+from tests.support.sink_ctx import spooled_ctx
 
 
 def sink(tmp_path: Path, name: str = "local", **options: Any) -> DiskSink:
@@ -99,27 +38,27 @@ def all_files(root: Path) -> list[str]:
 
 
 def test_files_land_at_root_route_request_id_name(tmp_path: Path) -> None:
-    deliver(sink(tmp_path), context(tmp_path, files={"clip.mp4": b"video", "e.zip": b"exr"}))
+    deliver(sink(tmp_path), spooled_ctx(tmp_path, files={"clip.mp4": b"video", "e.zip": b"exr"}))
     folder = tmp_path / "files" / "reframe" / "req-1"
     assert (folder / "clip.mp4").read_bytes() == b"video"
     assert (folder / "e.zip").read_bytes() == b"exr"
 
 
 def test_event_json_lands_beside_the_files(tmp_path: Path) -> None:
-    ctx = context(tmp_path)
+    ctx = spooled_ctx(tmp_path)
     deliver(sink(tmp_path), ctx)
     written = tmp_path / "files" / "reframe" / "req-1" / "event.json"
     assert json.loads(written.read_bytes()) == json.loads(json.dumps(ctx.event.document()))
 
 
 def test_the_output_says_where_each_file_went(tmp_path: Path) -> None:
-    out = deliver(sink(tmp_path), context(tmp_path))
+    out = deliver(sink(tmp_path), spooled_ctx(tmp_path))
     folder = tmp_path / "files" / "reframe" / "req-1"
     assert out == {"folder": str(folder), "files": {"out[0]": str(folder / "clip.mp4")}}
 
 
 def test_an_error_event_writes_its_event_json_alone(tmp_path: Path) -> None:
-    deliver(sink(tmp_path), context(tmp_path, status="ERROR", files={}))
+    deliver(sink(tmp_path), spooled_ctx(tmp_path, status="ERROR", files={}))
     assert all_files(tmp_path / "files") == ["reframe/req-1/event.json"]
 
 
@@ -128,7 +67,7 @@ def test_a_second_delivery_leaves_one_file_with_the_same_bytes_and_no_temporarie
 ) -> None:
     s = sink(tmp_path)
     for _ in range(3):  # each a fresh download, as after a replay
-        deliver(s, context(tmp_path, files={"clip.mp4": b"video bytes"}))
+        deliver(s, spooled_ctx(tmp_path, files={"clip.mp4": b"video bytes"}))
     folder = tmp_path / "files" / "reframe" / "req-1"
     assert sorted(p.name for p in folder.iterdir()) == ["clip.mp4", "event.json"]
     assert (folder / "clip.mp4").read_bytes() == b"video bytes"
@@ -138,12 +77,12 @@ def test_temporaries_left_by_a_crash_are_cleared_by_the_next_delivery(tmp_path: 
     folder = tmp_path / "files" / "reframe" / "req-1"
     folder.mkdir(parents=True)
     (folder / ".clip.mp4.0123456789ab.tmp").write_bytes(b"vid")  # half a copy
-    deliver(sink(tmp_path), context(tmp_path))
+    deliver(sink(tmp_path), spooled_ctx(tmp_path))
     assert sorted(p.name for p in folder.iterdir()) == ["clip.mp4", "event.json"]
 
 
 def test_a_failed_write_leaves_no_final_name_and_no_temporary(tmp_path: Path) -> None:
-    ctx = context(tmp_path)
+    ctx = spooled_ctx(tmp_path)
     ctx.files[0].local_path.unlink()  # the spool file vanished
     with pytest.raises(Retryable):
         deliver(sink(tmp_path), ctx)
@@ -153,7 +92,7 @@ def test_a_failed_write_leaves_no_final_name_and_no_temporary(tmp_path: Path) ->
 
 @pytest.mark.parametrize("request_id", ["../../etc", "../../../../tmp/x", "..", "/abs/path"])
 def test_a_hostile_request_id_stays_inside_root(tmp_path: Path, request_id: str) -> None:
-    deliver(sink(tmp_path), context(tmp_path, request_id=request_id))
+    deliver(sink(tmp_path), spooled_ctx(tmp_path, request_id=request_id))
     root = (tmp_path / "files").resolve()
     written = [p for p in tmp_path.rglob("*") if p.name in ("clip.mp4", "event.json")]
     assert len(written) == 2
@@ -161,7 +100,7 @@ def test_a_hostile_request_id_stays_inside_root(tmp_path: Path, request_id: str)
 
 
 def test_a_file_name_with_a_directory_is_refused(tmp_path: Path) -> None:
-    ctx = context(tmp_path, files={"../escape.mp4": b"x"})
+    ctx = spooled_ctx(tmp_path, files={"../escape.mp4": b"x"})
     with pytest.raises(Permanent):
         deliver(sink(tmp_path), ctx)
     assert not (tmp_path / "files" / "reframe" / "escape.mp4").exists()
@@ -170,7 +109,7 @@ def test_a_file_name_with_a_directory_is_refused(tmp_path: Path) -> None:
 def test_a_relative_root_resolves_against_the_config_folder(tmp_path: Path) -> None:
     s = sink(tmp_path, root="data/out")
     assert s.root == (tmp_path / "data" / "out").resolve()
-    deliver(s, context(tmp_path))
+    deliver(s, spooled_ctx(tmp_path))
     assert (tmp_path / "data" / "out" / "reframe" / "req-1" / "clip.mp4").is_file()
 
 
@@ -192,14 +131,14 @@ def test_a_mistyped_option_names_sinks_name_option(tmp_path: Path) -> None:
 
 
 def test_a_source_on_the_same_file_system_is_hard_linked(tmp_path: Path) -> None:
-    ctx = context(tmp_path)
+    ctx = spooled_ctx(tmp_path)
     deliver(sink(tmp_path), ctx)
     final = tmp_path / "files" / "reframe" / "req-1" / "clip.mp4"
     assert os.stat(final).st_ino == os.stat(ctx.files[0].local_path).st_ino
 
 
 def test_the_final_file_survives_the_sources_deletion(tmp_path: Path) -> None:
-    ctx = context(tmp_path, files={"clip.mp4": b"video bytes"})
+    ctx = spooled_ctx(tmp_path, files={"clip.mp4": b"video bytes"})
     deliver(sink(tmp_path), ctx)
     ctx.files[0].local_path.unlink()
     final = tmp_path / "files" / "reframe" / "req-1" / "clip.mp4"
@@ -213,7 +152,7 @@ def test_a_source_on_another_file_system_is_copied(
         raise OSError(errno.EXDEV, "Invalid cross-device link")
 
     monkeypatch.setattr("falhook.sinks.disk.os.link", cross_device)
-    ctx = context(tmp_path, files={"clip.mp4": b"video bytes"})
+    ctx = spooled_ctx(tmp_path, files={"clip.mp4": b"video bytes"})
     deliver(sink(tmp_path), ctx)
     final = tmp_path / "files" / "reframe" / "req-1" / "clip.mp4"
     assert final.read_bytes() == b"video bytes"
@@ -226,7 +165,7 @@ def test_request_ids_that_sanitise_alike_get_their_own_folders(tmp_path: Path) -
     ids = ["a/b", "a?b", "a_b", ".", "..", "x" * 200, "x" * 200 + "y"]
     s = sink(tmp_path)
     for rid in ids:
-        deliver(s, context(tmp_path, request_id=rid, files={"clip.mp4": rid.encode()}))
+        deliver(s, spooled_ctx(tmp_path, request_id=rid, files={"clip.mp4": rid.encode()}))
     route_dir = tmp_path / "files" / "reframe"
     folders = sorted(p for p in route_dir.iterdir() if p.is_dir())
     assert len(folders) == len(ids)

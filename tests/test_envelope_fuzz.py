@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from falhook.intake.envelope import MAX_DEPTH, EnvelopeError, find_files, parse_envelope
 from falhook.intake.events import new_event
 from tests.support.linecount import count_lines
+from tests.support.payloads import nested
 
 FUZZ = settings(
     max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
@@ -92,12 +93,6 @@ def test_file_discovery_never_raises_on_any_payload(payload: Any) -> None:
     files, problems = find_files(payload)
     assert all(isinstance(f.url, str) for f in files)
     assert all(p.reason for p in problems)
-
-
-def nested(levels: int, kind: str) -> str:
-    if kind == "array":
-        return "[" * levels + "1" + "]" * levels
-    return '{"a":' * levels + "1" + "}" * levels
 
 
 @pytest.mark.parametrize("levels", [MAX_DEPTH, 300, 1000, 100_000])

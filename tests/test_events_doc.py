@@ -12,19 +12,9 @@ import pytest
 
 from falhook.store.document import event_document
 from falhook.store.models import DeliveryView, EventView, SubmissionView
+from tests.support.contract import EVENT_KEYS as CONTRACT_KEYS
 
 RECEIVED = datetime(2026, 11, 23, 19, 12, 29, 654321, tzinfo=UTC)
-CONTRACT_KEYS = {
-    "request_id",
-    "route",
-    "fal_status",
-    "error",
-    "payload_error",
-    "received_at",
-    "state",
-    "deliveries",
-    "files",
-}
 ALLOWED_EXTRAS = {"gateway_request_id", "source", "submission", "payload"}
 
 

@@ -31,7 +31,7 @@ from falhook.testing import FalSigner, JWKSServer, webhook_body
 from tests.support.falhook_server import Falhook, base_config, wait_for
 from tests.support.fileserver import FileServer
 from tests.support.logs import captured
-from tests.test_disk_sink import context
+from tests.support.sink_ctx import spooled_ctx
 
 
 @pytest.fixture
@@ -52,7 +52,7 @@ def mode(path: Path) -> int:
 
 def test_disk_files_get_0644_under_the_usual_umask(tmp_path: Path, umask_022: None) -> None:
     sink = DiskSink("local", {"root": "files"}, SinkEnv(base_dir=tmp_path))
-    ctx = context(tmp_path)
+    ctx = spooled_ctx(tmp_path)
     ctx.files[0].local_path.chmod(0o600)  # as the worker's spool file is made
     asyncio.run(sink.deliver(ctx))
     folder = tmp_path / "files" / "reframe" / "req-1"
@@ -63,7 +63,7 @@ def test_disk_files_get_0644_under_the_usual_umask(tmp_path: Path, umask_022: No
 @pytest.mark.parametrize("value", [0o640, "640", "0640", "0o640"])
 def test_file_mode_sets_the_mode(tmp_path: Path, value: Any) -> None:
     sink = DiskSink("local", {"root": "files", "file_mode": value}, SinkEnv(base_dir=tmp_path))
-    asyncio.run(sink.deliver(context(tmp_path)))
+    asyncio.run(sink.deliver(spooled_ctx(tmp_path)))
     folder = tmp_path / "files" / "reframe" / "req-1"
     assert mode(folder / "clip.mp4") == mode(folder / "event.json") == 0o640
 
@@ -97,7 +97,7 @@ def test_a_filesystem_error_names_its_path(tmp_path: Path) -> None:
     (tmp_path / "files").mkdir()
     (tmp_path / "files" / "reframe").write_text("not a folder")
     with pytest.raises(Retryable) as err:
-        asyncio.run(sink.deliver(context(tmp_path)))
+        asyncio.run(sink.deliver(spooled_ctx(tmp_path)))
     assert str(tmp_path / "files" / "reframe") in str(err.value)
     assert "Not a directory" in str(err.value)
 

@@ -17,7 +17,8 @@ from falhook.app import create_app
 from falhook.config import settings_from_dict
 from falhook.intake.envelope import MAX_DEPTH
 from falhook.testing import FalSigner, JWKSServer
-from tests.support.falhook_server import Falhook, base_config
+from tests.support.falhook_server import Falhook, base_config, wait_for
+from tests.support.payloads import nested
 
 
 @pytest.fixture
@@ -37,12 +38,6 @@ async def client(
 
 def signed(signer: FalSigner, raw: bytes, request_id: str) -> dict[str, str]:
     return signer.headers(raw, request_id)
-
-
-def nested(levels: int, kind: str) -> str:
-    if kind == "array":
-        return "[" * levels + "1" + "]" * levels
-    return '{"a":' * levels + "1" + "}" * levels
 
 
 @pytest.mark.parametrize("levels", [300, 5000, 100_000])
@@ -137,6 +132,18 @@ def test_a_body_trickled_at_one_byte_a_second_gets_408_and_the_connection_closes
     assert closed
 
 
+def unread_bytes(port: int) -> int:
+    """Bytes the kernel holds for the server's connections on `port` that it has not read
+    yet (Linux's /proc/net/tcp: the rx_queue of each established socket)."""
+    unread = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, state, queues = fields[1], fields[3], fields[4]
+        if int(local.split(":")[1], 16) == port and state == "01":  # ESTABLISHED
+            unread += int(queues.split(":")[1], 16)
+    return unread
+
+
 def held_body_bytes(fh: Falhook) -> float:
     text = httpx.get(fh.url("/metrics"), timeout=10).text
     [line] = [ln for ln in text.splitlines() if ln.startswith("falhook_unfinished_body_bytes ")]
@@ -160,6 +167,9 @@ def test_unsigned_bodies_one_byte_short_of_the_limit_hold_no_memory(
             sock = open_request(fh.port, limit)
             sock.sendall(b"x" * (limit - 1))
             socks.append(sock)
+        # The server has read every byte sent (not just the kernel): only then does "holds
+        # nothing" say something.
+        wait_for(lambda: unread_bytes(fh.port) == 0, timeout=30, what="the bodies to be read")
         assert held_body_bytes(fh) == 0
         rid = str(uuid.uuid4())
         raw = json.dumps({"request_id": rid, "status": "OK", "payload": None}).encode()

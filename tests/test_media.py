@@ -16,7 +16,7 @@ from falhook.testing import FalSigner
 from tests.support.fileserver import FileServer
 from tests.support.inprocess import InProcessFactory
 from tests.support.media import tiny_mp4
-from tests.support.moto import AWS_ENV, BUCKET, MotoServer
+from tests.support.moto import BUCKET, MotoServer
 from tests.support.sink_ctx import local_file, make_ctx
 
 
@@ -89,12 +89,10 @@ async def test_the_s3_sink_that_streamed_a_video_also_stores_its_poster(
     files: FileServer,
     moto: MotoServer,
     s3: Any,
-    monkeypatch: pytest.MonkeyPatch,
+    aws_env: None,
 ) -> None:
     """The poster exists only once the video is whole, after the S3 sink streamed the video:
     the sink then delivers the whole set in the same attempt, and its marker lists both."""
-    for key, value in AWS_ENV.items():
-        monkeypatch.setenv(key, value)
     sink = {"type": "s3", "bucket": BUCKET, "endpoint_url": moto.url, "region": "us-east-1"}
     fh = await inprocess(sinks={"archive": sink}, routes={"default": {"sinks": ["archive"]}})
     files.add("/clip.mp4", data=tiny_mp4(seconds=1.0), content_type="video/mp4")

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from falhook.testing import FalSigner, JWKSServer, webhook_body
-from tests.support.brokers import Broker, make_broker
+from tests.support.brokers import Broker, open_broker
 from tests.support.falhook_server import ROOT, Falhook, base_config, wait_for
 from tests.support.moto import AWS_ENV
 
@@ -27,11 +27,7 @@ EXPECTED = {"redis": 1, "nats": 1, "sqs-fifo": 1, "amqp": 2, "sqs": 2}
 
 @pytest.fixture(params=sorted(EXPECTED))
 def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
-    moto_url = request.getfixturevalue("moto").url if request.param.startswith("sqs") else None
-    made = make_broker(request.param, moto_url)
-    asyncio.run(made.setup())
-    yield made
-    asyncio.run(made.teardown())
+    yield from open_broker(request.param, request)
 
 
 def start_falhook(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +28,6 @@ KEY = "test-key-0123456789"
 INPUT = {"prompt": "wider", "video_url": "https://example.invalid/v.mp4", "aspect_ratio": "21:9"}
 DEAD_WEBHOOK = "http://127.0.0.1:9"  # nothing listens: every webhook is lost
 NOW = ReconcileSettings(deadline=0, interval=0.1)
-
-
-@pytest.fixture(scope="module")
-def fal_host() -> Iterator[SharedEmulator]:
-    with SharedEmulator() as host:
-        yield host
 
 
 @pytest.fixture

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
-import pytest
 
 from falhook.testing import FalSigner, webhook_body
 from tests.support.falhook_server import Falhook, wait_for
@@ -21,12 +20,6 @@ from tests.support.http_target import HttpTarget
 from tests.support.slack_stub import SlackStub, block_problems
 
 SECRET = "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
-
-
-@pytest.fixture
-def slack() -> Iterator[SlackStub]:
-    with SlackStub() as stub:
-        yield stub
 
 
 def send(fh: Falhook, signer: FalSigner, route: str, **envelope: Any) -> str:

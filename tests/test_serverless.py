@@ -28,7 +28,7 @@ from falhook import serverless
 from falhook.testing import FalSigner, JWKSServer, webhook_body
 from tests.support.falhook_server import base_config, to_toml
 from tests.support.fileserver import FileServer
-from tests.support.moto import AWS_ENV, MotoServer
+from tests.support.moto import MotoServer
 from tests.support.stores import PG_URL
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -231,14 +231,12 @@ def moto() -> Iterator[MotoServer]:
 
 
 @pytest.fixture
-def aws(moto: MotoServer, monkeypatch: pytest.MonkeyPatch) -> Any:
+def aws(moto: MotoServer, aws_env: None, monkeypatch: pytest.MonkeyPatch) -> Any:
     """Fake credentials and moto as the SSM endpoint, the way a deployment would override it;
     gives a botocore client factory for setting up parameters and secrets."""
     import botocore.session
 
     moto.reset()
-    for key, value in AWS_ENV.items():
-        monkeypatch.setenv(key, value)
     monkeypatch.setenv("AWS_ENDPOINT_URL_SSM", moto.url)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     monkeypatch.delenv("AWS_REGION", raising=False)

@@ -5,7 +5,6 @@ broker that goes away and comes back gets the event exactly once."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,8 +13,7 @@ import pytest
 
 from falhook.sinks.base import SinkEnv
 from falhook.sinks.registry import build_sink
-from tests.support.brokers import KINDS, Broker, make_broker
-from tests.support.moto import AWS_ENV
+from tests.support.brokers import KINDS, Broker, make_broker, open_broker
 from tests.support.pipeline import Pipeline
 from tests.support.sink_ctx import make_ctx
 from tests.support.tcp_relay import TCPRelay
@@ -25,16 +23,10 @@ DETAIL = [{"loc": ["body", "video_url"], "msg": "field required", "type": "value
 
 
 @pytest.fixture(params=KINDS)
-def broker(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Broker]:
-    moto_url = None
+def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
     if request.param.startswith("sqs"):
-        for key, value in AWS_ENV.items():
-            monkeypatch.setenv(key, value)
-        moto_url = request.getfixturevalue("moto").url
-    made = make_broker(request.param, moto_url)
-    asyncio.run(made.setup())
-    yield made
-    asyncio.run(made.teardown())
+        request.getfixturevalue("aws_env")  # the SQS sink reads moto's credentials
+    yield from open_broker(request.param, request)
 
 
 def data_uri(data: bytes, media: str) -> str:
@@ -120,12 +112,11 @@ AFTER_A_LOST_RECORD = {"redis": 1, "nats": 1, "sqs-fifo": 1, "amqp": 2, "sqs": 2
 
 @pytest.mark.parametrize("kind", sorted(AFTER_A_LOST_RECORD))
 async def test_an_attempt_after_an_unrecorded_publish(
-    kind: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+    kind: str, request: pytest.FixtureRequest
 ) -> None:
     moto_url = None
     if kind.startswith("sqs"):
-        for key, value in AWS_ENV.items():
-            monkeypatch.setenv(key, value)
+        request.getfixturevalue("aws_env")
         moto_url = request.getfixturevalue("moto").url
     broker = make_broker(kind, moto_url)
     await broker.setup()

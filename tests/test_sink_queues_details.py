@@ -5,7 +5,6 @@ start-up."""
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 from collections.abc import Iterator
 from dataclasses import replace
@@ -17,8 +16,7 @@ import pytest
 from falhook.sinks import messaging
 from falhook.sinks.base import DeliveryContext, OptionError, Permanent, Retryable, Sink, SinkEnv
 from falhook.sinks.registry import build_sink
-from tests.support.brokers import KINDS, AmqpBroker, Broker, NatsBroker, RedisBroker, make_broker
-from tests.support.moto import AWS_ENV
+from tests.support.brokers import KINDS, AmqpBroker, Broker, NatsBroker, RedisBroker, open_broker
 from tests.support.sink_ctx import local_file, make_ctx
 
 STORED = "http://127.0.0.1:9/bucket/fal/reframe/req-123/clip.mp4?X-Amz-Signature=abc"
@@ -41,22 +39,8 @@ async def deliver(sink: Sink, ctx: DeliveryContext) -> dict[str, Any]:
         await sink.aclose()
 
 
-@pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key, value in AWS_ENV.items():
-        monkeypatch.setenv(key, value)
-
-
-def open_broker(kind: str, request: pytest.FixtureRequest) -> Iterator[Broker]:
-    moto_url = request.getfixturevalue("moto").url if kind.startswith("sqs") else None
-    made = make_broker(kind, moto_url)
-    asyncio.run(made.setup())
-    yield made
-    asyncio.run(made.teardown())
-
-
 @pytest.fixture(params=KINDS)
-def broker(request: pytest.FixtureRequest, aws: None) -> Iterator[Broker]:
+def broker(request: pytest.FixtureRequest, aws_env: None) -> Iterator[Broker]:
     yield from open_broker(request.param, request)
 
 
@@ -76,12 +60,12 @@ def nats_broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
 
 
 @pytest.fixture
-def sqs_broker(request: pytest.FixtureRequest, aws: None) -> Iterator[Broker]:
+def sqs_broker(request: pytest.FixtureRequest, aws_env: None) -> Iterator[Broker]:
     yield from open_broker("sqs", request)
 
 
 @pytest.fixture
-def fifo_broker(request: pytest.FixtureRequest, aws: None) -> Iterator[Broker]:
+def fifo_broker(request: pytest.FixtureRequest, aws_env: None) -> Iterator[Broker]:
     yield from open_broker("sqs-fifo", request)
 
 

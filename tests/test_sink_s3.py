@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import hashlib
 import io
 import json
 import os
@@ -19,29 +18,18 @@ from falhook.sinks.base import OptionError, Permanent, Retryable, SinkEnv
 from falhook.sinks.naming import id_component
 from falhook.sinks.s3 import FilePart, S3Sink
 from tests.support.fileserver import generated_bytes
-from tests.support.moto import AWS_ENV, BUCKET, MotoServer
+from tests.support.moto import BUCKET, MotoServer, object_sha256
 from tests.support.sink_ctx import local_file, make_ctx
 
 MIB = 1024 * 1024
 
 
-@pytest.fixture(autouse=True)
-def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key, value in AWS_ENV.items():
-        monkeypatch.setenv(key, value)
+pytestmark = pytest.mark.usefixtures("aws_env")  # S3 sinks read moto's credentials
 
 
 def make_sink(moto: MotoServer, tmp_path: Path, **options: Any) -> S3Sink:
     opts = {"bucket": BUCKET, "endpoint_url": moto.url, **options}
     return S3Sink("archive", opts, SinkEnv(base_dir=tmp_path))
-
-
-def object_sha256(s3: Any, key: str) -> str:
-    body = s3.get_object(Bucket=BUCKET, Key=key)["Body"]
-    digest = hashlib.sha256()
-    for chunk in iter(lambda: body.read(MIB), b""):
-        digest.update(chunk)
-    return digest.hexdigest()
 
 
 @pytest.mark.parametrize("size", [5 * MIB, 200 * MIB], ids=["5MB", "200MB"])

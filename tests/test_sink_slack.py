@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +13,6 @@ from tests.support.sink_ctx import local_file, make_ctx
 from tests.support.slack_stub import HOOK_PATH, TOKEN, SlackStub, block_problems
 
 STORED = "http://127.0.0.1:9/bucket/fal/reframe/req-123/clip.mp4?X-Amz-Signature=abc"
-
-
-@pytest.fixture
-def slack() -> Iterator[SlackStub]:
-    with SlackStub() as stub:
-        yield stub
 
 
 def webhook_sink(slack: SlackStub, **options: Any) -> SlackSink:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from falhook.testing import FalSigner
 from tests.support.falhook_server import ROOT
 from tests.support.fileserver import FileServer, generated_sha256
 from tests.support.inprocess import InProcess, InProcessFactory
-from tests.support.moto import AWS_ENV, BUCKET, MotoServer
+from tests.support.moto import BUCKET, MotoServer, object_sha256
 from tests.support.slack_stub import SlackStub, block_problems
 
 MIB = 1024 * 1024
@@ -35,16 +34,8 @@ pytestmark = pytest.mark.one_store("the sinks of one route, not the store")
 
 
 @pytest.fixture
-def slack() -> Iterator[SlackStub]:
-    with SlackStub() as stub:
-        yield stub
-
-
-@pytest.fixture
-def aws_and_examples(monkeypatch: pytest.MonkeyPatch) -> None:
+def aws_and_examples(aws_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
     """moto's fake credentials, and `examples/` importable (the custom handler's package)."""
-    for key, value in AWS_ENV.items():
-        monkeypatch.setenv(key, value)
     monkeypatch.syspath_prepend(str(ROOT / "examples"))
 
 
@@ -115,14 +106,6 @@ def two_files(files: FileServer) -> dict[str, Any]:
         },
         "images": [{"url": files.url("/out/frame.png"), "content_type": "image/png"}],
     }
-
-
-def object_sha256(s3: Any, key: str) -> str:
-    body = s3.get_object(Bucket=BUCKET, Key=key)["Body"]
-    digest = hashlib.sha256()
-    for chunk in iter(lambda: body.read(MIB), b""):
-        digest.update(chunk)
-    return digest.hexdigest()
 
 
 def file_links(post: dict[str, Any]) -> dict[str, str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
@@ -27,12 +27,6 @@ REFRAME = "luma/agent/ray/v3.2/reframe"
 KEY = "test-key-0123456789"
 INPUT = {"prompt": "wider", "video_url": "https://example.invalid/v.mp4", "aspect_ratio": "21:9"}
 PUBLIC = "http://127.0.0.1:9"  # nothing listens: these tests look at what fal is asked
-
-
-@pytest.fixture(scope="module")
-def fal_host() -> Iterator[SharedEmulator]:
-    with SharedEmulator() as host:
-        yield host
 
 
 @pytest.fixture

@@ -4,15 +4,21 @@ moto's server. Each adapter makes its own stream, queue or subject (`setup`), na
 options that publish there (optionally through a relay port), reads back what arrived with
 the broker's own client (`messages`, parsed), and removes everything (`teardown`).
 
-Methods are async (the clients are): sync tests call them through `asyncio.run`.
+Methods are async (the clients are): sync tests call them through `asyncio.run`, as
+`open_broker` does for a fixture.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pytest
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:{port}/"
 MAX_READ = 10_000  # messages read back at most: every loop here is bounded
@@ -262,3 +268,13 @@ def make_broker(kind: str, moto_url: str | None = None) -> Broker:
         raise ValueError(f"unknown broker kind {kind!r}")
     made.label = kind
     return made
+
+
+def open_broker(kind: str, request: pytest.FixtureRequest) -> Iterator[Broker]:
+    """For a fixture (`yield from open_broker(kind, request)`): a broker of `kind` set up for
+    this test and removed after it; an SQS kind uses the test's `moto` server."""
+    moto_url = request.getfixturevalue("moto").url if kind.startswith("sqs") else None
+    made = make_broker(kind, moto_url)
+    asyncio.run(made.setup())
+    yield made
+    asyncio.run(made.teardown())

@@ -1,11 +1,7 @@
 """fal's emulator on one loopback server for a whole test module, with a fresh `Emulator`
 (its own jobs, files, signer and recorded requests) behind it for each test: stopping the
 server is what costs (uvicorn notices a stop at its next 0.1 s tick), not the emulator.
-
-    @pytest.fixture(scope="module")
-    def fal_host() -> Iterator[SharedEmulator]:
-        with SharedEmulator() as host:
-            yield host
+The module-scoped `fal_host` fixture (tests/conftest.py) is that server; a test module adds:
 
     @pytest.fixture
     def fal(fal_host: SharedEmulator) -> SharedEmulator:

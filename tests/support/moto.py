@@ -6,11 +6,13 @@
 - `MotoProcess`: `moto_server` as a subprocess, so a benchmark measures only its own process.
 
 Credentials are fake and go through the environment (`AWS_ENV`), as the standard AWS chain
-reads them; `boto3_client()` gives a synchronous client for assertions.
+reads them; `boto3_client()` gives a synchronous client for assertions, and `object_sha256()`
+the SHA-256 of a stored object.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -142,3 +144,13 @@ def boto3_client(endpoint_url: str) -> Any:
         aws_secret_access_key=AWS_ENV["AWS_SECRET_ACCESS_KEY"],
         config=Config(s3={"addressing_style": "path"}),
     )
+
+
+def object_sha256(s3: Any, key: str) -> str:
+    """The SHA-256 of object `key` in BUCKET, read in 1 MiB chunks (objects of hundreds of MiB
+    are never held in memory whole)."""
+    body = s3.get_object(Bucket=BUCKET, Key=key)["Body"]
+    digest = hashlib.sha256()
+    for chunk in iter(lambda: body.read(1024 * 1024), b""):
+        digest.update(chunk)
+    return digest.hexdigest()

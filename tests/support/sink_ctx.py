@@ -1,8 +1,11 @@
-"""Build a DeliveryContext by hand, as the worker would, for calling a sink's `deliver`."""
+"""Build a DeliveryContext by hand, as the worker would, for calling a sink's `deliver`:
+`make_ctx` from LocalFiles made with `local_file`, or `spooled_ctx` from {name: bytes} in one
+call (each file a freshly downloaded spool file, as the disk sink receives it)."""
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -91,4 +94,63 @@ def make_ctx(
         log=structlog.get_logger().bind(request_id=request_id, sink=sink),
         outputs=outputs or {},
         previous=previous,
+    )
+
+
+_spool_names = itertools.count(1)
+
+
+def _spooled(tmp_path: Path, data: bytes) -> Path:
+    """A freshly downloaded file, as the worker leaves it in its spool folder."""
+    spool = tmp_path / "spool"
+    spool.mkdir(exist_ok=True)
+    path = spool / f"dl-{next(_spool_names)}"
+    path.write_bytes(data)
+    return path
+
+
+def _spooled_file(tmp_path: Path, name: str, data: bytes, path: str) -> LocalFile:
+    return LocalFile(
+        path=path,
+        name=name,
+        url=f"https://v3.fal.media/{name}",
+        local_path=_spooled(tmp_path, data),
+        size=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+        content_type="video/mp4",
+    )
+
+
+def spooled_ctx(
+    tmp_path: Path,
+    *,
+    request_id: str = "req-1",
+    route: str = "reframe",
+    files: dict[str, bytes] | None = None,
+    status: str = "OK",
+) -> DeliveryContext:
+    """A context for sink "local" whose files ({name: bytes}; default one clip.mp4) sit in
+    tmp_path/spool under the worker's own names (dl-N), as the disk sink receives them."""
+    files = {"clip.mp4": b"video bytes"} if files is None else files
+    info = EventInfo(
+        request_id=request_id,
+        route=route,
+        fal_status=status,
+        error=None if status == "OK" else "Invalid",
+        payload_error=None,
+        payload={"video": {"url": "https://v3.fal.media/clip.mp4"}} if status == "OK" else None,
+        gateway_request_id=None,
+        received_at=RECEIVED,
+        files=[],
+        file_problems=[],
+    )
+    return DeliveryContext(
+        event=info,
+        files=[
+            _spooled_file(tmp_path, name, data, path=f"out[{i}]")
+            for i, (name, data) in enumerate(files.items())
+        ],
+        sink="local",
+        attempt=1,
+        log=structlog.get_logger(),
     )
