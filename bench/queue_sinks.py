@@ -45,10 +45,10 @@ from falhook.intake.envelope import parse_envelope  # noqa: E402
 from falhook.intake.events import new_event  # noqa: E402
 from falhook.logs import configure_logging  # noqa: E402
 from falhook.runtime import Runtime  # noqa: E402
-from falhook.sinks.base import EventInfo, SinkEnv  # noqa: E402
-from falhook.sinks.messaging import encode  # noqa: E402
-from falhook.sinks.registry import build_sink  # noqa: E402
 from falhook.testing import webhook_body  # noqa: E402
+from falhook_sinks.base import EventInfo, SinkEnv  # noqa: E402
+from falhook_sinks.messaging import encode  # noqa: E402
+from falhook_sinks.registry import build_sink  # noqa: E402
 from tests.support.brokers import (  # noqa: E402
     AMQP_URL,
     AmqpBroker,

@@ -208,8 +208,8 @@ def one_client(name: str, file: Path, endpoint: str) -> dict[str, float]:
     if name == "sink":
         import boto3  # what a cold start pays (the sink imports it on first use)
 
-        from falhook.sinks.base import LocalFile, SinkEnv
-        from falhook.sinks.s3 import S3Sink
+        from falhook_sinks.base import LocalFile, SinkEnv
+        from falhook_sinks.s3 import S3Sink
     elif name == "boto3":
         import boto3  # noqa: F401
     elif name == "obstore":

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import structlog
 
-from falhook.sinks.base import DeliveryContext, EventInfo, LocalFile, OptionError, SinkEnv
-from falhook.sinks.python import python_sink
+from falhook.sinks import DeliveryContext, EventInfo, LocalFile, OptionError, SinkEnv
+from falhook_sinks.python import python_sink
 
 
 def _ctx(tmp_path: Path, request_id: str = "req-1") -> DeliveryContext:

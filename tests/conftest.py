@@ -17,13 +17,10 @@ backend="postgres")` marks a test about PostgreSQL.
 from __future__ import annotations
 
 import os
-import ssl
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
-import httpx._transports.default
 import pytest
 
 from falhook.testing import FalSigner, JWKSServer
@@ -72,32 +69,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     ) and not hasattr(report, "wasxfail"):
         report.outcome = "failed"
         report.longrepr = f"skipped in CI, where every test must run: {report.longrepr}"
-
-
-@pytest.fixture(scope="session", autouse=True)
-def one_tls_context_per_trust() -> Iterator[None]:
-    """httpx builds a TLS context for each client, and falhook's fetcher one per worker, each
-    parsing certifi's CA bundle (about 30 ms; most in-process tests build two or three).
-    Within the test session the same trust gives the same context: contexts for the default
-    trust are kept by SSL_CERT_FILE / SSL_CERT_DIR (a test that sets one gets its own);
-    any other verify or cert is built as usual."""
-    build = httpx.create_ssl_context
-    built: dict[tuple[str | None, str | None], ssl.SSLContext] = {}
-
-    def create_ssl_context(
-        verify: Any = True, cert: Any = None, trust_env: bool = True
-    ) -> ssl.SSLContext:
-        if verify is not True or cert is not None or not trust_env:
-            return build(verify=verify, cert=cert, trust_env=trust_env)
-        trust = (os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
-        if trust not in built:
-            built[trust] = build()
-        return built[trust]
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(httpx, "create_ssl_context", create_ssl_context)
-        patch.setattr(httpx._transports.default, "create_ssl_context", create_ssl_context)
-        yield
 
 
 @pytest.fixture

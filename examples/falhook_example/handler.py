@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from falhook.sinks.base import DeliveryContext, Permanent, Retryable
+from falhook.sinks import DeliveryContext, Permanent, Retryable
 
 
 async def record(ctx: DeliveryContext, *, path: str, include_urls: bool = False) -> dict[str, Any]:

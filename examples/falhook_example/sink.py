@@ -8,7 +8,7 @@ group (see ``examples/pyproject.toml``) and configure it by its type::
 
 from __future__ import annotations
 
-from falhook.sinks.python import as_sink_factory
+from falhook.sinks import as_sink_factory
 from falhook_example.handler import record
 
 factory = as_sink_factory(record)  # same keyword-option rules as type = "python"

@@ -9,7 +9,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from falhook.sinks.base import DeliveryContext
+from falhook_sinks.base import DeliveryContext
 
 
 async def kill_once(ctx: DeliveryContext, *, marker: str) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from typing import Any
 
 import structlog
 
-from falhook.sinks.base import DeliveryContext, Permanent
+from falhook_sinks.base import DeliveryContext, Permanent
 
 RECEIVED: defaultdict[str, list[DeliveryContext]] = defaultdict(list)
 # What every log line written during the call carries besides its own keys.

@@ -13,7 +13,7 @@ from typing import Any
 
 import structlog
 
-from falhook.sinks.base import DeliveryContext, EventInfo, LocalFile
+from falhook_sinks.base import DeliveryContext, EventInfo, LocalFile
 
 RECEIVED = datetime(2026, 11, 23, 19, 12, 29, tzinfo=UTC)
 

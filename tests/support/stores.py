@@ -1,4 +1,4 @@
-"""Store backends the semantic suite (tests/test_store.py) runs against.
+"""Store backends the semantic suite (tests/inprocess/test_store.py) runs against.
 
 Adding a backend: give it a name in STORE_BACKENDS and a branch in make_backend. The same
 (name, tmp_path) must give a store on the same data, so that reopen_backend sees what an

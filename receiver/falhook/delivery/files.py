@@ -1,0 +1,206 @@
+"""From a stored event to what its sinks get: its Files found and named safely, fetched one
+by one (``transfer.JobFiles`` keeps them in the event's spool folder across attempts) or
+described without bytes (``LocalFile``), and the event as sinks see it (``EventInfo``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any, TypeVar
+
+import structlog
+
+from falhook.downloads.errors import FetchError, FetchPermanent, FetchRefused, FetchRetryable
+from falhook.downloads.fal_media import SIGNABLE_STATUSES, FalMediaSigner, SigningError
+from falhook.downloads.fetch import FetchedFile, Fetcher
+from falhook.intake.envelope import EnvelopeError, FileRef, parse_envelope
+from falhook.intake.events import files_of
+from falhook.metrics import Metrics
+from falhook.store.document import file_views, payload_of, submission_doc
+from falhook.store.models import EventView
+from falhook_sinks.base import EventInfo, LocalFile
+from falhook_sinks.naming import file_names
+
+log = structlog.get_logger("falhook.worker")
+Problems = list[dict[str, str]]
+T = TypeVar("T")
+OFF_LOOP_FILES = 256  # so many Files are named in a thread
+
+
+def refs_of(event: EventView) -> tuple[list[FileRef], Problems]:
+    """The Files to download, re-derived from the raw body (the stored list abbreviates
+    data: URIs), and the malformed ones as problems."""
+    try:
+        envelope = parse_envelope(event.body)
+    except EnvelopeError:  # cannot happen for a stored event; never crash on it
+        return [], [{"path": "payload", "reason": "stored body is not an envelope"}]
+    refs, problems = files_of(envelope)
+    return refs, [{"path": p.path, "reason": p.reason} for p in problems]
+
+
+async def download_one(
+    fetcher: Fetcher,
+    metrics: Metrics,
+    signer: FalMediaSigner | None,
+    ref: FileRef,
+    spool_dir: Path,
+    *,
+    keep: bool,
+    **where: Any,
+) -> FetchedFile:
+    """One File into spool_dir, counted and logged; FetchError when it fails."""
+    started = time.perf_counter()
+    try:
+        got = await fetch_one(fetcher, signer, ref, spool_dir, keep, **where)
+    except FetchError as exc:
+        outcome = "retryable" if exc.retryable else "permanent"
+        metrics.downloads.labels(outcome=outcome).inc()
+        log.warning("download failed", path=ref.path, error=exc.message, kind=outcome)
+        raise
+    seconds = time.perf_counter() - started
+    log.info(
+        "downloaded",
+        path=ref.path,
+        bytes=got.size,
+        seconds=round(seconds, 3),
+        mib_per_s=round(got.size / 1048576 / max(seconds, 1e-6), 1),
+    )
+    metrics.downloads.labels(outcome="ok").inc()
+    metrics.download_bytes.inc(got.size)
+    return got
+
+
+async def fetch_one(
+    fetcher: Fetcher,
+    signer: FalMediaSigner | None,
+    ref: FileRef,
+    spool_dir: Path,
+    keep: bool,
+    **where: Any,
+) -> FetchedFile:
+    """One File into spool_dir (`where`: Fetcher.fetch's `into` and `on_written`)."""
+    try:
+        return await fetcher.fetch(ref, spool_dir, keep=keep, **where)
+    except FetchError as exc:
+        if _refused_as_private(fetcher, exc):
+            raise FetchPermanent(f"{exc.message}; {PRIVATE_HOSTS_HINT}") from None
+        if signer is None or exc.status not in SIGNABLE_STATUSES or not signer.applies(ref.url):
+            raise
+        signed = await _signed(signer, ref, exc)
+    # The signed URL is used here only: the event, its documents and logs keep fal's URL.
+    got = await fetcher.fetch(dataclasses.replace(ref, url=signed), spool_dir, keep=keep, **where)
+    log.info("downloaded a private fal file through a signed URL", path=ref.path)
+    return dataclasses.replace(got, ref=ref)
+
+
+async def _signed(signer: FalMediaSigner, ref: FileRef, exc: FetchError) -> str:
+    if not signer.has_key:
+        hidden = " (a file hidden by its access rule looks missing)" if exc.status == 404 else ""
+        raise FetchPermanent(
+            f"{exc.message}: a private fal file{hidden} is read through a signed URL from "
+            "fal's storage API, which needs FAL_KEY in falhook's environment"
+        ) from None
+    try:
+        return await signer.signed_url(ref.url)
+    except SigningError as err:
+        message = f"{exc.message}; a signed URL could not be had: {err.message}"
+        if err.retryable:
+            raise FetchRetryable(message, status=exc.status) from None
+        raise FetchPermanent(message, status=exc.status) from None
+
+
+PRIVATE_HOSTS_HINT = (
+    "set [downloads].allow_private_hosts = true to allow loopback and private addresses "
+    "(for falhook emulate, or file servers on your own network)"
+)
+
+
+def _refused_as_private(fetcher: Fetcher, exc: FetchError) -> bool:
+    """The address guard refused the host's address, and allow_private_hosts would have let
+    it through."""
+    return isinstance(exc, FetchRefused) and not fetcher.guard.allow_private
+
+
+def names_of(refs: list[FileRef]) -> list[str]:
+    return file_names((r.path, r.file_name, r.content_type, r.url) for r in refs)
+
+
+def described_all(refs: list[FileRef], views: list[dict[str, Any]]) -> list[LocalFile]:
+    """Every File described without a download (for sinks that only link files)."""
+    by_path = {v.get("path"): v for v in views}
+    return [
+        described(ref, name, by_path.get(ref.path) or {})
+        for ref, name in zip(refs, names_of(refs), strict=True)
+    ]
+
+
+def shown_url(ref: FileRef) -> str:
+    """The File's URL as sinks get it: a data: URI (megabytes, maybe) only by its start."""
+    return ref.url if not ref.is_data_uri else ref.url[:32] + "..."
+
+
+def described(ref: FileRef, name: str, view: dict[str, Any]) -> LocalFile:
+    """A File as a sink that reads no bytes sees it without a download: what the payload
+    and earlier downloads (the stored view) say."""
+    return LocalFile(
+        path=ref.path,
+        name=name,
+        url=shown_url(ref),
+        local_path=None,
+        size=view.get("size", ref.file_size),
+        sha256=view.get("sha256"),
+        content_type=view.get("content_type") or ref.content_type,
+        file_name=ref.file_name,
+        extras=ref.extras,
+    )
+
+
+def local_file(fetched: FetchedFile, name: str) -> LocalFile:
+    ref = fetched.ref
+    return LocalFile(
+        path=ref.path,
+        name=name,
+        url=shown_url(ref),
+        local_path=fetched.local_path,
+        size=fetched.size,
+        sha256=fetched.sha256,
+        content_type=fetched.content_type,
+        file_name=ref.file_name,
+        extras=ref.extras,
+    )
+
+
+def with_downloads(files: list[dict[str, Any]], local: list[LocalFile]) -> list[dict[str, Any]]:
+    """The event's stored file list with what the downloads found out (size, sha256, type,
+    the name sinks use)."""
+    by_path = {f.path: f for f in local}
+    updated = []
+    for view in files:
+        got = by_path.get(view.get("path", ""))
+        if got is not None:
+            view = view | {
+                "size": got.size,
+                "sha256": got.sha256,
+                "content_type": got.content_type,
+                "name": got.name,
+            }
+        updated.append(view)
+    return updated
+
+
+def event_info(event: EventView, files: list[dict[str, Any]], problems: Problems) -> EventInfo:
+    return EventInfo(
+        request_id=event.request_id,
+        route=event.route,
+        fal_status=event.fal_status,
+        error=event.error,
+        payload_error=event.payload_error,
+        payload=payload_of(event),
+        gateway_request_id=event.gateway_request_id,
+        received_at=event.received_at,
+        files=file_views(files),
+        file_problems=problems,
+        submission=submission_doc(event),
+        source=event.source,
+    )

@@ -1,0 +1,249 @@
+"""The console's reads (falhook.store.roles.ConsoleReader) on every store backend: filters,
+search, cursor paging while events arrive, bulk replay, changes since a mark, dead groups
+and delivery statistics; and the SQLite migration that indexes stored events for search."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import closing
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from falhook.store import sqlite_schema as schema
+from falhook.store.models import Change, ChangeMark, EventQuery, Finish, utcnow
+from falhook.store.roles import Store
+from falhook.store.sqlite import SQLiteStore
+from tests.inprocess.test_store import HOUR, event, lease_all, set_states, submission
+from tests.support.stores import STORE_BACKENDS, open_backend
+
+
+@pytest.fixture(params=STORE_BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+async def store(backend: str, tmp_path: Path) -> AsyncIterator[Store]:
+    async with open_backend(backend, tmp_path) as s:
+        yield s
+
+
+def body(rid: str, payload: Any = None, **extra: Any) -> bytes:
+    return json.dumps({"request_id": rid, "status": "OK", "payload": payload, **extra}).encode()
+
+
+def made(**kw: Any) -> Any:
+    e = event(**kw)
+    if "body" not in kw:
+        e = event(**kw, body=body(e.request_id, {"prompt": "a quiet harbour at dawn"}))
+    return e
+
+
+async def ids(store: Store, **filters: Any) -> list[str]:
+    page = await store.find_events(EventQuery(**filters), limit=100)
+    return [v.request_id for v in page.events]
+
+
+async def test_filters_each_narrow_the_listing(store: Store) -> None:
+    a = made(route="r1", request_id="req-a")
+    b = made(route="r2", request_id="req-b", fal_status="ERROR", error="boom")
+    c = made(route="r1", request_id="req-c", received_at=utcnow() - 3 * HOUR)
+    for e in (c, a, b):
+        assert await store.accept(e)
+    await store.record_submission(submission(request_id=b.request_id, endpoint="fal-ai/flux"))
+    await set_states(store, a.request_id, {"a": "dead", "b": "delivered"})
+    assert await ids(store) == ["req-b", "req-a", "req-c"]  # newest stored first
+    assert await ids(store, route="r1") == ["req-a", "req-c"]
+    assert await ids(store, fal_status="ERROR") == ["req-b"]
+    assert await ids(store, endpoint="fal-ai/flux") == ["req-b"]
+    assert await ids(store, state="dead") == ["req-a"]
+    assert await ids(store, since=utcnow() - 2 * HOUR) == ["req-b", "req-a"]
+    assert await ids(store, until=utcnow() - 2 * HOUR) == ["req-c"]
+    assert await ids(store, route="r1", state="pending") == ["req-c"]
+    assert await store.count_events(EventQuery(route="r1")) == 2
+
+
+async def test_search_finds_request_ids_payload_words_and_errors(store: Store) -> None:
+    harbour = made(request_id="2b0c4f0e-13ab-4c5d-9e8f-0a1b2c3d4e5f")
+    forest = made(request_id="req-forest", body=body("req-forest", {"prompt": "Pine Forest"}))
+    failed = made(
+        request_id="req-failed",
+        body=body("req-failed", None, status="ERROR", error="GPU quota exceeded"),
+    )
+    for e in (harbour, forest, failed):
+        await store.accept(e)
+    await set_states(store, forest.request_id, {"a": "dead"})  # last_error "boom"
+    assert await ids(store, q=harbour.request_id) == [harbour.request_id]
+    assert await ids(store, q="2b0c4f0e") == [harbour.request_id]  # a part of it
+    assert await ids(store, q="pine forest") == [forest.request_id]
+    assert await ids(store, q="harbo") == [harbour.request_id]  # a word's beginning
+    assert await ids(store, q="quota exceeded") == ["req-failed"]
+    assert await ids(store, q="boom") == [forest.request_id]  # a delivery's last error
+    assert await ids(store, q="%") == []  # LIKE's wildcards are literal
+    assert await ids(store, q="nothing-like-this") == []
+    assert await store.count_events(EventQuery(q="harbour")) == 1
+
+
+async def test_cursor_pages_never_repeat_or_skip_while_events_arrive(store: Store) -> None:
+    before = [made() for _ in range(23)]
+    for e in before:
+        await store.accept(e)
+    seen: list[str] = []
+    cursor: str | None = None
+    for _ in range(20):
+        page = await store.find_events(EventQuery(), limit=5, cursor=cursor)
+        seen += [v.request_id for v in page.events]
+        for _ in range(3):  # newer events keep arriving between pages
+            await store.accept(made())
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert cursor is None
+    assert len(seen) == len(set(seen)) == 23
+    assert set(seen) == {e.request_id for e in before}
+
+
+async def test_a_malformed_cursor_is_a_value_error(store: Store) -> None:
+    for cursor in ("nonsense", "W10", "WzEsMiwzXQ"):
+        with pytest.raises(ValueError, match="cursor"):
+            await store.find_events(EventQuery(), cursor=cursor)
+
+
+async def test_replay_many_reschedules_the_matching_deliveries(store: Store) -> None:
+    e1, e2, e3 = made(), made(), made(sinks=("b",))
+    for e in (e1, e2, e3):
+        await store.accept(e)
+    await set_states(store, e1.request_id, {"a": "dead", "b": "delivered"})
+    await set_states(store, e2.request_id, {"a": "dead", "b": "dead"})
+    wanted = [e1.request_id, e2.request_id, e3.request_id, "unknown"]
+    assert await store.replay_many(wanted, "a") == (2, 2)  # e3 has no sink "a"
+    view = await store.get_event(e1.request_id)
+    assert view is not None
+    assert view.deliveries["a"].state == "pending" and view.deliveries["b"].state == "delivered"
+    assert await store.replay_many(wanted) == (5, 3)
+    assert await store.replay_many([]) == (0, 0)
+
+
+async def changes_until(
+    store: Store, mark: ChangeMark, wanted: int
+) -> tuple[list[Change], ChangeMark]:
+    found: list[Change] = []
+    for _ in range(200):
+        got, mark = await store.changes(mark)
+        found += got
+        if len(found) >= wanted:
+            return found, mark
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"only {found}")
+
+
+async def test_changes_report_each_accept_and_state_change_once(store: Store) -> None:
+    earlier = made(received_at=utcnow())
+    await store.accept(earlier)  # before the reader came: not news
+    await set_states(store, earlier.request_id, {"a": "delivered"})
+    _, mark = await store.changes(None)
+    e = made(received_at=utcnow())
+    await store.accept(e)
+    found, mark = await changes_until(store, mark, 1)
+    assert found == [Change(e.request_id, "accepted", route="r")]
+    [job] = await lease_all(store, request_id=e.request_id)
+    found, mark = await changes_until(store, mark, 2)
+    assert {(c.kind, c.sink, c.state) for c in found} == {
+        ("delivery", "a", "delivering"),
+        ("delivery", "b", "delivering"),
+    }
+    token = {d.sink: d.token for d in job.deliveries}
+    await store.finish(Finish(e.request_id, "a", token["a"], "delivered"))
+    found, mark = await changes_until(store, mark, 1)
+    assert [(c.kind, c.sink, c.state) for c in found] == [("delivery", "a", "delivered")]
+    again, _ = await store.changes(mark)
+    assert again == []  # nothing twice
+
+
+async def test_dead_deliveries_are_grouped_by_sink_and_error(store: Store) -> None:
+    events = [made() for _ in range(3)]
+    for e in events:
+        await store.accept(e)
+        await set_states(store, e.request_id, {"a": "dead", "b": "delivered"})
+    await set_states_error(store, made(), "timeout")
+    groups = await store.dead_groups()
+    assert [(g.sink, g.error, g.count) for g in groups] == [("a", "boom", 3), ("a", "timeout", 1)]
+    assert set(groups[0].request_ids) == {e.request_id for e in events}
+    assert await store.dead_count() == 4
+
+
+async def set_states_error(store: Store, e: Any, error: str) -> None:
+    await store.accept(e)
+    [job] = await lease_all(store, request_id=e.request_id)
+    for d in job.deliveries:
+        outcome = "dead" if d.sink == "a" else "delivered"
+        await store.finish(Finish(e.request_id, d.sink, d.token, outcome, error))  # type: ignore[arg-type]
+
+
+async def test_delivery_stats_count_the_last_hour_by_sink(store: Store) -> None:
+    e = made(received_at=utcnow() - timedelta(seconds=30))
+    await store.accept(e)
+    [job] = await lease_all(store, request_id=e.request_id)
+    for d in job.deliveries:
+        outcome = "delivered" if d.sink == "a" else "retry"
+        await store.finish(
+            Finish(e.request_id, d.sink, d.token, outcome, duration_ms=120)  # type: ignore[arg-type]
+        )
+    stats = await store.delivery_stats(utcnow() - HOUR)
+    assert stats.outcomes == {"a": {"delivered": 1}, "b": {"retry": 1}}
+    assert stats.by_state == {"delivered": 1, "retrying": 1}
+    [latency] = stats.latencies
+    assert 29 < latency < 120 and stats.durations_ms == [120]
+    assert stats.oldest_due_at is not None
+
+
+async def test_sqlite_a_version_4_file_is_indexed_for_search(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    conn = schema.connect(path, busy_timeout=1)
+    for statements in schema.MIGRATIONS[:4]:
+        for statement in statements:
+            conn.execute(statement)
+    conn.execute("PRAGMA user_version = 4")
+    conn.execute(
+        "INSERT INTO events (id, request_id, route, fal_status, received_at, headers, body,"
+        " files) VALUES (1, 'old', 'r', 'OK', 0, '{}', ?, '[]')",
+        (body("old", {"prompt": "lighthouse"}),),
+    )
+    conn.close()
+    s = SQLiteStore(path)
+    await s.open()
+    try:
+        assert await ids(s, q="lighthouse") == ["old"]
+    finally:
+        await s.close()
+    with closing(sqlite3.connect(path)) as check:
+        assert check.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION
+
+
+async def test_changes_move_on_past_a_busy_window(store: Store, monkeypatch: Any) -> None:
+    from falhook.store import postgres_reads, sqlite_reads
+
+    for module in (sqlite_reads, postgres_reads):
+        monkeypatch.setattr(module, "LIMIT", 5)  # rows read per look
+    _, mark = await store.changes(None)
+    events = [made(received_at=utcnow()) for _ in range(12)]
+    for e in events:
+        await store.accept(e)
+    await lease_all(store)  # 24 deliveries change state within a moment
+    found: list[Change] = []
+    for _ in range(100):
+        got, mark = await store.changes(mark)
+        found += got
+        if len(found) >= 36:
+            break
+    assert sorted(c.request_id for c in found if c.kind == "accepted") == sorted(
+        e.request_id for e in events
+    )
+    moved = {(c.request_id, c.sink) for c in found if c.state == "delivering"}
+    assert len(moved) == 24 and len(found) == 36
