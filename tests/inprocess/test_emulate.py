@@ -20,6 +20,7 @@ from falhook.intake.keys import parse_jwks
 from falhook.intake.verify import verify
 from falhook.testing import LoopbackServer
 from tests.support.falhook_server import wait_for
+from tests.support.media import png_size, video_facts
 
 REFRAME = "luma/agent/ray/v3.2/reframe"
 KEY = {"Authorization": "Key test-key"}
@@ -100,6 +101,17 @@ def test_reframe_webhook_is_signed_and_shaped_like_the_real_output(
     assert mp4_duration(tmp_path / "out.mp4") == 5.0
 
 
+def test_the_video_is_a_playable_h264_clip(fal: EmulatorServer, catcher: WebhookCatcher) -> None:
+    submit(fal, REFRAME, INPUT, catcher.url)
+    out = reframe_output(parse_envelope(one_webhook(catcher)[1]).payload)
+    facts = video_facts(httpx.get(out.video.url, timeout=5).content)
+    # Every frame decodes, in a profile every browser plays (Chromium's player, in the
+    # console, gets a real picture rather than a black 0:00).
+    assert facts["codec"] == "h264" and facts["profile"] == "Constrained Baseline"
+    assert (facts["width"], facts["height"]) == (640, 360)
+    assert facts["frames"] == 120 and facts["seconds"] == 5.0
+
+
 def test_a_tampered_webhook_does_not_verify(fal: EmulatorServer, catcher: WebhookCatcher) -> None:
     submit(fal, REFRAME, INPUT, catcher.url)
     headers, body = one_webhook(catcher)
@@ -121,7 +133,29 @@ def test_image_endpoints_answer_images(fal: EmulatorServer, catcher: WebhookCatc
     payload = parse_envelope(one_webhook(catcher)[1]).payload
     image = payload["images"][0]
     assert image["content_type"] == "image/png"
-    assert httpx.get(image["url"], timeout=5).content[:8] == b"\x89PNG\r\n\x1a\n"
+    png = httpx.get(image["url"], timeout=5).content
+    # Real size, as fal's image models answer (landscape 4:3 unless asked otherwise).
+    assert png_size(png) == (image["width"], image["height"]) == (1024, 768)
+    assert len(png) == image["file_size"]
+
+
+@pytest.mark.parametrize(
+    ("image_size", "count", "expected"),
+    [
+        ("square_hd", 1, (1024, 1024)),
+        ({"width": 640, "height": 480}, 2, (640, 480)),
+        ("nonsense", 99, (1024, 768)),
+    ],
+)
+def test_images_come_in_the_size_and_number_asked_for(
+    fal: EmulatorServer, catcher: WebhookCatcher, image_size: Any, count: int, expected: Any
+) -> None:
+    body = {"prompt": "a cat", "image_size": image_size, "num_images": count}
+    submit(fal, "fal-ai/flux/dev", body, catcher.url)
+    images = parse_envelope(one_webhook(catcher)[1]).payload["images"]
+    assert len(images) == min(count, 4)
+    for image in images:
+        assert png_size(httpx.get(image["url"], timeout=5).content) == expected
 
 
 @pytest.mark.parametrize(

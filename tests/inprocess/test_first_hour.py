@@ -16,7 +16,7 @@ import pytest
 from falhook.config import ConfigError, settings_from_dict
 from falhook.delivery.files import download_one
 from falhook.downloads.fetch import Fetcher, FetchPermanent
-from falhook.fal.cli import emulate_banner
+from falhook.fal.cli import emulate_banner, emulator_config
 from falhook.intake import keys as keys_module
 from falhook.intake.envelope import FileRef
 from falhook.intake.keys import FalKeys
@@ -198,13 +198,13 @@ def test_a_loopback_file_refused_names_allow_private_hosts(
 
 def test_the_emulate_banner_prints_config_lines_that_work(tmp_path: Path) -> None:
     banner = emulate_banner("http://127.0.0.1:8001", 2.0, None)
-    toml = "\n".join(
-        line.strip() for line in banner.splitlines()[1:] if not line.strip().startswith("#")
-    )
-    raw = tomllib.loads(toml)
-    settings = settings_from_dict(raw, base_dir=tmp_path)
+    config = emulator_config("http://127.0.0.1:8001")
+    assert config in banner  # the same block as --print-config: copied from either, it works
+    settings = settings_from_dict(tomllib.loads(config), base_dir=tmp_path)
     assert settings.receiver.queue_url == "http://127.0.0.1:8001"
     assert settings.receiver.jwks_url == "http://127.0.0.1:8001/.well-known/jwks.json"
     assert settings.downloads.allow_private_hosts is True
     assert settings.downloads.fal_media_hosts == ("127.0.0.1",)
     assert settings.downloads.fal_sign_url == "http://127.0.0.1:8001/v1/storage/files/sign"
+    assert settings.receiver.public_url == "http://127.0.0.1:8000"  # falhook serve's default
+    assert settings.routes["reframe"].sinks == ("local",)

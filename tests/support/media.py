@@ -29,3 +29,32 @@ def tiny_mp4(seconds: float = 1.0, width: int = 64, height: int = 48, fps: int =
         for packet in stream.encode(None):
             container.mux(packet)
     return out.getvalue()
+
+
+def video_facts(data: bytes) -> dict[str, object]:
+    """What FFmpeg (PyAV) finds in `data`: the first video track's codec, size and how many
+    frames decode. Raises when there is no video track."""
+    import av
+
+    with av.open(io.BytesIO(data)) as container:
+        [stream] = container.streams.video[:1] or [None]
+        if stream is None:
+            raise ValueError("no video track")
+        decoded = sum(1 for _ in container.decode(stream))
+        return {
+            "codec": stream.codec_context.name,
+            "profile": stream.codec_context.profile,
+            "width": stream.width,
+            "height": stream.height,
+            "frames": decoded,
+            "seconds": container.duration / 1_000_000 if container.duration else None,
+        }
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """Width and height from a PNG's IHDR (checking that it is one)."""
+    import struct
+
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height

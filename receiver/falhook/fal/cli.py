@@ -144,6 +144,18 @@ def _add_emulate(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         metavar="URL",
         help="base of the URLs it returns (default: the address it is asked on)",
     )
+    emulate.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the falhook.toml that uses this emulator on stdout and exit "
+        "(falhook emulate --print-config > falhook.toml)",
+    )
+    emulate.add_argument(
+        "--sample-clip",
+        metavar="PATH",
+        help="write a 5 s H.264 sample clip to PATH first (a video to submit with "
+        "--file video_url=PATH)",
+    )
     emulate.set_defaults(func=cmd_emulate)
 
 
@@ -318,11 +330,28 @@ def cmd_submissions_reconcile(args: argparse.Namespace) -> int:
 
 def cmd_emulate(args: argparse.Namespace) -> int:
     from falhook.fal.emulate import Emulator, serve
+    from falhook.fal.sample_media import write_sample_clip
     from falhook.fal.tls import TLSUnavailable, default_hosts, make_tls_files
 
     public = args.public_url.rstrip("/") if args.public_url else None
     if public is not None and urlsplit(public).scheme not in ("http", "https"):
         return _fail(f"--public-url {args.public_url!r}: expected an http(s):// URL", EXIT_USAGE)
+    base = public or f"{'https' if args.tls else 'http'}://{_url_host(args.host)}:{args.port}"
+    if args.sample_clip:
+        try:
+            clip = write_sample_clip(args.sample_clip)
+        except FileExistsError:
+            return _fail(
+                f"--sample-clip {args.sample_clip}: a different file is there already; "
+                "remove it or name another path",
+                EXIT_USAGE,
+            )
+        except OSError as exc:
+            return _fail(f"--sample-clip {args.sample_clip}: {exc.strerror or exc}", EXIT_USAGE)
+        print(f"falhook: wrote a 5 s H.264 sample clip to {clip}", file=sys.stderr)
+    if args.print_config:
+        print(emulator_config(base), end="")
+        return EXIT_OK
     tls = None
     if args.tls:
         try:
@@ -338,7 +367,6 @@ def cmd_emulate(args: argparse.Namespace) -> int:
         default_outcome=args.outcome,
         public_url=public,
     )
-    base = public or f"{'https' if tls else 'http'}://{_url_host(args.host)}:{args.port}"
     print(emulate_banner(base, args.delay, tls.ca.resolve() if tls else None), file=sys.stderr)
     serve(emulator, host=args.host, port=args.port, tls=tls)
     return EXIT_OK
@@ -350,9 +378,42 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def emulate_banner(base: str, delay: float, ca_file: Path | None) -> str:
-    """What to paste into falhook.toml (and export for fal-client) to use this emulator."""
+FALHOOK_URL = "http://127.0.0.1:8000"  # where `falhook serve` listens by default
+
+
+def emulator_config(base: str) -> str:
+    """The falhook.toml that points falhook at an emulator on `base`: what
+    `falhook emulate --print-config` prints, and the quick start's config (docs/submit.md
+    shows it verbatim; a test compares them)."""
     host = urlsplit(base).hostname or ""
+    lines = [
+        "# falhook.toml: falhook with the local fal of `falhook emulate`, not fal's cloud",
+        "[receiver]",
+        f'public_url = "{FALHOOK_URL}"   # falhook serve: where the emulator sends webhooks',
+        f'queue_url = "{base}"   # the emulator instead of queue.fal.run',
+        f'jwks_url = "{base}/.well-known/jwks.json"',
+        "",
+        "[downloads]",
+    ]
+    if _is_local(host):
+        lines.append("allow_private_hosts = true   # the emulator's files are on loopback")
+    lines += [
+        f'fal_media_hosts = ["{host}"]   # its private files ("_emulate": {{"access": "forbid"}})',
+        f'fal_sign_url = "{base}/v1/storage/files/sign"   # ... are read through signed URLs',
+        "",
+        "[sinks.local]",
+        'type = "disk"',
+        'root = "falhook-data/files"',
+        "",
+        "[routes.reframe]",
+        'sinks = ["local"]',
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def emulate_banner(base: str, delay: float, ca_file: Path | None) -> str:
+    """What `falhook emulate` says on stderr: where it is, the config that uses it (as
+    --print-config prints it), and how to point fal-client at it."""
     netloc = urlsplit(base).netloc
     lines = [f"falhook: fal emulator on {base} (any FAL_KEY works; jobs finish after {delay:g} s)"]
     if ca_file is not None:
@@ -360,22 +421,10 @@ def emulate_banner(base: str, delay: float, ca_file: Path | None) -> str:
             f"  its CA: {ca_file}  (export SSL_CERT_FILE={ca_file} for falhook and fal-client)"
         )
     lines += [
+        "falhook: the config that uses it (falhook emulate --print-config > falhook.toml):",
         "",
-        "  # falhook.toml: use this emulator instead of fal",
-        "  [receiver]",
-        '  public_url = "http://127.0.0.1:8000"   # falhook serve: where webhooks are sent',
-        f'  queue_url = "{base}"',
-        f'  jwks_url = "{base}/.well-known/jwks.json"',
-        "",
-        "  [downloads]",
-    ]
-    if _is_local(host):
-        lines.append("  allow_private_hosts = true   # its files are on a loopback/private address")
-    lines += [
-        f'  fal_media_hosts = ["{host}"]   # its files can be private ("_emulate": {{"access"}})',
-        f'  fal_sign_url = "{base}/v1/storage/files/sign"',
-        "",
-        f"  # fal-client: export FAL_QUEUE_RUN_HOST={netloc}"
+        emulator_config(base),
+        f"# fal-client: export FAL_QUEUE_RUN_HOST={netloc}"
         + ("" if base.startswith("https://") else "  (fal-client speaks only https: use --tls)"),
     ]
     return "\n".join(lines)

@@ -4,8 +4,9 @@ key of its own, a file store, and signed webhooks, all on loopback.
 It stands in for fal's cloud in tests and in the quick start (`falhook emulate`). Each
 request goes IN_QUEUE -> IN_PROGRESS -> COMPLETED over `delay` seconds, then its webhook is
 POSTed, signed the way fal signs, with an output shaped like the real endpoint's: Ray video
-endpoints get an MP4 `video` (and a ZIP `exr_file` when `exr_export` is set), image endpoints
-get `images`.
+endpoints get a playable H.264 MP4 `video` (the sample clip of `falhook.fal.sample_media`,
+and a ZIP `exr_file` when `exr_export` is set), image endpoints get `images` (real-size PNGs:
+the size `image_size` asks for, fal's 1024x768 by default).
 
 A request can ask for another outcome with a special input field (the emulator's own, fal
 would ignore it):
@@ -41,7 +42,6 @@ import struct
 import threading
 import time
 import uuid
-import zlib
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -61,6 +61,7 @@ from falhook.fal.emulate_storage import (
     EmulatedStorage,
 )
 from falhook.fal.queue import NAMESPACES, app_id
+from falhook.fal.sample_media import IMAGE_HEIGHT, IMAGE_WIDTH, gradient_png, sample_clip
 from falhook.fal.tls import TLSFiles, default_hosts, make_tls_files
 from falhook.testing import FalSigner
 from falhook_sinks.httpcommon import trust
@@ -81,8 +82,8 @@ def _box(kind: bytes, payload: bytes) -> bytes:
 
 
 def tiny_mp4(seconds: float = 5.0, *, padding: int = 2048) -> bytes:
-    """A small ISO BMFF file whose movie header says `seconds` long (no playable frames:
-    enough for players to identify it and for a duration check to read it)."""
+    """An MP4 header that says `seconds` long and holds no frames: for tests of duration
+    checks on a local `--file` (the emulator's own outputs are the playable sample clip)."""
     timescale = 1000
     mvhd = struct.pack(
         ">B3xIIIIIH10x36x24xI",
@@ -99,21 +100,28 @@ def tiny_mp4(seconds: float = 5.0, *, padding: int = 2048) -> bytes:
     return ftyp + _box(b"moov", _box(b"mvhd", mvhd)) + _box(b"mdat", bytes(padding))
 
 
-def tiny_png(width: int = 16, height: int = 16, rgb: tuple[int, int, int] = (40, 90, 200)) -> bytes:
-    """A valid solid-colour PNG."""
+# fal's named image sizes (`image_size` of its image models), width x height.
+IMAGE_SIZES = {
+    "square_hd": (1024, 1024),
+    "square": (512, 512),
+    "portrait_4_3": (768, 1024),
+    "portrait_16_9": (576, 1024),
+    "landscape_4_3": (1024, 768),
+    "landscape_16_9": (1024, 576),
+}
+_MAX_IMAGES = 4
 
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
 
-    row = b"\x00" + bytes(rgb) * width
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(row * height))
-        + chunk(b"IEND", b"")
-    )
+def image_size(value: Any) -> tuple[int, int]:
+    """The size an image request asks for (a named size or {width, height}, within reason),
+    else fal's default, landscape 4:3."""
+    if isinstance(value, str) and value in IMAGE_SIZES:
+        return IMAGE_SIZES[value]
+    if isinstance(value, dict):
+        w, h = value.get("width"), value.get("height")
+        if isinstance(w, int) and isinstance(h, int) and 16 <= w <= 4096 and 16 <= h <= 4096:
+            return w, h
+    return IMAGE_WIDTH, IMAGE_HEIGHT
 
 
 def tiny_zip(name: str, data: bytes) -> bytes:
@@ -410,9 +418,16 @@ class Emulator:
             }
 
         if is_image_endpoint(job.endpoint):
-            image = file("image-0.png", tiny_png(), "image/png") | {"width": 16, "height": 16}
-            return {"images": [image], "seed": 42}
-        output: dict[str, Any] = {"video": file("output.mp4", tiny_mp4(5.0), "video/mp4")}
+            width, height = image_size(job.input.get("image_size"))
+            png = gradient_png(width, height)
+            count = job.input.get("num_images", 1)
+            count = min(max(count, 1), _MAX_IMAGES) if isinstance(count, int) else 1
+            images = [
+                file(f"image-{i}.png", png, "image/png") | {"width": width, "height": height}
+                for i in range(count)
+            ]
+            return {"images": images, "seed": 42}
+        output: dict[str, Any] = {"video": file("output.mp4", sample_clip(), "video/mp4")}
         if job.input.get("exr_export"):
             exr = tiny_zip("frame-0001.exr", b"v/1\x01" + bytes(64))
             output["exr_file"] = file("output-exr.zip", exr, "application/zip")
