@@ -15,6 +15,7 @@ import pytest
 
 from falhook.config import ConfigError, settings_from_dict
 from falhook.delivery.files import download_one
+from falhook.downloads.fal_media import FalMediaSigner
 from falhook.downloads.fetch import Fetcher, FetchPermanent
 from falhook.fal.cli import emulate_banner, emulator_config
 from falhook.intake import keys as keys_module
@@ -194,6 +195,32 @@ def test_a_loopback_file_refused_names_allow_private_hosts(
         asyncio.run(run())
     assert "refused address 127.0.0.1" in err.value.message
     assert "[downloads].allow_private_hosts = true" in err.value.message
+
+
+@pytest.mark.parametrize("status", [401, 403, 404])
+def test_a_refused_file_on_a_host_not_signed_for_names_fal_media_hosts_and_fal_key(
+    tmp_path: Path, files: FileServer, status: int
+) -> None:
+    """The emulator's `forbid` rule (or a private fal file on a host falhook was not told
+    about) answers 403: the error says what would read it, rather than only the status."""
+    files.add("/v.mp4", data=b"video", status=status)
+    fetcher = Fetcher(max_file_bytes=1 << 20, timeout=10, allow_private_hosts=True)
+    signer = FalMediaSigner("http://127.0.0.1:9/sign", ("fal.media",), "key")
+    ref = FileRef(path="video", url=files.url("/v.mp4"))
+
+    async def run() -> None:
+        try:
+            (tmp_path / "spool").mkdir()
+            await download_one(fetcher, Metrics(), signer, ref, tmp_path / "spool", keep=False)
+        finally:
+            await fetcher.aclose()
+            await signer.aclose()
+
+    with pytest.raises(FetchPermanent) as err:
+        asyncio.run(run())
+    assert err.value.message.startswith(f"video: the file server answered {status}; ")
+    assert "add '127.0.0.1' to [downloads].fal_media_hosts" in err.value.message
+    assert "FAL_KEY" in err.value.message and err.value.status == status
 
 
 def test_the_emulate_banner_prints_config_lines_that_work(tmp_path: Path) -> None:

@@ -118,13 +118,16 @@ def fal() -> Iterator[EmulatorServer]:
         yield server
 
 
-def falhook_for(tmp_path: Path, fal: EmulatorServer, key: str) -> Falhook:
+def falhook_for(
+    tmp_path: Path, fal: EmulatorServer, key: str, *, signs_for_fal: bool = True
+) -> Falhook:
     port = free_port()
+    signing = {"fal_media_hosts": ["127.0.0.1"], "fal_sign_url": fal.sign_url}
     config = base_config(
         tmp_path,
         fal.jwks_url,
         receiver={"public_url": f"http://127.0.0.1:{port}", "queue_url": fal.url},
-        downloads={"fal_media_hosts": ["127.0.0.1"], "fal_sign_url": fal.sign_url},
+        downloads=signing if signs_for_fal else {},
         delivery={"max_attempts": 2, "backoff_initial": 0.2, "backoff_max": 0.5},
         reconcile={"enabled": False},
     )
@@ -172,6 +175,23 @@ def test_without_fal_key_the_error_says_what_is_needed(
         event = falhook.wait_state(rid, "dead")
     error = event["deliveries"]["local"]["last_error"]
     assert "answered 404" in error and "private fal file" in error and "FAL_KEY" in error
+    assert not [r for r in fal.emulator.requests if r.path == "/v1/storage/files/sign"]
+
+
+@pytest.mark.one_store("downloads, not the store")
+def test_a_forbidden_file_on_a_host_not_signed_for_says_what_would_read_it(
+    fal: EmulatorServer, tmp_path: Path, store_backend: str
+) -> None:
+    """The emulator's `forbid` rule with a config that does not list the emulator's host in
+    fal_media_hosts (the defaults: fal.media): dead, and the error names the fix."""
+    with falhook_for(tmp_path, fal, KEY, signs_for_fal=False) as falhook:
+        rid = submit(falhook, "forbid")
+        event = falhook.wait_state(rid, "dead")
+        shown = falhook.cli("events", "show", rid)
+    error = event["deliveries"]["local"]["last_error"]
+    assert "the file server answered 403" in error
+    assert "add '127.0.0.1' to [downloads].fal_media_hosts" in error and "FAL_KEY" in error
+    assert "[downloads].fal_media_hosts" in shown.stdout
     assert not [r for r in fal.emulator.requests if r.path == "/v1/storage/files/sign"]
 
 

@@ -75,6 +75,7 @@ def test_the_wheel_installs_falhook_and_its_sinks_and_nothing_else_at_the_top(
     assert {"falhook/console/templates/base.html", "falhook/console/static/console.js"} <= set(
         names
     )  # the console's assets ship in the package
+    assert "falhook/fal/samples/clip.mp4" in names  # the emulator's video, for the quick start
     assert not any(n.startswith(("receiver/", "handlers/", "tests/")) for n in names)
     # The built-in sinks are registered exactly as a user's package registers its own.
     assert "disk = falhook_sinks.disk:DiskSink" in entry_points

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Any, TypeVar
 
 import structlog
@@ -85,8 +86,10 @@ async def fetch_one(
     except FetchError as exc:
         if _refused_as_private(fetcher, exc):
             raise FetchPermanent(f"{exc.message}; {PRIVATE_HOSTS_HINT}") from None
-        if signer is None or exc.status not in SIGNABLE_STATUSES or not signer.applies(ref.url):
+        if exc.status not in SIGNABLE_STATUSES:
             raise
+        if signer is None or not signer.applies(ref.url):
+            raise _with_private_file_hint(exc, ref) from None
         signed = await _signed(signer, ref, exc)
     # The signed URL is used here only: the event, its documents and logs keep fal's URL.
     got = await fetcher.fetch(dataclasses.replace(ref, url=signed), spool_dir, keep=keep, **where)
@@ -108,6 +111,18 @@ async def _signed(signer: FalMediaSigner, ref: FileRef, exc: FetchError) -> str:
         if err.retryable:
             raise FetchRetryable(message, status=exc.status) from None
         raise FetchPermanent(message, status=exc.status) from None
+
+
+def _with_private_file_hint(exc: FetchError, ref: FileRef) -> FetchError:
+    """A 401/403/404 from a host falhook does not sign for: the same error, saying how a
+    private fal file on that host would be read (fal's own hosts are signed for already)."""
+    host = urlsplit(ref.url).hostname or "its host"
+    hint = (
+        f"; if it is a private fal file, add {host!r} to [downloads].fal_media_hosts and "
+        "set FAL_KEY in falhook's environment: falhook then reads it through a signed URL"
+    )
+    kind = FetchRetryable if exc.retryable else FetchPermanent
+    return kind(exc.message + hint, status=exc.status)
 
 
 PRIVATE_HOSTS_HINT = (
