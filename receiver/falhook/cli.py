@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import signal
+import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -19,9 +20,12 @@ from typing import TYPE_CHECKING, Any
 from falhook import __version__
 from falhook.argtypes import (
     EXIT_FAIL,
+    EXIT_LISTEN,
     EXIT_OK,
     EXIT_USAGE,
     HelpFormatter,
+    ListenError,
+    listen_socket,
     port,
     positive_int,
     seconds,
@@ -61,7 +65,14 @@ async def with_store(settings: Settings, action: Callable[[Store], Awaitable[int
 # --- serve / worker --------------------------------------------------------------------------
 
 
-def _run_server(app: Falhook, host: str, port: int, grace: float) -> int:
+def _listen(args: argparse.Namespace) -> socket.socket:
+    try:
+        return listen_socket(args.host, args.port)
+    except ListenError as exc:
+        raise CLIError(str(exc), EXIT_LISTEN) from None
+
+
+def _run_server(app: Falhook, sock: socket.socket, grace: float) -> int:
     import uvicorn
 
     class Server(uvicorn.Server):
@@ -71,15 +82,13 @@ def _run_server(app: Falhook, host: str, port: int, grace: float) -> int:
 
     config = uvicorn.Config(
         app,
-        host=host,
-        port=port,
         log_level="warning",
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=max(5, int(grace) + 5),
     )
     try:
-        Server(config).run()
+        Server(config).run(sockets=[sock])
     except SystemExit:  # uvicorn exits 3 when start-up failed
         if app.startup_error is None:
             raise
@@ -93,14 +102,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     app = create_app(settings, run_worker=not args.no_worker)  # sinks built: config checked
+    sock = _listen(args)
     console = f"; console: http://{args.host}:{args.port}/console/"
     print(
-        f"falhook: serving on http://{args.host}:{args.port} (routes: "
-        f"{', '.join(f'/webhooks/{r}' for r in sorted(settings.routes))}; "
+        f"falhook: serving on http://{args.host}:{args.port} ({_routes_said(settings)}; "
         f"config: {settings.source}{console if settings.console.enabled else ''})",
         file=sys.stderr,
     )
-    return _run_server(app, args.host, args.port, settings.delivery.shutdown_grace)
+    return _run_server(app, sock, settings.delivery.shutdown_grace)
+
+
+def _routes_said(settings: Settings) -> str:
+    if not settings.routes:
+        return "no routes: every webhook is answered 404"
+    return "routes: " + ", ".join(f"/webhooks/{r}" for r in sorted(settings.routes))
 
 
 def cmd_console(args: argparse.Namespace) -> int:
@@ -108,12 +123,13 @@ def cmd_console(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     app = create_console_app(settings)
+    sock = _listen(args)
     print(
         f"falhook: console on http://{args.host}:{args.port}/console/ (store: "
         f"{settings.store.url.split('://', 1)[0]}; config: {settings.source})",
         file=sys.stderr,
     )
-    return _run_server(app, args.host, args.port, grace=0)
+    return _run_server(app, sock, grace=0)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -283,7 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="falhook",
         description="Receive, verify, store and deliver fal.ai webhooks.",
-        epilog="Exit codes: 0 done, 1 failed, 2 bad input or config, 3 a submit's answer lost.",
+        epilog="Exit codes: 0 done, 1 failed, 2 bad input or config, 3 a submit's answer lost, "
+        "4 could not listen (a port in use).",
         formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"falhook {__version__}")

@@ -59,7 +59,7 @@ def run(capfd: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
 def test_readme_has_one_exit_code_table_with_every_code() -> None:
     section = README.split("## Exit codes", 1)[1].split("\n## ", 1)[0]
     rows = re.findall(r"^\| `?(\d+)`? \|", section, re.MULTILINE)
-    assert rows == ["0", "1", "2", "3", "130"]
+    assert rows == ["0", "1", "2", "3", "4", "130"]
     assert README.count("## Exit codes") == 1
 
 

@@ -40,14 +40,16 @@ def test_the_docs_quick_start_config_is_what_print_config_prints(doc: str) -> No
 
 
 def test_print_config_prints_it_and_exits(capfd: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(capfd, "emulate", "--print-config")
+    code, out, _ = run(capfd, "emulate", "--print-config")
     assert code == 0 and out == emulator_config(DEFAULT_EMULATOR)
     code, out, _ = run(capfd, "emulate", "--print-config", "--port", "9001", "--tls")
     assert code == 0 and 'queue_url = "https://127.0.0.1:9001"' in out
 
 
 def test_the_printed_config_is_a_working_config(tmp_path: Path) -> None:
-    settings = settings_from_dict(tomllib.loads(emulator_config(DEFAULT_EMULATOR)), base_dir=tmp_path)
+    settings = settings_from_dict(
+        tomllib.loads(emulator_config(DEFAULT_EMULATOR)), base_dir=tmp_path
+    )
     assert settings.receiver.queue_url == DEFAULT_EMULATOR
     assert settings.downloads.allow_private_hosts is True
     assert settings.downloads.fal_media_hosts == ("127.0.0.1",)  # its private files too

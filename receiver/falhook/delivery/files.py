@@ -7,8 +7,8 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import structlog
 

@@ -19,10 +19,13 @@ from urllib.parse import urlsplit
 
 from falhook.argtypes import (
     EXIT_FAIL,
+    EXIT_LISTEN,
     EXIT_OK,
     EXIT_UNKNOWN,
     EXIT_USAGE,
     HelpFormatter,
+    ListenError,
+    listen_socket,
     port,
     positive_int,
     seconds,
@@ -367,8 +370,12 @@ def cmd_emulate(args: argparse.Namespace) -> int:
         default_outcome=args.outcome,
         public_url=public,
     )
+    try:
+        sock = listen_socket(args.host, args.port)
+    except ListenError as exc:
+        return _fail(str(exc), EXIT_LISTEN)
     print(emulate_banner(base, args.delay, tls.ca.resolve() if tls else None), file=sys.stderr)
-    serve(emulator, host=args.host, port=args.port, tls=tls)
+    serve(emulator, sock, tls=tls)
     return EXIT_OK
 
 

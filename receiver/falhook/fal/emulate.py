@@ -586,10 +586,7 @@ def _tls_options(tls: TLSFiles | None) -> dict[str, Any]:
     return {"ssl_certfile": str(tls.cert), "ssl_keyfile": str(tls.key)}
 
 
-def serve(
-    emulator: Emulator, host: str = "127.0.0.1", port: int = 8001, tls: TLSFiles | None = None
-) -> None:
-    """Run the emulator in the foreground (`falhook emulate`)."""
-    uvicorn.run(
-        emulator.app, host=host, port=port, log_level="warning", lifespan="off", **_tls_options(tls)
-    )
+def serve(emulator: Emulator, sock: socket.socket, tls: TLSFiles | None = None) -> None:
+    """Run the emulator in the foreground on a bound socket (`falhook emulate`)."""
+    config = uvicorn.Config(emulator.app, log_level="warning", lifespan="off", **_tls_options(tls))
+    uvicorn.Server(config).run(sockets=[sock])
