@@ -9,15 +9,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import signal
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from datetime import datetime
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from falhook import __version__
+from falhook import __version__, listing
 from falhook.argtypes import (
     EXIT_FAIL,
     EXIT_LISTEN,
@@ -30,12 +32,12 @@ from falhook.argtypes import (
     positive_int,
     seconds,
 )
-from falhook.config import ConfigError, Settings, config_path_from, load_settings
+from falhook.config import ConfigError, Settings, config_path_from, load_config
 from falhook.progress import Progress
 from falhook.runtime import Runtime, open_runtime
-from falhook.store import Store
+from falhook.store import Store, missing_store
 from falhook.store.document import event_document
-from falhook.store.models import DeliveryView, EventView
+from falhook.store.models import DeliveryView, EventQuery
 from falhook.store.states import DELIVERY_STATES, DONE_STATES, EVENT_STATES
 
 # A replayed delivery `--now` waits for: done, dead, or retrying later (its attempt is over).
@@ -54,7 +56,7 @@ class CLIError(Exception):
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
-    return load_settings(config_path_from(getattr(args, "config", None)))
+    return load_config(getattr(args, "config", None))
 
 
 async def with_store(settings: Settings, action: Callable[[Store], Awaitable[int]]) -> int:
@@ -154,29 +156,107 @@ def cmd_worker(args: argparse.Namespace) -> int:
 # --- events ----------------------------------------------------------------------------------
 
 
-def _table(views: Sequence[EventView]) -> str:
-    rows = [("REQUEST_ID", "ROUTE", "STATE", "FAL", "RECEIVED_AT", "FILES")]
-    for v in views:
-        doc = event_document(v)
-        rows.append(
-            (v.request_id, v.route, v.state, v.fal_status, doc["received_at"], str(len(v.files)))
-        )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
+FORMATS = ("table", "json", "jsonl", "csv")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def when(text: str) -> datetime:
+    """--since/--until: an ISO 8601 time (UTC unless it says), unix seconds, or a duration
+    ago (`90m`, `12h`, `7d`)."""
+    from datetime import timedelta
+
+    from falhook.store.models import utcnow
+
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhd])", text.strip())
+    if match:
+        return utcnow() - timedelta(seconds=float(match[1]) * _UNITS[match[2]])
+    from falhook.console.params import ParamError, parse_time
+
+    try:
+        parsed = parse_time("time", text)
+    except ParamError:
+        raise argparse.ArgumentTypeError(
+            f"expected an ISO 8601 time, unix seconds or a duration ago (90m, 12h, 7d), "
+            f"got {text!r}"
+        ) from None
+    assert parsed is not None
+    return parsed
+
+
+def _readable(settings: Settings) -> Settings:
+    """The settings of a command that only lists: refused when there is no store to read (it
+    would make an empty one)."""
+    problem = missing_store(settings)
+    if problem is not None:
+        raise CLIError(problem, EXIT_USAGE)
+    return settings
+
+
+def _unknown_event(settings: Settings, request_id: str) -> CLIError:
+    problem = missing_store(settings)
+    return CLIError(
+        f"no event with request_id {request_id!r}" + (f": {problem}" if problem else "")
+    )
 
 
 def cmd_events_list(args: argparse.Namespace) -> int:
+    settings = _readable(settings_from(args))
+    fmt = "json" if args.json else args.format
+    query = EventQuery(
+        state=args.state,
+        route=args.route,
+        endpoint=args.endpoint,
+        fal_status=args.fal_status,
+        q=args.q,
+        since=args.since,
+        until=args.until,
+    )
+
     async def action(store: Store) -> int:
-        views = await store.list_events(state=args.state, route=args.route, limit=args.limit)
-        if args.json:
-            print(json.dumps({"events": [event_document(v) for v in views]}))
-        elif views:
-            print(_table(views))
-        else:
-            print("no events", file=sys.stderr)
+        docs: list[dict[str, Any]] = []
+        cursor, first = args.cursor, True
+        while True:
+            try:
+                page = await store.find_events(query, limit=args.limit, cursor=cursor)
+            except ValueError:
+                raise CLIError(
+                    f"--cursor {args.cursor!r}: not a cursor falhook printed", EXIT_USAGE
+                ) from None
+            page_docs = [event_document(v) for v in page.events]
+            if fmt in ("jsonl", "csv"):  # exports stream page by page
+                _print_export(fmt, page_docs, header=first)
+            else:
+                docs += page_docs
+            cursor, first = page.next_cursor, False
+            if cursor is None or not args.all:
+                break
+        _print_listing(fmt, docs, cursor)
         return EXIT_OK
 
-    return asyncio.run(with_store(settings_from(args), action))
+    return asyncio.run(with_store(settings, action))
+
+
+def _print_export(fmt: str, docs: list[dict[str, Any]], *, header: bool) -> None:
+    if fmt == "jsonl":
+        sys.stdout.write(listing.jsonl_text(docs))
+    else:
+        text = listing.csv_text(docs)
+        sys.stdout.write(text if header else text.split("\n", 1)[1])
+    sys.stdout.flush()
+
+
+def _print_listing(fmt: str, docs: list[dict[str, Any]], cursor: str | None) -> None:
+    """The table or the JSON document (exports are printed already), and on stderr where
+    the next page starts (stdout stays the data; `--json` keeps the contract's shape)."""
+    if fmt == "json":
+        print(json.dumps({"events": docs}))
+    elif fmt == "table":
+        if docs:
+            print(listing.table(docs))
+        else:
+            print("no events", file=sys.stderr)
+    if cursor is not None:
+        print(f"falhook: more events: add --cursor {cursor}", file=sys.stderr)
 
 
 def _describe(doc: dict[str, Any]) -> str:
@@ -214,19 +294,25 @@ def _describe(doc: dict[str, Any]) -> str:
 
 
 def cmd_events_show(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    if missing_store(settings):
+        raise _unknown_event(settings, args.request_id)
+
     async def action(store: Store) -> int:
         view = await store.get_event(args.request_id)
         if view is None:
-            raise CLIError(f"no event with request_id {args.request_id!r}")
+            raise _unknown_event(settings, args.request_id)
         doc = event_document(view)
         print(json.dumps(doc) if args.json else _describe(doc))
         return EXIT_OK
 
-    return asyncio.run(with_store(settings_from(args), action))
+    return asyncio.run(with_store(settings, action))
 
 
 def cmd_events_replay(args: argparse.Namespace) -> int:
     settings = settings_from(args)
+    if missing_store(settings):
+        raise _unknown_event(settings, args.request_id)
     # --now delivers here: its sinks are built (and the config checked) before anything runs.
     runtime = Runtime(settings, worker="on_demand" if args.now else None)
 
@@ -240,7 +326,7 @@ def cmd_events_replay(args: argparse.Namespace) -> int:
     async def action(store: Store) -> int:
         view = await store.get_event(args.request_id)
         if view is None:
-            raise CLIError(f"no event with request_id {args.request_id!r}")
+            raise _unknown_event(settings, args.request_id)
         if args.sink is not None and args.sink not in view.deliveries:
             known = ", ".join(sorted(view.deliveries))
             raise CLIError(f"event {args.request_id!r} has no sink {args.sink!r} (it has: {known})")
@@ -353,8 +439,23 @@ def _add_events(
         help="only events in this state (default: any)",
     )
     ls.add_argument("--route", help="only events of this route (default: any)")
+    ls.add_argument("--endpoint", help="only results of jobs submitted to this endpoint id")
+    ls.add_argument("--fal-status", choices=("OK", "ERROR"), help="only OK or ERROR results")
+    ls.add_argument("--q", metavar="TEXT", help="search request ids, payloads (prompts), errors")
+    ls.add_argument(
+        "--since", type=when, metavar="TIME", help="received at or after: ISO 8601, unix, or 12h"
+    )
+    ls.add_argument("--until", type=when, metavar="TIME", help="received before (as --since)")
     ls.add_argument("--limit", type=positive_int, default=100, help="at most this many events")
-    ls.add_argument("--json", action="store_true", help='print {"events": [...]}')
+    ls.add_argument("--cursor", help="the next page: the cursor the previous page printed")
+    ls.add_argument("--all", action="store_true", help="every page, not only the first")
+    ls.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="table",
+        help="table (with each dead or retrying delivery's reason), json, jsonl or csv",
+    )
+    ls.add_argument("--json", action="store_true", help='print {"events": [...]} (--format json)')
     ls.set_defaults(func=cmd_events_list)
     show = ev.add_parser(
         "show", parents=[common], help="one event and its deliveries", formatter_class=HelpFormatter
@@ -381,8 +482,46 @@ def _command_name(args: argparse.Namespace) -> str:
     return " ".join(p for p in parts if p)
 
 
+def _subparsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield sub
+                yield from _subparsers(sub)
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Like parser.parse_args, but an unknown option is reported by the (sub)command it was
+    given to, with its usage and the option it may have meant (`serve --hots`: serve's usage,
+    "did you mean --host?"), not by the top-level parser."""
+    commands = list(_subparsers(parser))
+    for command in commands:
+        command.set_defaults(_parser=command)  # the deepest command given wins
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        owner: argparse.ArgumentParser = getattr(args, "_parser", parser)
+        everywhere = {o for c in commands for a in c._actions for o in a.option_strings}
+        owner.error(
+            f"unrecognized arguments: {' '.join(extras)}{_meant(extras, owner, everywhere)}"
+        )
+    return args
+
+
+def _meant(extras: list[str], owner: argparse.ArgumentParser, everywhere: set[str]) -> str:
+    import difflib
+
+    own = [o for a in owner._actions for o in a.option_strings if o.startswith("--")]
+    for given in (e.split("=", 1)[0] for e in extras if e.startswith("--")):
+        if given in everywhere:  # a real option, of another command (emulate --config)
+            return f" ({given} is an option of other commands, not of {owner.prog})"
+        close = difflib.get_close_matches(given, own, n=1, cutoff=0.6)
+        if close:
+            return f" (did you mean {close[0]}?)"
+    return ""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     from falhook.logs import configure_logging, get_logger
 
     # Before any command runs: every log line of every command (falhook's, its stores' and

@@ -197,7 +197,22 @@ def config_path_from(arg: str | None) -> Path | None:
     return Path(chosen) if chosen else None
 
 
-def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
+def config_named_by(arg: str | None) -> str | None:
+    """What named the config a command runs on: "--config", "FALHOOK_CONFIG" or None."""
+    if arg:
+        return "--config"
+    return CONFIG_ENV if os.environ.get(CONFIG_ENV) else None
+
+
+def load_config(arg: str | None) -> Settings:
+    """The settings a command runs on (`arg`: its --config); a file that is not there is
+    blamed on whichever of --config and $FALHOOK_CONFIG named it."""
+    return load_settings(config_path_from(arg), named_by=config_named_by(arg))
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None, *, named_by: str | None = None
+) -> Settings:
     """Read settings from a TOML file, or the embedded defaults when path is None."""
     if path is None:
         return embedded_defaults()
@@ -205,7 +220,7 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
     try:
         raw = tomllib.loads(file.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError("--config", f"no such file: {file}") from None
+        raise ConfigError(named_by or str(file), f"no such file: {file}") from None
     except UnicodeDecodeError:
         raise ConfigError(str(file), "is not UTF-8 text") from None
     except OSError as exc:  # a folder, no permission, ...

@@ -27,7 +27,7 @@ import os
 import re
 from typing import Any
 
-from falhook.config import Settings, config_path_from, load_settings
+from falhook.config import Settings, load_config
 from falhook.logs import configure_logging, get_logger
 
 LAMBDA_MAX_BODY = 6 * 1024 * 1024  # Lambda's synchronous request payload limit
@@ -139,7 +139,7 @@ def _load() -> Settings:
         configure_logging()
         # Once per container, like the settings; a failure is retried by the next invocation.
         load_ssm_parameters()
-        _settings = load_settings(config_path_from(None))
+        _settings = load_config(None)
         if _settings.receiver.max_body_bytes > LAMBDA_MAX_BODY:
             from dataclasses import replace
 

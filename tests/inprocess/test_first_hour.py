@@ -203,24 +203,33 @@ def test_a_refused_file_on_a_host_not_signed_for_names_fal_media_hosts_and_fal_k
 ) -> None:
     """The emulator's `forbid` rule (or a private fal file on a host falhook was not told
     about) answers 403: the error says what would read it, rather than only the status."""
-    files.add("/v.mp4", data=b"video", status=status)
+    files.add("/files/job-1/v.mp4", data=b"video", status=status)  # fal's URL shape
+    files.add("/elsewhere/v.mp4", data=b"video", status=status)
     fetcher = Fetcher(max_file_bytes=1 << 20, timeout=10, allow_private_hosts=True)
     signer = FalMediaSigner("http://127.0.0.1:9/sign", ("fal.media",), "key")
-    ref = FileRef(path="video", url=files.url("/v.mp4"))
 
-    async def run() -> None:
+    async def run(path: str) -> None:
+        ref = FileRef(path="video", url=files.url(path))
+        spool = tmp_path / path.replace("/", "_")
+        spool.mkdir()
+        await download_one(fetcher, Metrics(), signer, ref, spool, keep=False)
+
+    async def both() -> tuple[FetchPermanent, FetchPermanent]:
         try:
-            (tmp_path / "spool").mkdir()
-            await download_one(fetcher, Metrics(), signer, ref, tmp_path / "spool", keep=False)
+            with pytest.raises(FetchPermanent) as fal_shaped:
+                await run("/files/job-1/v.mp4")
+            with pytest.raises(FetchPermanent) as other:
+                await run("/elsewhere/v.mp4")
+            return fal_shaped.value, other.value
         finally:
             await fetcher.aclose()
             await signer.aclose()
 
-    with pytest.raises(FetchPermanent) as err:
-        asyncio.run(run())
-    assert err.value.message.startswith(f"video: the file server answered {status}; ")
-    assert "add '127.0.0.1' to [downloads].fal_media_hosts" in err.value.message
-    assert "FAL_KEY" in err.value.message and err.value.status == status
+    fal_shaped, other = asyncio.run(both())
+    assert fal_shaped.message.startswith(f"video: the file server answered {status}; ")
+    assert "add '127.0.0.1' to [downloads].fal_media_hosts" in fal_shaped.message
+    assert "FAL_KEY" in fal_shaped.message and fal_shaped.status == status
+    assert other.message == f"video: the file server answered {status}"  # not fal's: no hint
 
 
 def test_the_emulate_banner_prints_config_lines_that_work(tmp_path: Path) -> None:

@@ -19,7 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from falhook.store import Finish, Store
+from falhook.config import embedded_defaults
+from falhook.store import Finish, Store, make_store
 from falhook.testing import FalSigner, webhook_body
 from tests.support.contract import EVENT_KEYS
 from tests.support.falhook_server import Falhook, to_toml
@@ -219,6 +220,13 @@ async def test_falhook_config_names_the_file_when_no_flag_is_given(
 
 
 def test_embedded_defaults_keep_everything_under_falhook_data(tmp_path: Path) -> None:
+    out = run("events", "list", "--json", cwd=tmp_path, env={"FALHOOK_CONFIG": ""})
+    assert out.returncode == 2 and "no store found" in out.stderr  # listing makes no store
+    assert list(tmp_path.iterdir()) == []
+    store = make_store(embedded_defaults(base_dir=tmp_path))  # as `falhook serve` opens it
+    asyncio.run(store.open())
+    asyncio.run(store.close())
+    assert [p.name for p in tmp_path.iterdir()] == ["falhook-data"]
     out = run("events", "list", "--json", cwd=tmp_path, env={"FALHOOK_CONFIG": ""})
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == {"events": []}

@@ -13,12 +13,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.falhook_server import Falhook, wait_for
+
 EXIT_LISTEN = 4
 
 
-def falhook(cwd: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 60) -> (
-    subprocess.CompletedProcess[str]
-):
+def falhook(
+    cwd: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     environ = {k: v for k, v in os.environ.items() if k != "FALHOOK_CONFIG"}
     return subprocess.run(
         [sys.executable, "-m", "falhook.cli", *args],
@@ -50,3 +52,62 @@ def test_a_busy_port_fails_before_serving_with_its_own_exit_code(
     for said in ("serving on", "console on", "fal emulator on", "falhook ready", "Errno"):
         assert said not in done.stderr, said
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (["events", "list"], 2),
+        (["events", "list", "--json"], 2),
+        (["events", "list", "--format", "csv"], 2),
+        (["submissions", "list"], 2),
+        (["events", "show", "abc"], 1),  # the event is unknown, as the contract says
+        (["events", "replay", "abc"], 1),
+    ],
+)
+def test_a_command_that_reads_never_makes_a_store(
+    tmp_path: Path, args: list[str], code: int
+) -> None:
+    done = falhook(tmp_path, *args)
+    assert done.returncode == code and done.stdout == ""
+    assert "no store found: falhook-data/events.db does not exist" in done.stderr
+    assert "--config PATH or FALHOOK_CONFIG=PATH" in done.stderr
+    assert list(tmp_path.iterdir()) == []  # no falhook-data/, no events.db
+
+
+def test_a_config_that_names_a_store_not_made_yet_says_so(tmp_path: Path) -> None:
+    (tmp_path / "falhook.toml").write_text('[store]\nurl = "sqlite:///state/events.db"\n')
+    done = falhook(tmp_path, "events", "list", "--config", "falhook.toml")
+    assert done.returncode == 2
+    assert "state/events.db ([store].url of falhook.toml) does not exist" in done.stderr
+    assert not (tmp_path / "state").exists()
+
+
+def test_a_missing_falhook_config_file_is_blamed_on_falhook_config(tmp_path: Path) -> None:
+    done = falhook(tmp_path, "events", "list", env={"FALHOOK_CONFIG": "nope.toml"})
+    assert done.returncode == 2
+    assert done.stderr.strip() == "falhook: config error: FALHOOK_CONFIG: no such file: nope.toml"
+    done = falhook(tmp_path, "events", "list", "--config", "nope.toml")
+    assert "config error: --config: no such file: nope.toml" in done.stderr
+
+
+def test_a_mistyped_option_gets_its_commands_usage_and_a_suggestion(tmp_path: Path) -> None:
+    done = falhook(tmp_path, "serve", "--hots", "0.0.0.0")
+    assert done.returncode == 2
+    assert done.stderr.startswith("usage: falhook serve ")
+    assert "falhook serve: error: unrecognized arguments: --hots 0.0.0.0" in done.stderr
+    assert "(did you mean --host?)" in done.stderr
+    done = falhook(tmp_path, "events", "list", "--rout", "x", "--limt", "3")
+    assert done.stderr.startswith("usage: falhook events list ")
+    assert "(did you mean --limit?)" in done.stderr
+    done = falhook(tmp_path, "emulate", "--config", "falhook.toml")
+    assert "unrecognized arguments: --config falhook.toml" in done.stderr
+    assert "--config is an option of other commands, not of falhook emulate" in done.stderr
+
+
+def test_an_empty_configs_banner_says_it_has_no_routes(tmp_path: Path) -> None:
+    with Falhook(tmp_path, {}) as served:
+        wait_for(lambda: "serving on" in served.logs(), timeout=30, what="the banner")
+    banner = next(line for line in served.logs().splitlines() if "serving on" in line)
+    assert "(no routes: every webhook is answered 404; config: " in banner
+    assert "routes: ;" not in banner

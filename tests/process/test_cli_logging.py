@@ -91,7 +91,7 @@ async def test_json_commands_keep_stdout_pure_and_log_on_stderr(
 
 
 async def test_console_format_logs_go_to_stderr_too(inprocess: InProcessFactory) -> None:
-    config = inprocess.build()  # an empty store; nothing runs but the command
+    config = await inprocess(run_worker=False)  # an empty store; nothing else matters
     out = await cli(config, "events", "list", "--json", fmt="console")
     assert json.loads(out.stdout) == {"events": []}
     assert "falhook command" in out.stderr

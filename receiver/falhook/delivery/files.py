@@ -89,7 +89,9 @@ async def fetch_one(
         if exc.status not in SIGNABLE_STATUSES:
             raise
         if signer is None or not signer.applies(ref.url):
-            raise _with_private_file_hint(exc, ref) from None
+            if _looks_like_fal_storage(ref.url):
+                raise _with_private_file_hint(exc, ref) from None
+            raise
         signed = await _signed(signer, ref, exc)
     # The signed URL is used here only: the event, its documents and logs keep fal's URL.
     got = await fetcher.fetch(dataclasses.replace(ref, url=signed), spool_dir, keep=keep, **where)
@@ -113,9 +115,15 @@ async def _signed(signer: FalMediaSigner, ref: FileRef, exc: FetchError) -> str:
         raise FetchPermanent(message, status=exc.status) from None
 
 
+def _looks_like_fal_storage(url: str) -> bool:
+    """fal's media URLs (and the emulator's) are `<host>/files/...`: a refusal of such a URL
+    on a host falhook does not sign for may be a private fal file."""
+    return urlsplit(url).path.startswith("/files/")
+
+
 def _with_private_file_hint(exc: FetchError, ref: FileRef) -> FetchError:
-    """A 401/403/404 from a host falhook does not sign for: the same error, saying how a
-    private fal file on that host would be read (fal's own hosts are signed for already)."""
+    """A 401/403/404 of a fal-shaped URL on a host falhook does not sign for: the same error,
+    saying how a private fal file there would be read (fal's own hosts are signed for)."""
     host = urlsplit(ref.url).hostname or "its host"
     hint = (
         f"; if it is a private fal file, add {host!r} to [downloads].fal_media_hosts and "

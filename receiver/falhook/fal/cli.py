@@ -30,7 +30,7 @@ from falhook.argtypes import (
     positive_int,
     seconds,
 )
-from falhook.config import ConfigError, Settings, config_path_from, load_settings
+from falhook.config import ConfigError, Settings, load_config
 from falhook.progress import Progress
 from falhook.store.document import submission_record
 from falhook.store.models import SubmissionView
@@ -163,7 +163,7 @@ def _add_emulate(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    return load_settings(config_path_from(getattr(args, "config", None)))
+    return load_config(getattr(args, "config", None))
 
 
 def _fail(message: str, code: int = EXIT_FAIL) -> int:
@@ -261,10 +261,16 @@ def cmd_submissions_list(args: argparse.Namespace) -> int:
         finally:
             await store.close()
 
+    from falhook.store import missing_store
+
     try:
-        views = asyncio.run(run(_settings(args)))
+        settings = _settings(args)
     except ConfigError as exc:
         return _fail(f"config error: {exc}", EXIT_USAGE)
+    problem = missing_store(settings)
+    if problem is not None:  # a listing never makes a store
+        return _fail(problem, EXIT_USAGE)
+    views = asyncio.run(run(settings))
     docs = [submission_record(v) for v in views]
     if args.json:
         print(json.dumps({"submissions": docs}))
