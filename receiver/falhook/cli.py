@@ -37,7 +37,7 @@ from falhook.progress import Progress
 from falhook.runtime import Runtime, open_runtime
 from falhook.store import Store, missing_store
 from falhook.store.document import event_document
-from falhook.store.models import DeliveryView, EventQuery
+from falhook.store.models import DeliveryView, EventQuery, utcnow
 from falhook.store.states import DELIVERY_STATES, DONE_STATES, EVENT_STATES
 
 # A replayed delivery `--now` waits for: done, dead, or retrying later (its attempt is over).
@@ -199,6 +199,19 @@ def _unknown_event(settings: Settings, request_id: str) -> CLIError:
     )
 
 
+async def _not_received(store: Store, settings: Settings, request_id: str) -> CLIError:
+    """An unknown event; when falhook submitted the job itself, what became of it."""
+    sub = await store.get_submission(request_id)
+    if sub is None:
+        return _unknown_event(settings, request_id)
+    ago = (utcnow() - sub.submitted_at).total_seconds()
+    return CLIError(
+        f"no event with request_id {request_id!r} yet: its job was submitted {ago:.0f} s ago "
+        f"to {sub.endpoint} and its webhook has not come (submission state: {sub.state}; "
+        "falhook submissions list)"
+    )
+
+
 def cmd_events_list(args: argparse.Namespace) -> int:
     settings = _readable(settings_from(args))
     fmt = "json" if args.json else args.format
@@ -301,7 +314,7 @@ def cmd_events_show(args: argparse.Namespace) -> int:
     async def action(store: Store) -> int:
         view = await store.get_event(args.request_id)
         if view is None:
-            raise _unknown_event(settings, args.request_id)
+            raise await _not_received(store, settings, args.request_id)
         doc = event_document(view)
         print(json.dumps(doc) if args.json else _describe(doc))
         return EXIT_OK
@@ -326,7 +339,7 @@ def cmd_events_replay(args: argparse.Namespace) -> int:
     async def action(store: Store) -> int:
         view = await store.get_event(args.request_id)
         if view is None:
-            raise _unknown_event(settings, args.request_id)
+            raise await _not_received(store, settings, args.request_id)
         if args.sink is not None and args.sink not in view.deliveries:
             known = ", ".join(sorted(view.deliveries))
             raise CLIError(f"event {args.request_id!r} has no sink {args.sink!r} (it has: {known})")

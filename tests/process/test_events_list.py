@@ -132,3 +132,17 @@ async def test_a_bad_time_says_what_was_expected(inprocess: InProcessFactory) ->
     done = await fh.cli("events", "list", "--since", "yesterday")
     assert done.returncode == 2
     assert "argument --since: expected an ISO 8601 time, unix seconds or a duration" in done.stderr
+
+
+async def test_show_says_when_a_submitted_jobs_webhook_has_not_come(
+    inprocess: InProcessFactory,
+) -> None:
+    fh = await inprocess(run_worker=False)
+    await fh.store.record_submission(NewSubmission("req-waiting", REFRAME, "reframe", {}))
+    shown, other = await asyncio.gather(
+        fh.cli("events", "show", "req-waiting"), fh.cli("events", "show", "req-nobody")
+    )
+    assert shown.returncode == 1 and shown.stdout == ""
+    assert "no event with request_id 'req-waiting' yet: its job was submitted" in shown.stderr
+    assert f"to {REFRAME} and its webhook has not come (submission state: pending" in shown.stderr
+    assert other.returncode == 1 and "yet" not in other.stderr

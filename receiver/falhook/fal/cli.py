@@ -36,6 +36,8 @@ from falhook.store.document import submission_record
 from falhook.store.models import SubmissionView
 from falhook.store.states import SUBMISSION_STATES
 
+FALHOOK_URL = "http://127.0.0.1:8000"  # where `falhook serve` listens by default
+
 
 def register(
     subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
@@ -146,6 +148,12 @@ def _add_emulate(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         "--public-url",
         metavar="URL",
         help="base of the URLs it returns (default: the address it is asked on)",
+    )
+    emulate.add_argument(
+        "--falhook-url",
+        default=FALHOOK_URL,
+        metavar="URL",
+        help="where falhook serve listens: the printed config's [receiver].public_url",
     )
     emulate.add_argument(
         "--print-config",
@@ -358,8 +366,11 @@ def cmd_emulate(args: argparse.Namespace) -> int:
         except OSError as exc:
             return _fail(f"--sample-clip {args.sample_clip}: {exc.strerror or exc}", EXIT_USAGE)
         print(f"falhook: wrote a 5 s H.264 sample clip to {clip}", file=sys.stderr)
+    falhook_url = args.falhook_url.rstrip("/")
+    if urlsplit(falhook_url).scheme not in ("http", "https"):
+        return _fail(f"--falhook-url {args.falhook_url!r}: expected an http(s):// URL", EXIT_USAGE)
     if args.print_config:
-        print(emulator_config(base), end="")
+        print(emulator_config(base, falhook_url), end="")
         return EXIT_OK
     tls = None
     if args.tls:
@@ -380,7 +391,8 @@ def cmd_emulate(args: argparse.Namespace) -> int:
         sock = listen_socket(args.host, args.port)
     except ListenError as exc:
         return _fail(str(exc), EXIT_LISTEN)
-    print(emulate_banner(base, args.delay, tls.ca.resolve() if tls else None), file=sys.stderr)
+    ca = tls.ca.resolve() if tls else None
+    print(emulate_banner(base, args.delay, ca, falhook_url), file=sys.stderr)
     serve(emulator, sock, tls=tls)
     return EXIT_OK
 
@@ -391,10 +403,7 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-FALHOOK_URL = "http://127.0.0.1:8000"  # where `falhook serve` listens by default
-
-
-def emulator_config(base: str) -> str:
+def emulator_config(base: str, falhook_url: str = FALHOOK_URL) -> str:
     """The falhook.toml that points falhook at an emulator on `base`: what
     `falhook emulate --print-config` prints, and the quick start's config (docs/submit.md
     shows it verbatim; a test compares them)."""
@@ -402,7 +411,7 @@ def emulator_config(base: str) -> str:
     lines = [
         "# falhook.toml: falhook with the local fal of `falhook emulate`, not fal's cloud",
         "[receiver]",
-        f'public_url = "{FALHOOK_URL}"   # falhook serve: where the emulator sends webhooks',
+        f'public_url = "{falhook_url}"   # falhook serve: where the emulator sends webhooks',
         f'queue_url = "{base}"   # the emulator instead of queue.fal.run',
         f'jwks_url = "{base}/.well-known/jwks.json"',
         "",
@@ -424,7 +433,9 @@ def emulator_config(base: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def emulate_banner(base: str, delay: float, ca_file: Path | None) -> str:
+def emulate_banner(
+    base: str, delay: float, ca_file: Path | None, falhook_url: str = FALHOOK_URL
+) -> str:
     """What `falhook emulate` says on stderr: where it is, the config that uses it (as
     --print-config prints it), and how to point fal-client at it."""
     netloc = urlsplit(base).netloc
@@ -436,7 +447,7 @@ def emulate_banner(base: str, delay: float, ca_file: Path | None) -> str:
     lines += [
         "falhook: the config that uses it (falhook emulate --print-config > falhook.toml):",
         "",
-        emulator_config(base),
+        emulator_config(base, falhook_url),
         f"# fal-client: export FAL_QUEUE_RUN_HOST={netloc}"
         + ("" if base.startswith("https://") else "  (fal-client speaks only https: use --tls)"),
     ]
