@@ -236,6 +236,3 @@ def test_uploads_are_served_back(fal: EmulatorServer) -> None:
     assert url.endswith("/clip.mp4")
     got = httpx.get(url, timeout=5)
     assert got.content == b"data" and got.headers["content-type"].startswith("video/mp4")
-
-
-# --- the README's quick start: `falhook emulate` and `falhook serve` in two terminals -----------

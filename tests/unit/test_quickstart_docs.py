@@ -69,3 +69,27 @@ def test_sample_clip_writes_a_clip_and_never_overwrites_another_file(
     code, _, err = run(capfd, "emulate", "--sample-clip", str(clip), "--print-config")
     assert code == 2 and "a different file is there already" in err
     assert clip.read_bytes() == b"my own video"
+
+
+def test_every_option_in_the_readme_command_table_exists() -> None:
+    """The table stays true: each `--option` it shows for a command is one of its options."""
+    from falhook.cli import build_parser
+
+    parser = build_parser()
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = readme.split("## Command line", 1)[1].split("\n\n", 2)[1]
+    rows = re.findall(r"^\| `falhook ([^`]+)` \|", table, re.MULTILINE)
+    assert len(rows) >= 10
+    for row in rows:
+        words = row.split()
+        command = [w for w in words if re.fullmatch(r"[a-z]+", w)][:2]
+        sub = parser
+        for name in command:
+            choices = next(a.choices for a in sub._actions if hasattr(a, "choices") and a.choices
+                           and isinstance(a.choices, dict))  # fmt: skip
+            if name not in choices:
+                break
+            sub = choices[name]
+        known = {o for a in sub._actions for o in a.option_strings}
+        for option in re.findall(r"--[a-z][a-z-]*", row):
+            assert option in known, (row, option)
