@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from falhook.config import ConfigError, Settings
+from falhook.config import DEFAULT_JWKS_URL, ConfigError, Settings
 from falhook.intake.endpoint import (
     PREFIX,
     DeliverNow,
@@ -290,16 +290,21 @@ def _lifespan(runtime: Runtime, run_worker: bool) -> Lifespan:
     return lifespan
 
 
+OFFLINE_HINT = "without the internet, `falhook emulate` is a local fal (README: Quick start)"
+
+
 async def _announce_ready(runtime: Runtime, run_worker: bool) -> None:
     """Log "falhook ready" when /readyz would say so (store reachable, keys loaded): at once,
     or once fal's JWKS has been fetched (the keys retry on their own timer)."""
     settings = runtime.settings
     assert runtime.keys is not None
     if not runtime.keys.loaded:
+        offline = settings.receiver.jwks_url == DEFAULT_JWKS_URL
         log.warning(
             "falhook started, not ready: no signing keys yet (webhooks get 503 until fal's "
             "JWKS can be fetched; see the jwks fetch failed line for why)",
             jwks=runtime.keys.log_url,
+            **({"offline": OFFLINE_HINT} if offline else {}),
         )
         await runtime.keys.wait_loaded()
     while not await runtime.store.ping():

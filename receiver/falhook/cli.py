@@ -38,6 +38,7 @@ from falhook.runtime import Runtime, open_runtime
 from falhook.store import Store, missing_store
 from falhook.store.document import event_document
 from falhook.store.models import DeliveryView, EventQuery, utcnow
+from falhook.store.paging import InvalidCursor
 from falhook.store.states import DELIVERY_STATES, DONE_STATES, EVENT_STATES
 
 # A replayed delivery `--now` waits for: done, dead, or retrying later (its attempt is over).
@@ -165,8 +166,6 @@ def when(text: str) -> datetime:
     ago (`90m`, `12h`, `7d`)."""
     from datetime import timedelta
 
-    from falhook.store.models import utcnow
-
     match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhd])", text.strip())
     if match:
         return utcnow() - timedelta(seconds=float(match[1]) * _UNITS[match[2]])
@@ -231,7 +230,7 @@ def cmd_events_list(args: argparse.Namespace) -> int:
         while True:
             try:
                 page = await store.find_events(query, limit=args.limit, cursor=cursor)
-            except ValueError:
+            except InvalidCursor:
                 raise CLIError(
                     f"--cursor {args.cursor!r}: not a cursor falhook printed", EXIT_USAGE
                 ) from None

@@ -4,6 +4,7 @@ option. Each says what happened and what to do, in its own words, with a documen
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.falhook_server import Falhook, wait_for
+from tests.support.falhook_server import Falhook, free_port, wait_for
 
 EXIT_LISTEN = 4
 
@@ -111,3 +112,23 @@ def test_an_empty_configs_banner_says_it_has_no_routes(tmp_path: Path) -> None:
     banner = next(line for line in served.logs().splitlines() if "serving on" in line)
     assert "(no routes: every webhook is answered 404; config: " in banner
     assert "routes: ;" not in banner
+
+
+def test_serve_on_the_embedded_defaults_offline_points_at_the_emulator(tmp_path: Path) -> None:
+    """The set-up's first command, with fal's JWKS out of reach (this machine is offline):
+    the not-ready line says where a newcomer can go instead."""
+    port = free_port()
+    log_path = tmp_path / "serve.log"
+    env = {k: v for k, v in os.environ.items() if k != "FALHOOK_CONFIG"}
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "falhook.cli", "serve", "--port", str(port)],
+            cwd=tmp_path, env={**env, "FALHOOK_LOG_FORMAT": "json"}, stdout=log, stderr=log,
+        )  # fmt: skip
+    try:
+        wait_for(lambda: "not ready" in log_path.read_text(), timeout=60, what="not ready")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    line = next(json.loads(x) for x in log_path.read_text().splitlines() if "not ready" in x)
+    assert "falhook emulate" in line["offline"] and "Quick start" in line["offline"]

@@ -354,6 +354,9 @@ def cmd_emulate(args: argparse.Namespace) -> int:
     if public is not None and urlsplit(public).scheme not in ("http", "https"):
         return _fail(f"--public-url {args.public_url!r}: expected an http(s):// URL", EXIT_USAGE)
     base = public or f"{'https' if args.tls else 'http'}://{_url_host(args.host)}:{args.port}"
+    falhook_url = args.falhook_url.rstrip("/")
+    if urlsplit(falhook_url).scheme not in ("http", "https"):
+        return _fail(f"--falhook-url {args.falhook_url!r}: expected an http(s):// URL", EXIT_USAGE)
     if args.sample_clip:
         try:
             clip = write_sample_clip(args.sample_clip)
@@ -366,9 +369,6 @@ def cmd_emulate(args: argparse.Namespace) -> int:
         except OSError as exc:
             return _fail(f"--sample-clip {args.sample_clip}: {exc.strerror or exc}", EXIT_USAGE)
         print(f"falhook: wrote a 5 s H.264 sample clip to {clip}", file=sys.stderr)
-    falhook_url = args.falhook_url.rstrip("/")
-    if urlsplit(falhook_url).scheme not in ("http", "https"):
-        return _fail(f"--falhook-url {args.falhook_url!r}: expected an http(s):// URL", EXIT_USAGE)
     if args.print_config:
         print(emulator_config(base, falhook_url), end="")
         return EXIT_OK
