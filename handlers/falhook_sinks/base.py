@@ -10,8 +10,10 @@ wraps such an object so the worker sees a ``Sink``). It:
 
 Sinks are built from ``[sinks.NAME]`` by a factory ``factory(name, options, env) -> Sink``;
 built-in types and users' packages register factories under the ``falhook.sinks`` entry-point
-group, and ``type = "python"`` loads ``handler = "pkg.mod:attr"`` directly. A factory that
-rejects its options raises ``OptionError`` naming ``[sinks.NAME].option``.
+group, and ``type = "python"`` loads ``handler = "pkg.mod:attr"`` directly. A factory (a Sink
+class, usually) that declares ``options_type`` gets its options parsed into that
+``SinkOptions`` Struct by the registry; one that does not gets the table as a dict, and raises
+``OptionError`` naming ``[sinks.NAME].option`` when it rejects it.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
+
+from falhook_sinks.tables import Table
 
 
 class DeliveryError(Exception):
@@ -47,6 +51,12 @@ class OptionError(ValueError):
         super().__init__(f"{key}: {problem}")
         self.key = key
         self.problem = problem
+
+
+class SinkOptions(Table):
+    """Base of every sink's options: a msgspec Struct with the type, bounds
+    (``Annotated[int, Meta(ge=1)]``) and default beside each option, and rules across options
+    in ``check()``, raising ``Invalid(option, problem)``. Unknown options are errors."""
 
 
 @dataclass(frozen=True)
@@ -228,11 +238,16 @@ class Sink:
     it arrives, so the sink's fsync has little left to do.
     ``streams_files``: the sink implements ``deliver_streaming`` and consumes each file while
     it is still arriving (the S3 sink uploads parts as the download produces them).
+    Both need ``reads_files``; the registry refuses a sink type whose flags disagree.
+    ``options_type``: the ``SinkOptions`` Struct of the sink's options. Set, the registry
+    parses ``[sinks.NAME]`` into it and calls ``cls(name, options, env)`` with the Struct;
+    unset, with the table as a dict.
     """
 
     reads_files: bool = True
     keeps_files: bool = False
     streams_files: bool = False
+    options_type: ClassVar[type[SinkOptions] | None] = None
 
     async def deliver(self, ctx: DeliveryContext) -> dict[str, Any] | None:
         raise NotImplementedError

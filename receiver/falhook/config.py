@@ -1,20 +1,26 @@
 """Configuration: TOML with ${ENV_VAR} interpolation, turned into typed, validated settings.
 
-Every mistake raises ConfigError naming the offending key, so `falhook` refuses to start with a
-message like ``[delivery].max_attempts: must be an integer >= 1``.
+Each ``[section]`` is a msgspec Struct (`Section`): the type, bounds and default beside each
+key, rules across keys in its ``check()``. The file is read by falhook_sinks.tables, the loader
+that reads sinks' options too, so every mistake raises ConfigError naming the key the same
+way: ``[delivery].max_attempts: must be an integer >= 1, not 0``.
 """
 
 from __future__ import annotations
 
-import math
+import functools
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
 
 from falhook.filters import Filter, FilterError
+from falhook_sinks.tables import Invalid, Place, Table, read_table
 
 DEFAULT_JWKS_URL = "https://rest.alpha.fal.ai/.well-known/jwks.json"
 DEFAULT_QUEUE_URL = "https://queue.fal.run"
@@ -23,7 +29,6 @@ DEFAULT_DATA_DIR = "falhook-data"
 CONFIG_ENV = "FALHOOK_CONFIG"
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 # A schema name falhook can put in search_path and a NOTIFY channel without quoting, short
 # enough for the channel to stay under PostgreSQL's 63-byte identifiers (the store uses it too).
 PG_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
@@ -38,107 +43,163 @@ class ConfigError(ValueError):
         self.problem = problem
 
 
-@dataclass(frozen=True)
-class ReceiverSettings:
-    public_url: str = "http://127.0.0.1:8000"
-    jwks_url: str = DEFAULT_JWKS_URL
-    jwks_refetch_interval: float = 60.0
-    jwks_refresh_interval: float = 3600.0
-    timestamp_tolerance: int = 300
-    max_body_bytes: int = 10 * 1024 * 1024
-    body_timeout: float = 10.0  # seconds any body may take to arrive ...
-    body_min_rate: float = 65536.0  # ... plus one second per this many bytes
+# Field types that say their bounds and, where the type cannot, their shape in words.
+Positive = Annotated[float, Meta(gt=0)]
+NonNegative = Annotated[float, Meta(ge=0)]
+Count = Annotated[int, Meta(ge=1)]
+NonNegativeInt = Annotated[int, Meta(ge=0)]
+HttpUrl = Annotated[
+    str, Meta(pattern=r"^https?://[^/\s]", description="a URL starting with http:// or https://")
+]
+HostName = Annotated[str, Meta(pattern=r"^[^/:\s]+$", description="a host name (e.g. fal.media)")]
+SinkNames = Annotated[tuple[str, ...], Meta(description="a list of sink names")]
+Name = Annotated[
+    str,
+    Meta(
+        pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$",
+        description="1 to 64 letters, digits, '_', '-' or '.', not starting with '-' or '.'",
+    ),
+]
+
+
+class Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """One ``[section]`` of the config file. A new section is a subclass (``class
+    RetentionSettings(Section, frozen=True)``: mypy wants each frozen Struct to say so) and one
+    line in `Settings`: its fields' types, bounds and defaults are the whole declaration, and
+    rules across its fields go in ``check()``, raising ``Invalid(field, problem)``."""
+
+    def check(self) -> None:
+        """Rules across fields; raise Invalid(field, problem)."""
+
+
+class ReceiverSettings(Section, frozen=True):
+    public_url: HttpUrl = "http://127.0.0.1:8000"
+    jwks_url: HttpUrl = DEFAULT_JWKS_URL
+    jwks_refetch_interval: NonNegative = 60.0
+    jwks_refresh_interval: Positive = 3600.0
+    timestamp_tolerance: Count = 300
+    max_body_bytes: Count = 10 * 1024 * 1024
+    body_timeout: Positive = 10.0  # seconds any body may take to arrive ...
+    body_min_rate: Positive = 65536.0  # ... plus one second per this many bytes
     max_buffered_bytes: int = 64 * 1024 * 1024  # unfinished bodies, all connections together
     allowed_user_ids: tuple[str, ...] = ()
-    queue_url: str = DEFAULT_QUEUE_URL
+    queue_url: HttpUrl = DEFAULT_QUEUE_URL
+
+    def check(self) -> None:
+        if self.max_buffered_bytes < self.max_body_bytes:
+            raise Invalid("max_buffered_bytes", "must be >= max_body_bytes")
 
 
-@dataclass(frozen=True)
-class StoreSettings:
+class StoreSettings(Section, frozen=True):
     url: str = f"sqlite:///{DEFAULT_DATA_DIR}/events.db"
-    schema: str = "falhook"  # PostgreSQL only: the schema falhook's tables live in
-    history_days: float = 30.0  # attempts older than this leave the deliveries' history
+    # PostgreSQL only: the schema falhook's tables live in.
+    schema: Annotated[
+        str,
+        Meta(
+            pattern=PG_SCHEMA_NAME.pattern,
+            description="lower-case letters, digits and '_' (at most 48; no digit first)",
+        ),
+    ] = "falhook"
+    history_days: Positive = 30.0  # attempts older than this leave the deliveries' history
+
+    def check(self) -> None:
+        url = self.url
+        rest = url.split("://", 1)[1] if "://" in url else ""
+        if url.startswith("sqlite:///") and (not rest.strip("/") or rest.endswith("/")):
+            raise Invalid("url", "names no database file (e.g. sqlite:///events.db)")
+        if not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise Invalid(
+                "url",
+                "must start with sqlite:/// or postgresql:// (for example sqlite:///events.db)",
+            )
 
 
-@dataclass(frozen=True)
-class DeliverySettings:
-    max_attempts: int = 12
-    lease_seconds: float = 60.0
-    backoff_initial: float = 2.0
+class DeliverySettings(Section, frozen=True):
+    max_attempts: Count = 12
+    lease_seconds: Annotated[float, Meta(ge=1)] = 60.0
+    backoff_initial: Positive = 2.0
     backoff_max: float = 900.0
-    concurrency: int = 8
-    poll_interval: float = 1.0
-    shutdown_grace: float = 20.0
-    attempt_timeout: float = 900.0  # one sink's attempt (downloads have their own timeout)
+    concurrency: Count = 8
+    poll_interval: Positive = 1.0
+    shutdown_grace: NonNegative = 20.0
+    attempt_timeout: Positive = 900.0  # one sink's attempt (downloads have their own timeout)
+
+    def check(self) -> None:
+        if self.backoff_max < self.backoff_initial:
+            raise Invalid("backoff_max", "must be >= backoff_initial")
 
 
-@dataclass(frozen=True)
-class DownloadSettings:
+class DownloadSettings(Section, frozen=True):
     allow_private_hosts: bool = False
-    max_file_bytes: int = 4 * 1024**3
-    timeout: float = 300.0  # seconds without an answer (connect, response head)
-    deadline: float = 4 * 3600.0  # seconds one file may take in all
-    min_rate: float = 16 * 1024.0  # bytes/s each file must average over every rate_window
-    rate_window: float = 30.0  # seconds; also the longest silence allowed mid-body
-    range_threshold: int = 64 * 1024**2  # files this large come in parallel ranges (0: never)
-    range_size: int = 16 * 1024**2  # bytes per range
-    range_parts: int = 4  # ranges fetched at once, each on its own connection
-    spool_max_bytes: int = 10 * 1024**3  # files kept for later attempts, all events together
-    spool_max_age: float = 7200.0  # seconds a kept event's files may go unused
+    max_file_bytes: Count = 4 * 1024**3
+    timeout: Positive = 300.0  # seconds without an answer (connect, response head)
+    deadline: Positive = 4 * 3600.0  # seconds one file may take in all
+    min_rate: NonNegative = 16 * 1024.0  # bytes/s each file must average per rate_window; 0: off
+    rate_window: Positive = 30.0  # seconds; also the longest silence allowed mid-body
+    range_threshold: NonNegativeInt = 64 * 1024**2  # files this large come in ranges (0: never)
+    range_size: Annotated[int, Meta(ge=64 * 1024)] = 16 * 1024**2  # bytes per range
+    range_parts: Count = 4  # ranges fetched at once, each on its own connection
+    spool_max_bytes: NonNegativeInt = 10 * 1024**3  # files kept for later attempts, all events
+    spool_max_age: NonNegative = 7200.0  # seconds a kept event's files may go unused
     spool_dir: str = f"{DEFAULT_DATA_DIR}/spool"
     # Private fal files (an access rule forbids or hides them) are read through a signed URL
     # from fal's storage API, with FAL_KEY, when these hosts answer 401, 403 or 404.
-    fal_media_hosts: tuple[str, ...] = ("fal.media",)  # each with its subdomains
-    fal_sign_url: str = DEFAULT_SIGN_URL
+    fal_media_hosts: tuple[HostName, ...] = ("fal.media",)  # each with its subdomains
+    fal_sign_url: HttpUrl = DEFAULT_SIGN_URL
 
 
-@dataclass(frozen=True)
-class SubmitSettings:
-    timeout: float = 60.0  # seconds for one queue call (the submit POST included)
-    upload: str = "auto"  # "fal" (fal-client), "queue" (the queue's upload path), "auto"
-    schemas: dict[str, str] = field(default_factory=dict)  # endpoint id -> Ray schema name
+class SubmitSettings(Section, frozen=True):
+    timeout: Positive = 60.0  # seconds for one queue call (the submit POST included)
+    # "fal" (fal-client), "queue" (the queue's upload path), "auto"
+    upload: Literal["auto", "fal", "queue"] = "auto"
+    schemas: dict[str, str] = {}  # endpoint id -> Ray schema name
     # false: submit with `X-Fal-Store-IO: 0` (fal keeps no payload history; it then keeps a
     # result on its queue for about an hour, 6 minutes when it is 10 KB or more), and the
     # reconciler looks at such submissions within that window. Never sent unless asked.
     store_io: bool = True
 
 
-@dataclass(frozen=True)
-class ReconcileSettings:
+class ReconcileSettings(Section, frozen=True):
     enabled: bool = True  # `falhook serve` polls fal for overdue submissions (needs FAL_KEY)
-    deadline: float = 900.0  # seconds after submit before a missing webhook is looked up
-    interval: float = 60.0  # seconds between passes
-    batch: int = 100  # submissions looked up per pass
+    deadline: Positive = 900.0  # seconds after submit before a missing webhook is looked up
+    interval: Positive = 60.0  # seconds between passes
+    batch: Count = 100  # submissions looked up per pass
 
 
-@dataclass(frozen=True)
-class ServerlessSettings:
-    mode: str = "enqueue"  # "enqueue": store and answer; "inline": run the sinks before answering
-    inline_deadline: float = 20.0  # seconds the sinks get within one invocation
+class ServerlessSettings(Section, frozen=True):
+    # "enqueue": store and answer; "inline": run the sinks before answering
+    mode: Literal["enqueue", "inline"] = "enqueue"
+    inline_deadline: Positive = 20.0  # seconds the sinks get within one invocation
 
 
-@dataclass(frozen=True)
-class TelemetrySettings:
+class TelemetrySettings(Section, frozen=True):
     """Tracing (OpenTelemetry). `enabled` None: on when the standard OTEL_* variables ask for
     traces (falhook.telemetry decides); the other keys default to those variables too."""
 
     enabled: bool | None = None
     service_name: str = ""  # default: $OTEL_SERVICE_NAME, else "falhook"
-    exporter: str = ""  # "otlp", "console" or "none"; default: $OTEL_TRACES_EXPORTER, else otlp
-    endpoint: str = ""  # OTLP/HTTP base URL; default: $OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT
+    # default (""): $OTEL_TRACES_EXPORTER, else otlp
+    exporter: Literal["", "otlp", "console", "none"] = ""
+    # OTLP/HTTP base URL; default: $OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT
+    endpoint: Annotated[
+        str,
+        Meta(pattern=r"^$|^https?://[^/\s]", description="a URL starting with http:// or https://"),
+    ] = ""
 
 
-@dataclass(frozen=True)
-class ConsoleSettings:
+class ConsoleSettings(Section, frozen=True):
     enabled: bool = True  # the operator console at /console/ (false: 404)
     token: str = ""  # empty: loopback clients only; set it (from ${ENV}) for any other
-    session_hours: float = 12.0  # how long a login lasts
-    stream_interval: float = 0.5  # seconds between looks at the store for the live view
-    page_size: int = 50  # events per page
+    session_hours: Positive = 12.0  # how long a login lasts
+    stream_interval: Positive = 0.5  # seconds between looks at the store for the live view
+    page_size: Annotated[int, Meta(ge=1, le=500)] = 50  # events per page
+
+    def check(self) -> None:
+        if self.token and len(self.token) < 16:
+            raise Invalid("token", "must be at least 16 characters (or empty)")
 
 
-@dataclass(frozen=True)
-class SinkSettings:
+class SinkSettings(msgspec.Struct, frozen=True, kw_only=True):
     name: str
     type: str
     options: dict[str, Any]
@@ -146,27 +207,28 @@ class SinkSettings:
     filter: Filter | None = None  # events it does not match get a `skipped` delivery
 
 
-@dataclass(frozen=True)
-class RouteSettings:
+class RouteSettings(msgspec.Struct, frozen=True, kw_only=True):
     name: str
     sinks: tuple[str, ...]
     on_dead: tuple[str, ...] = ()  # sinks that get an alert when a delivery goes dead
 
 
-@dataclass(frozen=True)
-class Settings:
-    receiver: ReceiverSettings = field(default_factory=ReceiverSettings)
-    store: StoreSettings = field(default_factory=StoreSettings)
-    delivery: DeliverySettings = field(default_factory=DeliverySettings)
-    downloads: DownloadSettings = field(default_factory=DownloadSettings)
-    serverless: ServerlessSettings = field(default_factory=ServerlessSettings)
-    submit: SubmitSettings = field(default_factory=SubmitSettings)
-    reconcile: ReconcileSettings = field(default_factory=ReconcileSettings)
-    telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
-    console: ConsoleSettings = field(default_factory=ConsoleSettings)
-    sinks: dict[str, SinkSettings] = field(default_factory=dict)
-    routes: dict[str, RouteSettings] = field(default_factory=dict)
-    base_dir: Path = field(default_factory=Path.cwd)
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """The whole configuration. Each field of a `Section` type is the ``[section]`` of the
+    same name: adding one here is all the loader needs."""
+
+    receiver: ReceiverSettings = ReceiverSettings()
+    store: StoreSettings = StoreSettings()
+    delivery: DeliverySettings = DeliverySettings()
+    downloads: DownloadSettings = DownloadSettings()
+    serverless: ServerlessSettings = ServerlessSettings()
+    submit: SubmitSettings = SubmitSettings()
+    reconcile: ReconcileSettings = ReconcileSettings()
+    telemetry: TelemetrySettings = TelemetrySettings()
+    console: ConsoleSettings = ConsoleSettings()
+    sinks: dict[str, SinkSettings] = {}
+    routes: dict[str, RouteSettings] = {}
+    base_dir: Path = msgspec.field(default_factory=Path.cwd)
     source: str = "embedded defaults"
 
     def resolve_path(self, value: str | os.PathLike[str]) -> Path:
@@ -186,6 +248,90 @@ class Settings:
         rest = url[len("sqlite:///") :]
         # sqlite:////abs/path.db keeps its leading slash; sqlite:///rel.db is relative.
         return Path(rest) if rest.startswith("/") else self.resolve_path(rest)
+
+    def check(self) -> None:
+        """What sinks and routes say of each other: `after`, a route's sinks, `on_dead`."""
+        for sink in self.sinks.values():
+            key = f"[sinks.{sink.name}].after"
+            for other in sink.after:
+                if other not in self.sinks:
+                    raise ConfigError(key, f"names unknown sink {other!r}")
+                if other == sink.name:
+                    raise ConfigError(key, "a sink cannot run after itself")
+        _check_no_cycles(self.sinks)
+        for route in self.routes.values():
+            key = f"[routes.{route.name}]"
+            for name in (*route.sinks, *route.on_dead):
+                if name not in self.sinks:
+                    which = "sinks" if name in route.sinks else "on_dead"
+                    raise ConfigError(f"{key}.{which}", f"names unknown sink {name!r}")
+            for name in route.sinks:
+                for other in self.sinks[name].after:
+                    if other not in route.sinks:
+                        problem = f"sink {name!r} runs after {other!r}, which the route lacks"
+                        raise ConfigError(f"{key}.sinks", problem)
+
+
+# --- the file's own tables -------------------------------------------------------------------
+
+
+class SinkTable(Table, forbid_unknown_fields=False):
+    """falhook's keys of a ``[sinks.NAME]`` table; the others are the sink type's options."""
+
+    type: Annotated[
+        str, Meta(min_length=1, examples=["disk", "s3", "slack", "http", "python", "exec"])
+    ]
+    after: SinkNames = ()
+    filter: Any = None
+
+
+class RouteTable(Table):
+    sinks: Annotated[
+        tuple[str, ...], Meta(min_length=1, description="a non-empty list of sink names")
+    ]
+    on_dead: SinkNames = ()  # sinks that get an alert when a delivery goes dead
+
+    def check(self) -> None:
+        for key, names in (("sinks", self.sinks), ("on_dead", self.on_dead)):
+            if len(set(names)) != len(names):
+                raise Invalid(key, "lists a sink twice")
+
+
+@functools.cache
+def file_table() -> type[msgspec.Struct]:
+    """The config file as a Struct: every `Section` field of `Settings`, and the named
+    ``[sinks.NAME]`` and ``[routes.NAME]`` tables."""
+    sections = [
+        (f.name, f.type, f.default)
+        for f in msgspec.structs.fields(Settings)
+        if isinstance(f.type, type) and issubclass(f.type, Section)
+    ]
+    sinks = Annotated[dict[Name, SinkTable], Meta(description="a table of [sinks.NAME] tables")]
+    routes = Annotated[dict[Name, RouteTable], Meta(description="a table of [routes.NAME] tables")]
+    fields = [*sections, ("sinks", sinks, {}), ("routes", routes, {})]
+    return msgspec.defstruct("ConfigFile", fields, bases=(Table,), kw_only=True)
+
+
+class _FilePlace(Place):
+    """Keys as the file writes them: ``[delivery].max_attempts``, ``[sinks.team].after``."""
+
+    def key(self, path: tuple[str, ...]) -> str:
+        return key_name(path)
+
+    def noun(self, path: tuple[str, ...]) -> str:
+        return "section" if len(path) == 1 else "key"
+
+    def shown(self, path: tuple[str, ...]) -> str:
+        return key_name(path) if len(path) == 1 else path[-1]
+
+    def unknown(self, path: tuple[str, ...], known: Sequence[str]) -> str:
+        text = super().unknown(path, known)
+        if len(path) == 1 and "did you mean" not in text:
+            text += f" (known: {', '.join(sorted(known))})"
+        return text
+
+    def error(self, key: str, problem: str) -> Exception:
+        return ConfigError(key, problem)
 
 
 # --- loading ---------------------------------------------------------------------------------
@@ -241,49 +387,17 @@ def embedded_defaults(base_dir: Path | None = None) -> Settings:
 
 def settings_from_dict(raw: dict[str, Any], *, base_dir: Path, source: str = "<dict>") -> Settings:
     raw = _interpolate(raw, ())
-    known = {
-        "receiver",
-        "store",
-        "delivery",
-        "downloads",
-        "serverless",
-        "submit",
-        "reconcile",
-        "telemetry",
-        "console",
-        "sinks",
-        "routes",
+    file = read_table(raw, file_table(), _FilePlace())
+    sections = {f.name: getattr(file, f.name) for f in msgspec.structs.fields(file)}
+    tables: dict[str, SinkTable] = sections.pop("sinks")
+    sinks = {name: _sink(name, table, raw["sinks"][name]) for name, table in tables.items()}
+    routes = {
+        name: RouteSettings(name=name, sinks=table.sinks, on_dead=table.on_dead)
+        for name, table in sections.pop("routes").items()
     }
-    for key in raw:
-        if key not in known:
-            raise ConfigError(f"[{key}]", f"unknown section (expected one of {sorted(known)})")
-
-    receiver = _section(raw, "receiver", ReceiverSettings, _check_receiver)
-    store = _section(raw, "store", StoreSettings, _check_store)
-    delivery = _section(raw, "delivery", DeliverySettings, _check_delivery)
-    downloads = _section(raw, "downloads", DownloadSettings, _check_downloads)
-    serverless = _section(raw, "serverless", ServerlessSettings, _check_serverless)
-    submit = _section(raw, "submit", SubmitSettings, _check_submit)
-    reconcile = _section(raw, "reconcile", ReconcileSettings, _check_reconcile)
-    telemetry = _telemetry(raw.get("telemetry", {}))
-    console = _section(raw, "console", ConsoleSettings, _check_console)
-    sinks = _sinks(raw.get("sinks", {}))
-    routes = _routes(raw.get("routes", {}), sinks)
-    return Settings(
-        receiver=receiver,
-        store=store,
-        delivery=delivery,
-        downloads=downloads,
-        serverless=serverless,
-        submit=submit,
-        reconcile=reconcile,
-        telemetry=telemetry,
-        console=console,
-        sinks=sinks,
-        routes=routes,
-        base_dir=base_dir,
-        source=source,
-    )
+    settings = Settings(**sections, sinks=sinks, routes=routes, base_dir=base_dir, source=source)
+    settings.check()
+    return settings
 
 
 def config_warnings(settings: Settings) -> list[str]:
@@ -320,8 +434,10 @@ def _interpolate(value: Any, path: tuple[str, ...]) -> Any:
 def key_name(path: tuple[str, ...]) -> str:
     """A config key as every message writes it: ``[sinks.team].webhook_url``,
     ``[receiver].allowed_user_ids[0]``; the table in brackets, then the key."""
+    if not path:
+        return "the config"
     # Tables nest as [sinks.NAME] and [routes.NAME]; other sections are one level deep.
-    depth = 2 if path[:1] in (("sinks",), ("routes",)) and len(path) > 2 else 1
+    depth = 2 if path[:1] in (("sinks",), ("routes",)) and len(path) > 1 else 1
     table, rest = path[:depth], path[depth:]
     key = ""
     for part in rest:
@@ -329,193 +445,18 @@ def key_name(path: tuple[str, ...]) -> str:
     return f"[{'.'.join(table)}]{key}"
 
 
-def _coerce(section: str, key: str, value: Any, default: Any) -> Any:
-    where = f"[{section}].{key}"
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise ConfigError(where, "must be true or false")
-        return value
-    if isinstance(default, int):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(where, "must be an integer")
-        return value
-    if isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(where, "must be a number")
-        if not math.isfinite(value):  # TOML allows nan and inf; no setting means them
-            raise ConfigError(where, "must be a finite number")
-        return float(value)
-    if isinstance(default, str):
-        if not isinstance(value, str):
-            raise ConfigError(where, "must be a string")
-        return value
-    if isinstance(default, dict):
-        if not isinstance(value, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-        ):
-            raise ConfigError(where, "must be a table of strings")
-        return dict(value)
-    if isinstance(default, tuple):
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(where, "must be a list of strings")
-        return tuple(value)
-    raise ConfigError(where, "unsupported value")  # pragma: no cover - guards new fields
+def _sink(name: str, table: SinkTable, raw: dict[str, Any]) -> SinkSettings:
+    try:
+        matcher = None if table.filter is None else Filter.parse(table.filter)
+    except FilterError as exc:
+        raise ConfigError(f"[sinks.{name}].filter", str(exc)) from None
+    options = {k: v for k, v in raw.items() if k not in SinkTable.__struct_fields__}
+    return SinkSettings(
+        name=name, type=table.type, options=options, after=table.after, filter=matcher
+    )
 
 
-def _section(raw: dict[str, Any], name: str, cls: type, check: Any) -> Any:
-    values = raw.get(name, {})
-    if not isinstance(values, dict):
-        raise ConfigError(f"[{name}]", "must be a table")
-    defaults = cls()
-    kwargs: dict[str, Any] = {}
-    for key, value in values.items():
-        if not hasattr(defaults, key):
-            raise ConfigError(f"[{name}].{key}", "unknown key")
-        kwargs[key] = _coerce(name, key, value, getattr(defaults, key))
-    settings = cls(**kwargs)
-    check(settings)
-    return settings
-
-
-def _positive(
-    section: str, key: str, value: float, minimum: float = 0, strict: bool = True
-) -> None:
-    if value < minimum or (strict and value == minimum):
-        op = ">" if strict else ">="
-        raise ConfigError(f"[{section}].{key}", f"must be {op} {minimum:g}")
-
-
-def _check_url(section: str, key: str, value: str, schemes: tuple[str, ...]) -> None:
-    if not any(value.startswith(s + "://") for s in schemes) or len(value.split("://", 1)[1]) == 0:
-        raise ConfigError(
-            f"[{section}].{key}", f"must be a URL starting with {' or '.join(schemes)}://"
-        )
-
-
-def _check_receiver(s: ReceiverSettings) -> None:
-    _check_url("receiver", "public_url", s.public_url, ("http", "https"))
-    _check_url("receiver", "jwks_url", s.jwks_url, ("http", "https"))
-    _check_url("receiver", "queue_url", s.queue_url, ("http", "https"))
-    _positive("receiver", "jwks_refetch_interval", s.jwks_refetch_interval, strict=False)
-    _positive("receiver", "jwks_refresh_interval", s.jwks_refresh_interval)
-    _positive("receiver", "timestamp_tolerance", s.timestamp_tolerance)
-    _positive("receiver", "max_body_bytes", s.max_body_bytes)
-    _positive("receiver", "body_timeout", s.body_timeout)
-    _positive("receiver", "body_min_rate", s.body_min_rate)
-    if s.max_buffered_bytes < s.max_body_bytes:
-        raise ConfigError("[receiver].max_buffered_bytes", "must be >= max_body_bytes")
-
-
-def _check_store(s: StoreSettings) -> None:
-    rest = s.url.split("://", 1)[1] if "://" in s.url else ""
-    if s.url.startswith("sqlite:///") and (not rest.strip("/") or rest.endswith("/")):
-        raise ConfigError("[store].url", "names no database file (e.g. sqlite:///events.db)")
-    if not (s.url.startswith("sqlite:///") or s.url.startswith(("postgresql://", "postgres://"))):
-        raise ConfigError(
-            "[store].url",
-            "must start with sqlite:/// or postgresql:// (for example sqlite:///events.db)",
-        )
-    _positive("store", "history_days", s.history_days)
-    if not PG_SCHEMA_NAME.match(s.schema):
-        raise ConfigError(
-            "[store].schema", "must be lower-case letters, digits and '_' (at most 48)"
-        )
-
-
-def _check_delivery(s: DeliverySettings) -> None:
-    _positive("delivery", "max_attempts", s.max_attempts)
-    _positive("delivery", "lease_seconds", s.lease_seconds, minimum=1, strict=False)
-    _positive("delivery", "backoff_initial", s.backoff_initial)
-    if s.backoff_max < s.backoff_initial:
-        raise ConfigError("[delivery].backoff_max", "must be >= backoff_initial")
-    _positive("delivery", "concurrency", s.concurrency)
-    _positive("delivery", "poll_interval", s.poll_interval)
-    _positive("delivery", "shutdown_grace", s.shutdown_grace, strict=False)
-    _positive("delivery", "attempt_timeout", s.attempt_timeout)
-
-
-def _check_downloads(s: DownloadSettings) -> None:
-    _positive("downloads", "max_file_bytes", s.max_file_bytes)
-    _positive("downloads", "timeout", s.timeout)
-    _positive("downloads", "deadline", s.deadline)
-    _positive("downloads", "min_rate", s.min_rate, strict=False)  # 0 turns it off
-    _positive("downloads", "rate_window", s.rate_window)
-    _positive("downloads", "range_threshold", s.range_threshold, strict=False)
-    _positive("downloads", "range_size", s.range_size, minimum=64 * 1024, strict=False)
-    _positive("downloads", "range_parts", s.range_parts)
-    _positive("downloads", "spool_max_bytes", s.spool_max_bytes, strict=False)
-    _positive("downloads", "spool_max_age", s.spool_max_age, strict=False)
-    _check_url("downloads", "fal_sign_url", s.fal_sign_url, ("http", "https"))
-    for host in s.fal_media_hosts:
-        if not host or "/" in host or ":" in host.strip("[]"):
-            raise ConfigError(
-                "[downloads].fal_media_hosts", f"{host!r} is not a host name (e.g. fal.media)"
-            )
-
-
-def _check_serverless(s: ServerlessSettings) -> None:
-    if s.mode not in ("enqueue", "inline"):
-        raise ConfigError("[serverless].mode", 'must be "enqueue" or "inline"')
-    _positive("serverless", "inline_deadline", s.inline_deadline)
-
-
-def _check_submit(s: SubmitSettings) -> None:
-    _positive("submit", "timeout", s.timeout)
-    if s.upload not in ("auto", "fal", "queue"):
-        raise ConfigError("[submit].upload", 'must be "auto", "fal" or "queue"')
-
-
-def _check_reconcile(s: ReconcileSettings) -> None:
-    _positive("reconcile", "deadline", s.deadline)
-    _positive("reconcile", "interval", s.interval)
-    _positive("reconcile", "batch", s.batch)
-
-
-def _check_console(s: ConsoleSettings) -> None:
-    if s.token and len(s.token) < 16:
-        raise ConfigError("[console].token", "must be at least 16 characters (or empty)")
-    _positive("console", "session_hours", s.session_hours)
-    _positive("console", "stream_interval", s.stream_interval)
-    if not 1 <= s.page_size <= 500:
-        raise ConfigError("[console].page_size", "must be between 1 and 500")
-
-
-def _sinks(raw: Any) -> dict[str, SinkSettings]:
-    if not isinstance(raw, dict):
-        raise ConfigError("[sinks]", "must be a table of [sinks.NAME] tables")
-    sinks: dict[str, SinkSettings] = {}
-    for name, table in raw.items():
-        key = f"[sinks.{name}]"
-        if not _NAME.match(name):
-            raise ConfigError(key, "sink names use letters, digits, '_', '-' and '.'")
-        if not isinstance(table, dict):
-            raise ConfigError(key, "must be a table")
-        options = dict(table)
-        sink_type = options.pop("type", None)
-        if not isinstance(sink_type, str) or not sink_type:
-            raise ConfigError(f"{key}.type", "is required (disk, s3, slack, http, python, ...)")
-        after = options.pop("after", [])
-        if not isinstance(after, list) or not all(isinstance(a, str) for a in after):
-            raise ConfigError(f"{key}.after", "must be a list of sink names")
-        spec = options.pop("filter", None)
-        try:
-            matcher = None if spec is None else Filter.parse(spec)
-        except FilterError as exc:
-            raise ConfigError(f"{key}.filter", str(exc)) from None
-        sinks[name] = SinkSettings(
-            name=name, type=sink_type, options=options, after=tuple(after), filter=matcher
-        )
-    for sink in sinks.values():
-        for other in sink.after:
-            if other not in sinks:
-                raise ConfigError(f"[sinks.{sink.name}].after", f"names unknown sink {other!r}")
-            if other == sink.name:
-                raise ConfigError(f"[sinks.{sink.name}].after", "a sink cannot run after itself")
-    _check_no_cycles(sinks)
-    return sinks
-
-
-def _check_no_cycles(sinks: dict[str, SinkSettings]) -> None:
+def _check_no_cycles(sinks: Mapping[str, SinkSettings]) -> None:
     state: dict[str, int] = {}
 
     def visit(name: str) -> None:
@@ -530,71 +471,3 @@ def _check_no_cycles(sinks: dict[str, SinkSettings]) -> None:
 
     for name in sinks:
         visit(name)
-
-
-def _routes(raw: Any, sinks: dict[str, SinkSettings]) -> dict[str, RouteSettings]:
-    if not isinstance(raw, dict):
-        raise ConfigError("[routes]", "must be a table of [routes.NAME] tables")
-    routes: dict[str, RouteSettings] = {}
-    for name, table in raw.items():
-        key = f"[routes.{name}]"
-        if not _NAME.match(name):
-            raise ConfigError(key, "route names use letters, digits, '_', '-' and '.'")
-        if not isinstance(table, dict):
-            raise ConfigError(key, "must be a table")
-        for extra in table:
-            if extra not in ("sinks", "on_dead"):
-                raise ConfigError(f"{key}.{extra}", "unknown key")
-        names = table.get("sinks")
-        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-            raise ConfigError(f"{key}.sinks", "must be a non-empty list of sink names")
-        for sink in names:
-            if sink not in sinks:
-                raise ConfigError(f"{key}.sinks", f"names unknown sink {sink!r}")
-        for sink in names:
-            for other in sinks[sink].after:
-                if other not in names:
-                    raise ConfigError(
-                        f"{key}.sinks", f"sink {sink!r} runs after {other!r}, which the route lacks"
-                    )
-        if len(set(names)) != len(names):
-            raise ConfigError(f"{key}.sinks", "lists a sink twice")
-        on_dead = _on_dead(key, table.get("on_dead", []), sinks)
-        routes[name] = RouteSettings(name=name, sinks=tuple(names), on_dead=on_dead)
-    return routes
-
-
-def _on_dead(key: str, names: Any, sinks: dict[str, SinkSettings]) -> tuple[str, ...]:
-    """The sinks that get an alert when a delivery of the route goes dead: any configured
-    sink, in the route or not."""
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise ConfigError(f"{key}.on_dead", "must be a list of sink names")
-    for sink in names:
-        if sink not in sinks:
-            raise ConfigError(f"{key}.on_dead", f"names unknown sink {sink!r}")
-    if len(set(names)) != len(names):
-        raise ConfigError(f"{key}.on_dead", "lists a sink twice")
-    return tuple(names)
-
-
-_EXPORTERS = ("otlp", "console", "none")
-
-
-def _telemetry(raw: Any) -> TelemetrySettings:
-    if not isinstance(raw, dict):
-        raise ConfigError("[telemetry]", "must be a table")
-    enabled = raw.get("enabled")
-    if enabled is not None and not isinstance(enabled, bool):
-        raise ConfigError("[telemetry].enabled", "must be true or false")
-    rest = {k: v for k, v in raw.items() if k != "enabled"}
-    strings = _section({"telemetry": rest}, "telemetry", TelemetrySettings, lambda _: None)
-    if strings.exporter and strings.exporter not in _EXPORTERS:
-        raise ConfigError("[telemetry].exporter", f"must be one of {', '.join(_EXPORTERS)}")
-    if strings.endpoint:
-        _check_url("telemetry", "endpoint", strings.endpoint, ("http", "https"))
-    return TelemetrySettings(
-        enabled=enabled,
-        service_name=strings.service_name,
-        exporter=strings.exporter,
-        endpoint=strings.endpoint,
-    )

@@ -141,7 +141,7 @@ def _load() -> Settings:
         load_ssm_parameters()
         _settings = load_config(None)
         if _settings.receiver.max_body_bytes > LAMBDA_MAX_BODY:
-            from dataclasses import replace
+            from msgspec.structs import replace
 
             receiver = replace(_settings.receiver, max_body_bytes=LAMBDA_MAX_BODY)
             _settings = replace(_settings, receiver=receiver)

@@ -3,9 +3,10 @@ event a filter matches (in batches, each one write), reconcile submissions now."
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass
+
+import msgspec
 
 from falhook.config import Settings
 from falhook.store.models import EventQuery
@@ -75,7 +76,7 @@ async def reconcile_now(store: Store, settings: Settings) -> dict[str, int]:
 
     queue = make_queue(settings, key=key)
     try:
-        now = dataclasses.replace(settings.reconcile, deadline=0.001)
+        now = msgspec.structs.replace(settings.reconcile, deadline=0.001)
         return await Reconciler(store, queue, settings, now).run_once()
     finally:
         await queue.aclose()

@@ -305,7 +305,7 @@ def submissions_table(docs: list[dict[str, Any]]) -> str:
 
 
 def cmd_submissions_reconcile(args: argparse.Namespace) -> int:
-    from dataclasses import replace
+    from msgspec.structs import replace
 
     from falhook.fal.queue import KEY_ENV, make_queue
     from falhook.fal.reconcile import Reconciler
