@@ -209,6 +209,7 @@ def one_client(name: str, file: Path, endpoint: str) -> dict[str, float]:
         import boto3  # what a cold start pays (the sink imports it on first use)
 
         from falhook_sinks.base import LocalFile, SinkEnv
+        from falhook_sinks.registry import construct
         from falhook_sinks.s3 import S3Sink
     elif name == "boto3":
         import boto3  # noqa: F401
@@ -224,7 +225,8 @@ def one_client(name: str, file: Path, endpoint: str) -> dict[str, float]:
     if name == "sink":
         from tests.support.sink_ctx import make_ctx
 
-        sink = S3Sink(
+        sink = construct(
+            S3Sink,
             "archive",
             {"bucket": BUCKET, "endpoint_url": endpoint, "prefix": f"clients/{run}/"},
             SinkEnv(base_dir=Path(".")),

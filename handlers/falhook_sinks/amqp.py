@@ -21,17 +21,18 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from msgspec import Meta
 
-from falhook_sinks.base import DeliveryContext, Permanent, Retryable, Sink, SinkEnv
+from falhook_sinks.base import DeliveryContext, Permanent, Retryable, SinkEnv
 from falhook_sinks.messaging import (
     CONTENT_TYPE,
     Connection,
+    PublishMode,
+    QueueSink,
     SecretUrl,
     encode,
     event_message,
     message_headers,
-    publish_mode,
 )
-from falhook_sinks.options import Invalid, SinkOptions, read_options, require_extra
+from falhook_sinks.options import Invalid, SinkOptions
 from falhook_sinks.templates import check_template, render
 
 if TYPE_CHECKING:
@@ -67,14 +68,13 @@ class _Link:
         await self.connection.close()
 
 
-class AmqpSink(Sink):
-    reads_files = False  # links the files (a stored copy, else fal's URL), never reads them
+class AmqpSink(QueueSink[AmqpOptions]):
+    options_type = AmqpOptions
+    client = ("amqp", "aio_pika", "aio-pika")
+    kind = "amqp message"
 
-    def __init__(self, name: str, options: dict[str, Any], env: SinkEnv) -> None:
-        opts = read_options(name, AmqpOptions, options)
-        require_extra(name, "amqp", "aio_pika", "aio-pika")
-        self.name = name
-        self.opts = opts
+    def __init__(self, name: str, opts: AmqpOptions, env: SinkEnv) -> None:
+        super().__init__(name, opts, env)
         self.url = SecretUrl(opts.url)
         self._link: Connection[_Link] = Connection(self._open, _Link.close, _Link.usable)
 
@@ -96,10 +96,7 @@ class AmqpSink(Sink):
     async def aclose(self) -> None:
         await self._link.aclose()
 
-    async def deliver(self, ctx: DeliveryContext) -> dict[str, Any]:
-        if publish_mode(ctx) == "done" and ctx.previous is not None:
-            ctx.log.info("amqp message already published; not publishing again")
-            return ctx.previous
+    async def publish(self, ctx: DeliveryContext, mode: PublishMode) -> dict[str, Any]:
         routing_key = render(self.opts.routing_key, ctx.event)
         target = self._target(routing_key)
         if len(routing_key.encode()) > MAX_ROUTING_KEY:

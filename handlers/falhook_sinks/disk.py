@@ -31,7 +31,7 @@ from falhook_sinks.base import (
     on_disk,
 )
 from falhook_sinks.naming import id_component
-from falhook_sinks.options import Invalid, SinkOptions, option_key, read_options
+from falhook_sinks.options import Invalid, SinkOptions, option_key
 
 _OCTAL = re.compile(r"[0-7]{3,4}")
 # Errors that need someone to fix permissions: retrying will not help. A folder layout problem
@@ -77,9 +77,9 @@ class DiskSink(Sink):
     # The spool file itself becomes the final file (hard link): the download writes it back
     # to disk as it arrives, so the fsync here has little left to do.
     keeps_files = True
+    options_type = DiskOptions
 
-    def __init__(self, name: str, options: dict[str, Any], env: SinkEnv) -> None:
-        opts = read_options(name, DiskOptions, options)
+    def __init__(self, name: str, opts: DiskOptions, env: SinkEnv) -> None:
         self.fsync = opts.fsync
         self.file_mode = (
             parse_mode(opts.file_mode) if opts.file_mode is not None else 0o666 & ~umask()

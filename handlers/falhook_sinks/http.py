@@ -26,7 +26,7 @@ from msgspec import Meta
 from falhook_sinks.base import DeliveryContext, Permanent, Retryable, Sink, SinkEnv, iso_utc
 from falhook_sinks.httpcommon import error_for_status, short, trust
 from falhook_sinks.links import fal_link, stored_link
-from falhook_sinks.options import Invalid, SinkOptions, read_options
+from falhook_sinks.options import Invalid, SinkOptions
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the format's prefix, not a secret
 
@@ -63,9 +63,9 @@ class HttpOptions(SinkOptions):
 
 class HttpSink(Sink):
     reads_files = False  # links the files (a stored copy, else fal's URL), never reads them
+    options_type = HttpOptions
 
-    def __init__(self, name: str, options: dict[str, Any], env: SinkEnv) -> None:
-        opts = read_options(name, HttpOptions, options)
+    def __init__(self, name: str, opts: HttpOptions, env: SinkEnv) -> None:
         self.name = name
         self.url = opts.url
         self.key = decode_secret(opts.secret)

@@ -1,5 +1,5 @@
-"""What the queue sinks (redis, amqp, nats, sqs) share: the message, when to publish, the
-connection each keeps, and secrets kept out of errors.
+"""What the queue sinks (redis, amqp, nats, sqs) share: their opening (`QueueSink`), the
+message, when to publish, the connection each keeps, and secrets kept out of errors.
 
 The message is the event document (``ctx.event.document()``, the event as received) with each
 file's best link: the stored copy when a sink in ``after`` stored one (S3), else fal's URL,
@@ -21,17 +21,47 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import msgspec
 
-from falhook_sinks.base import DeliveryContext, Permanent
+from falhook_sinks.base import DeliveryContext, Permanent, Sink, SinkEnv, SinkOptions
 from falhook_sinks.links import best_link, stored_event_link
+from falhook_sinks.options import require_extra
 
 T = TypeVar("T")
+Opts = TypeVar("Opts", bound=SinkOptions)
 PublishMode = Literal["done", "fresh", "resume"]
 CONTENT_TYPE = "application/json"
+
+
+class QueueSink(Sink, Generic[Opts]):
+    """A queue sink: links the files, never reads them; its client library must be installed
+    (the extra named by `client`); publishes once per event. A subclass sets
+    ``options_type``, ``client`` and ``kind`` and implements `publish`."""
+
+    reads_files = False  # links the files (a stored copy, else fal's URL), never reads them
+    # The sink type's extra, the module it imports lazily and the package that brings it.
+    client: ClassVar[tuple[str, str, str]]
+    kind: ClassVar[str] = "queue"  # how logs name what it publishes: "redis entry"
+
+    def __init__(self, name: str, opts: Opts, env: SinkEnv) -> None:
+        require_extra(name, *self.client)
+        self.name = name
+        self.opts = opts
+
+    async def deliver(self, ctx: DeliveryContext) -> dict[str, Any]:
+        mode = publish_mode(ctx)
+        if mode == "done" and ctx.previous is not None:
+            ctx.log.info(f"{self.kind} already published; not publishing again")
+            return ctx.previous
+        return await self.publish(ctx, mode)
+
+    async def publish(self, ctx: DeliveryContext, mode: PublishMode) -> dict[str, Any]:
+        """Publish the event (`mode` is "fresh" or "resume"); the output says
+        ``"published": True``."""
+        raise NotImplementedError
 
 
 def publish_mode(ctx: DeliveryContext) -> PublishMode:

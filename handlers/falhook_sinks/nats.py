@@ -25,24 +25,18 @@ from typing import Annotated, Any
 
 from msgspec import Meta
 
-from falhook_sinks.base import (
-    DeliveryContext,
-    EventInfo,
-    Permanent,
-    Retryable,
-    Sink,
-    SinkEnv,
-)
+from falhook_sinks.base import DeliveryContext, EventInfo, Permanent, Retryable, SinkEnv
 from falhook_sinks.messaging import (
     CONTENT_TYPE,
     Connection,
+    PublishMode,
+    QueueSink,
     SecretUrl,
     event_message,
     fitted,
     message_headers,
-    publish_mode,
 )
-from falhook_sinks.options import Invalid, SinkOptions, read_options, require_extra
+from falhook_sinks.options import Invalid, SinkOptions
 from falhook_sinks.templates import FIELDS, check_template, event_values
 
 _TOKEN = re.compile(r"^[^\s.*>]+$")  # one subject token: no dots, wildcards or spaces
@@ -81,14 +75,13 @@ def valid_subject(subject: str) -> bool:
     return bool(subject) and all(_TOKEN.match(token) for token in subject.split("."))
 
 
-class NatsSink(Sink):
-    reads_files = False  # links the files (a stored copy, else fal's URL), never reads them
+class NatsSink(QueueSink[NatsOptions]):
+    options_type = NatsOptions
+    client = ("nats", "nats", "nats-py")
+    kind = "nats message"
 
-    def __init__(self, name: str, options: dict[str, Any], env: SinkEnv) -> None:
-        opts = read_options(name, NatsOptions, options)
-        require_extra(name, "nats", "nats", "nats-py")
-        self.name = name
-        self.opts = opts
+    def __init__(self, name: str, opts: NatsOptions, env: SinkEnv) -> None:
+        super().__init__(name, opts, env)
         self.credentials = str(env.base_dir / Path(opts.credentials)) if opts.credentials else None
         self.url = SecretUrl(opts.url)
         self._conn: Connection[Any] = Connection(self._open, _close, _usable)
@@ -115,11 +108,7 @@ class NatsSink(Sink):
     async def aclose(self) -> None:
         await self._conn.aclose()
 
-    async def deliver(self, ctx: DeliveryContext) -> dict[str, Any]:
-        mode = publish_mode(ctx)
-        if mode == "done" and ctx.previous is not None:
-            ctx.log.info("nats message already published; not publishing again")
-            return ctx.previous
+    async def publish(self, ctx: DeliveryContext, mode: PublishMode) -> dict[str, Any]:
         event = ctx.event
         subject = self.opts.subject.format_map(subject_values(event))
         target = f"nats subject {subject!r} on {self.url.shown}"

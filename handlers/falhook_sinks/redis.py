@@ -18,15 +18,16 @@ from typing import Annotated, Any
 
 from msgspec import Meta
 
-from falhook_sinks.base import DeliveryContext, Permanent, Retryable, Sink, SinkEnv
+from falhook_sinks.base import DeliveryContext, Permanent, Retryable, SinkEnv
 from falhook_sinks.messaging import (
     Connection,
+    PublishMode,
+    QueueSink,
     SecretUrl,
     encode,
     event_message,
-    publish_mode,
 )
-from falhook_sinks.options import Invalid, SinkOptions, read_options, require_extra
+from falhook_sinks.options import Invalid, SinkOptions
 from falhook_sinks.templates import check_template, render
 
 # KEYS: stream, marker. ARGV: mode ("fresh" | "resume"), marker TTL, MAXLEN ("" for none),
@@ -81,14 +82,13 @@ class RedisOptions(SinkOptions):
             raise Invalid("stream", "must not be empty")
 
 
-class RedisSink(Sink):
-    reads_files = False  # links the files (a stored copy, else fal's URL), never reads them
+class RedisSink(QueueSink[RedisOptions]):
+    options_type = RedisOptions
+    client = ("redis", "redis", "redis-py")
+    kind = "redis entry"
 
-    def __init__(self, name: str, options: dict[str, Any], env: SinkEnv) -> None:
-        opts = read_options(name, RedisOptions, options)
-        require_extra(name, "redis", "redis", "redis-py")
-        self.name = name
-        self.opts = opts
+    def __init__(self, name: str, opts: RedisOptions, env: SinkEnv) -> None:
+        super().__init__(name, opts, env)
         self.url = SecretUrl(opts.url)
         # The client is a pool that reconnects by itself: always usable once made.
         self._script: Connection[Any] = Connection(
@@ -116,11 +116,7 @@ class RedisSink(Sink):
     def marker_key(self, stream: str, request_id: str) -> str:
         return f"falhook:published:{stream}:{self.name}:{request_id}"
 
-    async def deliver(self, ctx: DeliveryContext) -> dict[str, Any]:
-        mode = publish_mode(ctx)
-        if mode == "done" and ctx.previous is not None:
-            ctx.log.info("redis entry already added; not adding again")
-            return ctx.previous
+    async def publish(self, ctx: DeliveryContext, mode: PublishMode) -> dict[str, Any]:
         event = ctx.event
         stream = render(self.opts.stream, event)
         fields: list[str | bytes] = [

@@ -1,22 +1,33 @@
-"""Turning ``[sinks.NAME]`` tables into sinks, at start-up, with errors naming the key."""
+"""Turning ``[sinks.NAME]`` tables into sinks, at start-up, with errors naming the key.
+
+A sink type is loaded from its entry point and checked once loaded (a Sink class whose
+capability flags disagree, or whose ``options_type`` is not a SinkOptions, is refused before
+any sink is built); the table is then parsed into the type's ``options_type`` with the loader
+every table of the config uses (falhook_sinks.tables), and the sink constructed with the
+parsed options. Factories without ``options_type`` get the table as a dict, as before.
+"""
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib.metadata import entry_points
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from falhook_sinks.base import (
+    ArrivingFile,
     DeliveryContext,
     OptionError,
     Sink,
     SinkEnv,
     SinkFactory,
+    SinkOptions,
     SinkProblem,
 )
+from falhook_sinks.options import read_options
 
 ENTRY_POINT_GROUP = "falhook.sinks"
+S = TypeVar("S")
 
 
 class SinkSpec(Protocol):
@@ -56,7 +67,8 @@ def known_types() -> list[str]:
 def factory_for(sink_type: str, key: str) -> SinkFactory:
     """The factory registered for `sink_type`: built-in types and users' packages alike come
     from the entry-point group, each loaded only when a config uses it (so a missing
-    optional dependency matters only to configs that name that type)."""
+    optional dependency matters only to configs that name that type), and checked once
+    loaded (`type_problem`)."""
     for ep in entry_points(group=ENTRY_POINT_GROUP, name=sink_type):
         try:
             loaded: SinkFactory = ep.load()
@@ -64,20 +76,65 @@ def factory_for(sink_type: str, key: str) -> SinkFactory:
             raise
         except Exception as exc:
             raise OptionError(key, f"sink type {sink_type!r} failed to load: {exc}") from None
+        problem = type_problem(loaded)
+        if problem:
+            raise OptionError(key, f"sink type {sink_type!r} ({ep.value}) {problem}")
         return loaded
     raise OptionError(key, f"unknown sink type {sink_type!r} (known: {', '.join(known_types())})")
+
+
+def type_problem(factory: Any) -> str | None:
+    """What is wrong with a loaded sink type, before any sink of it is built."""
+    spec = getattr(factory, "options_type", None)
+    if spec is not None and not (isinstance(spec, type) and issubclass(spec, SinkOptions)):
+        return f"declares options_type {spec!r}, which is not a SinkOptions Struct"
+    if isinstance(factory, type) and issubclass(factory, Sink):
+        return capability_problem(factory)
+    return None
+
+
+def capability_problem(sink: Any) -> str | None:
+    """Capability flags that cannot work together, on a Sink class or any sink object:
+    streaming or keeping files needs the files downloaded (``reads_files``), and streaming
+    needs ``deliver_streaming``."""
+    if not _implements(sink, "deliver"):
+        return "does not implement deliver"
+    reads = bool(getattr(sink, "reads_files", True))
+    for flag in ("streams_files", "keeps_files"):
+        if getattr(sink, flag, False) and not reads:
+            return f"sets {flag} = True with reads_files = False (it would never get a file)"
+    if getattr(sink, "streams_files", False) and not _implements(sink, "deliver_streaming"):
+        return "sets streams_files = True but does not implement deliver_streaming"
+    return None
+
+
+def _implements(sink: Any, method: str) -> bool:
+    """`sink` (a class or an object) has `method`, other than Sink's placeholder."""
+    cls = sink if isinstance(sink, type) else type(sink)
+    found = getattr(sink, method, None)
+    return callable(found) and getattr(cls, method, None) is not getattr(Sink, method, None)
 
 
 def build_sink(name: str, sink_type: str, options: Mapping[str, Any], env: SinkEnv) -> Sink:
     """One sink, built and validated (OptionError naming the key when it cannot be)."""
     factory = factory_for(sink_type, f"[sinks.{name}].type")
+    return as_sink(construct(factory, name, options, env), f"[sinks.{name}].type")
+
+
+def construct(
+    factory: Callable[[str, Any, SinkEnv], S], name: str, options: Mapping[str, Any], env: SinkEnv
+) -> S:
+    """`factory(name, options, env)`, its options parsed into the ``options_type`` it
+    declares (else passed as a dict); OptionError naming the key when they are wrong or it
+    fails."""
+    spec: type[SinkOptions] | None = getattr(factory, "options_type", None)
+    parsed: Any = read_options(name, spec, options) if spec is not None else dict(options)
     try:
-        made = factory(name, dict(options), env)
+        return factory(name, parsed, env)
     except OptionError:
         raise
     except Exception as exc:
         raise OptionError(f"[sinks.{name}]", f"could not be set up: {exc}") from None
-    return as_sink(made, f"[sinks.{name}].type")
 
 
 def build_sinks(specs: Iterable[SinkSpec], env: SinkEnv) -> dict[str, Sink]:
@@ -85,13 +142,15 @@ def build_sinks(specs: Iterable[SinkSpec], env: SinkEnv) -> dict[str, Sink]:
 
 
 def as_sink(made: Any, key: str) -> Sink:
-    """A Sink, or an object with ``deliver`` (and maybe ``aclose``, ``keeps_files``) seen
-    through one: the worker never has to ask what an object can do."""
-    if isinstance(made, Sink):
-        return made
-    if not callable(getattr(made, "deliver", None)):
+    """A Sink, or an object with ``deliver`` (and maybe ``aclose``, ``check``, the capability
+    flags and ``deliver_streaming``) seen through one: the worker never has to ask what an
+    object can do. Flags that cannot work together are refused here, naming the sink."""
+    if not isinstance(made, Sink) and not callable(getattr(made, "deliver", None)):
         raise OptionError(key, "the factory did not return a sink (an object with deliver)")
-    return _Adapted(made)
+    problem = capability_problem(made)
+    if problem:
+        raise OptionError(key, f"the sink {problem}")
+    return made if isinstance(made, Sink) else _Adapted(made)
 
 
 class _Adapted(Sink):
@@ -99,9 +158,16 @@ class _Adapted(Sink):
         self.inner = inner
         self.keeps_files = bool(getattr(inner, "keeps_files", False))
         self.reads_files = bool(getattr(inner, "reads_files", True))
+        self.streams_files = bool(getattr(inner, "streams_files", False))
 
     async def deliver(self, ctx: DeliveryContext) -> dict[str, Any] | None:
         result = await self.inner.deliver(ctx)
+        return result if isinstance(result, dict) else None
+
+    async def deliver_streaming(
+        self, ctx: DeliveryContext, files: Sequence[ArrivingFile]
+    ) -> dict[str, Any] | None:
+        result = await self.inner.deliver_streaming(ctx, files)
         return result if isinstance(result, dict) else None
 
     async def check(self) -> list[SinkProblem]:

@@ -24,7 +24,7 @@ from msgspec import Meta
 
 from falhook_sinks.base import DeliveryContext, Permanent, Retryable, Sink, SinkEnv
 from falhook_sinks.httpcommon import is_retryable_status, retry_after, short, trust
-from falhook_sinks.options import Invalid, SinkOptions, read_options
+from falhook_sinks.options import Invalid, SinkOptions
 from falhook_sinks.slack_blocks import build_message
 
 _TRANSIENT = frozenset(
@@ -54,9 +54,9 @@ class SlackOptions(SinkOptions):
 
 class SlackSink(Sink):
     reads_files = False  # links the files (a stored copy, else fal's URL), never reads them
+    options_type = SlackOptions
 
-    def __init__(self, name: str, options: dict[str, Any], env: SinkEnv) -> None:
-        opts = read_options(name, SlackOptions, options)
+    def __init__(self, name: str, opts: SlackOptions, env: SinkEnv) -> None:
         self.name = name
         self.webhook_url = opts.webhook_url or None
         self.bot_token = opts.bot_token or None

@@ -25,15 +25,16 @@ from typing import Annotated, Any
 from msgspec import Meta
 
 from falhook_sinks.aws import ThreadedClient, classify
-from falhook_sinks.base import DeliveryContext, Permanent, Retryable, Sink, SinkEnv
+from falhook_sinks.base import DeliveryContext, Permanent, Retryable, SinkEnv
 from falhook_sinks.messaging import (
+    PublishMode,
+    QueueSink,
     claim_check,
     event_message,
     fitted,
     message_headers,
-    publish_mode,
 )
-from falhook_sinks.options import Invalid, SinkOptions, read_options, require_extra
+from falhook_sinks.options import Invalid, SinkOptions
 
 SQS_MAX = 1_048_576  # SQS's own ceiling since 2025 (1 MiB); before it, 256 KiB
 _REGION = re.compile(r"^https://sqs[.-]([a-z0-9-]+)\.amazonaws\.com(\.cn)?/")
@@ -81,14 +82,13 @@ class SqsOptions(SinkOptions):
             raise Invalid("endpoint_url", "must be an http:// or https:// URL")
 
 
-class SqsSink(Sink):
-    reads_files = False  # links the files (a stored copy, else fal's URL), never reads them
+class SqsSink(QueueSink[SqsOptions]):
+    options_type = SqsOptions
+    client = ("sqs", "boto3", "boto3")
+    kind = "sqs message"
 
-    def __init__(self, name: str, options: dict[str, Any], env: SinkEnv) -> None:
-        opts = read_options(name, SqsOptions, options)
-        require_extra(name, "sqs", "boto3", "boto3")
-        self.name = name
-        self.opts = opts
+    def __init__(self, name: str, opts: SqsOptions, env: SinkEnv) -> None:
+        super().__init__(name, opts, env)
         self.fifo = opts.queue_url.rstrip("/").endswith(".fifo")
         found = _REGION.match(opts.queue_url)
         self.region = opts.region or (found.group(1) if found else None)
@@ -111,10 +111,7 @@ class SqsSink(Sink):
     async def aclose(self) -> None:
         self._aws.close()
 
-    async def deliver(self, ctx: DeliveryContext) -> dict[str, Any]:
-        if publish_mode(ctx) == "done" and ctx.previous is not None:
-            ctx.log.info("sqs message already sent; not sending again")
-            return ctx.previous
+    async def publish(self, ctx: DeliveryContext, mode: PublishMode) -> dict[str, Any]:
         attributes = self._attributes(ctx)
         room = self.opts.max_message_bytes - _attributes_size(attributes)
         doc = event_message(ctx)

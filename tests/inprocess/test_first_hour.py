@@ -26,6 +26,7 @@ from falhook.runtime import Runtime
 from falhook.testing import JWKSServer
 from falhook_sinks.base import OptionError, Retryable, SinkEnv
 from falhook_sinks.disk import DiskSink
+from falhook_sinks.registry import construct
 from tests.support.falhook_server import base_config
 from tests.support.fileserver import FileServer
 from tests.support.logs import captured
@@ -49,7 +50,7 @@ def mode(path: Path) -> int:
 
 
 def test_disk_files_get_0644_under_the_usual_umask(tmp_path: Path, umask_022: None) -> None:
-    sink = DiskSink("local", {"root": "files"}, SinkEnv(base_dir=tmp_path))
+    sink = construct(DiskSink, "local", {"root": "files"}, SinkEnv(base_dir=tmp_path))
     ctx = spooled_ctx(tmp_path)
     ctx.files[0].local_path.chmod(0o600)  # as the worker's spool file is made
     asyncio.run(sink.deliver(ctx))
@@ -60,7 +61,9 @@ def test_disk_files_get_0644_under_the_usual_umask(tmp_path: Path, umask_022: No
 
 @pytest.mark.parametrize("value", [0o640, "640", "0640", "0o640"])
 def test_file_mode_sets_the_mode(tmp_path: Path, value: Any) -> None:
-    sink = DiskSink("local", {"root": "files", "file_mode": value}, SinkEnv(base_dir=tmp_path))
+    sink = construct(
+        DiskSink, "local", {"root": "files", "file_mode": value}, SinkEnv(base_dir=tmp_path)
+    )
     asyncio.run(sink.deliver(spooled_ctx(tmp_path)))
     folder = tmp_path / "files" / "reframe" / "req-1"
     assert mode(folder / "clip.mp4") == mode(folder / "event.json") == 0o640
@@ -69,7 +72,9 @@ def test_file_mode_sets_the_mode(tmp_path: Path, value: Any) -> None:
 @pytest.mark.parametrize("value", ["rw-r--r--", "999", 0o1777, -1])
 def test_a_bad_file_mode_names_its_key(tmp_path: Path, value: Any) -> None:
     with pytest.raises(OptionError) as err:
-        DiskSink("local", {"root": "files", "file_mode": value}, SinkEnv(base_dir=tmp_path))
+        construct(
+            DiskSink, "local", {"root": "files", "file_mode": value}, SinkEnv(base_dir=tmp_path)
+        )
     assert err.value.key == "[sinks.local].file_mode"
 
 
@@ -78,20 +83,20 @@ def test_a_bad_file_mode_names_its_key(tmp_path: Path, value: Any) -> None:
 
 def test_a_disk_root_under_a_file_is_found_by_the_check(tmp_path: Path) -> None:
     (tmp_path / "blocker").write_text("a file where a folder should be")
-    sink = DiskSink("local", {"root": "blocker/files"}, SinkEnv(base_dir=tmp_path))
+    sink = construct(DiskSink, "local", {"root": "blocker/files"}, SinkEnv(base_dir=tmp_path))
     [problem] = asyncio.run(sink.check())
     assert problem.fatal and problem.key == "[sinks.local].root"
     assert str(tmp_path / "blocker") in problem.problem
 
 
 def test_a_writable_root_has_no_problem(tmp_path: Path) -> None:
-    sink = DiskSink("local", {"root": "files"}, SinkEnv(base_dir=tmp_path))
+    sink = construct(DiskSink, "local", {"root": "files"}, SinkEnv(base_dir=tmp_path))
     assert asyncio.run(sink.check()) == []
     assert list((tmp_path / "files").iterdir()) == []  # the probe leaves nothing behind
 
 
 def test_a_filesystem_error_names_its_path(tmp_path: Path) -> None:
-    sink = DiskSink("local", {"root": "files"}, SinkEnv(base_dir=tmp_path))
+    sink = construct(DiskSink, "local", {"root": "files"}, SinkEnv(base_dir=tmp_path))
     (tmp_path / "files").mkdir()
     (tmp_path / "files" / "reframe").write_text("not a folder")
     with pytest.raises(Retryable) as err:
@@ -118,7 +123,7 @@ def test_an_unreachable_bucket_is_a_warning_only(
     options = {"bucket": "b", "endpoint_url": "http://127.0.0.1:9", "connect_timeout": 1.0}
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
-    sink = S3Sink("archive", options, SinkEnv(base_dir=tmp_path))
+    sink = construct(S3Sink, "archive", options, SinkEnv(base_dir=tmp_path))
     try:
         [problem] = asyncio.run(sink.check())
     finally:

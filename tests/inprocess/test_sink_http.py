@@ -16,6 +16,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from falhook.testing import LoopbackServer
 from falhook_sinks.base import OptionError, Permanent, Retryable, SinkEnv
 from falhook_sinks.http import HttpSink
+from falhook_sinks.registry import construct
 from tests.support.falhook_server import free_port
 from tests.support.sink_ctx import local_file, make_ctx
 
@@ -67,7 +68,7 @@ def receiver() -> Iterator[Receiver]:
 
 def make_sink(url: str, **options: Any) -> HttpSink:
     opts = {"url": url, "secret": SECRET, **options}
-    return HttpSink("forward", opts, SinkEnv(base_dir=Path(".")))
+    return construct(HttpSink, "forward", opts, SinkEnv(base_dir=Path(".")))
 
 
 async def test_signature_verifies_with_standardwebhooks(tmp_path: Path, receiver: Receiver) -> None:
@@ -211,5 +212,5 @@ def test_bad_options_are_named(options: dict[str, Any], key: str) -> None:
     opts = {"url": "https://example.invalid/hook", "secret": SECRET, **options}
     opts = {k: v for k, v in opts.items() if v is not None}
     with pytest.raises(OptionError) as err:
-        HttpSink("forward", opts, SinkEnv(base_dir=Path(".")))
+        construct(HttpSink, "forward", opts, SinkEnv(base_dir=Path(".")))
     assert err.value.key == key

@@ -16,6 +16,7 @@ import pytest
 
 from falhook_sinks.base import OptionError, Permanent, Retryable, SinkEnv
 from falhook_sinks.naming import id_component
+from falhook_sinks.registry import construct
 from falhook_sinks.s3 import FilePart, S3Sink
 from tests.support.fileserver import generated_bytes
 from tests.support.moto import BUCKET, MotoServer, object_sha256
@@ -29,7 +30,7 @@ pytestmark = pytest.mark.usefixtures("aws_env")  # S3 sinks read moto's credenti
 
 def make_sink(moto: MotoServer, tmp_path: Path, **options: Any) -> S3Sink:
     opts = {"bucket": BUCKET, "endpoint_url": moto.url, **options}
-    return S3Sink("archive", opts, SinkEnv(base_dir=tmp_path))
+    return construct(S3Sink, "archive", opts, SinkEnv(base_dir=tmp_path))
 
 
 @pytest.mark.parametrize(
@@ -235,7 +236,7 @@ def test_bad_options_are_named(tmp_path: Path, options: dict[str, Any], key: str
     opts = {"bucket": BUCKET, **options}
     opts = {k: v for k, v in opts.items() if v is not None}
     with pytest.raises(OptionError) as err:
-        S3Sink("archive", opts, SinkEnv(base_dir=tmp_path))
+        construct(S3Sink, "archive", opts, SinkEnv(base_dir=tmp_path))
     assert err.value.key == key
 
 
@@ -264,7 +265,7 @@ def test_missing_client_library_stops_start_up(
 ) -> None:
     monkeypatch.setitem(sys.modules, "boto3", None)  # as if the s3 extra were not installed
     with pytest.raises(OptionError) as err:
-        S3Sink("archive", {"bucket": BUCKET}, SinkEnv(base_dir=tmp_path))
+        construct(S3Sink, "archive", {"bucket": BUCKET}, SinkEnv(base_dir=tmp_path))
     assert err.value.key == "[sinks.archive].type"
     assert "falhook[s3]" in err.value.problem
 
@@ -367,7 +368,7 @@ async def test_checksum_none_sends_no_checksum_headers(
 def test_a_part_damaged_on_the_way_is_retried(tmp_path: Path) -> None:
     from botocore.exceptions import ClientError
 
-    sink = S3Sink("archive", {"bucket": BUCKET}, SinkEnv(base_dir=tmp_path))
+    sink = construct(S3Sink, "archive", {"bucket": BUCKET}, SinkEnv(base_dir=tmp_path))
     damaged = ClientError(
         {
             "Error": {"Code": "BadDigest", "Message": "CRC32 mismatch"},

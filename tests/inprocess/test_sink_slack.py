@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from falhook_sinks.base import OptionError, Permanent, Retryable, SinkEnv
+from falhook_sinks.registry import construct
 from falhook_sinks.slack import SlackSink
 from tests.support.sink_ctx import local_file, make_ctx
 from tests.support.slack_stub import HOOK_PATH, TOKEN, SlackStub, block_problems
@@ -17,12 +18,12 @@ STORED = "http://127.0.0.1:9/bucket/fal/reframe/req-123/clip.mp4?X-Amz-Signature
 
 def webhook_sink(slack: SlackStub, **options: Any) -> SlackSink:
     opts = {"webhook_url": slack.webhook_url, **options}
-    return SlackSink("team", opts, SinkEnv(base_dir=Path(".")))
+    return construct(SlackSink, "team", opts, SinkEnv(base_dir=Path(".")))
 
 
 def bot_sink(slack: SlackStub, **options: Any) -> SlackSink:
     opts = {"bot_token": TOKEN, "channel": "#renders", "api_url": slack.api_url, **options}
-    return SlackSink("team", opts, SinkEnv(base_dir=Path(".")))
+    return construct(SlackSink, "team", opts, SinkEnv(base_dir=Path(".")))
 
 
 async def deliver(sink: SlackSink, ctx: Any) -> dict[str, Any]:
@@ -146,7 +147,8 @@ async def test_webhook_errors(
 
 
 async def test_unknown_hook_is_permanent_no_service(slack: SlackStub) -> None:
-    sink = SlackSink(
+    sink = construct(
+        SlackSink,
         "team",
         {"webhook_url": f"http://127.0.0.1:{slack.port}/services/T0/B0/wrong"},
         SinkEnv(base_dir=Path(".")),
@@ -241,5 +243,5 @@ async def test_chat_post_message_rate_limit_and_errors(slack: SlackStub) -> None
 )
 def test_bad_options_are_named(options: dict[str, Any], key: str) -> None:
     with pytest.raises(OptionError) as err:
-        SlackSink("team", options, SinkEnv(base_dir=Path(".")))
+        construct(SlackSink, "team", options, SinkEnv(base_dir=Path(".")))
     assert err.value.key == key

@@ -21,6 +21,7 @@ import uvloop
 
 from falhook_sinks.base import DeliveryContext, OptionError, Permanent, Retryable, SinkEnv
 from falhook_sinks.exec import ExecSink
+from falhook_sinks.registry import construct
 from tests.support.processes import TREE, kill_if_running, pids_of, running
 from tests.support.sink_ctx import local_file, make_ctx
 
@@ -50,7 +51,7 @@ def script(tmp_path: Path, body: str, name: str = "cmd.py") -> Path:
 
 
 def sink(tmp_path: Path, command: list[str], name: str = "run", **options: Any) -> ExecSink:
-    return ExecSink(name, {"command": command, **options}, SinkEnv(base_dir=tmp_path))
+    return construct(ExecSink, name, {"command": command, **options}, SinkEnv(base_dir=tmp_path))
 
 
 def video_ctx(tmp_path: Path, **kw: Any) -> DeliveryContext:
@@ -400,8 +401,8 @@ def test_a_missing_temporary_folder_is_retryable(
         ({"command": [PY], "env": {"A B": "1"}}, "env", "is not a variable name"),
         ({"command": [PY], "env": {"FALHOOK_ATTEMPT": "1"}}, "env", "set by falhook"),
         ({"command": [PY], "cwd": "nowhere"}, "cwd", "is not a folder"),
-        ({"command": [PY], "run_on": "always"}, "run_on", "must be one of 'all', 'error', 'ok'"),
-        ({"command": [PY], "stderr_lines": 0}, "stderr_lines", "must be an integer >= 1"),
+        ({"command": [PY], "run_on": "always"}, "run_on", 'must be one of "all", "error", "ok"'),
+        ({"command": [PY], "stderr_lines": 0}, "stderr_lines", "must be an integer from 1 to 200"),
         ({"command": [PY], "concurrency": -1}, "concurrency", "must be an integer >= 0"),
         ({"command": [PY], "shell": True}, "shell", "unknown option"),
     ],
@@ -410,6 +411,6 @@ def test_option_mistakes_name_the_key(
     tmp_path: Path, options: dict[str, Any], key: str, problem: str
 ) -> None:
     with pytest.raises(OptionError) as err:
-        ExecSink("transcode", options, SinkEnv(base_dir=tmp_path))
+        construct(ExecSink, "transcode", options, SinkEnv(base_dir=tmp_path))
     assert err.value.key == f"[sinks.transcode].{key}"
     assert problem in err.value.problem

@@ -21,12 +21,13 @@ from falhook_sinks.base import (
 )
 from falhook_sinks.disk import DiskSink
 from falhook_sinks.naming import id_component
+from falhook_sinks.registry import construct
 from tests.support.sink_ctx import spooled_ctx
 
 
 def sink(tmp_path: Path, name: str = "local", **options: Any) -> DiskSink:
     env = SinkEnv(base_dir=tmp_path)
-    return DiskSink(name, {"root": "files", **options}, env)
+    return construct(DiskSink, name, {"root": "files", **options}, env)
 
 
 def deliver(s: DiskSink, ctx: DeliveryContext) -> Any:

@@ -41,7 +41,7 @@ from falhook_sinks.base import (
 from falhook_sinks.exec.args import file_paths, parse_command, render, safe_value
 from falhook_sinks.exec.process import Finished, Limits, run
 from falhook_sinks.exec.rundir import RunDir, prepare, remove
-from falhook_sinks.options import Invalid, SinkOptions, option_key, read_options
+from falhook_sinks.options import Invalid, SinkOptions, option_key
 
 EX_TEMPFAIL = 75  # sysexits.h: "temporary failure, try again later"
 RUN_VARIABLES = (
@@ -84,8 +84,9 @@ class ExecOptions(SinkOptions):
 
 
 class ExecSink(Sink):
-    def __init__(self, name: str, options: dict[str, Any], env: SinkEnv) -> None:
-        opts = read_options(name, ExecOptions, options)
+    options_type = ExecOptions
+
+    def __init__(self, name: str, opts: ExecOptions, env: SinkEnv) -> None:
         self.name = name
         self.command = parse_command(opts.command)
         self.program = opts.command[0]
