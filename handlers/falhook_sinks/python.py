@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from falhook_sinks.base import DeliveryContext, OptionError, Sink, SinkEnv, SinkFactory
+from falhook_sinks.options import SinkPlace
 from falhook_sinks.registry import as_sink, load_object
 
 
@@ -113,7 +114,8 @@ def _check_options(
     if not takes_any:
         for key in options:
             if key not in named:
-                raise OptionError(f"[sinks.{name}].{key}", "unknown option")
+                problem = SinkPlace(name).unknown((key,), list(named))
+                raise OptionError(f"[sinks.{name}].{key}", problem)
     extra = [
         p.name
         for p in params

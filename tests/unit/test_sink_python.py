@@ -128,7 +128,11 @@ async def test_entry_point_adapter_uses_the_same_rules(module: Any) -> None:
         ({"handler": _spec("missing")}, "[sinks.mine].handler", "has no attribute"),
         ({"handler": _spec("not_callable")}, "[sinks.mine].handler", "async function"),
         ({"handler": _spec("handle")}, "[sinks.mine].greeting", "is required"),
-        ({"handler": _spec("handle"), "greeting": "x", "tims": 2}, "[sinks.mine].tims", "unknown"),
+        (
+            {"handler": _spec("handle"), "greeting": "x", "tims": 2},
+            "[sinks.mine].tims",
+            "unknown option; did you mean times?",
+        ),
         ({"handler": _spec("no_options"), "extra": 1}, "[sinks.mine].extra", "unknown option"),
         ({"handler": _spec("Counter")}, "[sinks.mine].start", "is required"),
         ({"handler": _spec("Counter"), "start": -1}, "[sinks.mine]", "start must be >= 0"),

@@ -1,15 +1,43 @@
 """The SQLite store: the embedded default.
 
-One writer thread owns the write connection. Callers queue operations; the thread takes
-everything queued, runs it in ONE transaction (a savepoint per operation, so one failure sinks
-only its own), commits once and answers every caller: many concurrent webhooks share one fsync
-(group commit). WAL with synchronous=FULL: a commit that returned survives kill -9 and power
-loss. Reads that change nothing run on their own connections in a small thread pool (WAL lets
-them run beside the writer), so a long `events list` never holds up intake.
+WAL with synchronous=FULL: a commit that returned survives kill -9 and power loss. How a
+write travels, in the order the code runs it:
 
-Several processes may share the file (`falhook serve` and `falhook worker`): BEGIN IMMEDIATE
-makes each batch atomic across them (a lease is taken once), and workers in other processes
-find new work by polling.
+1. **The writer thread** (`_Writer`, one per open store) owns the only write connection. It
+   opens and migrates the file itself; `open()` waits for its `ready` event (off the loop)
+   and raises what it reports. It also notes the file's device and inode (`FileIdentity`): a
+   file removed or replaced under it makes every later write a `StoreUnavailable` rather
+   than a commit into a file no restart will find.
+2. **A caller** (`_write`, from any event loop) makes a future on its own running loop, puts
+   ``(op, future)`` on the writer's thread-safe queue and awaits the future. An `op` is a
+   function of the connection; an accept is an `_Accept`, which the writer can batch.
+3. **Batches** (`_next_batch`): the writer blocks for the first operation, then takes
+   whatever else is queued, up to `_BATCH_MAX`. When the previous batch held more than one
+   (callers are arriving concurrently), it first lets the queue grow while it keeps growing
+   (`_gather`: a look every `COMMIT_POLL`, at most `COMMIT_WAIT_MAX`), so more callers share
+   one commit. `close()` queues `None`: what is queued before it still runs, then the thread
+   ends.
+4. **One transaction per batch** (`_transact`): ``BEGIN IMMEDIATE`` (the lock that makes a
+   batch atomic across processes sharing the file: `serve` beside `worker`), then the
+   batch's accepts together in a few statements inside one savepoint (`_accept_all`; if that
+   fails, each accept again in a savepoint of its own), then every other operation in its
+   own savepoint, so a failing operation undoes only itself and its exception goes to its
+   own caller; then one ``COMMIT``: one fsync for the whole batch (group commit). If the
+   transaction itself fails (SQLite rolled it back: disk full, I/O error), every caller of
+   the batch gets that error.
+5. **Answers across loops** (`_answer`, `_settle_all`): a future may only be completed on
+   its own loop, and callers of one store may sit on several (the server's, a worker's, a
+   CLI command's). The writer groups the batch's outcomes by each future's loop and hands
+   each loop one `call_soon_threadsafe` for all of its callers: one wake-up per loop per
+   batch. A loop already closed is skipped; a future already done (its caller was
+   cancelled) is left alone, the work having been done all the same. `_write` turns a
+   `sqlite3.Error` into `StoreUnavailable`.
+
+Reads that change nothing (`_Readers`) run in a pool of `_READERS` threads, each with its own
+read-only connection and each call in one snapshot (``BEGIN`` ... rollback): WAL lets them run
+beside the writer, so a long `events list` never holds up intake. New work wakes the worker of
+this process through `_wake`, an asyncio.Event set after an accept, a finish that stored alert
+events, a release or a replay (`wait_for_work`); workers in other processes find it by polling.
 """
 
 from __future__ import annotations
