@@ -73,9 +73,16 @@ class Place:
         return path[-1]
 
     def unknown(self, path: tuple[str, ...], known: Sequence[str]) -> str:
+        """The problem of an unexpected key: the closest known name, if one is close."""
         close = difflib.get_close_matches(path[-1], list(known), n=1)
         text = f"unknown {self.noun(path)}"
-        return f"{text}; did you mean {self.shown((*path[:-1], close[0]))}?" if close else text
+        if close:
+            return f"{text}; did you mean {self.shown((*path[:-1], close[0]))}?"
+        return text + self.listing(path, known)
+
+    def listing(self, path: tuple[str, ...], known: Sequence[str]) -> str:
+        """What follows an unknown key with no close name ("" for nothing)."""
+        return ""
 
     def error(self, key: str, problem: str) -> Exception:
         raise NotImplementedError

@@ -324,11 +324,8 @@ class _FilePlace(Place):
     def shown(self, path: tuple[str, ...]) -> str:
         return key_name(path) if len(path) == 1 else path[-1]
 
-    def unknown(self, path: tuple[str, ...], known: Sequence[str]) -> str:
-        text = super().unknown(path, known)
-        if len(path) == 1 and "did you mean" not in text:
-            text += f" (known: {', '.join(sorted(known))})"
-        return text
+    def listing(self, path: tuple[str, ...], known: Sequence[str]) -> str:
+        return f" (known: {', '.join(sorted(known))})" if len(path) == 1 else ""
 
     def error(self, key: str, problem: str) -> Exception:
         return ConfigError(key, problem)

@@ -3,7 +3,8 @@
     from falhook.sinks import DeliveryContext, Retryable, Sink
 
 Subclass ``Sink`` (or write ``async def handle(ctx)`` for ``type = "python"``), declare
-options with ``SinkOptions``, raise ``Retryable`` or ``Permanent``. The implementation, and
+options with ``SinkOptions`` and name them on the class (``options_type``), raise
+``Retryable`` or ``Permanent``. The implementation, and
 the built-in sinks, live in the ``falhook_sinks`` package (handlers/falhook_sinks/).
 """
 
