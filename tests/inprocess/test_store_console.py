@@ -166,6 +166,31 @@ async def test_changes_report_each_accept_and_state_change_once(store: Store) ->
     assert again == []  # nothing twice
 
 
+async def test_an_accept_committed_while_changes_are_read_is_reported_as_an_accept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL: the events and the deliveries of one look are read in one snapshot, so an
+    accept committing between the two reads is not seen as a pending delivery of an event
+    never reported (SQLite's readers always read in one snapshot)."""
+    from falhook.store import postgres_reads
+
+    async with open_backend("postgres", tmp_path) as store:
+        _, mark = await store.changes(None)
+        late = made(received_at=utcnow())
+        real = postgres_reads._accepted
+
+        async def then_an_accept(c: Any, m: ChangeMark) -> Any:
+            found = await real(c, m)
+            if not await store.get_event(late.request_id):
+                await store.accept(late)  # commits between the two reads of this look
+            return found
+
+        monkeypatch.setattr(postgres_reads, "_accepted", then_an_accept)
+        found, mark = await changes_until(store, mark, 1)
+        assert found[0] == Change(late.request_id, "accepted", route="r")
+        assert all(c.kind == "accepted" for c in found)
+
+
 async def test_dead_deliveries_are_grouped_by_sink_and_error(store: Store) -> None:
     events = [made() for _ in range(3)]
     for e in events:

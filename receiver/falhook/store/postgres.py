@@ -442,7 +442,9 @@ class PostgresStore:
         return len(rows), len({r[0] for r in rows})
 
     async def changes(self, mark: ChangeMark | None) -> tuple[list[Change], ChangeMark]:
-        async with self._conn() as conn:
+        # One snapshot: an accept committing between the look at events and the look at
+        # deliveries would otherwise show as a pending delivery of an event never announced.
+        async with self._conn() as conn, conn.transaction(isolation="repeatable_read"):
             return await reads.changes(conn, mark)
 
     async def dead_groups(self, limit: int = 100) -> list[DeadGroup]:
