@@ -213,17 +213,21 @@ async def test_a_kept_file_that_changed_is_downloaded_again(
 ) -> None:
     files.add("/c.mp4", data=b"c" * 50_000, content_type="video/mp4")
     root = tmp_path / "files"
-    fh = await start(inprocess, {"local": {"type": "disk", "root": str(root)}})
+    # The retry an hour away: no attempt reads the spool while the test changes it (a retry
+    # that checked the kept file just before the change would link the changed bytes).
+    sinks = {"local": {"type": "disk", "root": str(root)}}
+    fh = await start(inprocess, sinks, backoff_initial=3600, backoff_max=3600)
     root.rename(tmp_path / "moved")
     root.write_text("not a folder")
     rid = await fh.send(signer, video(files, "/c.mp4", 50_000), route="reframe")
-    await fh.wait_event(rid, lambda e: e["deliveries"]["local"]["attempts"] >= 1)
+    await fh.wait_event(rid, lambda e: e["deliveries"]["local"]["state"] == "retrying")
     kept = list(Path(fh.settings.spool_path).rglob("dl-*"))
     assert kept, "the first attempt's download was not kept in the spool"
     for file in kept:
         file.write_bytes(b"x" * 50_000)  # same size, other bytes: the sha256 check sees it
     root.unlink()
     (tmp_path / "moved").rename(root)
+    assert await fh.store.replay(rid, "local") == 1  # due now
     await fh.wait_state(rid, "delivered", timeout=60)
     assert files.hits("/c.mp4") == 2
     assert (fh.event_dir("reframe", rid) / "video.mp4").read_bytes() == b"c" * 50_000
