@@ -18,6 +18,7 @@ class, usually) that declares ``options_type`` gets its options parsed into that
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -227,6 +228,10 @@ class ArrivingFile(Protocol):
         """The whole file (size and sha256 known); raises as `wait` does."""
 
 
+# One event's result in a batch: its output, or the exception it failed with.
+BatchResult = dict[str, Any] | None | Exception
+
+
 class Sink:
     """What the worker calls. Subclass it and implement ``deliver``.
 
@@ -242,15 +247,31 @@ class Sink:
     ``options_type``: the ``SinkOptions`` Struct of the sink's options. Set, the registry
     parses ``[sinks.NAME]`` into it and calls ``cls(name, options, env)`` with the Struct;
     unset, with the table as a dict.
+    ``shows_posters``: the sink shows a video's poster (``falhook[media]``): it runs once
+    the posters exist. Other sinks run as soon as the files are there; one that stores files
+    (``keeps_files`` or ``streams_files``) is then called once more with the posters.
+    ``takes_batches``: set by ``BatchSink``: the worker hands it the events bound for it at
+    about the same time in one ``deliver_batch`` call.
     """
 
     reads_files: bool = True
     keeps_files: bool = False
     streams_files: bool = False
+    shows_posters: bool = False
+    takes_batches: bool = False
     options_type: ClassVar[type[SinkOptions] | None] = None
 
     async def deliver(self, ctx: DeliveryContext) -> dict[str, Any] | None:
         raise NotImplementedError
+
+    async def deliver_batch(self, batch: Sequence[DeliveryContext]) -> list[BatchResult]:
+        """Deliver several events: one result per event, in order: its output (a dict, or
+        None), or the exception it failed with (``Retryable``, ``Permanent``). Here: each
+        event's ``deliver``, all at once; a ``BatchSink`` does it in one round trip."""
+        results = await asyncio.gather(
+            *(self.deliver(ctx) for ctx in batch), return_exceptions=True
+        )
+        return [_as_result(r) for r in results]
 
     async def deliver_streaming(
         self, ctx: DeliveryContext, files: Sequence[ArrivingFile]
@@ -268,6 +289,37 @@ class Sink:
 
     async def aclose(self) -> None:
         """Release clients and threads; called once when falhook stops."""
+
+
+class BatchSink(Sink):
+    """A sink that delivers several events per call: the queue sinks, whose cost is a round
+    trip to the broker. Implement ``deliver_batch``; ``deliver`` is its one-event case.
+
+    The worker gathers the events bound for the sink while one of its calls is in flight,
+    up to ``[delivery].batch_size`` or for ``[delivery].linger`` seconds (an event alone is
+    sent at once). Each event's result is its own: an event whose message the broker refused
+    is retried (or dead-lettered) alone, and its neighbours count as delivered. Raising from
+    ``deliver_batch`` fails every event of the batch with that error.
+    """
+
+    takes_batches = True
+
+    async def deliver(self, ctx: DeliveryContext) -> dict[str, Any] | None:
+        (result,) = await self.deliver_batch([ctx])
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    async def deliver_batch(self, batch: Sequence[DeliveryContext]) -> list[BatchResult]:
+        raise NotImplementedError
+
+
+def _as_result(result: dict[str, Any] | BaseException | None) -> BatchResult:
+    if isinstance(result, Exception):
+        return result
+    if isinstance(result, BaseException):  # cancelled, or an exit: not one event's failure
+        raise result
+    return result if isinstance(result, dict) else None
 
 
 @dataclass(frozen=True)

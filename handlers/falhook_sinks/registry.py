@@ -16,6 +16,7 @@ from typing import Any, Protocol, TypeVar
 
 from falhook_sinks.base import (
     ArrivingFile,
+    BatchResult,
     DeliveryContext,
     OptionError,
     Sink,
@@ -143,7 +144,7 @@ def build_sinks(specs: Iterable[SinkSpec], env: SinkEnv) -> dict[str, Sink]:
 
 def as_sink(made: Any, key: str) -> Sink:
     """A Sink, or an object with ``deliver`` (and maybe ``aclose``, ``check``, the capability
-    flags and ``deliver_streaming``) seen through one: the worker never has to ask what an
+    flags, ``deliver_streaming`` and ``deliver_batch``) seen through one: the worker never has to ask what an
     object can do. Flags that cannot work together are refused here, naming the sink."""
     if not isinstance(made, Sink) and not callable(getattr(made, "deliver", None)):
         raise OptionError(key, "the factory did not return a sink (an object with deliver)")
@@ -159,6 +160,8 @@ class _Adapted(Sink):
         self.keeps_files = bool(getattr(inner, "keeps_files", False))
         self.reads_files = bool(getattr(inner, "reads_files", True))
         self.streams_files = bool(getattr(inner, "streams_files", False))
+        self.shows_posters = bool(getattr(inner, "shows_posters", False))
+        self.takes_batches = callable(getattr(inner, "deliver_batch", None))
 
     async def deliver(self, ctx: DeliveryContext) -> dict[str, Any] | None:
         result = await self.inner.deliver(ctx)
@@ -169,6 +172,11 @@ class _Adapted(Sink):
     ) -> dict[str, Any] | None:
         result = await self.inner.deliver_streaming(ctx, files)
         return result if isinstance(result, dict) else None
+
+    async def deliver_batch(self, batch: Sequence[DeliveryContext]) -> list[BatchResult]:
+        if not self.takes_batches:
+            return await super().deliver_batch(batch)
+        return list(await self.inner.deliver_batch(batch))
 
     async def check(self) -> list[SinkProblem]:
         check = getattr(self.inner, "check", None)

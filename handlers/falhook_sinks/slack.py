@@ -55,6 +55,7 @@ class SlackOptions(SinkOptions):
 class SlackSink(Sink):
     reads_files = False  # links the files (a stored copy, else fal's URL), never reads them
     options_type = SlackOptions
+    shows_posters = True  # a video's preview is its poster: a post cannot add it afterwards
 
     def __init__(self, name: str, opts: SlackOptions, env: SinkEnv) -> None:
         self.name = name

@@ -123,6 +123,11 @@ class DeliverySettings(Section, frozen=True):
     poll_interval: Positive = 1.0
     shutdown_grace: NonNegative = 20.0
     attempt_timeout: Positive = 900.0  # one sink's attempt (downloads have their own timeout)
+    # Deliveries leased per store call, outcomes recorded per commit and events per call of a
+    # sink that takes batches, at most; and how long such a sink's next batch may wait for
+    # company while one is in flight (a lone event goes at once).
+    batch_size: Count = 64
+    linger: NonNegative = 0.002
 
     def check(self) -> None:
         if self.backoff_max < self.backoff_initial:

@@ -149,11 +149,21 @@ class Runtime:
 
     def _start_worker(self) -> None:
         from falhook.delivery.worker import Worker
+        from falhook.downloads.files import make_downloader
 
+        # Private fal files are read through signed URLs, with FAL_KEY from the environment.
+        downloader = make_downloader(
+            self.settings.downloads,
+            fal_key=os.environ.get("FAL_KEY"),
+            metrics=self.metrics,
+            telemetry=self.telemetry,
+        )
+        self._closers.append(downloader.aclose)
         self.worker = Worker(
             self.settings,
             self.store,
             self.sinks,
+            downloader=downloader,
             metrics=self.metrics,
             telemetry=self.telemetry,
         )

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from falhook.config import ConfigError, settings_from_dict
-from falhook.delivery.files import download_one
 from falhook.downloads.fal_media import FalMediaSigner
 from falhook.downloads.fetch import Fetcher, FetchPermanent
+from falhook.downloads.files import Downloader
 from falhook.fal.cli import emulate_banner, emulator_config
 from falhook.intake import keys as keys_module
 from falhook.intake.envelope import FileRef
@@ -192,7 +192,7 @@ def test_a_loopback_file_refused_names_allow_private_hosts(
     async def run() -> None:
         try:
             (tmp_path / "spool").mkdir()
-            await download_one(fetcher, Metrics(), None, ref, tmp_path / "spool", keep=False)
+            await Downloader(fetcher, None, Metrics()).download(ref, tmp_path / "spool", keep=False)
         finally:
             await fetcher.aclose()
 
@@ -217,7 +217,7 @@ def test_a_refused_file_on_a_host_not_signed_for_names_fal_media_hosts_and_fal_k
         ref = FileRef(path="video", url=files.url(path))
         spool = tmp_path / path.replace("/", "_")
         spool.mkdir()
-        await download_one(fetcher, Metrics(), signer, ref, spool, keep=False)
+        await Downloader(fetcher, signer, Metrics()).download(ref, spool, keep=False)
 
     async def both() -> tuple[FetchPermanent, FetchPermanent]:
         try:

@@ -25,6 +25,7 @@ from falhook.store.models import LEASE_EXPIRED, Finish
 from falhook.testing import webhook_body
 from tests.support.fileserver import FileServer
 from tests.support.inprocess import wait_until
+from tests.support.workers import downloader_for
 
 # What a scripted sink does at one attempt: deliver (None, or this output), raise this, or
 # wait for this event (forever, if nobody sets it).
@@ -72,10 +73,17 @@ class Bench:
         self.store = store
         self.sinks = sinks
         self.journal = journal  # every sink's starts and ends, in order
+        self.downloader = downloader_for(settings)  # closed with the store, at the end
 
     def worker(self, *, without: tuple[str, ...] = (), store: Any = None) -> Worker:
         sinks = {name: s for name, s in self.sinks.items() if name not in without}
-        return Worker(self.settings, store or self.store, sinks, owner=f"w-{uuid.uuid4()}")
+        return Worker(
+            self.settings,
+            store or self.store,
+            sinks,
+            downloader=self.downloader,
+            owner=f"w-{uuid.uuid4()}",
+        )
 
     async def accept(self, payload: Any = None, sinks: tuple[str, ...] | None = None) -> str:
         rid, body = webhook_body(str(uuid.uuid4()), payload=payload)
@@ -111,7 +119,7 @@ MakeBench = Callable[..., Awaitable[Bench]]
 async def bench(tmp_path: Path, store_section: dict[str, str]) -> AsyncIterator[MakeBench]:
     """make(scripts, after={sink: [deps]}, **delivery): sinks scripted in this order, the
     route `r` naming all of them, on this test's store (opened, closed at the end)."""
-    stores: list[Store] = []
+    benches: list[Bench] = []
 
     async def make(
         scripts: dict[str, list[Step]],
@@ -129,14 +137,16 @@ async def bench(tmp_path: Path, store_section: dict[str, str]) -> AsyncIterator[
         settings = settings_from_dict(config, base_dir=tmp_path)
         store = make_store(settings)
         await store.open()
-        stores.append(store)
         journal: list[tuple[str, str]] = []
         sinks = {name: ScriptedSink(name, script, journal) for name, script in scripts.items()}
-        return Bench(settings, store, sinks, journal)
+        bench = Bench(settings, store, sinks, journal)
+        benches.append(bench)
+        return bench
 
     yield make
-    for store in stores:
-        await store.close()
+    for bench in benches:
+        await bench.downloader.aclose()
+        await bench.store.close()
 
 
 def seconds(at: datetime | None) -> float:
@@ -386,18 +396,15 @@ async def test_a_sink_waits_for_a_failing_prerequisite_without_spending_attempts
     )
     rid = await b.accept()
     recorded: dict[str, Finish] = {}
-    finish = b.store.finish
+    finish_many = b.store.finish_many
 
-    async def recording(result: Finish) -> bool:
-        recorded.setdefault(result.sink, result)  # the first job's outcome of each sink
-        held = await finish(result)
-        if result.sink == "archive" and len(recorded) == 1:
-            # A slow store: archive's tiny backoff has passed before team is recorded, and
-            # team must still be due with it.
-            await asyncio.sleep(0.1)
-        return held
+    async def recording(results: list[Finish], files: Any = None) -> list[bool]:
+        for result in results:
+            recorded.setdefault(result.sink, result)  # the first job's outcome of each sink
+        await asyncio.sleep(0.1)  # a slow store: archive's tiny backoff passes meanwhile
+        return await finish_many(results, files)
 
-    monkeypatch.setattr(b.store, "finish", recording)
+    monkeypatch.setattr(b.store, "finish_many", recording)
     worker = b.worker()
     await worker.run_once()
     view = await b.view(rid)

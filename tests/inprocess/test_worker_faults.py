@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 
 from falhook.config import Settings, settings_from_dict
-from falhook.delivery.worker import Worker
 from falhook.intake.envelope import parse_envelope
 from falhook.intake.events import new_event
 from falhook.runtime import make_sinks
@@ -25,6 +24,7 @@ from tests.support.falhook_server import base_config
 from tests.support.fileserver import FileServer
 from tests.support.inprocess import wait_until
 from tests.support.stores import open_backend
+from tests.support.workers import worker_for
 
 
 def settings_for(tmp_path: Path, **overrides: Any) -> Settings:
@@ -47,11 +47,8 @@ async def accept(store: Store, payload: Any, route: str = "default") -> str:
 
 
 async def deliver_once(settings: Settings, store: Store) -> None:
-    worker = Worker(settings, store, make_sinks(settings))
-    try:
+    async with worker_for(settings, store, make_sinks(settings)) as worker:
         await worker.run_once(limit=50)
-    finally:
-        await worker.aclose()
 
 
 async def view(store: Store, rid: str) -> EventView:
@@ -94,12 +91,12 @@ async def test_an_unexpected_error_in_an_attempt_is_recorded_not_lost(
 ) -> None:
     """Any exception inside an attempt (here: a bug in preparing the event) is the attempt's
     result: retried, with the exception in last_error."""
-    import falhook.delivery.worker as worker_module
+    import falhook.delivery.job as job_module
 
     def broken(*_: Any) -> Any:
         raise KeyError("a bug")
 
-    monkeypatch.setattr(worker_module, "event_info", broken)
+    monkeypatch.setattr(job_module, "event_info", broken)
     rid = await accept(store, None)
     await deliver_once(settings_for(tmp_path), store)
     d = (await view(store, rid)).deliveries["local"]
@@ -120,20 +117,19 @@ async def test_stalled_files_do_not_starve_other_events(
         delivery={"concurrency": 2, "backoff_initial": 60.0, "backoff_max": 60.0},
         downloads={"min_rate": 1024.0, "rate_window": 1.0},
     )
-    worker = Worker(settings, store, make_sinks(settings))
     stop = asyncio.Event()
-    running = asyncio.create_task(worker.run(stop))
-    try:
+    async with worker_for(settings, store, make_sinks(settings)) as worker:
+        running = asyncio.create_task(worker.run(stop))
+        try:
 
-        async def fine_delivered() -> bool:
-            return (await view(store, fine)).state == "delivered"
+            async def fine_delivered() -> bool:
+                return (await view(store, fine)).state == "delivered"
 
-        await wait_until(fine_delivered, timeout=60, what="the event behind the stalled ones")
-    finally:
-        stop.set()
-        await running
-        await worker.aclose()
-        files.resume("/stalled")
+            await wait_until(fine_delivered, timeout=60, what="the event behind the stalled ones")
+        finally:
+            stop.set()
+            await running
+            files.resume("/stalled")
     for rid in stalled:
         d = (await view(store, rid)).deliveries["local"]
         assert d.state == "retrying" and "no data for 1 s" in (d.last_error or "")
@@ -145,11 +141,11 @@ async def test_thousands_of_files_are_named_off_the_event_loop(
     """Hundreds of Files named frame.png (over OFF_LOOP_FILES): naming them (linear:
     tests/unit/test_naming.py) runs in a thread, so webhooks on the event loop are not held while
     the worker names 8,000 of them."""
-    import falhook.delivery.files as files_module
-    from falhook.delivery.files import refs_of
-    from falhook.delivery.transfer import JobFiles
+    import falhook.downloads.files as files_module
     from falhook.downloads.cache import EventSpool
     from falhook.downloads.fetch import Fetcher
+    from falhook.downloads.files import Downloader, refs_of
+    from falhook.downloads.transfer import JobFiles
     from falhook.metrics import Metrics
 
     named_in: list[str] = []
@@ -172,7 +168,8 @@ async def test_thousands_of_files_are_named_off_the_event_loop(
     fetcher = Fetcher(max_file_bytes=1 << 20, timeout=10, allow_private_hosts=True)
     try:
         spool = EventSpool(tmp_path / "spool", "r")
-        files = JobFiles(fetcher, Metrics(), None, spool, view, refs, keep=False)
+        downloader = Downloader(fetcher, None, Metrics())
+        files = JobFiles(downloader, spool, view, refs, keep=False)
         await files.prepare()  # the worker's step that names the files
         local = await files.download()
     finally:

@@ -1,9 +1,15 @@
 """Video facts and poster frames, with the optional `falhook[media]` extra (PyAV, which
 bundles FFmpeg under the GPL). For each downloaded video: duration, width, height and codec
 go on its file entry (`"media": {...}`), and a JPEG of its first frame joins the event's
-files as `<path>.poster` (`"poster_of": <path>`), so every sink gets it: the disk sink
-writes it, the S3 sink stores it, and Slack previews it from there. Without the extra, or
-for a file FFmpeg cannot read, nothing is added and delivery goes on as before.
+files as `<path>.poster` (`"poster_of": <path>`): the disk sink writes it, the S3 sink
+stores it, and Slack previews it from there. Without the extra, or for a file FFmpeg cannot
+read, nothing is added and delivery goes on as before.
+
+They are made in a thread beside the sinks (`start`), never before them: probing a video
+and decoding its first frame takes tens of milliseconds that no sink should wait for unless
+it shows the poster. A file that only claims to be a video (its type or name) is looked at
+first by its container's signature, a read of a few bytes, and one that is not a container
+FFmpeg could read is never handed to it.
 """
 
 from __future__ import annotations
@@ -37,21 +43,64 @@ def is_video(file: LocalFile) -> bool:
     return kind.startswith("video/") or file.name.lower().endswith(VIDEO_SUFFIXES)
 
 
-async def enrich(files: list[LocalFile], spool_dir: Path) -> list[LocalFile]:
-    """The files with each video's facts in its extras and its poster after it."""
-    if not any(is_video(f) and not f.extras.get("poster_of") for f in files) or not available():
-        return files
-    return await asyncio.to_thread(_enrich, files, spool_dir)
+def start(files: list[LocalFile], spool_dir: Path) -> asyncio.Task[list[LocalFile]] | None:
+    """The files with each video's facts and its poster after it, made in a thread; None
+    when there is nothing to make (no video, or no falhook[media]). A file just downloaded
+    is in the page cache: reading its first bytes here costs less than a thread's hand-off."""
+    if not available():
+        return None
+    if not any(f.local_path and _candidate(f) and looks_like_video(f.local_path) for f in files):
+        return None
+    return asyncio.create_task(asyncio.to_thread(enrich, files, spool_dir), name="falhook-media")
 
 
-def _enrich(files: list[LocalFile], spool_dir: Path) -> list[LocalFile]:
+# Container signatures (offset, bytes) of what FFmpeg reads as video: ISO BMFF (mp4, mov,
+# m4v, 3gp: a box type at offset 4), Matroska and WebM (EBML), AVI, FLV, MPEG-PS, MPEG-TS, Ogg.
+_SIGNATURES = (
+    (4, (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip", b"pnot")),
+    (0, (b"\x1aE\xdf\xa3", b"FLV", b"\x00\x00\x01\xba", b"OggS")),
+)
+
+
+def looks_like_video(path: Path) -> bool:
+    """Whether the file starts like a video container (a few bytes read, no decoding)."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(16)
+    except OSError:
+        return False
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return True
+    if head[:1] == b"\x47":  # an MPEG-TS sync byte: more of them must follow
+        return _mpeg_ts(path)
+    return any(head[at : at + len(sig)] == sig for at, sigs in _SIGNATURES for sig in sigs)
+
+
+def _mpeg_ts(path: Path) -> bool:
+    """MPEG-TS: a sync byte every 188 bytes (three in a row, so random bytes rarely pass)."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(188 * 3 + 1)
+    except OSError:
+        return False
+    return len(head) > 376 and head[0] == head[188] == head[376] == 0x47
+
+
+def _candidate(file: LocalFile) -> bool:
+    """A file whose type or name says video (a poster is made again from its video)."""
+    return is_video(file) and not file.extras.get("poster_of")
+
+
+def enrich(files: list[LocalFile], spool_dir: Path) -> list[LocalFile]:
+    """The files with each video's facts in its extras and its poster after it (blocking:
+    call it in a thread)."""
     out: list[LocalFile] = []
     names = {f.name for f in files}
     posters = {f.path for f in files if f.extras.get("poster_of")}
     for file in files:
         if file.path in posters:
             continue  # made again below from its video
-        if not is_video(file) or file.local_path is None:
+        if not is_video(file) or file.local_path is None or not looks_like_video(file.local_path):
             out.append(file)
             continue
         try:

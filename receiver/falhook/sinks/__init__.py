@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from falhook_sinks.base import (
     ArrivingFile,
+    BatchResult,
+    BatchSink,
     DeliveryContext,
     DeliveryError,
     EventInfo,
@@ -31,6 +33,8 @@ from falhook_sinks.python import as_sink_factory
 
 __all__ = [
     "ArrivingFile",
+    "BatchResult",
+    "BatchSink",
     "DeliveryContext",
     "DeliveryError",
     "EventInfo",

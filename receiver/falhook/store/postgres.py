@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -382,15 +382,27 @@ class PostgresStore:
             await conn.execute(q.EXTEND, held, float(lease_seconds))
 
     async def finish(self, result: Finish) -> bool:
-        if not result.alerts:  # one statement, its own transaction
-            async with self._conn() as conn:
-                return await _finish(conn, result)
-        async with self._conn() as conn, conn.transaction():
-            held = await _finish(conn, result)
-            if held:  # in this transaction: both stored, or neither
-                for alert in result.alerts:
-                    await conn.fetchval(q.ACCEPT, *_accept_args(alert))
-        if held:
+        return (await self.finish_many([result]))[0]
+
+    async def finish_many(
+        self, results: Sequence[Finish], files: Mapping[str, list[dict[str, Any]]] | None = None
+    ) -> list[bool]:
+        args = _finish_many_args(results, files or {})
+        alerts = [r for r in results if r.alerts]
+        async with self._conn() as conn:
+            if not alerts:  # one statement, its own transaction
+                rows = await conn.fetch(q.FINISH_MANY, *args)
+            else:
+                async with conn.transaction():  # the alerts of what held: both, or neither
+                    rows = await conn.fetch(q.FINISH_MANY, *args)
+                    done = {(r["request_id"], r["sink"]) for r in rows}
+                    for result in alerts:
+                        if (result.request_id, result.sink) in done:
+                            for alert in result.alerts:
+                                await conn.fetchval(q.ACCEPT, *_accept_args(alert))
+        done = {(r["request_id"], r["sink"]) for r in rows}
+        held = [(r.request_id, r.sink) in done for r in results]
+        if any(ok and r.alerts for ok, r in zip(held, results, strict=True)):
             self._notify()
         return held
 
@@ -516,29 +528,35 @@ class PostgresStore:
 # --- helpers -----------------------------------------------------------------------------------
 
 
-async def _finish(conn: asyncpg.Connection, result: Finish) -> bool:
-    outcome = result.outcome
-    next_at = result.next_attempt_at
-    held = await conn.fetchval(
-        q.FINISH,
-        FINISHED_STATE[outcome],
-        None if outcome == "delivered" else result.error,
-        # As a delay from the database's clock, not the worker's: workers on hosts whose
-        # clocks drift still agree on when a retry is due.
-        (next_at - utcnow()).total_seconds()
-        if next_at is not None and outcome == "retry"
-        else None,
-        result.output if outcome == "delivered" else None,
-        result.request_id,
-        result.sink,
-        result.token,
-        1 if result.counted else 0,
-        logs_attempt(result),
-        outcome,
-        result.error,
-        result.duration_ms,
-    )
-    return bool(held == 1)
+def _finish_many_args(
+    results: Sequence[Finish], files: Mapping[str, list[dict[str, Any]]]
+) -> list[list[Any]]:
+    """The arrays of q.FINISH_MANY, one element per result (then the file lists)."""
+    columns: list[list[Any]] = [[] for _ in range(12)]
+    now = utcnow()
+    for r in results:
+        outcome = r.outcome
+        next_at = r.next_attempt_at
+        output = r.output if outcome == "delivered" else None
+        row = (
+            r.request_id,
+            r.sink,
+            r.token,
+            FINISHED_STATE[outcome],
+            None if outcome == "delivered" else r.error,
+            # As a delay from the database's clock, not the worker's: workers on hosts
+            # whose clocks drift still agree on when a retry is due.
+            (next_at - now).total_seconds() if next_at is not None and outcome == "retry" else None,
+            _json_encode(output) if output is not None else None,
+            1 if r.counted else 0,
+            logs_attempt(r),
+            outcome,
+            r.error,
+            r.duration_ms,
+        )
+        for column, value in zip(columns, row, strict=True):
+            column.append(value)
+    return [*columns, list(files), [_json_encode(f) for f in files.values()]]
 
 
 def _accept_args(event: NewEvent) -> tuple[Any, ...]:

@@ -272,6 +272,38 @@ WITH done AS (
 SELECT count(*) FROM done
 """
 
+# Many outcomes in one statement: one row of the arrays per result (each as in FINISH), and
+# the file lists of their events ($13, $14). Each result's request id and sink come back
+# when its token held.
+FINISH_MANY = """
+WITH f AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                         $6::float8[], $7::text[], $8::int[], $9::bool[], $10::text[],
+                         $11::text[], $12::int[])
+        AS f (request_id, sink, token, state, last_error, delay, output, counted, logs,
+              outcome, error, duration_ms)
+), done AS (
+    UPDATE deliveries d SET state = f.state, attempts = d.attempts + f.counted,
+        last_error = f.last_error,
+        next_attempt_at = CASE WHEN f.state = 'retrying'
+            THEN now() + COALESCE(f.delay, 0) * interval '1 second' END,
+        output = COALESCE(f.output::json, d.output), lease_token = NULL, lease_owner = NULL,
+        lease_expires_at = NULL, updated_at = now()
+    FROM f
+    WHERE d.request_id = f.request_id AND d.sink = f.sink AND d.lease_token = f.token
+        AND d.state = 'delivering'
+    RETURNING d.request_id, d.sink, f.logs, f.outcome, f.error, f.duration_ms
+), logged AS (
+    INSERT INTO attempts (request_id, sink, outcome, error, duration_ms)
+    SELECT request_id, sink, outcome, error, duration_ms FROM done WHERE logs
+), files AS (
+    UPDATE events e SET files = u.files::json
+    FROM unnest($13::text[], $14::text[]) AS u (request_id, files)
+    WHERE e.request_id = u.request_id
+)
+SELECT request_id, sink FROM done
+"""
+
 RELEASE = """
 UPDATE deliveries SET state = CASE WHEN attempts > 0 THEN 'retrying' ELSE 'pending' END,
     next_attempt_at = now(), lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL,

@@ -22,7 +22,7 @@ Semantics every implementation keeps (tests/inprocess/test_store.py runs against
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
@@ -74,6 +74,13 @@ class DeliveryQueue(Protocol):
 
     async def finish(self, result: Finish) -> bool:
         """Record an attempt's outcome; attempts += 1. False if the token no longer holds."""
+
+    async def finish_many(
+        self, results: Sequence[Finish], files: Mapping[str, list[dict[str, Any]]] | None = None
+    ) -> list[bool]:
+        """``finish`` of each result, and ``record_files`` of each event in `files` (request
+        id -> its file list), in one transaction: all of it is durable when this returns, or
+        none of it. For each result, whether its token still held."""
 
     async def release(self, request_id: str, sink: str, token: str) -> None:
         """Give a held delivery back, due now, without counting an attempt (shutdown)."""

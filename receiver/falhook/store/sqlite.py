@@ -51,7 +51,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -128,6 +128,13 @@ _LOG_ATTEMPT = (
 # The deliveries of the event with a request_id; _ONE: that event's delivery to a sink.
 _OF_EVENT = "event_id = (SELECT id FROM events WHERE request_id = ?)"
 _ONE = f"{_OF_EVENT} AND sink = ?"
+# An attempt's outcome, only while its token holds the lease (_finish_params: the values).
+_FINISH = (
+    "UPDATE deliveries SET state = ?, attempts = attempts + ?, last_error = ?,"
+    " next_attempt_at = ?, output = COALESCE(?, output), lease_token = NULL,"
+    " lease_owner = NULL, lease_expires_at = NULL, updated_at = ?"
+    f" WHERE {_ONE} AND lease_token = ? AND state = 'delivering' RETURNING event_id"
+)
 
 
 @dataclass(frozen=True)
@@ -234,6 +241,25 @@ def _accept_of(event: NewEvent) -> _Accept:
     )
     sinks = tuple(dict.fromkeys(event.sinks))  # a sink named twice is one delivery
     return _Accept(row, sinks)
+
+
+def _finish_params(result: Finish, now: float) -> tuple[Any, ...]:
+    """_FINISH's parameters for this result, written at `now`."""
+    outcome = result.outcome
+    output = result.output if outcome == "delivered" else None
+    next_at = to_epoch(result.next_attempt_at) if result.next_attempt_at else None
+    return (
+        FINISHED_STATE[outcome],
+        1 if result.counted else 0,
+        None if outcome == "delivered" else result.error,
+        # A retry without a time is due now, never stuck with a NULL time.
+        (next_at if next_at is not None else now) if outcome == "retry" else None,
+        encode(output) if output is not None else None,
+        now,
+        result.request_id,
+        result.sink,
+        result.token,
+    )
 
 
 def _in_savepoint(conn: sqlite3.Connection, op: Op) -> Outcome:
@@ -601,43 +627,32 @@ class SQLiteStore:
         await self._write(op)
 
     async def finish(self, result: Finish) -> bool:
-        outcome = result.outcome
-        state = FINISHED_STATE[outcome]
-        delivered_output = result.output if outcome == "delivered" else None
-        output = encode(delivered_output) if delivered_output is not None else None
-        next_at = to_epoch(result.next_attempt_at) if result.next_attempt_at else None
+        return (await self.finish_many([result]))[0]
 
-        def op(c: sqlite3.Connection) -> bool:
+    async def finish_many(
+        self, results: Sequence[Finish], files: Mapping[str, list[dict[str, Any]]] | None = None
+    ) -> list[bool]:
+        alerts = [[_accept_of(alert) for alert in r.alerts] for r in results]
+        file_rows = [(encode(f), rid) for rid, f in (files or {}).items()]
+
+        def op(c: sqlite3.Connection) -> list[bool]:
             now = time.time()
-            cur = c.execute(
-                "UPDATE deliveries SET state = ?, attempts = attempts + ?, last_error = ?,"
-                " next_attempt_at = ?, output = COALESCE(?, output), lease_token = NULL,"
-                " lease_owner = NULL, lease_expires_at = NULL, updated_at = ?"
-                f" WHERE {_ONE} AND lease_token = ? AND state = 'delivering' RETURNING event_id",
-                (
-                    state,
-                    1 if result.counted else 0,
-                    None if outcome == "delivered" else result.error,
-                    # A retry without a time is due now, never stuck with a NULL time.
-                    (next_at if next_at is not None else now) if outcome == "retry" else None,
-                    output,
-                    now,
-                    result.request_id,
-                    result.sink,
-                    result.token,
-                ),
-            )
-            rows = cur.fetchall()  # the statement runs to its end before the next one
-            held = len(rows) == 1
-            if held and logs_attempt(result):
-                attempt = (rows[0][0], result.sink, now, outcome, result.error, result.duration_ms)
-                c.execute(_LOG_ATTEMPT, attempt)
-            if held and result.alerts:  # in this transaction: both stored, or neither
-                _accept_all(c, [_accept_of(alert) for alert in result.alerts])
+            held = []
+            for result, raised in zip(results, alerts, strict=True):
+                done = c.execute(_FINISH, _finish_params(result, now)).fetchall()
+                held.append(len(done) == 1)
+                if done and logs_attempt(result):
+                    attempt = (done[0][0], result.sink, now, result.outcome, result.error,
+                               result.duration_ms)  # fmt: skip
+                    c.execute(_LOG_ATTEMPT, attempt)
+                if done and raised:  # in this transaction: both stored, or neither
+                    _accept_all(c, raised)
+            if file_rows:
+                c.executemany("UPDATE events SET files = ? WHERE request_id = ?", file_rows)
             return held
 
-        held: bool = await self._write(op)
-        if held and result.alerts:
+        held: list[bool] = await self._write(op)
+        if any(ok and r.alerts for ok, r in zip(held, results, strict=True)):
             self._notify()
         return held
 

@@ -1,5 +1,5 @@
-"""A Fetcher whose every download is a span (tracing on only: the worker wraps its fetcher
-in one when telemetry is enabled, and uses the bare fetcher otherwise)."""
+"""A Fetcher whose every download is a span (tracing on only: ``make_downloader`` wraps the
+fetcher in one when telemetry is enabled, and uses the bare fetcher otherwise)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ class TracedFetcher:
 
     @classmethod
     def around(cls, inner: Fetcher, telemetry: Telemetry) -> Fetcher:
-        # Duck-typed: the worker calls a Fetcher's methods, which this forwards.
+        # Duck-typed: the downloader calls a Fetcher's methods, which this forwards.
         return cast(Fetcher, cls(inner, telemetry))
 
     async def fetch(self, ref: FileRef, *args: Any, **kwargs: Any) -> FetchedFile:

@@ -6,21 +6,12 @@ from __future__ import annotations
 import asyncio
 import secrets
 
-from falhook.delivery.arrivals import Arrival
-from falhook.delivery.files import (
-    OFF_LOOP_FILES,
-    download_one,
-    local_file,
-    names_of,
-    shown_url,
-)
+from falhook.downloads.arrivals import Arrival
 from falhook.downloads.cache import EventSpool
 from falhook.downloads.errors import FetchError, FetchRetryable
-from falhook.downloads.fal_media import FalMediaSigner
-from falhook.downloads.fetch import Fetcher
+from falhook.downloads.files import OFF_LOOP_FILES, Downloader, local_file, names_of, shown_url
 from falhook.intake.envelope import FileRef
 from falhook.intake.offload import off_loop
-from falhook.metrics import Metrics
 from falhook.store.models import EventView
 from falhook_sinks.base import LocalFile
 
@@ -28,16 +19,14 @@ from falhook_sinks.base import LocalFile
 class JobFiles:
     def __init__(
         self,
-        fetcher: Fetcher,
-        metrics: Metrics,
-        signer: FalMediaSigner | None,
+        downloader: Downloader,
         spool: EventSpool,
         event: EventView,
         refs: list[FileRef],
         *,
         keep: bool,
     ) -> None:
-        self.fetcher, self.metrics, self.signer = fetcher, metrics, signer
+        self.downloader = downloader
         self.spool = spool
         self.refs = refs
         self.keep = keep
@@ -106,13 +95,13 @@ class JobFiles:
 
     async def _download(self, ref: FileRef, name: str) -> LocalFile:
         arrival = self.arrivals.get(ref.path)
-        where: dict[str, object] = {}
-        if arrival is not None:
-            where = {"into": arrival.local_path, "on_written": arrival.progress}
-        fetched = await download_one(
-            self.fetcher, self.metrics, self.signer, ref, self.spool.folder, keep=self.keep,
-            **where,
-        )  # fmt: skip
+        fetched = await self.downloader.download(
+            ref,
+            self.spool.folder,
+            keep=self.keep,
+            into=arrival.local_path if arrival is not None else None,
+            on_written=arrival.progress if arrival is not None else None,
+        )
         await asyncio.to_thread(self.spool.keep, fetched)
         done = local_file(fetched, name)
         if arrival is not None:

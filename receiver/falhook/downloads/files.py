@@ -1,31 +1,34 @@
-"""From a stored event to what its sinks get: its Files found and named safely, fetched one
-by one (``transfer.JobFiles`` keeps them in the event's spool folder across attempts) or
-described without bytes (``LocalFile``), and the event as sinks see it (``EventInfo``)."""
+"""From a stored event to the files its sinks get: its Files found and named safely, fetched
+one by one by the ``Downloader`` (``transfer.JobFiles`` keeps them in the event's spool folder
+across attempts) or described without bytes (``LocalFile``)."""
 
 from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlsplit
 
 import structlog
 
+from falhook.config import DownloadSettings
 from falhook.downloads.errors import FetchError, FetchPermanent, FetchRefused, FetchRetryable
 from falhook.downloads.fal_media import SIGNABLE_STATUSES, FalMediaSigner, SigningError
 from falhook.downloads.fetch import FetchedFile, Fetcher
+from falhook.downloads.ranged import RangePlan
+from falhook.downloads.traced import TracedFetcher
 from falhook.intake.envelope import EnvelopeError, FileRef, parse_envelope
 from falhook.intake.events import files_of
 from falhook.metrics import Metrics
-from falhook.store.document import file_views, payload_of, submission_doc
 from falhook.store.models import EventView
-from falhook_sinks.base import EventInfo, LocalFile
+from falhook.telemetry import Telemetry
+from falhook_sinks.base import LocalFile
 from falhook_sinks.naming import file_names
 
 log = structlog.get_logger("falhook.worker")
 Problems = list[dict[str, str]]
-T = TypeVar("T")
 OFF_LOOP_FILES = 256  # so many Files are named in a thread
 
 
@@ -40,63 +43,108 @@ def refs_of(event: EventView) -> tuple[list[FileRef], Problems]:
     return refs, [{"path": p.path, "reason": p.reason} for p in problems]
 
 
-async def download_one(
-    fetcher: Fetcher,
-    metrics: Metrics,
-    signer: FalMediaSigner | None,
-    ref: FileRef,
-    spool_dir: Path,
+class Downloader:
+    """Downloads an event's Files into its spool folder: the fetcher (behind the address
+    guard), fal's signer for private files, and the count and log line of each download.
+    Built once per process by the runtime (``make_downloader``) and handed to the worker."""
+
+    def __init__(self, fetcher: Fetcher, signer: FalMediaSigner | None, metrics: Metrics) -> None:
+        self.fetcher = fetcher
+        self.signer = signer
+        self.metrics = metrics
+
+    async def download(
+        self,
+        ref: FileRef,
+        spool_dir: Path,
+        *,
+        keep: bool,
+        into: Path | None = None,
+        on_written: Callable[[int], None] | None = None,
+    ) -> FetchedFile:
+        """One File into spool_dir (``into``: that new file), counted and logged; FetchError
+        when it fails. ``keep`` and ``on_written``: see Fetcher.fetch."""
+        started = time.perf_counter()
+        try:
+            got = await self._fetch(ref, spool_dir, keep=keep, into=into, on_written=on_written)
+        except FetchError as exc:
+            outcome = "retryable" if exc.retryable else "permanent"
+            self.metrics.downloads.labels(outcome=outcome).inc()
+            log.warning("download failed", path=ref.path, error=exc.message, kind=outcome)
+            raise
+        seconds = time.perf_counter() - started
+        log.info(
+            "downloaded",
+            path=ref.path,
+            bytes=got.size,
+            seconds=round(seconds, 3),
+            mib_per_s=round(got.size / 1048576 / max(seconds, 1e-6), 1),
+        )
+        self.metrics.downloads.labels(outcome="ok").inc()
+        self.metrics.download_bytes.inc(got.size)
+        return got
+
+    async def _fetch(
+        self,
+        ref: FileRef,
+        spool_dir: Path,
+        *,
+        keep: bool,
+        into: Path | None,
+        on_written: Callable[[int], None] | None,
+    ) -> FetchedFile:
+        fetcher, signer = self.fetcher, self.signer
+        try:
+            return await fetcher.fetch(ref, spool_dir, keep=keep, into=into, on_written=on_written)
+        except FetchError as exc:
+            if _refused_as_private(fetcher, exc):
+                raise FetchPermanent(f"{exc.message}; {PRIVATE_HOSTS_HINT}") from None
+            if exc.status not in SIGNABLE_STATUSES:
+                raise
+            if signer is None or not signer.applies(ref.url):
+                if _looks_like_fal_storage(ref.url):
+                    raise _with_private_file_hint(exc, ref) from None
+                raise
+            signed = await _signed(signer, ref, exc)
+        # The signed URL is used here only: the event, its documents and logs keep fal's URL.
+        got = await fetcher.fetch(
+            dataclasses.replace(ref, url=signed),
+            spool_dir,
+            keep=keep,
+            into=into,
+            on_written=on_written,
+        )
+        log.info("downloaded a private fal file through a signed URL", path=ref.path)
+        return dataclasses.replace(got, ref=ref)
+
+    async def aclose(self) -> None:
+        await self.fetcher.aclose()
+        if self.signer is not None:
+            await self.signer.aclose()
+
+
+def make_downloader(
+    settings: DownloadSettings,
     *,
-    keep: bool,
-    **where: Any,
-) -> FetchedFile:
-    """One File into spool_dir, counted and logged; FetchError when it fails."""
-    started = time.perf_counter()
-    try:
-        got = await fetch_one(fetcher, signer, ref, spool_dir, keep, **where)
-    except FetchError as exc:
-        outcome = "retryable" if exc.retryable else "permanent"
-        metrics.downloads.labels(outcome=outcome).inc()
-        log.warning("download failed", path=ref.path, error=exc.message, kind=outcome)
-        raise
-    seconds = time.perf_counter() - started
-    log.info(
-        "downloaded",
-        path=ref.path,
-        bytes=got.size,
-        seconds=round(seconds, 3),
-        mib_per_s=round(got.size / 1048576 / max(seconds, 1e-6), 1),
+    fal_key: str | None,
+    metrics: Metrics,
+    telemetry: Telemetry | None = None,
+) -> Downloader:
+    """The process's downloader: one fetcher (a span per download when tracing is on) and
+    fal's signer with `fal_key` (None: a private fal file is a permanent error saying so)."""
+    fetcher = Fetcher(
+        max_file_bytes=settings.max_file_bytes,
+        timeout=settings.timeout,
+        allow_private_hosts=settings.allow_private_hosts,
+        deadline=settings.deadline,
+        min_rate=settings.min_rate,
+        rate_window=settings.rate_window,
+        ranges=RangePlan(settings.range_threshold, settings.range_size, settings.range_parts),
     )
-    metrics.downloads.labels(outcome="ok").inc()
-    metrics.download_bytes.inc(got.size)
-    return got
-
-
-async def fetch_one(
-    fetcher: Fetcher,
-    signer: FalMediaSigner | None,
-    ref: FileRef,
-    spool_dir: Path,
-    keep: bool,
-    **where: Any,
-) -> FetchedFile:
-    """One File into spool_dir (`where`: Fetcher.fetch's `into` and `on_written`)."""
-    try:
-        return await fetcher.fetch(ref, spool_dir, keep=keep, **where)
-    except FetchError as exc:
-        if _refused_as_private(fetcher, exc):
-            raise FetchPermanent(f"{exc.message}; {PRIVATE_HOSTS_HINT}") from None
-        if exc.status not in SIGNABLE_STATUSES:
-            raise
-        if signer is None or not signer.applies(ref.url):
-            if _looks_like_fal_storage(ref.url):
-                raise _with_private_file_hint(exc, ref) from None
-            raise
-        signed = await _signed(signer, ref, exc)
-    # The signed URL is used here only: the event, its documents and logs keep fal's URL.
-    got = await fetcher.fetch(dataclasses.replace(ref, url=signed), spool_dir, keep=keep, **where)
-    log.info("downloaded a private fal file through a signed URL", path=ref.path)
-    return dataclasses.replace(got, ref=ref)
+    if telemetry is not None and telemetry.enabled:
+        fetcher = TracedFetcher.around(fetcher, telemetry)
+    signer = FalMediaSigner(settings.fal_sign_url, settings.fal_media_hosts, fal_key)
+    return Downloader(fetcher, signer, metrics)
 
 
 async def _signed(signer: FalMediaSigner, ref: FileRef, exc: FetchError) -> str:
@@ -210,20 +258,3 @@ def with_downloads(files: list[dict[str, Any]], local: list[LocalFile]) -> list[
             }
         updated.append(view)
     return updated
-
-
-def event_info(event: EventView, files: list[dict[str, Any]], problems: Problems) -> EventInfo:
-    return EventInfo(
-        request_id=event.request_id,
-        route=event.route,
-        fal_status=event.fal_status,
-        error=event.error,
-        payload_error=event.payload_error,
-        payload=payload_of(event),
-        gateway_request_id=event.gateway_request_id,
-        received_at=event.received_at,
-        files=file_views(files),
-        file_problems=problems,
-        submission=submission_doc(event),
-        source=event.source,
-    )
