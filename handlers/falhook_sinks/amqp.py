@@ -10,6 +10,8 @@
   but RabbitMQ has no deduplication: a worker that dies after the confirm and before recording
   it publishes again on the next attempt, so consumers deduplicate on ``message_id``.
 
+The events the worker hands over together (``deliver_batch``) are published at once and
+their confirms awaited together: one round trip for the batch, each confirm its own event's.
 One connection and one confirming channel, opened on first use, shared by every delivery and
 opened again after a failure (a broker restart): the worker's retry is the reconnect.
 """
@@ -17,11 +19,12 @@ opened again after a failure (a broker restart): the worker's retry is the recon
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated, Any
 
 from msgspec import Meta
 
-from falhook_sinks.base import DeliveryContext, Permanent, Retryable, SinkEnv
+from falhook_sinks.base import BatchResult, DeliveryContext, Permanent, Retryable, SinkEnv
 from falhook_sinks.messaging import (
     CONTENT_TYPE,
     Connection,
@@ -96,26 +99,65 @@ class AmqpSink(QueueSink[AmqpOptions]):
     async def aclose(self) -> None:
         await self._link.aclose()
 
-    async def publish(self, ctx: DeliveryContext, mode: PublishMode) -> dict[str, Any]:
-        routing_key = render(self.opts.routing_key, ctx.event)
-        target = self._target(routing_key)
-        if len(routing_key.encode()) > MAX_ROUTING_KEY:
-            raise Permanent(f"{target}: the routing key is over {MAX_ROUTING_KEY} bytes")
-        message = self._message(ctx)
+    async def publish_batch(
+        self, batch: Sequence[tuple[DeliveryContext, PublishMode]]
+    ) -> list[BatchResult]:
+        """Every event's message published on the confirming channel at once, then the
+        broker's confirms awaited together: one round trip for the batch, each confirm (or
+        return, or nack) its own event's."""
+        results: list[BatchResult] = [None] * len(batch)
+        messages: list[tuple[int, str]] = []  # index, routing key
+        for i, (ctx, _) in enumerate(batch):
+            routing_key = render(self.opts.routing_key, ctx.event)
+            if len(routing_key.encode()) > MAX_ROUTING_KEY:
+                target = self._target(routing_key)
+                results[i] = Permanent(f"{target}: the routing key is over {MAX_ROUTING_KEY} bytes")
+                continue
+            messages.append((i, routing_key))
+        if not messages:
+            return results
         link: _Link | None = None
         try:
             link = await self._link.get()
             exchange = link.channel.default_exchange
             if self.opts.exchange:
                 exchange = await link.channel.get_exchange(self.opts.exchange, ensure=False)
-            await exchange.publish(
-                message, routing_key, mandatory=True, timeout=self.opts.confirm_timeout
-            )
         except Exception as exc:
-            if link is not None and not isinstance(exc, _returned_types()):
+            if link is not None:
                 await self._link.discard(link)
-            raise self._classify(exc, target) from None
-        ctx.log.info("amqp message published", exchange=self.opts.exchange, routing_key=routing_key)
+            for i, routing_key in messages:
+                results[i] = self._classify(exc, self._target(routing_key))
+            return results
+        confirms = await asyncio.gather(
+            *(
+                exchange.publish(
+                    self._message(batch[i][0]),
+                    routing_key,
+                    mandatory=True,
+                    timeout=self.opts.confirm_timeout,
+                )
+                for i, routing_key in messages
+            ),
+            return_exceptions=True,
+        )
+        # A missing exchange closes the channel: the first message says why, the others only
+        # that the channel closed under them. Each is told why.
+        missing = next((c for c in confirms if isinstance(c, _not_found_types())), None)
+        broken = False
+        for (i, routing_key), confirm in zip(messages, confirms, strict=True):
+            if not isinstance(confirm, BaseException):
+                results[i] = self._output(routing_key, batch[i][0])
+                continue
+            error = confirm if isinstance(confirm, Exception) else TimeoutError(repr(confirm))
+            if missing is not None:
+                error = missing
+            results[i] = self._classify(error, self._target(routing_key))
+            broken = broken or not isinstance(error, _returned_types())
+        if broken:  # the channel may be gone: the next batch opens a new one
+            await self._link.discard(link)
+        return results
+
+    def _output(self, routing_key: str, ctx: DeliveryContext) -> dict[str, Any]:
         return {
             "published": True,
             "exchange": self.opts.exchange,
@@ -167,6 +209,12 @@ class AmqpSink(QueueSink[AmqpOptions]):
         if isinstance(exc, ax.ChannelAccessRefused | ax.ConnectionNotAllowed):
             return Permanent(f"{target}: access refused ({detail})")
         return Retryable(f"{target}: {detail}")
+
+
+def _not_found_types() -> tuple[type[Exception], ...]:
+    from aiormq import exceptions as ax
+
+    return (ax.ChannelNotFoundEntity,)
 
 
 def _returned_types() -> tuple[type[Exception], ...]:

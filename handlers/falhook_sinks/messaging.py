@@ -20,13 +20,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ClassVar, Generic, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import msgspec
 
-from falhook_sinks.base import DeliveryContext, Permanent, Sink, SinkEnv, SinkOptions
+from falhook_sinks.base import (
+    BatchResult,
+    BatchSink,
+    DeliveryContext,
+    Permanent,
+    SinkEnv,
+    SinkOptions,
+)
 from falhook_sinks.links import best_link, stored_event_link
 from falhook_sinks.options import require_extra
 
@@ -36,10 +43,11 @@ PublishMode = Literal["done", "fresh", "resume"]
 CONTENT_TYPE = "application/json"
 
 
-class QueueSink(Sink, Generic[Opts]):
+class QueueSink(BatchSink, Generic[Opts]):
     """A queue sink: links the files, never reads them; its client library must be installed
-    (the extra named by `client`); publishes once per event. A subclass sets
-    ``options_type``, ``client`` and ``kind`` and implements `publish`."""
+    (the extra named by `client`); publishes once per event, and the events handed over
+    together in one round trip. A subclass sets ``options_type``, ``client`` and ``kind``
+    and implements `publish_batch`."""
 
     reads_files = False  # links the files (a stored copy, else fal's URL), never reads them
     # The sink type's extra, the module it imports lazily and the package that brings it.
@@ -51,16 +59,29 @@ class QueueSink(Sink, Generic[Opts]):
         self.name = name
         self.opts = opts
 
-    async def deliver(self, ctx: DeliveryContext) -> dict[str, Any]:
-        mode = publish_mode(ctx)
-        if mode == "done" and ctx.previous is not None:
-            ctx.log.info(f"{self.kind} already published; not publishing again")
-            return ctx.previous
-        return await self.publish(ctx, mode)
+    async def deliver_batch(self, batch: Sequence[DeliveryContext]) -> list[BatchResult]:
+        """An event whose earlier delivery published it is answered from that output; the
+        others go to `publish_batch` together."""
+        results: list[BatchResult] = [None] * len(batch)
+        todo: list[tuple[int, DeliveryContext, PublishMode]] = []
+        for i, ctx in enumerate(batch):
+            mode = publish_mode(ctx)
+            if mode == "done" and ctx.previous is not None:
+                ctx.log.info(f"{self.kind} already published; not publishing again")
+                results[i] = ctx.previous
+            else:
+                todo.append((i, ctx, mode))
+        if todo:
+            published = await self.publish_batch([(ctx, mode) for _, ctx, mode in todo])
+            for (i, _, _), result in zip(todo, published, strict=True):
+                results[i] = result
+        return results
 
-    async def publish(self, ctx: DeliveryContext, mode: PublishMode) -> dict[str, Any]:
-        """Publish the event (`mode` is "fresh" or "resume"); the output says
-        ``"published": True``."""
+    async def publish_batch(
+        self, batch: Sequence[tuple[DeliveryContext, PublishMode]]
+    ) -> list[BatchResult]:
+        """Publish each event (its mode is "fresh" or "resume"), in one round trip where the
+        broker allows: per event, its output (``"published": True``) or its error."""
         raise NotImplementedError
 
 

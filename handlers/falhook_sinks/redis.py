@@ -8,17 +8,21 @@ which may have published (see falhook_sinks.messaging) finds the marker and adds
 first attempt, including the first of ``events replay --force``, adds an entry and resets the
 marker, which is how a forced replay publishes again.
 
-redis-py's asyncio client keeps a connection pool that reconnects by itself; its own retries
-are off (a retried script whose answer was lost would add a second entry): the worker retries.
+The events the worker hands over together (``deliver_batch``) go in one pipeline: one round
+trip for all their scripts, each entry's answer its own event's. redis-py's asyncio client
+keeps a connection pool that reconnects by itself; its own retries are off (a retried script
+whose answer was lost would add a second entry): the worker retries.
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 from msgspec import Meta
 
-from falhook_sinks.base import DeliveryContext, Permanent, Retryable, SinkEnv
+from falhook_sinks.base import BatchResult, DeliveryContext, Permanent, Retryable, SinkEnv
 from falhook_sinks.messaging import (
     Connection,
     PublishMode,
@@ -52,6 +56,8 @@ redis.call('SET', KEYS[2], id, 'EX', ARGV[2])
 return {1, id}
 """
 
+_SCRIPT_SHA = hashlib.sha1(_SCRIPT.encode(), usedforsecurity=False).hexdigest()  # EVALSHA's name
+ScriptCall = tuple[list[Any], list[Any]]  # the script's keys and arguments
 ENTRY_FIELDS = ("request_id", "route", "event")
 
 # Server answers that say "later": loading, failover, out of memory, busy scripts, cluster moves.
@@ -91,34 +97,51 @@ class RedisSink(QueueSink[RedisOptions]):
         super().__init__(name, opts, env)
         self.url = SecretUrl(opts.url)
         # The client is a pool that reconnects by itself: always usable once made.
-        self._script: Connection[Any] = Connection(
-            self._open_script, lambda script: script.registered_client.aclose(), lambda _: True
-        )
+        self._client: Connection[Any] = Connection(self._open, _close, lambda _: True)
 
-    async def _open_script(self) -> Any:
-        """The registered script, on a client (a pool) bound to this event loop."""
+    async def _open(self) -> Any:
+        """A client (a pool) bound to this event loop, its own retries off."""
         from redis.asyncio import Redis
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
 
-        client = Redis.from_url(
+        return Redis.from_url(
             self.opts.url,
             socket_connect_timeout=self.opts.timeout,
             socket_timeout=self.opts.timeout,
             retry=Retry(NoBackoff(), 0),
             client_name=f"falhook-{self.name}",
         )
-        return client.register_script(_SCRIPT)
 
     async def aclose(self) -> None:
-        await self._script.aclose()
+        await self._client.aclose()
 
     def marker_key(self, stream: str, request_id: str) -> str:
         return f"falhook:published:{stream}:{self.name}:{request_id}"
 
-    async def publish(self, ctx: DeliveryContext, mode: PublishMode) -> dict[str, Any]:
+    async def publish_batch(
+        self, batch: Sequence[tuple[DeliveryContext, PublishMode]]
+    ) -> list[BatchResult]:
+        """Every event's script in one pipelined round trip; each entry's answer (added,
+        already there, or an error) is its own event's."""
+        streams = [render(self.opts.stream, ctx.event) for ctx, _ in batch]
+        calls = [
+            self._script_call(ctx, stream, mode)
+            for (ctx, mode), stream in zip(batch, streams, strict=True)
+        ]
+        try:
+            client = await self._client.get()
+            answers = await self._run_scripts(client, calls)
+        except Exception as exc:
+            return [self._classify(exc, stream) for stream in streams]
+        return [
+            self._outcome(ctx, stream, answer)
+            for (ctx, _), stream, answer in zip(batch, streams, answers, strict=True)
+        ]
+
+    def _script_call(self, ctx: DeliveryContext, stream: str, mode: PublishMode) -> ScriptCall:
+        """The script's keys and arguments for this event's entry."""
         event = ctx.event
-        stream = render(self.opts.stream, event)
         fields: list[str | bytes] = [
             "request_id",
             event.request_id,
@@ -137,19 +160,43 @@ class RedisSink(QueueSink[RedisOptions]):
             "1" if self.opts.create_stream else "0",
             *fields,
         ]
-        keys = [stream, self.marker_key(stream, event.request_id)]
-        try:
-            script = await self._script.get()
-            code, entry_id = await script(keys=keys, args=args)
-        except Exception as exc:
-            raise self._classify(exc, stream) from None
+        return [stream, self.marker_key(stream, event.request_id)], args
+
+    async def _run_scripts(
+        self, client: Any, calls: list[tuple[list[Any], list[Any]]]
+    ) -> list[Any]:
+        """EVALSHA of each call in one pipeline (no MULTI: each event stands alone); the
+        script is loaded and those calls sent again when the server does not know it (first
+        use, or after a restart: a NOSCRIPT call ran nothing)."""
+        from redis.exceptions import NoScriptError
+
+        answers = await self._pipeline(client, calls)
+        missing = [i for i, answer in enumerate(answers) if isinstance(answer, NoScriptError)]
+        if missing:
+            await client.script_load(_SCRIPT)
+            again = await self._pipeline(client, [calls[i] for i in missing])
+            for i, answer in zip(missing, again, strict=True):
+                answers[i] = answer
+        return answers
+
+    async def _pipeline(self, client: Any, calls: list[ScriptCall]) -> list[Any]:
+        pipe = client.pipeline(transaction=False)
+        for keys, args in calls:
+            pipe.evalsha(_SCRIPT_SHA, len(keys), *keys, *args)
+        return list(await pipe.execute(raise_on_error=False))
+
+    def _outcome(self, ctx: DeliveryContext, stream: str, answer: Any) -> BatchResult:
+        if isinstance(answer, Exception):
+            return self._classify(answer, stream)
+        code, entry_id = answer
         if code == 2:
-            raise Permanent(
+            return Permanent(
                 f"{self._target(stream)}: the stream does not exist (create_stream = false)"
             )
         entry = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
         added = code == 1
-        ctx.log.info("redis entry added" if added else "redis entry already there", entry=entry)
+        if not added:
+            ctx.log.info("redis entry already there; not adding again", entry=entry)
         return {"published": True, "stream": stream, "entry_id": entry, "added": added}
 
     def _target(self, stream: str) -> str:
@@ -174,3 +221,7 @@ class RedisSink(QueueSink[RedisOptions]):
                 return Retryable(message)
             return Permanent(message)  # WRONGTYPE, unknown command (a Redis before 5.0), ...
         return Retryable(message)
+
+
+async def _close(client: Any) -> None:
+    await client.aclose()

@@ -17,6 +17,7 @@ from typing import Any, Protocol, TypeVar
 from falhook_sinks.base import (
     ArrivingFile,
     BatchResult,
+    BatchSink,
     DeliveryContext,
     OptionError,
     Sink,
@@ -106,7 +107,14 @@ def capability_problem(sink: Any) -> str | None:
             return f"sets {flag} = True with reads_files = False (it would never get a file)"
     if getattr(sink, "streams_files", False) and not _implements(sink, "deliver_streaming"):
         return "sets streams_files = True but does not implement deliver_streaming"
+    if getattr(sink, "takes_batches", False) and _batches_unwritten(sink):
+        return "takes batches (a BatchSink) but does not implement deliver_batch"
     return None
+
+
+def _batches_unwritten(sink: Any) -> bool:
+    cls = sink if isinstance(sink, type) else type(sink)
+    return isinstance(cls, type) and getattr(cls, "deliver_batch", None) is BatchSink.deliver_batch
 
 
 def _implements(sink: Any, method: str) -> bool:
@@ -144,8 +152,9 @@ def build_sinks(specs: Iterable[SinkSpec], env: SinkEnv) -> dict[str, Sink]:
 
 def as_sink(made: Any, key: str) -> Sink:
     """A Sink, or an object with ``deliver`` (and maybe ``aclose``, ``check``, the capability
-    flags, ``deliver_streaming`` and ``deliver_batch``) seen through one: the worker never has to ask what an
-    object can do. Flags that cannot work together are refused here, naming the sink."""
+    flags, ``deliver_streaming`` and ``deliver_batch``) seen through one: the worker never has
+    to ask what an object can do. Flags that cannot work together are refused here, naming
+    the sink."""
     if not isinstance(made, Sink) and not callable(getattr(made, "deliver", None)):
         raise OptionError(key, "the factory did not return a sink (an object with deliver)")
     problem = capability_problem(made)

@@ -18,14 +18,17 @@ chain. Imported lazily: configs without an SQS sink never pay for it.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from msgspec import Meta
 
 from falhook_sinks.aws import ThreadedClient, classify
-from falhook_sinks.base import DeliveryContext, Permanent, Retryable, SinkEnv
+from falhook_sinks.base import BatchResult, DeliveryContext, Permanent, Retryable, SinkEnv
 from falhook_sinks.messaging import (
     PublishMode,
     QueueSink,
@@ -37,6 +40,7 @@ from falhook_sinks.messaging import (
 from falhook_sinks.options import Invalid, SinkOptions
 
 SQS_MAX = 1_048_576  # SQS's own ceiling since 2025 (1 MiB); before it, 256 KiB
+BATCH_MAX = 10  # entries of one SendMessageBatch
 _REGION = re.compile(r"^https://sqs[.-]([a-z0-9-]+)\.amazonaws\.com(\.cn)?/")
 _ID_CHARS = re.compile(r"^[\x21-\x7e]{1,128}$")  # SQS group and deduplication ids
 _PERMANENT_HINTS = {
@@ -82,6 +86,19 @@ class SqsOptions(SinkOptions):
             raise Invalid("endpoint_url", "must be an http:// or https:// URL")
 
 
+@dataclass
+class _Entry:
+    """One event's message in a batch."""
+
+    index: int  # in the batch the worker gave
+    ctx: DeliveryContext
+    doc: dict[str, Any]  # the event document (for a claim check, if the queue refuses it)
+    room: int  # bytes left for the body beside its attributes
+    params: dict[str, Any]  # the batch entry, without its Id
+    size: int  # as SQS counts it: body and attributes
+    claim_check: bool
+
+
 class SqsSink(QueueSink[SqsOptions]):
     options_type = SqsOptions
     client = ("sqs", "boto3", "boto3")
@@ -104,44 +121,90 @@ class SqsSink(QueueSink[SqsOptions]):
             read_timeout=opts.read_timeout,
         )
 
-    async def _send(self, params: dict[str, Any]) -> dict[str, Any]:
-        result: dict[str, Any] = await self._aws.run(lambda c: c.send_message(**params))
-        return result
-
     async def aclose(self) -> None:
         self._aws.close()
 
-    async def publish(self, ctx: DeliveryContext, mode: PublishMode) -> dict[str, Any]:
+    async def publish_batch(
+        self, batch: Sequence[tuple[DeliveryContext, PublishMode]]
+    ) -> list[BatchResult]:
+        """The events in SendMessageBatch calls of up to 10 messages and `max_message_bytes`
+        in all, sent at once in the sink's threads; each entry's success or failure is its
+        own event's. An entry the queue refuses for its size goes alone, as a claim check."""
+        results: list[BatchResult] = [None] * len(batch)
+        entries: list[_Entry] = []
+        for i, (ctx, _) in enumerate(batch):
+            try:
+                entries.append(self._entry(i, ctx))
+            except Permanent as exc:
+                results[i] = exc
+        sends = [self._send_batch(chunk, results) for chunk in _chunks(entries, self.opts)]
+        await asyncio.gather(*sends)
+        return results
+
+    def _entry(self, index: int, ctx: DeliveryContext) -> _Entry:
         attributes = self._attributes(ctx)
         room = self.opts.max_message_bytes - _attributes_size(attributes)
         doc = event_message(ctx)
         body, checked = fitted(ctx, doc, room, self.target)
-        params = {"QueueUrl": self.opts.queue_url, "MessageAttributes": attributes}
+        params: dict[str, Any] = {"MessageAttributes": attributes, "MessageBody": body.decode()}
         if self.fifo:
             params["MessageGroupId"] = _sqs_id(ctx.event.route)
             params["MessageDeduplicationId"] = _sqs_id(ctx.event.request_id)
+        return _Entry(
+            index, ctx, doc, room, params, len(body) + _attributes_size(attributes), checked
+        )
+
+    async def _send_batch(self, chunk: list[_Entry], results: list[BatchResult]) -> None:
+        request = [{"Id": str(n), **e.params} for n, e in enumerate(chunk)]
         try:
-            try:
-                sent = await self._send({**params, "MessageBody": body.decode()})
-            except Exception as exc:
-                if checked or not _too_long(exc):
-                    raise
-                ctx.log.warning("sqs queue refused the size; sending a claim check")
-                why = f"the queue refused {len(body)} bytes (its MaximumMessageSize is lower)"
-                body = claim_check(ctx, doc, why, room, self.target)
-                checked = True
-                sent = await self._send({**params, "MessageBody": body.decode()})
-        except Permanent:
-            raise
+            answer = await self._aws.run(
+                lambda c: c.send_message_batch(QueueUrl=self.opts.queue_url, Entries=request)
+            )
         except Exception as exc:
-            raise self._classify(exc) from None
-        ctx.log.info("sqs message sent", message_id=sent.get("MessageId"), claim_check=checked)
+            if _too_long(exc) and len(chunk) > 1:  # the batch as a whole: each goes alone
+                await asyncio.gather(*(self._send_batch([e], results) for e in chunk))
+                return
+            if _too_long(exc):
+                results[chunk[0].index] = await self._send_claim_check(chunk[0], exc)
+                return
+            for e in chunk:
+                results[e.index] = self._classify(exc)
+            return
+        for ok in answer.get("Successful", []):
+            e = chunk[int(ok["Id"])]
+            results[e.index] = self._output(e, ok)
+        for failed in answer.get("Failed", []):
+            e = chunk[int(failed["Id"])]
+            error = _entry_error(failed)
+            if _too_long(error) and not e.claim_check:
+                results[e.index] = await self._send_claim_check(e, error)
+            else:
+                results[e.index] = self._classify(error)
+
+    async def _send_claim_check(self, e: _Entry, refused: Exception) -> BatchResult:
+        """The event again without its payload: the queue refused its size (its own
+        MaximumMessageSize is lower than max_message_bytes)."""
+        e.ctx.log.warning("sqs queue refused the size; sending a claim check")
+        refused_bytes = len(e.params["MessageBody"].encode())
+        why = f"the queue refused {refused_bytes} bytes (its MaximumMessageSize is lower)"
+        try:
+            body = claim_check(e.ctx, e.doc, why, e.room, self.target)
+            params = {**e.params, "MessageBody": body.decode(), "QueueUrl": self.opts.queue_url}
+            sent = await self._aws.run(lambda c: c.send_message(**params))
+        except Permanent as exc:
+            return exc
+        except Exception as exc:
+            return self._classify(exc)
+        e.claim_check = True
+        return self._output(e, sent)
+
+    def _output(self, e: _Entry, sent: dict[str, Any]) -> dict[str, Any]:
         return {
             "published": True,
             "queue_url": self.opts.queue_url,
             "message_id": sent.get("MessageId"),
             "sequence_number": sent.get("SequenceNumber"),
-            "claim_check": checked,
+            "claim_check": e.claim_check,
         }
 
     def _attributes(self, ctx: DeliveryContext) -> dict[str, dict[str, str]]:
@@ -158,6 +221,32 @@ def _attributes_size(attributes: dict[str, dict[str, str]]) -> int:
         len(name.encode()) + len(a["DataType"].encode()) + len(a["StringValue"].encode())
         for name, a in attributes.items()
     )
+
+
+def _chunks(entries: list[_Entry], opts: SqsOptions) -> Iterator[list[_Entry]]:
+    """SendMessageBatch's limits: 10 entries, and their sizes together within what one
+    message may be (SQS counts the batch like one message)."""
+    chunk: list[_Entry] = []
+    size = 0
+    for e in entries:
+        if chunk and (len(chunk) == BATCH_MAX or size + e.size > opts.max_message_bytes):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(e)
+        size += e.size
+    if chunk:
+        yield chunk
+
+
+def _entry_error(failed: dict[str, Any]) -> Exception:
+    """A failed batch entry as the error a single send would have raised."""
+    from botocore.exceptions import ClientError
+
+    status = 400 if failed.get("SenderFault") else 500
+    error = {"Code": failed.get("Code", ""), "Message": failed.get("Message", "")}
+    response: Any = {"Error": error, "ResponseMetadata": {"HTTPStatusCode": status}}
+    failure: Exception = ClientError(response, "SendMessageBatch")
+    return failure
 
 
 def _sqs_id(value: str) -> str:

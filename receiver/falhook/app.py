@@ -222,6 +222,7 @@ def create_app(
         telemetry=runtime.telemetry,
         ready=runtime.ensure_started,
         deliver_now=_inline_delivery(runtime) if inline else None,
+        batch_logs=managed_lifespan,
     )
     probes = Probes(runtime, runtime.keys)
     app = Starlette(

@@ -7,6 +7,7 @@ keys that name them, as a last line of defence behind not logging them at all.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sys
@@ -116,3 +117,36 @@ def configure_logging(level: str | None = None, *, json: bool | None = None) -> 
 
 def get_logger(name: str | None = None) -> Any:
     return structlog.get_logger(name) if name else structlog.get_logger()
+
+
+class LineBatch:
+    """One log line for what happens to many events at once, where a hot path would write
+    a line for each (a webhook accepted, a delivery recorded): the request ids are gathered
+    by kind and group and written in one line on the event loop's next turn, as
+
+        {"event": "deliveries recorded", "count": 3, "delivered": {"local": ["id1", "id2"]},
+         "skipped": {"team": ["id3"]}}
+
+    Each id is in the line as text, as findable as in a line of its own; the events answered
+    by one commit share one line. docs/performance.md has what a line per event cost."""
+
+    def __init__(self, logger: Any, event: str, *, at_once: bool = False) -> None:
+        self.logger = logger
+        self.event = event
+        self.at_once = at_once  # a line per event (serverless: the loop may not turn again)
+        self._lines: dict[str, dict[str, list[str]]] = {}
+        self._count = 0
+
+    def add(self, kind: str, group: str, request_id: str) -> None:
+        if not self._count and not self.at_once:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self._lines.setdefault(kind, {}).setdefault(group, []).append(request_id)
+        self._count += 1
+        if self.at_once:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._count:
+            lines, count = self._lines, self._count
+            self._lines, self._count = {}, 0
+            self.logger.info(self.event, count=count, **lines)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
@@ -61,3 +63,12 @@ class Metrics:
             "Bytes held for webhook bodies still arriving (bounded by max_buffered_bytes).",
             registry=r,
         )
+        self._deliveries: dict[tuple[str, str], Any] = {}
+
+    def delivered(self, sink: str, outcome: str) -> None:
+        """Count one delivery outcome (labels() takes a lock and builds a key each time: the
+        children are kept)."""
+        child = self._deliveries.get((sink, outcome))
+        if child is None:
+            child = self._deliveries[sink, outcome] = self.deliveries.labels(sink, outcome)
+        child.inc()

@@ -144,7 +144,7 @@ async def test_thousands_of_files_are_named_off_the_event_loop(
     import falhook.downloads.files as files_module
     from falhook.downloads.cache import EventSpool
     from falhook.downloads.fetch import Fetcher
-    from falhook.downloads.files import Downloader, refs_of
+    from falhook.downloads.files import Downloader, parse_stored
     from falhook.downloads.transfer import JobFiles
     from falhook.metrics import Metrics
 
@@ -164,7 +164,7 @@ async def test_thousands_of_files_are_named_off_the_event_loop(
         gateway_request_id=None, received_at=event.received_at, headers={}, body=body,
         files=event.files, deliveries={},
     )  # fmt: skip
-    refs, _ = refs_of(view)
+    refs = parse_stored(view).refs
     fetcher = Fetcher(max_file_bytes=1 << 20, timeout=10, allow_private_hosts=True)
     try:
         spool = EventSpool(tmp_path / "spool", "r")

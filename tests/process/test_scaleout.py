@@ -49,6 +49,19 @@ def log_lines(fh: Falhook) -> list[dict[str, Any]]:
     return [json.loads(line) for line in fh.logs().splitlines() if line.startswith("{")]
 
 
+def delivered_lines(fh: Falhook) -> list[tuple[bool, str]]:
+    """(lease lost, request id) of each delivery a worker's log says it recorded: the ids of
+    the deliveries recorded together share one line, and one whose lease was lost has a
+    line of its own."""
+    found = []
+    for line in log_lines(fh):
+        if line.get("event") == "deliveries recorded":
+            found += [(False, rid) for rid in line.get("delivered", {}).get("local", [])]
+        elif line.get("event") == "delivery delivered" and line.get("lease_lost"):
+            found.append((True, line["request_id"]))
+    return found
+
+
 def owner_of(worker: Falhook) -> str | None:
     for line in log_lines(worker):
         if line.get("event") == "worker started":
@@ -127,7 +140,7 @@ def test_two_receivers_three_workers_one_killed_mid_delivery(
         """Once the victim has delivered a few events, freeze it (SIGSTOP) and read what it
         holds; keep it frozen only when a held delivery's file is being downloaded, so the
         kill lands mid-load and mid-delivery."""
-        delivered = [x for x in log_lines(victim) if x.get("event") == "delivery delivered"]
+        delivered = [rid for _, rid in delivered_lines(victim)]
         if len(delivered) < VICTIM_DELIVERS_FIRST:
             return []
         victim.proc.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
@@ -178,13 +191,11 @@ def test_two_receivers_three_workers_one_killed_mid_delivery(
     finals: dict[str, list[str]] = {}  # request_id -> owners whose finish counted
     fenced: set[str] = set()  # request_ids some worker finished after losing its lease
     for owner, w in owners.items():
-        for line in log_lines(w):
-            if line.get("event") != "delivery delivered":
-                continue
-            if line.get("lease_lost"):
-                fenced.add(line["request_id"])
+        for lost, rid in delivered_lines(w):
+            if lost:
+                fenced.add(rid)
             else:
-                finals.setdefault(line["request_id"], []).append(owner)
+                finals.setdefault(rid, []).append(owner)
     # Fencing: no delivery was finished twice. (A delivery the victim finished just before the
     # kill may lack its log line: the kill can land between the commit and the line.)
     assert [rid for rid in accepted if len(finals.get(rid, [])) > 1] == []

@@ -161,6 +161,12 @@ class Recorder:
             self._writer = asyncio.create_task(self._write_all(), name="falhook-recorder")
         return await answer
 
+    async def flush(self) -> None:
+        """Wait until everything handed over is written (or failed): a job cancelled by a
+        shutdown after it handed over its outcomes still has them recorded."""
+        while self._writer is not None:
+            await asyncio.wait({self._writer})
+
     async def _write_all(self) -> None:
         try:
             await asyncio.sleep(0)  # the jobs finishing on this turn of the loop join in

@@ -20,6 +20,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -34,20 +35,25 @@ from falhook.delivery.upkeep import Holdings
 from falhook.downloads.arrivals import Arrival
 from falhook.downloads.cache import EventSpool
 from falhook.downloads.errors import FetchError
-from falhook.downloads.files import Downloader, described_all, refs_of, with_downloads
+from falhook.downloads.files import (
+    Downloader,
+    StoredEvent,
+    described_all,
+    parse_stored,
+    with_downloads,
+)
 from falhook.downloads.transfer import JobFiles
-from falhook.intake.envelope import FileRef
 from falhook.intake.offload import OFF_LOOP_BYTES, off_loop
+from falhook.logs import LineBatch
 from falhook.metrics import Metrics
-from falhook.store.document import file_views, payload_of, submission_doc
-from falhook.store.models import EventView, Job, NewEvent, utcnow
+from falhook.store.document import file_views, submission_doc
+from falhook.store.models import EventView, Finish, Job, NewEvent, utcnow
 from falhook.store.states import DONE_STATES
 from falhook.telemetry import Telemetry
 from falhook_sinks.base import DeliveryContext, EventInfo, LocalFile, Permanent, Retryable, Sink
 
 log = structlog.get_logger("falhook.worker")
 FINISHED = DONE_STATES | {"dead"}  # nothing more will happen to these deliveries
-Problems = list[dict[str, str]]
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,8 @@ class JobParts:
     holdings: Holdings
     telemetry: Telemetry
     metrics: Metrics
+    spool: Path  # the spool's root: each event's files in a folder of their own
+    trail: LineBatch  # the log line of the deliveries recorded together
 
 
 class JobRun:
@@ -81,13 +89,13 @@ class JobRun:
         }
         self.after = parts.routing.after(job.event)
         self.big = len(job.event.body) > OFF_LOOP_BYTES  # thousands of Files: off the loop
-        self.spool = EventSpool(parts.settings.spool_path, job.event.request_id)
+        self.spool = EventSpool(parts.spool, job.event.request_id)
         self.files: list[LocalFile] = []
         self.files_changed = False  # the downloads told us sizes and digests to record
         self.posters: asyncio.Task[list[LocalFile]] | None = None  # falhook[media], running
         self.unposted: set[str] = set()  # sinks that stored the files before the posters
         self.streams: dict[str, asyncio.Task[bool]] = {}
-        self.recording: asyncio.Task[list[bool]] | None = None
+        self.recording = False  # the outcomes went to the recorder: nothing to give back
 
     async def run(self) -> None:
         event, parts = self.event, self.parts
@@ -121,11 +129,11 @@ class JobRun:
             return await self._record()
 
         # 2. The files: from the spool or downloaded once, for the sinks that read them.
-        refs, problems = await off_loop(self.big, refs_of, event)
+        stored = await off_loop(self.big, parse_stored, event)
         readers = [s for s in runnable if parts.sinks[s].reads_files]
         started = time.perf_counter()
         try:
-            self.files = await self._files(refs, readers, problems)
+            self.files = await self._files(stored, readers)
         except FetchError as exc:
             # The download failed: so did every sink that reads files (streaming ones too);
             # the sinks that only link them still run.
@@ -134,13 +142,13 @@ class JobRun:
             for s in readers:
                 self.attempts[s].fail(error, parts.policy)
                 self.attempts[s].took(time.perf_counter() - started)
-            self.files = await off_loop(self.big, described_all, refs, event.files)
+            self.files = await off_loop(self.big, described_all, stored.refs, event.files)
         else:
             if any(f.local_path is not None for f in self.files):
                 self._note_downloads()
                 self.posters = media.start(self.files, self.spool.folder)  # beside the sinks
             self.unposted.update(await self._settle_streams())
-        info = await off_loop(self.big, event_info, self.event, self.event.files, problems)
+        info = await off_loop(self.big, event_info, self.event, stored)
 
         # 3. The sinks in waves: each wave holds those whose prerequisites have delivered
         # (or were skipped by their filter).
@@ -155,11 +163,11 @@ class JobRun:
                     self._wait_or_fail(s, deps)
                 break
             if any(parts.sinks[s].shows_posters for s in wave):
-                info = await self._add_posters(info, problems)
+                info = await self._add_posters(info, stored)
             await self._run_wave(sorted(wave), info)
             waiting = blocked
         # Posters made while the sinks ran: added to the sinks that stored the files.
-        info = await self._add_posters(info, problems)
+        await self._add_posters(info, stored)
 
         # 4. The record: durable before anything else hears of the outcomes.
         await self._record()
@@ -220,11 +228,10 @@ class JobRun:
 
     # --- files --------------------------------------------------------------------------------
 
-    async def _files(
-        self, refs: list[FileRef], readers: list[str], problems: Problems
-    ) -> list[LocalFile]:
+    async def _files(self, stored: StoredEvent, readers: list[str]) -> list[LocalFile]:
         """The job's files: from the spool or downloaded once for the sinks that read them
         (those that stream get them as they arrive), described for the others."""
+        refs = stored.refs
         if not refs or not readers:
             return await off_loop(self.big, described_all, refs, self.event.files)
         sinks = self.parts.sinks
@@ -233,7 +240,7 @@ class JobRun:
         await files.prepare()
         streamers = [s for s in readers if self._streams_now(s)] if files.missing else []
         if streamers:
-            info = await off_loop(self.big, event_info, self.event, self.event.files, problems)
+            info = await off_loop(self.big, event_info, self.event, stored)
             arriving = files.arriving()
             for s in streamers:
                 self.streams[s] = asyncio.create_task(self._call(s, info, [], arriving))
@@ -265,7 +272,7 @@ class JobRun:
             self.event = replace(self.event, files=files)
             self.files_changed = True
 
-    async def _add_posters(self, info: EventInfo, problems: Problems) -> EventInfo:
+    async def _add_posters(self, info: EventInfo, stored: StoredEvent) -> EventInfo:
         """Once the posters exist (falhook[media]): the files gain them and the videos'
         facts, and the sinks that stored the files before then are called once more with all
         of them (their writes are idempotent). The event as sinks see it, updated."""
@@ -282,7 +289,7 @@ class JobRun:
         self.files = files
         self.event = replace(self.event, files=media.annotate(self.event.files, files))
         self.files_changed = True
-        info = await off_loop(self.big, event_info, self.event, self.event.files, problems)
+        info = await off_loop(self.big, event_info, self.event, stored)
         again = sorted(s for s in self.unposted if self.attempts[s].outcome == "delivered")
         for s in again:
             self.attempts[s].reopen()
@@ -293,7 +300,10 @@ class JobRun:
     # --- sinks --------------------------------------------------------------------------------
 
     async def _run_wave(self, wave: Sequence[str], info: EventInfo) -> None:
-        results = await asyncio.gather(*(self._call(s, info, self.files) for s in wave))
+        if len(wave) == 1:  # most routes have one sink: no task of its own for it
+            results = [await self._call(wave[0], info, self.files)]
+        else:
+            results = await asyncio.gather(*(self._call(s, info, self.files) for s in wave))
         for s, delivered in zip(wave, results, strict=True):
             if delivered:
                 self.outputs[s] = self.attempts[s].output or {}
@@ -330,16 +340,17 @@ class JobRun:
                 previous=previous.output if previous else None,
                 headers=span.headers,
             )
-            batcher = parts.batchers.get(name)
+            batcher = parts.batchers.get(name) if arriving is None else None
             started = time.perf_counter()
             try:
-                async with asyncio.timeout(parts.settings.delivery.attempt_timeout):
-                    if arriving is not None:
-                        output = await sink.deliver_streaming(ctx, arriving)
-                    elif batcher is not None:  # with the other events bound for it now
-                        output = await batcher.deliver(ctx)
-                    else:
-                        output = await sink.deliver(ctx)
+                if batcher is not None:  # with the other events bound for it now (the
+                    output = await batcher.deliver(ctx)  # batcher holds it to the timeout)
+                else:
+                    async with asyncio.timeout(parts.settings.delivery.attempt_timeout):
+                        if arriving is not None:
+                            output = await sink.deliver_streaming(ctx, arriving)
+                        else:
+                            output = await sink.deliver(ctx)
             except (Retryable, Permanent) as exc:
                 attempt.fail(exc, parts.policy)
             except TimeoutError:
@@ -385,13 +396,19 @@ class JobRun:
                 )
             finishes.append(a.finish(event.request_id, next_at, alerts))
         files = {event.request_id: event.files} if self.files_changed else None
-        # Shielded: a shutdown that cancels this job lets its record finish (_give_back).
-        self.recording = asyncio.ensure_future(parts.recorder.record(finishes, files))
-        held = await asyncio.shield(self.recording)
+        # Once handed to the recorder, the outcomes are written even if this job is
+        # cancelled meanwhile (the worker waits for the recorder at shutdown).
+        self.recording = True
+        held = await parts.recorder.record(finishes, files)
+        self._report(finishes, held)
+
+    def _report(self, finishes: list[Finish], held: list[bool]) -> None:
+        """Metrics and logs of outcomes the store holds (`held`: whether each lease did)."""
+        parts, event = self.parts, self.event
         for finish, kept in zip(finishes, held, strict=True):
             a = self.attempts[finish.sink]
             label = "waiting" if a.waits_for is not None else finish.outcome
-            parts.metrics.deliveries.labels(sink=finish.sink, outcome=label).inc()
+            parts.metrics.delivered(finish.sink, label)
             if kept and finish.alerts:
                 parts.metrics.alerts.labels(route=event.route, sink=finish.sink).inc(
                     len(finish.alerts)
@@ -403,16 +420,21 @@ class JobRun:
                         alert=alert.request_id,
                         alert_sinks=list(alert.sinks),
                     )
-            quiet = finish.outcome in ("delivered", "skipped") or a.waits_for is not None
-            level = "info" if quiet else "warning"
-            getattr(log, level)(
-                "delivery " + label,
-                sink=finish.sink,
-                attempt=a.lease.attempts + a.counted,
-                error=a.error,
-                retry_at=finish.next_attempt_at.isoformat() if finish.next_attempt_at else None,
-                lease_lost=not kept or None,
-            )
+            fields = {
+                "sink": finish.sink,
+                "attempt": a.lease.attempts + a.counted,
+                "error": a.error,
+                "retry_at": finish.next_attempt_at.isoformat() if finish.next_attempt_at else None,
+            }
+            if not kept:  # another worker holds it now: this outcome was not written
+                log.warning("delivery " + label, **fields, lease_lost=True)
+            elif finish.outcome in ("delivered", "skipped") or a.waits_for is not None:
+                # One line for all the deliveries recorded together (docs/performance.md);
+                # at debug level, one each as well.
+                parts.trail.add(label, finish.sink, event.request_id)
+                log.debug("delivery " + label, **fields)
+            else:
+                log.warning("delivery " + label, **fields)
 
     def _when_due(self, deps: list[str], due: dict[str, datetime]) -> datetime:
         """The latest next attempt among deps; the first backoff step when one is unknown
@@ -431,7 +453,7 @@ class JobRun:
         return max(times)
 
     async def _fail_unrecorded(self, exc: Exception) -> None:
-        if self.recording is not None:  # the record itself failed: the leases will expire
+        if self.recording:  # the record itself failed: the leases will expire
             return
         cause = Retryable(f"{type(exc).__name__}: {exc}")
         for a in self.attempts.values():
@@ -447,8 +469,7 @@ class JobRun:
         back, due now, without counting an attempt."""
         for task in self.streams.values():
             task.cancel()
-        if self.recording is not None:
-            await _ended(self.recording)
+        if self.recording:
             return
         store = self.parts.recorder.store
         for sink, a in self.attempts.items():
@@ -472,9 +493,9 @@ class JobRun:
             state not in FINISHED and sink in sinks and sinks[sink].reads_files
             for sink, state in states.items()
         )
-        # Most events never had a folder: one stat here costs far less than a thread's
-        # hand-off, which waits for the GIL behind the loop's own work.
-        if done and os.path.lexists(self.spool.folder):  # noqa: ASYNC240
+        # Most events never had a folder (none without files): one stat here costs far less
+        # than a thread's hand-off, which waits for the GIL behind the loop's own work.
+        if done and self.event.files and os.path.lexists(self.spool.folder):  # noqa: ASYNC240
             await asyncio.to_thread(self.spool.remove)
 
 
@@ -485,7 +506,7 @@ async def _ended(task: asyncio.Future[Any]) -> None:
         task.exception()  # retrieved: its failure was logged where it happened
 
 
-def event_info(event: EventView, files: list[dict[str, Any]], problems: Problems) -> EventInfo:
+def event_info(event: EventView, stored: StoredEvent) -> EventInfo:
     """The event as sinks see it."""
     return EventInfo(
         request_id=event.request_id,
@@ -493,11 +514,11 @@ def event_info(event: EventView, files: list[dict[str, Any]], problems: Problems
         fal_status=event.fal_status,
         error=event.error,
         payload_error=event.payload_error,
-        payload=payload_of(event),
+        payload=stored.payload,
         gateway_request_id=event.gateway_request_id,
         received_at=event.received_at,
-        files=file_views(files),
-        file_problems=problems,
+        files=file_views(event.files),
+        file_problems=stored.problems,
         submission=submission_doc(event),
         source=event.source,
     )

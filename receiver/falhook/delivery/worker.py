@@ -32,6 +32,7 @@ from falhook.delivery.job import FINISHED, JobParts, JobRun
 from falhook.delivery.retry import RetryPolicy
 from falhook.delivery.routing import Router
 from falhook.downloads.files import Downloader
+from falhook.logs import LineBatch
 from falhook.metrics import Metrics
 from falhook.store.models import Job
 from falhook.store.roles import DeliveryQueue
@@ -76,6 +77,8 @@ class Worker:
             holdings=self.holdings,
             telemetry=telemetry or Telemetry(),
             metrics=metrics or Metrics(),
+            spool=settings.spool_path,
+            trail=LineBatch(log, "deliveries recorded"),
         )
         self._jobs: set[asyncio.Task[None]] = set()
 
@@ -94,6 +97,8 @@ class Worker:
                         await self._idle(stop, d.poll_interval)
             finally:
                 await self._drain(d.shutdown_grace)
+                await self.parts.recorder.flush()
+                self.parts.trail.flush()
         log.info("worker stopped", owner=self.owner)
 
     async def run_once(self, limit: int | None = None) -> int:
@@ -102,6 +107,7 @@ class Worker:
         d = self.settings.delivery
         jobs = await self._lease(limit or min(d.concurrency, d.batch_size))
         await asyncio.gather(*(JobRun(job, self.parts).run() for job in jobs))
+        self.parts.trail.flush()  # the caller may end the loop (a serverless drain)
         return sum(len(job.deliveries) for job in jobs)
 
     async def deliver_now(self, request_id: str, *, deadline: float) -> list[str]:
@@ -121,15 +127,18 @@ class Worker:
                     await JobRun(job, self.parts).run()
         except TimeoutError:
             log.warning("inline delivery ran out of time", request_id=request_id, deadline=deadline)
+        self.parts.trail.flush()  # the caller may end the loop (serverless inline mode)
         view = await self.store.get_event(request_id)
         if view is None:
             return ["(event missing)"]
         return sorted(k for k, d in view.deliveries.items() if d.state not in FINISHED)
 
     async def aclose(self) -> None:
-        """Wait for the sink batches still in flight (a job cancelled at shutdown may have
-        left one)."""
+        """Wait for the outcomes still being recorded and the sink batches still in flight
+        (a job cancelled at shutdown may have left them)."""
+        await self.parts.recorder.flush()
         await asyncio.gather(*(b.aclose() for b in self.parts.batchers.values()))
+        self.parts.trail.flush()
 
     # --- the loop's steps ----------------------------------------------------------------------
 

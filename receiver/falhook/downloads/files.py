@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -32,15 +33,27 @@ Problems = list[dict[str, str]]
 OFF_LOOP_FILES = 256  # so many Files are named in a thread
 
 
-def refs_of(event: EventView) -> tuple[list[FileRef], Problems]:
-    """The Files to download, re-derived from the raw body (the stored list abbreviates
-    data: URIs), and the malformed ones as problems."""
+@dataclass(frozen=True)
+class StoredEvent:
+    """What a stored event's raw body holds for its delivery, parsed once: its Files (the
+    stored list abbreviates data: URIs), the malformed ones as problems, and its payload."""
+
+    refs: list[FileRef]
+    problems: Problems
+    payload: Any
+
+
+def parse_stored(event: EventView) -> StoredEvent:
     try:
         envelope = parse_envelope(event.body)
     except EnvelopeError:  # cannot happen for a stored event; never crash on it
-        return [], [{"path": "payload", "reason": "stored body is not an envelope"}]
+        return StoredEvent(
+            [], [{"path": "payload", "reason": "stored body is not an envelope"}], None
+        )
     refs, problems = files_of(envelope)
-    return refs, [{"path": p.path, "reason": p.reason} for p in problems]
+    return StoredEvent(
+        refs, [{"path": p.path, "reason": p.reason} for p in problems], envelope.payload
+    )
 
 
 class Downloader:

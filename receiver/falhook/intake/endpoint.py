@@ -36,6 +36,7 @@ from falhook.intake.verify import (
     check_user,
     verify_signature,
 )
+from falhook.logs import LineBatch
 from falhook.metrics import Metrics
 from falhook.store.models import NewEvent, StoreUnavailable
 from falhook.store.roles import IntakeStore
@@ -69,7 +70,9 @@ DeliverNow = Callable[[str], Awaitable[list[str]]]
 class WebhookEndpoint:
     """Verifies and stores webhooks. `ready` is awaited before the first check of each
     request (the serverless runtime starts on its first request); `deliver_now`, when given,
-    runs the event's sinks before answering."""
+    runs the event's sinks before answering. `batch_logs` False: a line per webhook as it is
+    answered (serverless, where the event loop may not turn again before the process is
+    frozen)."""
 
     def __init__(
         self,
@@ -81,6 +84,7 @@ class WebhookEndpoint:
         telemetry: Telemetry | None = None,
         ready: Ready | None = None,
         deliver_now: DeliverNow | None = None,
+        batch_logs: bool = True,
     ) -> None:
         r = settings.receiver
         self.routes = {name: route.sinks for name, route in settings.routes.items()}
@@ -91,6 +95,7 @@ class WebhookEndpoint:
         self.tracing = telemetry if telemetry is not None and telemetry.enabled else None
         self.ready = ready
         self.deliver_now = deliver_now
+        self.trail = LineBatch(log, "webhooks accepted", at_once=not batch_logs)
         self.limit = r.max_body_bytes
         self.body_rules = BodyRules(r.max_body_bytes, r.body_timeout, r.body_min_rate)
         self.budget = BodyBudget(r.max_buffered_bytes)
@@ -222,7 +227,10 @@ class WebhookEndpoint:
                     f"stored, but not yet delivered to {', '.join(unfinished)}; retry later",
                 )
         self.counted[route, status].inc()
-        log.info(
+        # One line for the webhooks answered together (docs/performance.md); at debug
+        # level, one each as well.
+        self.trail.add(status, route, envelope.request_id)
+        log.debug(
             "webhook " + status,
             request_id=envelope.request_id,
             route=route,
