@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import socket
 import time
 import uuid
@@ -74,6 +75,41 @@ async def opened(url: str, schema: str, **kw: int) -> AsyncIterator[PostgresStor
         yield store
     finally:
         await store.close()
+
+
+# --- intake's group commit ---------------------------------------------------------------------
+
+
+async def test_concurrent_accepts_share_a_statement_each_with_its_own_answer(
+    schema: str, admin: asyncpg.Connection
+) -> None:
+    notified: list[str] = []
+    channel = f"falhook_work:{schema}"
+    await admin.add_listener(channel, lambda *args: notified.append(args[-1]))
+    async with opened(PG_URL, schema) as store:
+        stored = event()
+        assert await store.accept(stored)
+        assert store._intake is not None
+        before = store._intake.batches
+        fresh = [event(("a", "b")) for _ in range(40)]
+        twice = event()
+        bad = dataclasses.replace(event(), error="a NUL byte \x00 PostgreSQL text refuses")
+        answers = await asyncio.gather(
+            *(store.accept(e) for e in [*fresh, stored, twice, twice, bad]),
+            return_exceptions=True,
+        )
+        batches = store._intake.batches - before
+        assert answers[:40] == [True] * 40
+        assert answers[40:43] == [False, True, False]  # stored before; the first of two wins
+        assert isinstance(answers[43], StoreUnavailable)  # one bad event fails alone
+        assert batches == 1  # one statement for all of them (then the fallback, one by one)
+        for e in fresh:
+            view = await store.get_event(e.request_id)
+            assert view is not None and sorted(view.deliveries) == ["a", "b"]
+        assert await store.get_event(bad.request_id) is None
+        await eventually(lambda: asyncio.sleep(0, result=len(notified) >= 1))
+    # NOTIFY once per batch (at most one more queued behind the first accept's own).
+    assert len(notified) <= 3
 
 
 # --- migrations --------------------------------------------------------------------------------

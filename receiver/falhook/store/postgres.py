@@ -1,8 +1,9 @@
 """The PostgreSQL store: many `falhook serve` and `falhook worker` processes on one database.
 
-- Intake: one statement per accept (event + deliveries, ON CONFLICT DO NOTHING), so an
-  accepted event is committed whole; PostgreSQL groups concurrent commits into shared WAL
-  flushes by itself.
+- Intake: group commit. The accepts that arrive while a batch is being written share the
+  next one: one multi-row statement (events + deliveries, ON CONFLICT DO NOTHING), one
+  transaction, one NOTIFY; each caller gets its own answer, and a batch that fails is
+  retried event by event so one bad event fails alone.
 - Leases: `FOR UPDATE SKIP LOCKED` in due order, with server time (now()), so workers on
   several hosts never take the same delivery and agree on what is due.
 - Wake-ups: accept and replay NOTIFY a channel named after the schema; each store keeps one
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -61,6 +62,7 @@ COMMAND_TIMEOUT = 60.0  # seconds for one statement
 LISTEN_CHECK = 10.0  # seconds between liveness checks of an idle LISTEN connection
 RECONNECT_MAX = 10.0  # seconds: the cap of the LISTEN reconnect backoff
 _NEVER = datetime.max.replace(tzinfo=UTC)  # sorts a (never expected) NULL due time last
+ACCEPT_BATCH = 500  # events of one intake statement, at most
 
 
 def redact(url: str) -> str:
@@ -113,6 +115,7 @@ class PostgresStore:
         self._listen_conn: asyncpg.Connection | None = None
         self._notify_task: asyncio.Task[None] | None = None
         self._notify_again = False
+        self._intake: _Intake | None = None
         self.version: int | None = None  # the schema version, once open
 
     def __repr__(self) -> str:
@@ -161,10 +164,14 @@ class PostgresStore:
         self._listener_task = asyncio.create_task(
             self._supervise_listener(), name=f"falhook-listen-{self.schema}"
         )
+        self._intake = _Intake(self._accept_batch)
         # No log line here: CLI commands open stores too, and their stdout is for --json.
         self.version = version
 
     async def close(self) -> None:
+        intake, self._intake = self._intake, None
+        if intake is not None:
+            await intake.flush()  # the accepts already queued are answered first
         if self._closing is not None:
             self._closing.set()
         task, self._listener_task = self._listener_task, None
@@ -299,11 +306,36 @@ class PostgresStore:
     # --- events ------------------------------------------------------------------------------
 
     async def accept(self, event: NewEvent) -> bool:
-        async with self._conn() as conn:
-            fresh = await conn.fetchval(q.ACCEPT, *_accept_args(event))
-        if fresh:
+        """Stored with the other events accepted meanwhile (group commit: _Intake)."""
+        if self._intake is None:
+            raise StoreUnavailable("the store is not open")
+        return await self._intake.accept(event)
+
+    async def _accept_batch(self, events: list[NewEvent]) -> list[bool | Exception]:
+        """Several events in one statement, one transaction, and one NOTIFY for them all."""
+        answers = await self._insert(events)
+        if any(a is True for a in answers):
             self._notify()
-        return bool(fresh)
+        return answers
+
+    async def _insert(self, events: list[NewEvent]) -> list[bool | Exception]:
+        """Whether each event was stored (False: it was there already). A batch that an
+        event's data fails is inserted event by event, so that event fails alone."""
+        try:
+            async with self._conn() as conn:
+                rows = await conn.fetch(q.ACCEPT_MANY, *_accept_many_args(events))
+        except Exception as exc:
+            if len(events) == 1 or not _about_the_data(exc):
+                raise
+            answers: list[bool | Exception] = []
+            for event in events:
+                try:
+                    answers.extend(await self._insert([event]))
+                except Exception as failed:
+                    answers.append(failed)
+            return answers
+        stored = {r[0] for r in rows}
+        return [e.request_id in stored for e in events]
 
     async def _read_events(self, sql: str, *params: Any) -> list[EventView]:
         async with self._conn() as conn, conn.transaction(isolation="repeatable_read"):
@@ -576,6 +608,95 @@ def _accept_args(event: NewEvent) -> tuple[Any, ...]:
         list(dict.fromkeys(event.sinks)),  # a sink named twice is one delivery
         event.trace_context,
     )
+
+
+def _accept_many_args(events: list[NewEvent]) -> list[list[Any]]:
+    """The arrays of q.ACCEPT_MANY: a row per event, then a row per delivery."""
+    columns: list[list[Any]] = [[] for _ in range(12)]
+    sinks: list[list[Any]] = [[], [], []]
+    for e in events:
+        row = (
+            e.request_id,
+            e.route,
+            e.fal_status,
+            e.error,
+            e.payload_error,
+            e.gateway_request_id,
+            q.as_utc(e.received_at),
+            _json_encode(e.headers),
+            e.body,
+            _json_encode(e.files),
+            e.source,
+            e.trace_context,
+        )
+        for column, value in zip(columns, row, strict=True):
+            column.append(value)
+        for position, sink in enumerate(dict.fromkeys(e.sinks), start=1):  # named twice: once
+            sinks[0].append(e.request_id)
+            sinks[1].append(sink)
+            sinks[2].append(position)
+    return [*columns, *sinks]
+
+
+class _Intake:
+    """Group commit for one receiver: the accepts that arrive while a batch is being
+    written share the next one (one statement, one transaction, one commit), each caller
+    answered on its own: stored, already there, or its error."""
+
+    def __init__(self, write: Callable[[list[NewEvent]], Awaitable[list[bool | Exception]]]):
+        self._write = write
+        self._waiting: list[tuple[NewEvent, asyncio.Future[bool]]] = []
+        self._writer: asyncio.Task[None] | None = None
+        self.batches = 0  # batches written (tests show that concurrent accepts share one)
+
+    async def accept(self, event: NewEvent) -> bool:
+        answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._waiting.append((event, answer))
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write_all(), name="falhook-intake")
+        return await answer
+
+    async def flush(self) -> None:
+        while self._writer is not None:
+            await asyncio.wait({self._writer})
+
+    async def _write_all(self) -> None:
+        try:
+            await asyncio.sleep(0)  # the accepts arriving on this turn of the loop join in
+            while self._waiting:
+                batch, self._waiting = self._waiting[:ACCEPT_BATCH], self._waiting[ACCEPT_BATCH:]
+                await self._write_batch(batch)
+        finally:
+            self._writer = None
+
+    async def _write_batch(self, batch: list[tuple[NewEvent, asyncio.Future[bool]]]) -> None:
+        # A request id twice in one batch: the first is written, the others are duplicates.
+        first: dict[str, int] = {}
+        for i, (event, _) in enumerate(batch):
+            first.setdefault(event.request_id, i)
+        unique = [batch[i][0] for i in first.values()]
+        self.batches += 1
+        try:
+            answers = await self._write(unique)
+        except Exception as exc:
+            answers = [exc] * len(unique)
+        stored = dict(zip(first.values(), answers, strict=True))
+        for i, (_, answer) in enumerate(batch):
+            result = stored.get(i, False)
+            if answer.done():  # the caller went away; its event was still written
+                continue
+            if isinstance(result, Exception):
+                answer.set_exception(result)
+            else:
+                answer.set_result(result)
+
+
+def _about_the_data(exc: Exception) -> bool:
+    """An error that some event of a batch caused (SQLSTATE classes 22: data exception, 23:
+    integrity), not one of the database itself."""
+    cause = exc.__cause__ if isinstance(exc, StoreUnavailable) else exc
+    state = getattr(cause, "sqlstate", None) or ""
+    return isinstance(cause, asyncpg.PostgresError) and state[:2] in ("22", "23")
 
 
 def _rowcount(status: str) -> int:

@@ -205,6 +205,33 @@ WITH ins AS (
 SELECT EXISTS (SELECT 1 FROM ins)
 """
 
+# Many events in one statement (intake's group commit): one row of the arrays $1-$12 per
+# event, and one row of $13-$15 per delivery. Request ids must be distinct within a call.
+# The request ids stored come back; the others were there already.
+ACCEPT_MANY = """
+WITH new AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                         $6::text[], $7::timestamptz[], $8::text[], $9::bytea[], $10::text[],
+                         $11::text[], $12::text[])
+        AS n (request_id, route, fal_status, error, payload_error, gateway_request_id,
+              received_at, headers, body, files, source, trace_context)
+), ins AS (
+    INSERT INTO events (request_id, route, fal_status, error, payload_error,
+                        gateway_request_id, received_at, headers, body, files, source,
+                        trace_context)
+    SELECT request_id, route, fal_status, error, payload_error, gateway_request_id,
+           received_at, headers::json, body, files::json, source, trace_context FROM new
+    ON CONFLICT (request_id) DO NOTHING
+    RETURNING request_id, received_at
+), d AS (
+    INSERT INTO deliveries (request_id, sink, position, state, next_attempt_at, updated_at)
+    SELECT ins.request_id, s.sink, s.position, 'pending', least(ins.received_at, now()), now()
+    FROM unnest($13::text[], $14::text[], $15::int[]) AS s (request_id, sink, position)
+    JOIN ins ON ins.request_id = s.request_id
+)
+SELECT request_id FROM ins
+"""
+
 # Due deliveries in due order; rows another worker is leasing right now are skipped, not
 # waited for, and the lock is re-checked against the newest row version, so a delivery is
 # never handed to two workers.
