@@ -62,7 +62,12 @@ def falhook_config(workdir: Path, jwks_url: str, **sections: dict[str, Any]) -> 
 
 
 def start(
-    args: list[str], *, log: Path, cpus: set[int] | None = None, cwd: Path | None = None
+    args: list[str],
+    *,
+    log: Path,
+    cpus: set[int] | None = None,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     with open(log, "ab") as fh:
         proc = subprocess.Popen(
@@ -70,7 +75,7 @@ def start(
             stdout=fh,
             stderr=fh,
             cwd=cwd or ROOT,
-            env={**os.environ, "FALHOOK_LOG_FORMAT": "json"},
+            env=env or {**os.environ, "FALHOOK_LOG_FORMAT": "json"},
         )
     if cpus:
         os.sched_setaffinity(proc.pid, cpus)

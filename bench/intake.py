@@ -167,11 +167,32 @@ def server_command(
         return serve_command(config, port, *(() if args.worker else ("--no-worker",))), (
             url + "/healthz"
         )
+    if kind == "baseline":  # `falhook serve` from another checkout (--baseline)
+        config = falhook_config(work, jwks_url)
+        return serve_command(config, port, "--no-worker"), url + "/healthz"
     (work / "data").mkdir(parents=True, exist_ok=True)
     os.environ["FALHOOK_BENCH_DB"] = str(work / "data" / "minimal.db")
     app = {"bare": "bench.bare_app:app", "minimal": "bench.minimal_app:app"}[kind]
     uvicorn = [sys.executable, "-m", "uvicorn", app, "--port", str(port)]
     return [*uvicorn, "--log-level", "warning", "--no-access-log"], url + "/"
+
+
+def baseline_env(checkout: str) -> dict[str, str]:
+    """The environment that runs another checkout's falhook with this interpreter: its two
+    source roots first on the path (ahead of this one's editable install)."""
+    root = Path(checkout).resolve()
+    path = f"{root / 'receiver'}:{root / 'handlers'}"
+    return {**os.environ, "PYTHONPATH": path, "FALHOOK_LOG_FORMAT": "json"}
+
+
+def profile(pid: int, out: str, duration: int) -> subprocess.Popen[bytes]:
+    """py-spy (pip install py-spy) sampling a server for most of a run, in raw form."""
+    return subprocess.Popen(
+        ["py-spy", "record", "-p", str(pid), "-d", str(max(1, duration - 1)), "-r", "200",
+         "-f", "raw", "-o", out, "--nonblocking"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
 
 
 def main() -> int:
@@ -187,6 +208,13 @@ def main() -> int:
         action="store_true",
         help="also a receiver that only verifies and inserts (bench/minimal_app.py)",
     )
+    ap.add_argument(
+        "--baseline",
+        help="a checkout of another falhook (a `git worktree` of main, say) served beside this"
+        " one, same run: `falhook serve --no-worker` with its receiver/ and handlers/ first",
+    )
+    ap.add_argument("--no-bare", action="store_true", help="leave out the bare app")
+    ap.add_argument("--profile", help="py-spy this falhook's server in each round, to FILE.N")
     ap.add_argument("--workdir", default="/tmp/falhook-bench-intake")
     args = ap.parse_args()
     if shutil.which("wrk") is None:
@@ -198,7 +226,12 @@ def main() -> int:
     jwks = JWKSServer()
     jwks.set_jwks(signer.jwks())
     jwks.start()
-    kinds = ["bare", "falhook", *(["minimal"] if args.minimal else [])]
+    kinds = [
+        *([] if args.no_bare else ["bare"]),
+        "falhook",
+        *(["minimal"] if args.minimal else []),
+        *(["baseline"] if args.baseline else []),
+    ]
     results: dict[str, list[dict[str, float]]] = {kind: [] for kind in kinds}
     os.environ["FALHOOK_BENCH_JWKS"] = jwks.url
     try:
@@ -210,13 +243,19 @@ def main() -> int:
                 write_requests(reqs, signer, args.requests if kind != "bare" else 20000)
                 shutil.rmtree(work / "data", ignore_errors=True)
                 cmd, health = server_command(kind, port, work, jwks.url, args)
-                server = start(cmd, log=work / f"{kind}.log", cpus=SERVER_CPU)
+                env = baseline_env(args.baseline) if kind == "baseline" else None
+                server = start(cmd, log=work / f"{kind}.log", cpus=SERVER_CPU, env=env)
+                spy = None
                 try:
                     wait_http(health)
+                    if args.profile and kind == "falhook":
+                        spy = profile(server.pid, f"{args.profile}.{rnd}", args.duration)
                     cpu_before = process_cpu(server.pid)
                     res = run_wrk(
                         f"http://127.0.0.1:{port}", reqs, args, work / f"wrk-{rnd}-{kind}.txt"
                     )
+                    if spy is not None:
+                        spy.wait(timeout=60)
                     res["cpu_us"] = (process_cpu(server.pid) - cpu_before) / res["completed"] * 1e6
                 finally:
                     stop(server)
@@ -230,15 +269,15 @@ def main() -> int:
                 )
     finally:
         jwks.stop()
-    for kind in kinds[1:]:
-        ratios = [k["rps"] / b["rps"] for b, k in zip(results["bare"], results[kind], strict=True)]
-        cpu = [
-            b["cpu_us"] / k["cpu_us"] for b, k in zip(results["bare"], results[kind], strict=True)
-        ]
+    pairs = [(k, "bare") for k in kinds if k != "bare" and "bare" in kinds]
+    pairs += [("falhook", k) for k in ("minimal", "baseline") if k in kinds]
+    for kind, base in pairs:
+        ratios = [k["rps"] / b["rps"] for b, k in zip(results[base], results[kind], strict=True)]
+        cpu = [b["cpu_us"] / k["cpu_us"] for b, k in zip(results[base], results[kind], strict=True)]
         print(
-            f"\n{kind} / bare throughput: median {median(ratios):.2f} "
+            f"\n{kind} / {base} throughput: median {median(ratios):.2f} "
             f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)}); "
-            f"bare's CPU per request / {kind}'s: median {median(cpu):.2f}"
+            f"{base}'s CPU per request / {kind}'s: median {median(cpu):.2f}"
         )
     for kind in kinds:
         rs = results[kind]

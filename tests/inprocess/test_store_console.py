@@ -20,6 +20,7 @@ from falhook.store.models import Change, ChangeMark, EventQuery, Finish, utcnow
 from falhook.store.roles import Store
 from falhook.store.sqlite import SQLiteStore
 from tests.inprocess.test_store import HOUR, event, lease_all, set_states, submission
+from tests.support.inprocess import wait_until
 from tests.support.stores import STORE_BACKENDS, open_backend
 
 
@@ -249,6 +250,45 @@ async def test_sqlite_a_version_4_file_is_indexed_for_search(tmp_path: Path) -> 
         await s.close()
     with closing(sqlite3.connect(path)) as check:
         assert check.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION
+
+
+def fts_hits(path: Path, word: str) -> list[int]:
+    with closing(sqlite3.connect(path)) as conn:
+        rows = conn.execute("SELECT rowid FROM events_fts WHERE events_fts MATCH ?", (word,))
+        return [r[0] for r in rows]
+
+
+async def test_sqlite_indexes_for_search_after_the_acknowledging_commit(tmp_path: Path) -> None:
+    """Search indexing is not part of the transaction that acknowledges fal: the writer
+    indexes on its own afterwards, a search catches up first, and an index left behind by
+    a crash is caught up when the store opens."""
+    path = tmp_path / "events.db"
+    s = SQLiteStore(path)
+    await s.open()
+    try:
+        first = made(body=body("req-1", {"prompt": "a red kite"}), request_id="req-1")
+        assert await s.accept(first)
+
+        async def indexed() -> bool:
+            return fts_hits(path, "kite") == [1]
+
+        await wait_until(indexed, timeout=10, what="the writer to index on its own")
+        second = made(body=body("req-2", {"prompt": "a green kite"}), request_id="req-2")
+        assert await s.accept(second)
+        assert sorted(await ids(s, q="kite")) == ["req-1", "req-2"]  # at once, whatever the writer
+    finally:
+        await s.close()
+    with closing(sqlite3.connect(path)) as conn:  # as a crash between commit and index leaves it
+        conn.execute("INSERT INTO events_fts (events_fts) VALUES ('delete-all')")
+        conn.execute("UPDATE search_index SET indexed_to = 0")
+        conn.commit()
+    s = SQLiteStore(path)
+    await s.open()
+    try:
+        await wait_until(lambda: asyncio.sleep(0, sorted(fts_hits(path, "kite")) == [1, 2]),
+                         timeout=10, what="the index caught up on open")  # fmt: skip
+    finally:
+        await s.close()
 
 
 async def test_changes_move_on_past_a_busy_window(store: Store, monkeypatch: Any) -> None:

@@ -32,6 +32,11 @@ write travels, in the order the code runs it:
    batch. A loop already closed is skipped; a future already done (its caller was
    cancelled) is left alone, the work having been done all the same. `_write` turns a
    `sqlite3.Error` into `StoreUnavailable`.
+6. **Search indexing, after** (`_index`): the FTS5 index is filled in the writer's own
+   transactions once the batch's callers are answered (when the queue is empty, or at least
+   every `INDEX_EVERY` under constant load), so acknowledging fal never waits for the
+   tokenizer; its mark moves in the same transaction, a search catches up before it reads,
+   and opening the store catches up what a crash left.
 
 Reads that change nothing (`_Readers`) run in a pool of `_READERS` threads, each with its own
 read-only connection and each call in one snapshot (``BEGIN`` ... rollback): WAL lets them run
@@ -82,6 +87,7 @@ from falhook.store.sqlite_schema import (
     SUBMISSION_STATE_SQL,
     connect,
     encode,
+    index_for_search,
     list_events_sql,
     load_events,
     load_submissions,
@@ -101,6 +107,10 @@ _BATCH_MAX = 512
 COMMIT_WAIT_MAX = 0.008  # seconds a commit waits for company, at most
 COMMIT_POLL = 0.0005  # seconds between looks at the queue
 _READERS = 2
+# Search indexing, after the commits that acknowledge fal: when the writer has nothing queued,
+# and under constant load at least this often; at most this many events a transaction.
+INDEX_EVERY = 0.25  # seconds
+INDEX_BATCH = 5000
 
 # Oldest due first: a retry's time, or an expired lease's expiry. Each state is read in index
 # order and cut at the limit before the merge, so a backlog of 100k due deliveries costs a
@@ -292,6 +302,8 @@ class _Writer(threading.Thread):
         self.ready = threading.Event()
         self.open_error: BaseException | None = None
         self.identity: FileIdentity | None = None
+        self.unindexed = True  # events may wait for the search index
+        self.indexed_at = 0.0
 
     def run(self) -> None:
         try:
@@ -304,10 +316,31 @@ class _Writer(threading.Thread):
             return
         self.ready.set()
         try:
+            self._index(conn)  # what a crash left unindexed
             while (batch := self._next_batch()) is not None:
                 self._answer(batch, self._run_batch(conn, batch))
+                if self.ops.empty() or time.monotonic() - self.indexed_at > INDEX_EVERY:
+                    self._index(conn)
         finally:
             conn.close()
+
+    def _index(self, conn: sqlite3.Connection) -> None:
+        """Index the new events for search, after their commit answered their callers: the
+        tokenizer's work stays out of the transactions that acknowledge fal, and runs in
+        batches of many events (fewer, larger index segments). Failing here loses nothing:
+        the next pass (or a search) catches up."""
+        self.indexed_at = time.monotonic()
+        if not self.unindexed:
+            return
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            index_for_search(conn, INDEX_BATCH)
+            conn.execute("COMMIT")
+        except sqlite3.Error:
+            with contextlib.suppress(sqlite3.Error):
+                conn.rollback()
+            return
+        self.unindexed = False
 
     def _next_batch(self) -> list[tuple[Op, asyncio.Future[Any]]] | None:
         first = self.ops.get()
@@ -350,6 +383,7 @@ class _Writer(threading.Thread):
             return [(None, StoreUnavailable(lost))] * len(batch)
         try:
             outcomes = self._transact(conn, [op for op, _ in batch])
+            self.unindexed = self.unindexed or any(isinstance(op, _Accept) for op, _ in batch)
         except BaseException as exc:  # whatever happens, every caller gets an answer
             if conn.in_transaction:
                 # A broken connection cannot roll back; the next BEGIN will say so.
@@ -689,15 +723,24 @@ class SQLiteStore:
             ids, next_cursor = reads.find_ids(c, query, limit, cursor)
             return EventPage(load_events(c, ids), next_cursor)
 
+        await self._searchable(query)
         return await self._read(op)
 
     async def find_ids(
         self, query: EventQuery, *, limit: int = 500, cursor: str | None = None
     ) -> tuple[list[str], str | None]:
+        await self._searchable(query)
         return await self._read(lambda c: reads.find_ids(c, query, limit, cursor))
 
     async def count_events(self, query: EventQuery) -> int:
+        await self._searchable(query)
         return await self._read(lambda c: reads.count_events(c, query))
+
+    async def _searchable(self, query: EventQuery) -> None:
+        """Before a search: every event accepted so far in the index (the writer indexes
+        after acknowledging, so the newest may not be yet)."""
+        if query.q:
+            await self._write(index_for_search)
 
     async def replay_many(
         self, request_ids: Sequence[str], sink: str | None = None, *, force: bool = False

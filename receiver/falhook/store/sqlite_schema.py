@@ -159,6 +159,14 @@ MIGRATIONS: list[tuple[str, ...]] = [
         # Searching delivery errors reads only the deliveries that have one.
         "CREATE INDEX deliveries_with_error ON deliveries (event_id) WHERE last_error IS NOT NULL",
     ),
+    (
+        # Search is indexed after the commit that acknowledges fal, not inside it: the writer
+        # catches up in transactions of its own (index_for_search), up to `indexed_to`, and a
+        # search catches up before it reads (docs/performance.md: intake).
+        "DROP TRIGGER events_fts_insert",
+        "CREATE TABLE search_index (indexed_to INTEGER NOT NULL)",
+        "INSERT INTO search_index (indexed_to) SELECT COALESCE(MAX(id), 0) FROM events",
+    ),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -207,6 +215,30 @@ def migrate(conn: sqlite3.Connection) -> int:
         conn.rollback()
         raise
     return SCHEMA_VERSION
+
+
+# --- search ------------------------------------------------------------------------------------
+
+
+def index_for_search(conn: sqlite3.Connection, limit: int | None = None) -> int:
+    """Index the events stored since the last time (up to `limit` of them) for search, in
+    the caller's transaction; how many were indexed. The mark moves in the same
+    transaction, so a crash loses nothing and indexes nothing twice."""
+    (done,) = conn.execute("SELECT indexed_to FROM search_index").fetchone()
+    (last, count) = conn.execute(
+        "SELECT MAX(id), COUNT(*) FROM (SELECT id FROM events WHERE id > ? ORDER BY id LIMIT ?)",
+        (done, -1 if limit is None else limit),
+    ).fetchone()
+    if not count:
+        return 0
+    conn.execute(
+        "INSERT INTO events_fts (rowid, request_id, body)"
+        " SELECT id, request_id, substr(CAST(body AS TEXT), 1, 65536) FROM events"
+        " WHERE id > ? AND id <= ? ORDER BY id",
+        (done, last),
+    )
+    conn.execute("UPDATE search_index SET indexed_to = ?", (last,))
+    return int(count)
 
 
 # --- time --------------------------------------------------------------------------------------
