@@ -2,9 +2,10 @@
 own client publishing the same messages in a loop with the same guarantee, same run.
 
 falhook:  N small events (no files) accepted into a SQLite store, then one Worker (the real
-          delivery loop, at each [delivery].concurrency of --concurrency: 8 is the default)
-          delivers them to the sink: events/s from the worker's start to the last delivery
-          recorded (lease, sink, record: all of it).
+          delivery loop, with the default [delivery] settings, and at each [delivery].concurrency
+          of --concurrency) delivers them to the sink: events/s from the worker's start to the
+          last delivery recorded (lease, sink, record: all of it). The sink's client is
+          connected by a first event before the clock starts, as the bare client is.
 sink:     the sink alone: its deliver() called for each event one after another, without
           worker or store (what the sink adds to the broker's client).
 noop:     control: the same worker delivering the same events to a sink that does nothing
@@ -13,13 +14,16 @@ bare:     the same N event documents published by the broker's own client, one a
           another, each waiting for the same guarantee the sink waits for: Redis XADD's reply,
           RabbitMQ's publisher confirm (persistent, mandatory), JetStream's ack (with
           Nats-Msg-Id), SQS SendMessage's answer (boto3).
+pipelined: the same client with 100 messages per round trip (SQS: SendMessageBatch of 10, its
+          most): a Redis pipeline of XADDs, 100 JetStream publishes with their acks gathered,
+          100 RabbitMQ publishes with their confirms awaited together.
 
 Brokers: the machine's Redis (6379), RabbitMQ (5672), NATS JetStream (4222); SQS is moto's
 server, started here as a subprocess. Rounds interleave the sides, rotating which goes
 first; each run gets a fresh stream, queue or subject, removed afterwards. Nothing is pinned.
 
     .venv/bin/python bench/queue_sinks.py [--events 2000] [--sqs-events 500] [--rounds 3]
-        [--brokers redis,amqp,nats,sqs] [--concurrency 8,32]
+        [--brokers redis,amqp,nats,sqs] [--concurrency default,64]
 """
 
 from __future__ import annotations
@@ -95,24 +99,27 @@ async def noop(ctx: Any) -> None:
 
 
 async def falhook_run(
-    sink: dict[str, Any], hooks: list[tuple[str, bytes]], work: Path, concurrency: int = 8
+    sink: dict[str, Any], hooks: list[tuple[str, bytes]], work: Path, concurrency: int | None
 ) -> float:
+    """One worker delivering `hooks` (concurrency None: the default settings)."""
+    delivery: dict[str, Any] = {"poll_interval": 0.05}
+    if concurrency is not None:
+        delivery["concurrency"] = concurrency
     config = {
         "store": {"url": f"sqlite:///{work}/events.db"},
         "downloads": {"spool_dir": str(work / "spool")},
-        "delivery": {"poll_interval": 0.05, "concurrency": concurrency},
+        "delivery": delivery,
         "sinks": {"queue": sink},
         "routes": {ROUTE: {"sinks": ["queue"]}},
     }
     rt = Runtime(settings_from_dict(config, base_dir=work), worker="on_demand")
     await rt.start()
     try:
-        for _, body in hooks:
-            event = new_event(
-                parse_envelope(body), route=ROUTE, sinks=["queue"], body=body, headers={}
-            )
-            await rt.store.accept(event)
         assert rt.worker is not None
+        warm, *rest = hooks
+        await accept(rt, [warm])
+        await rt.worker.run_once()  # the sink's client connects before the clock starts
+        await accept(rt, rest)
         stop = asyncio.Event()
         started = time.perf_counter()
         loop = asyncio.create_task(rt.worker.run(stop))
@@ -120,13 +127,19 @@ async def falhook_run(
         while (await rt.store.counts()).get("delivered", 0) < len(hooks):
             if time.perf_counter() > deadline or loop.done():
                 raise RuntimeError(f"falhook did not deliver: {await rt.store.counts()}")
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.02)
         seconds = time.perf_counter() - started
         stop.set()
         await loop
-        return len(hooks) / seconds
+        return len(rest) / seconds
     finally:
         await rt.close()
+
+
+async def accept(rt: Runtime, hooks: list[tuple[str, bytes]]) -> None:
+    for _, body in hooks:
+        event = new_event(parse_envelope(body), route=ROUTE, sinks=["queue"], body=body, headers={})
+        await rt.store.accept(event)
 
 
 async def sink_alone(broker: Broker, hooks: list[tuple[str, bytes]]) -> float:
@@ -206,20 +219,117 @@ async def bare_sqs(broker: SqsBroker, messages: list[tuple[str, bytes]]) -> floa
     return len(messages) / (time.perf_counter() - started)
 
 
-BARE: dict[str, Callable[[Any, list[tuple[str, bytes]]], Awaitable[float]]] = {
+PER_TRIP = 100  # messages per round trip of the pipelined clients (SQS: 10, its most)
+
+
+def trips(messages: list[tuple[str, bytes]], size: int = PER_TRIP) -> list[list[tuple[str, bytes]]]:
+    return [messages[i : i + size] for i in range(0, len(messages), size)]
+
+
+async def piped_redis(broker: RedisBroker, messages: list[tuple[str, bytes]]) -> float:
+    from redis.asyncio import Redis
+
+    async with Redis(port=broker.port) as r:
+        started = time.perf_counter()
+        for trip in trips(messages):
+            pipe = r.pipeline(transaction=False)
+            for rid, body in trip:
+                pipe.xadd(broker.stream, {"request_id": rid, "route": ROUTE, "event": body})
+            await pipe.execute()
+        return len(messages) / (time.perf_counter() - started)
+
+
+async def piped_amqp(broker: AmqpBroker, messages: list[tuple[str, bytes]]) -> float:
+    import aio_pika
+
+    async with await aio_pika.connect(AMQP_URL.format(port=broker.port)) as conn:
+        channel = await conn.channel(publisher_confirms=True, on_return_raises=True)
+        started = time.perf_counter()
+        for trip in trips(messages):
+            await asyncio.gather(
+                *(
+                    channel.default_exchange.publish(
+                        aio_pika.Message(
+                            body,
+                            content_type="application/json",
+                            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                            message_id=rid,
+                            headers={"request_id": rid, "route": ROUTE},
+                        ),
+                        broker.queue,
+                        mandatory=True,
+                    )
+                    for rid, body in trip
+                )
+            )
+        return len(messages) / (time.perf_counter() - started)
+
+
+async def piped_nats(broker: NatsBroker, messages: list[tuple[str, bytes]]) -> float:
+    import nats
+
+    nc = await nats.connect(f"nats://127.0.0.1:{broker.port}")
+    try:
+        js = nc.jetstream()
+        subject = f"{broker.prefix}.{ROUTE}"
+        started = time.perf_counter()
+        for trip in trips(messages):
+            acks = [
+                await js.publish_async(
+                    subject, body, headers={"Nats-Msg-Id": rid, "request_id": rid}
+                )
+                for rid, body in trip
+            ]
+            await asyncio.gather(*acks)
+        return len(messages) / (time.perf_counter() - started)
+    finally:
+        await nc.close()
+
+
+async def piped_sqs(broker: SqsBroker, messages: list[tuple[str, bytes]]) -> float:
+    client = broker.client()
+    started = time.perf_counter()
+    for trip in trips(messages, 10):
+        client.send_message_batch(
+            QueueUrl=broker.queue_url,
+            Entries=[
+                {
+                    "Id": str(i),
+                    "MessageBody": body.decode(),
+                    "MessageAttributes": {
+                        "request_id": {"DataType": "String", "StringValue": rid},
+                        "route": {"DataType": "String", "StringValue": ROUTE},
+                    },
+                }
+                for i, (rid, body) in enumerate(trip)
+            ],
+        )
+    return len(messages) / (time.perf_counter() - started)
+
+
+Client = Callable[[Any, list[tuple[str, bytes]]], Awaitable[float]]
+BARE: dict[str, Client] = {
     "redis": bare_redis,
     "amqp": bare_amqp,
     "nats": bare_nats,
     "sqs": bare_sqs,
+}
+PIPED: dict[str, Client] = {
+    "redis": piped_redis,
+    "amqp": piped_amqp,
+    "nats": piped_nats,
+    "sqs": piped_sqs,
 }
 
 
 # --- the rounds ------------------------------------------------------------------------------
 
 
-def sides(concurrencies: list[int]) -> list[str]:
-    """bare, sink, and falhook@C / noop@C for each worker concurrency C."""
-    return ["bare", "sink"] + [f"{w}@{c}" for c in concurrencies for w in ("falhook", "noop")]
+def sides(concurrencies: list[str]) -> list[str]:
+    """bare, pipelined, sink, and falhook@C / noop@C for each worker concurrency C."""
+    return ["bare", "piped", "sink"] + [
+        f"{w}@{c}" for c in concurrencies for w in ("falhook", "noop")
+    ]
 
 
 async def one_side(kind: str, side: str, n: int, moto_url: str | None, tmp: Path) -> float:
@@ -227,14 +337,17 @@ async def one_side(kind: str, side: str, n: int, moto_url: str | None, tmp: Path
     await broker.setup()
     try:
         hooks = events(n)
-        if side == "bare":
-            return await BARE[kind](broker, [(rid, document(rid, body)) for rid, body in hooks])
+        if side in ("bare", "piped"):
+            client = (BARE if side == "bare" else PIPED)[kind]
+            return await client(broker, [(rid, document(rid, body)) for rid, body in hooks])
         if side == "sink":
             return await sink_alone(broker, hooks)
         work = Path(tempfile.mkdtemp(dir=tmp))
         who, _, concurrency = side.partition("@")
         sink = broker.options() if who == "falhook" else NOOP
-        return await falhook_run(sink, hooks, work, int(concurrency))
+        return await falhook_run(
+            sink, hooks, work, None if concurrency == "default" else int(concurrency)
+        )
     finally:
         await broker.teardown()
 
@@ -256,7 +369,7 @@ async def main_async(args: argparse.Namespace) -> None:
 async def report(
     kind: str, n: int, args: argparse.Namespace, moto_url: str | None, tmp: Path
 ) -> None:
-    concurrencies = [int(c) for c in args.concurrency.split(",") if c]
+    concurrencies = [c for c in args.concurrency.split(",") if c]
     all_sides = sides(concurrencies)
     rates: dict[str, list[float]] = {side: [] for side in all_sides}
     for r in range(args.rounds):
@@ -273,13 +386,14 @@ async def report(
 
     lines = [
         f"{kind}, {n} events x {args.rounds} rounds (per second):",
-        f"  bare {figures('bare')} | sink alone {figures('sink')}"
+        f"  bare {figures('bare')} | pipelined {figures('piped')} | sink alone {figures('sink')}"
         f" | sink alone/bare {ratios('sink', 'bare')}",
     ]
     for c in concurrencies:
         lines.append(
             f"  concurrency {c}: falhook worker {figures(f'falhook@{c}')} | worker with a no-op"
             f" sink {figures(f'noop@{c}')} | falhook/bare {ratios(f'falhook@{c}', 'bare')};"
+            f" falhook/pipelined {ratios(f'falhook@{c}', 'piped')};"
             f" falhook/no-op worker {ratios(f'falhook@{c}', f'noop@{c}')}"
         )
     print("\n".join(lines), flush=True)
@@ -292,7 +406,9 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--brokers", default="redis,amqp,nats,sqs")
     ap.add_argument(
-        "--concurrency", default="8,32", help="the worker's [delivery].concurrency, each in turn"
+        "--concurrency",
+        default="default,64",
+        help="the worker's [delivery].concurrency, each in turn (default: the default settings)",
     )
     args = ap.parse_args()
     # As `falhook worker` logs: JSON lines on stderr (sent to a file or /dev/null by the caller).

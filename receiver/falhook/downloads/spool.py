@@ -145,10 +145,19 @@ class _Hasher:
         self._digest = hashlib.sha256()
         self._free = free
         self._queue: queue.Queue[Any] = queue.Queue()  # never longer than BUFFERS
-        self._thread = threading.Thread(target=self._run, name="falhook-hash", daemon=True)
-        self._thread.start()
+        # The thread starts with the second buffer: a file of one buffer (most images and
+        # documents) is hashed where it was read, without a thread's start and join.
+        self._first: tuple[bytearray, int] | None = None
+        self._thread: threading.Thread | None = None
 
     def update(self, buffer: bytearray, length: int) -> None:
+        if self._thread is None:
+            if self._first is None:
+                self._first = (buffer, length)
+                return
+            self._thread = threading.Thread(target=self._run, name="falhook-hash", daemon=True)
+            self._thread.start()
+            self._queue.put(self._first)
         self._queue.put((buffer, length))
 
     def hexdigest(self) -> str:
@@ -156,18 +165,24 @@ class _Hasher:
         return self._digest.hexdigest()
 
     def close(self) -> None:
-        if self._thread.is_alive():
+        if self._thread is None:
+            if self._first is not None:
+                self._hash(*self._first)
+                self._first = None
+        elif self._thread.is_alive():
             self._queue.put(self._DONE)
             self._thread.join()
+
+    def _hash(self, buffer: bytearray, length: int) -> None:
+        self._digest.update(memoryview(buffer)[:length])  # releases the GIL when large
+        self._free.put(buffer)
 
     def _run(self) -> None:
         while True:
             item = self._queue.get()
             if item is self._DONE:
                 return
-            buffer, length = item
-            self._digest.update(memoryview(buffer)[:length])  # releases the GIL when large
-            self._free.put(buffer)
+            self._hash(*item)
 
 
 class SpoolError(Exception):
@@ -199,8 +214,7 @@ class SpoolWriter:
         self._write_behind = write_behind
         self.size = 0
         self._free: queue.Queue[bytearray] = queue.Queue()
-        for _ in range(BUFFERS):
-            self._free.put(bytearray(CHUNK))
+        self._buffers = 0  # made so far, up to BUFFERS (a small file needs one)
         self._hasher = _Hasher(self._free)
         self._current: bytearray | None = None
         self._fill = 0  # bytes in the current buffer (add() gathers small pieces)
@@ -213,6 +227,9 @@ class SpoolWriter:
         """Room to read into: the rest of the current buffer (a fresh one when it is full).
         Waits while the hasher holds every buffer, which bounds how far reading runs ahead."""
         if self._current is None:
+            if self._free.empty() and self._buffers < BUFFERS:
+                self._buffers += 1
+                self._free.put(bytearray(CHUNK))
             self._current = self._free.get()
             self._fill = 0
         return memoryview(self._current)[self._fill :]
