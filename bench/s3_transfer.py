@@ -66,7 +66,7 @@ def delivered(log: Path, rid: str, since: int, deadline: float) -> int:
 
     Read from the log, not asked of the S3 server: a HEAD every few milliseconds took CPU
     from moto (the bottleneck of both contenders) only while falhook's upload ran."""
-    needle = f'"request_id":"{rid}"'.encode()
+    needle = f'"{rid}"'.encode()  # in the `deliveries recorded` line, or a failure's own
     pos = since
     pending = b""
     while time.monotonic() < deadline:
@@ -76,7 +76,7 @@ def delivered(log: Path, rid: str, since: int, deadline: float) -> int:
         pos += len(chunk)
         *lines, pending = (pending + chunk).split(b"\n")
         for line in lines:
-            if needle in line and b'"delivery delivered"' in line:
+            if needle in line and b'"deliveries recorded"' in line:
                 return pos
             if needle in line and b'"delivery dead"' in line:
                 raise RuntimeError(f"delivery failed: {line.decode()[:500]}")
