@@ -105,3 +105,26 @@ async def test_the_s3_sink_that_streamed_a_video_also_stores_its_poster(
     assert set(marker["objects"]) == {"video", "video.poster"}
     poster = s3.get_object(Bucket=BUCKET, Key=prefix + "clip.poster.jpg")["Body"].read()
     assert poster[:3] == b"\xff\xd8\xff"
+
+
+def test_a_file_that_only_claims_to_be_a_video_is_told_by_its_first_bytes(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """Random bytes named .mp4 (fal's URLs before anyone looked) never reach FFmpeg: a read
+    of their first bytes says they are no container it could read."""
+    import os
+
+    real, webm = tmp_path / "real.mp4", tmp_path / "w.webm"
+    real.write_bytes(tiny_mp4(seconds=0.5))
+    webm.write_bytes(b"\x1aE\xdf\xa3" + os.urandom(64))
+    fake = local_file(tmp_path / "f", "video", "fake.mp4", os.urandom(64 * 1024), "video/mp4")
+    assert media.looks_like_video(real) and media.looks_like_video(webm)
+    assert fake.local_path is not None and not media.looks_like_video(fake.local_path)
+
+    def never(path: Path) -> Any:
+        raise AssertionError(f"probed {path}")
+
+    monkeypatch.setattr(media, "probe", never)
+    files = [fake]
+    assert media.worth_probing(files) is False
+    assert media.enrich(files, tmp_path) == files

@@ -3,9 +3,9 @@ the record. ``JobRun.run`` is the whole life of a job, read from top to bottom:
 
     decide what needs no sink call (filters, missing prerequisites, no attempts left)
       ─▶ the event's files: kept in the spool or downloaded once (streaming sinks start now)
-      ─▶ the sinks in waves by `after`          (posters, made beside them, reach the sinks
-      ─▶ record every outcome in the store        that show them, and are added to those
-      ─▶ only then: logs, metrics, the spool      that store files)
+      ─▶ the sinks in waves by `after`          (posters are made after the sinks that
+      ─▶ record every outcome in the store        need none, or before a sink that shows
+      ─▶ only then: logs, metrics, the spool      them, and added to those that stored files)
 
 Every attempt (delivery/attempt.py) ends decided and recorded, or, when the worker shuts down
 mid-job, handed back uncounted; a job that breaks records its cause instead of leaving a lease
@@ -92,7 +92,7 @@ class JobRun:
         self.spool = EventSpool(parts.spool, job.event.request_id)
         self.files: list[LocalFile] = []
         self.files_changed = False  # the downloads told us sizes and digests to record
-        self.posters: asyncio.Task[list[LocalFile]] | None = None  # falhook[media], running
+        self.posters_due = False  # videos to probe and make posters of (falhook[media])
         self.unposted: set[str] = set()  # sinks that stored the files before the posters
         self.streams: dict[str, asyncio.Task[bool]] = {}
         self.recording = False  # the outcomes went to the recorder: nothing to give back
@@ -146,7 +146,7 @@ class JobRun:
         else:
             if any(f.local_path is not None for f in self.files):
                 self._note_downloads()
-                self.posters = media.start(self.files, self.spool.folder)  # beside the sinks
+                self.posters_due = media.worth_probing(self.files)
             self.unposted.update(await self._settle_streams())
         info = await off_loop(self.big, event_info, self.event, stored)
 
@@ -273,14 +273,16 @@ class JobRun:
             self.files_changed = True
 
     async def _add_posters(self, info: EventInfo, stored: StoredEvent) -> EventInfo:
-        """Once the posters exist (falhook[media]): the files gain them and the videos'
-        facts, and the sinks that stored the files before then are called once more with all
-        of them (their writes are idempotent). The event as sinks see it, updated."""
-        if self.posters is None:
+        """Make the posters (falhook[media]), not before they are needed: the files gain them
+        and the videos' facts, and the sinks that stored the files before then are called
+        once more with all of them (their writes are idempotent). Made after the sinks that
+        need none, so probing a video never competes with their work. The event as sinks see
+        it, updated."""
+        if not self.posters_due:
             return info
-        task, self.posters = self.posters, None
+        self.posters_due = False
         try:
-            files = await task
+            files = await media.enrich_in_thread(self.files, self.spool.folder)
         except Exception as exc:  # the files go out as they are, as without falhook[media]
             log.warning("video facts failed", error=f"{type(exc).__name__}: {exc}")
             return info
@@ -308,8 +310,8 @@ class JobRun:
             if delivered:
                 self.outputs[s] = self.attempts[s].output or {}
                 sink = self.parts.sinks[s]
-                if self.posters is not None and (sink.keeps_files or sink.streams_files):
-                    self.unposted.add(s)  # stored the files; the posters are still coming
+                if self.posters_due and (sink.keeps_files or sink.streams_files):
+                    self.unposted.add(s)  # stored the files; the posters are still to come
 
     async def _call(
         self,
@@ -482,8 +484,6 @@ class JobRun:
         """Keep the event's files for its later attempts while a delivery that reads files
         is left to do; remove them once none is (unlinking 1 GiB takes a while: in a
         thread). `last`: no other job here uses the folder."""
-        if self.posters is not None:  # a poster may still be written there: let it end
-            await _ended(self.posters)
         if not last:
             return
         sinks = self.parts.sinks
@@ -497,13 +497,6 @@ class JobRun:
         # than a thread's hand-off, which waits for the GIL behind the loop's own work.
         if done and self.event.files and os.path.lexists(self.spool.folder):  # noqa: ASYNC240
             await asyncio.to_thread(self.spool.remove)
-
-
-async def _ended(task: asyncio.Future[Any]) -> None:
-    """Wait for a task to end, whatever its result (which someone else handles)."""
-    await asyncio.wait({task})
-    if not task.cancelled():
-        task.exception()  # retrieved: its failure was logged where it happened
 
 
 def event_info(event: EventView, stored: StoredEvent) -> EventInfo:

@@ -5,11 +5,11 @@ files as `<path>.poster` (`"poster_of": <path>`): the disk sink writes it, the S
 stores it, and Slack previews it from there. Without the extra, or for a file FFmpeg cannot
 read, nothing is added and delivery goes on as before.
 
-They are made in a thread beside the sinks (`start`), never before them: probing a video
-and decoding its first frame takes tens of milliseconds that no sink should wait for unless
-it shows the poster. A file that only claims to be a video (its type or name) is looked at
-first by its container's signature, a read of a few bytes, and one that is not a container
-FFmpeg could read is never handed to it.
+They are made in a thread after the sinks that need none (delivery/job.py), never before
+them: probing a video and decoding its first frame takes tens of milliseconds that no sink
+should wait for, or compete with, unless it shows the poster. A file that only claims to be
+a video (its type or name) is looked at first by its container's signature, a read of a few
+bytes, and one that is not a container FFmpeg could read is never handed to it.
 """
 
 from __future__ import annotations
@@ -43,15 +43,18 @@ def is_video(file: LocalFile) -> bool:
     return kind.startswith("video/") or file.name.lower().endswith(VIDEO_SUFFIXES)
 
 
-def start(files: list[LocalFile], spool_dir: Path) -> asyncio.Task[list[LocalFile]] | None:
-    """The files with each video's facts and its poster after it, made in a thread; None
-    when there is nothing to make (no video, or no falhook[media]). A file just downloaded
-    is in the page cache: reading its first bytes here costs less than a thread's hand-off."""
+def worth_probing(files: list[LocalFile]) -> bool:
+    """Whether a downloaded file is a video worth handing to FFmpeg (and falhook[media] is
+    installed). A file just downloaded is in the page cache: reading its first bytes here
+    costs less than a thread's hand-off."""
     if not available():
-        return None
-    if not any(f.local_path and _candidate(f) and looks_like_video(f.local_path) for f in files):
-        return None
-    return asyncio.create_task(asyncio.to_thread(enrich, files, spool_dir), name="falhook-media")
+        return False
+    return any(f.local_path and _candidate(f) and looks_like_video(f.local_path) for f in files)
+
+
+async def enrich_in_thread(files: list[LocalFile], spool_dir: Path) -> list[LocalFile]:
+    """`enrich`, in a thread."""
+    return await asyncio.to_thread(enrich, files, spool_dir)
 
 
 # Container signatures (offset, bytes) of what FFmpeg reads as video: ISO BMFF (mp4, mov,
