@@ -29,6 +29,7 @@ import msgspec
 from falhook.logs import get_logger
 from falhook.store import postgres_reads as reads
 from falhook.store import postgres_schema as q
+from falhook.store.dialect import POSTGRES, SUBMISSION_STATE_SQL, accept_row, accepted_sinks
 from falhook.store.models import (
     FINISHED_STATE,
     Change,
@@ -48,6 +49,7 @@ from falhook.store.models import (
     logs_attempt,
     utcnow,
 )
+from falhook.store.wakeups import WorkSignal
 
 log = get_logger("falhook.store.postgres")
 
@@ -109,7 +111,7 @@ class PostgresStore:
         self.min_pool = min_pool
         self.max_pool = max_pool
         self._pool: asyncpg.Pool | None = None
-        self._wake: asyncio.Event | None = None
+        self._wake = WorkSignal()
         self._closing: asyncio.Event | None = None
         self._listener_task: asyncio.Task[None] | None = None
         self._listen_conn: asyncpg.Connection | None = None
@@ -135,7 +137,7 @@ class PostgresStore:
         )
 
     async def open(self) -> None:
-        self._wake = asyncio.Event()
+        self._wake.open()
         self._closing = asyncio.Event()
         try:
             conn = await self._connect()
@@ -224,8 +226,7 @@ class PostgresStore:
         return conn
 
     def _on_notification(self, *_: Any) -> None:
-        if self._wake is not None:
-            self._wake.set()
+        self._wake.set()
 
     def listener_pid(self) -> int | None:
         """The server process id of the LISTEN connection (None while reconnecting)."""
@@ -292,16 +293,7 @@ class PostgresStore:
             self._notify_again = False
 
     async def wait_for_work(self, max_wait: float) -> None:
-        wake = self._wake
-        if wake is None:
-            await asyncio.sleep(max_wait)
-            return
-        try:
-            await asyncio.wait_for(wake.wait(), max_wait)
-        except TimeoutError:
-            pass
-        finally:
-            wake.clear()
+        await self._wake.wait(max_wait)
 
     # --- events ------------------------------------------------------------------------------
 
@@ -428,10 +420,14 @@ class PostgresStore:
                 async with conn.transaction():  # the alerts of what held: both, or neither
                     rows = await conn.fetch(q.FINISH_MANY, *args)
                     done = {(r["request_id"], r["sink"]) for r in rows}
-                    for result in alerts:
-                        if (result.request_id, result.sink) in done:
-                            for alert in result.alerts:
-                                await conn.fetchval(q.ACCEPT, *_accept_args(alert))
+                    raised = [
+                        alert
+                        for result in alerts
+                        if (result.request_id, result.sink) in done
+                        for alert in result.alerts
+                    ]
+                    if raised:
+                        await conn.fetch(q.ACCEPT_MANY, *_accept_many_args(raised))
         done = {(r["request_id"], r["sink"]) for r in rows}
         held = [(r.request_id, r.sink) in done for r in results]
         if any(ok and r.alerts for ok, r in zip(held, results, strict=True)):
@@ -531,7 +527,7 @@ class PostgresStore:
     ) -> list[SubmissionView]:
         where, params = "true", []
         if state is not None:
-            where, params = f"({q.SUBMISSION_STATE_SQL}) = $1", [state]
+            where, params = f"({SUBMISSION_STATE_SQL}) = $1", [state]
         async with self._conn() as conn:
             return await q.load_submissions(conn, where, params, limit)
 
@@ -591,47 +587,14 @@ def _finish_many_args(
     return [*columns, list(files), [_json_encode(f) for f in files.values()]]
 
 
-def _accept_args(event: NewEvent) -> tuple[Any, ...]:
-    """The parameters of q.ACCEPT for this event."""
-    return (
-        event.request_id,
-        event.route,
-        event.fal_status,
-        event.error,
-        event.payload_error,
-        event.gateway_request_id,
-        q.as_utc(event.received_at),
-        event.headers,
-        event.body,
-        event.files,
-        event.source,
-        list(dict.fromkeys(event.sinks)),  # a sink named twice is one delivery
-        event.trace_context,
-    )
-
-
 def _accept_many_args(events: list[NewEvent]) -> list[list[Any]]:
     """The arrays of q.ACCEPT_MANY: a row per event, then a row per delivery."""
     columns: list[list[Any]] = [[] for _ in range(12)]
     sinks: list[list[Any]] = [[], [], []]
     for e in events:
-        row = (
-            e.request_id,
-            e.route,
-            e.fal_status,
-            e.error,
-            e.payload_error,
-            e.gateway_request_id,
-            q.as_utc(e.received_at),
-            _json_encode(e.headers),
-            e.body,
-            _json_encode(e.files),
-            e.source,
-            e.trace_context,
-        )
-        for column, value in zip(columns, row, strict=True):
+        for column, value in zip(columns, accept_row(POSTGRES, e), strict=True):
             column.append(value)
-        for position, sink in enumerate(dict.fromkeys(e.sinks), start=1):  # named twice: once
+        for position, sink in enumerate(accepted_sinks(e), start=1):
             sinks[0].append(e.request_id)
             sinks[1].append(sink)
             sinks[2].append(position)

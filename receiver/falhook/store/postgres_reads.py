@@ -16,7 +16,9 @@ from typing import Any
 
 import asyncpg
 
+from falhook.store import dialect
 from falhook.store.changes import ACCEPTED, LIMIT, OVERLAP, delivery_changes
+from falhook.store.dialect import POSTGRES, Params
 from falhook.store.models import Change, ChangeMark, DeadGroup, DeliveryStats, EventQuery
 from falhook.store.paging import (
     InvalidCursor,
@@ -25,50 +27,19 @@ from falhook.store.paging import (
     like_pattern,
     search_terms,
 )
-from falhook.store.postgres_schema import as_utc, state_where
+from falhook.store.postgres_schema import as_utc
 
 
-class _Params:
-    """Numbered placeholders ($1, $2, ...) for the values of a statement being built."""
-
-    def __init__(self) -> None:
-        self.values: list[Any] = []
-
-    def __call__(self, value: Any) -> str:
-        self.values.append(value)
-        return f"${len(self.values)}"
-
-
-def query_where(query: EventQuery, p: _Params, errors: list[str] | None = None) -> list[str]:
+def query_where(query: EventQuery, p: Params, errors: list[str] | None = None) -> list[str]:
     """The conditions of every filter; `errors`: the request ids whose deliveries' errors
     match the search (read first, by _error_matches)."""
-    where: list[str] = []
-    for column, value in (("e.route", query.route), ("e.fal_status", query.fal_status)):
-        if value is not None:
-            where.append(f"{column} = {p(value)}")
-    if query.endpoint is not None:
-        endpoint = p(query.endpoint)
-        submitted = f"SELECT request_id FROM submissions WHERE endpoint = {endpoint}"
-        where.append(f"e.request_id IN ({submitted})")
-    if query.request_ids is not None:
-        where.append(f"e.request_id = ANY({p(list(query.request_ids))}::text[])")
-    if query.since is not None:
-        where.append(f"e.received_at >= {p(as_utc(query.since))}")
-    if query.until is not None:
-        where.append(f"e.received_at < {p(as_utc(query.until))}")
-    if query.state is not None:
-        clause, extra = state_where(query.state, len(p.values) + 1)
-        where.append(clause)
-        p.values.extend(extra)
-    if query.q:
-        where.append(_search(query.q, p, errors or []))
-    return where
+    return dialect.query_where(POSTGRES, query, p, lambda q, p: _search(q, p, errors or []))
 
 
 ERROR_MATCHES_MAX = 10000  # events found by their deliveries' errors, at most
 
 
-def _search(q: str, p: _Params, errors: list[str]) -> str:
+def _search(q: str, p: Params, errors: list[str]) -> str:
     """One condition on the event's own row, so the planner picks by the words' frequency:
     for a common word, walking the newest events stops after a page of matches; for a rare
     one, the GIN and primary-key indexes find the few rows."""
@@ -110,7 +81,7 @@ async def _fetch(c: asyncpg.Connection, sql: str, values: list[Any], searched: b
 async def find_ids(
     c: asyncpg.Connection, query: EventQuery, limit: int, cursor: str | None
 ) -> tuple[list[str], str | None]:
-    p = _Params()
+    p = POSTGRES.params()
     where = query_where(query, p, await _error_matches(c, query))
     if cursor is not None:
         at, rid = decode_cursor(cursor, 2)
@@ -136,7 +107,7 @@ async def find_ids(
 
 
 async def count_events(c: asyncpg.Connection, query: EventQuery) -> int:
-    p = _Params()
+    p = POSTGRES.params()
     where = query_where(query, p, await _error_matches(c, query))
     sql = f"SELECT count(*) FROM events e WHERE {' AND '.join(where) or 'true'}"
     [row] = await _fetch(c, sql, p.values, bool(query.q))

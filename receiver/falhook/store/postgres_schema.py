@@ -9,20 +9,24 @@ Times are timestamptz; JSON columns are `json` (kept as written, key order inclu
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import asyncpg
 
 from falhook.config import PG_SCHEMA_NAME
-from falhook.store.models import (
-    LEASE_EXPIRED,
-    AttemptView,
-    DeliveryView,
-    EventView,
-    SubmissionView,
+from falhook.store.dialect import (
+    ATTEMPT_COLUMNS,
+    DELIVERY_COLUMNS,
+    EVENT_COLUMNS,
+    POSTGRES,
+    SUBMISSION_COLUMNS,
+    attempt_view,
+    delivery_view,
+    event_view,
+    submission_view,
 )
-from falhook.store.states import DELIVERY_STATES, state_predicates
+from falhook.store.models import LEASE_EXPIRED, AttemptView, DeliveryView, EventView, SubmissionView
 
 # A schema name we can put in search_path and a NOTIFY channel without quoting games; short
 # enough that the channel name stays under PostgreSQL's 63-byte identifier limit.
@@ -184,27 +188,6 @@ async def migrate(conn: asyncpg.Connection, schema: str) -> int:
 
 # --- statements --------------------------------------------------------------------------------
 
-# One statement, so one round trip and its own transaction: the event and its deliveries are
-# committed together or not at all. A duplicate inserts nothing (the CTE yields no row), and a
-# concurrent insert of the same request_id waits for the first to commit, then yields nothing.
-# A new delivery is due at the event's arrival (so the oldest go first), never later than now
-# (a receiver whose clock runs ahead of the database's must not delay it).
-ACCEPT = """
-WITH ins AS (
-    INSERT INTO events (request_id, route, fal_status, error, payload_error,
-                        gateway_request_id, received_at, headers, body, files, source,
-                        trace_context)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $13)
-    ON CONFLICT (request_id) DO NOTHING
-    RETURNING request_id
-), d AS (
-    INSERT INTO deliveries (request_id, sink, position, state, next_attempt_at, updated_at)
-    SELECT ins.request_id, s.sink, s.position, 'pending', least($7, now()), now()
-    FROM ins CROSS JOIN unnest($12::text[]) WITH ORDINALITY AS s (sink, position)
-)
-SELECT EXISTS (SELECT 1 FROM ins)
-"""
-
 # Many events in one statement (intake's group commit): one row of the arrays $1-$12 per
 # event, and one row of $13-$15 per delivery. Request ids must be distinct within a call.
 # The request ids stored come back; the others were there already.
@@ -362,36 +345,20 @@ ON CONFLICT (request_id) DO NOTHING
 # --- event state (the contract's rule, from falhook.store.states) ------------------------
 
 
-def _has(condition: str) -> str:
-    return f"EXISTS (SELECT 1 FROM deliveries d WHERE d.request_id = e.request_id AND {condition})"
-
-
-EVENT_STATE_WHERE = state_predicates(_has)
-
-
 def state_where(state: str, param: int) -> tuple[str, list[Any]]:
     """A WHERE clause on events `e` for an event state, or for events holding a delivery in a
     delivery state ("delivering", using placeholder $param); an unknown state matches
     nothing."""
-    if state in EVENT_STATE_WHERE:
-        return EVENT_STATE_WHERE[state], []
-    if state in DELIVERY_STATES:
-        return _has(f"d.state = ${param}"), [state]
-    return "false", []
-
-
-SUBMISSION_STATE_SQL = """
-    CASE
-        WHEN e.source = 'poll' THEN 'recovered'
-        WHEN e.request_id IS NOT NULL THEN 'completed'
-        ELSE s.state
-    END
-"""
+    p = POSTGRES.params()
+    p.values = [None] * (param - 1)  # the placeholders taken before this clause
+    clause = POSTGRES.state_where(state, p)
+    return clause, p.values[param - 1 :]
 
 
 def as_utc(value: datetime) -> datetime:
     """A naive time is taken as UTC, never as the host's zone."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+    aware: datetime = POSTGRES.time_in(value)
+    return aware
 
 
 # --- rows to views -----------------------------------------------------------------------------
@@ -407,32 +374,14 @@ async def load_submissions(
 ) -> list[SubmissionView]:
     order = "ASC" if oldest_first else "DESC"
     rows = await c.fetch(
-        "SELECT s.request_id, s.endpoint, s.route, s.input, s.status_url, s.response_url,"
-        f" s.cancel_url, s.submitted_at, {SUBMISSION_STATE_SQL} AS state, s.detail,"
-        " s.checked_at, e.received_at"
+        f"SELECT {SUBMISSION_COLUMNS}"
         " FROM submissions s LEFT JOIN events e ON e.request_id = s.request_id"
         f" WHERE {where} ORDER BY s.submitted_at {order}, s.request_id {order}"
         f" LIMIT ${len(params) + 1}",
         *params,
         limit,
     )
-    return [
-        SubmissionView(
-            request_id=r["request_id"],
-            endpoint=r["endpoint"],
-            route=r["route"],
-            input=r["input"],
-            status_url=r["status_url"],
-            response_url=r["response_url"],
-            cancel_url=r["cancel_url"],
-            submitted_at=r["submitted_at"],
-            state=r["state"],
-            detail=r["detail"],
-            checked_at=r["checked_at"],
-            received_at=r["received_at"],
-        )
-        for r in rows
-    ]
+    return [submission_view(POSTGRES, r) for r in rows]
 
 
 async def _histories(
@@ -441,13 +390,11 @@ async def _histories(
     """Each delivery's attempts, oldest first, by (request id, sink)."""
     attempts: dict[tuple[str, str], list[AttemptView]] = {}
     for r in await c.fetch(
-        "SELECT request_id, sink, at, outcome, error, duration_ms FROM attempts"
+        f"SELECT request_id, sink, {ATTEMPT_COLUMNS} FROM attempts"
         " WHERE request_id = ANY($1::text[]) ORDER BY request_id, sink, at, ctid",
         ids,
     ):
-        attempts.setdefault((r["request_id"], r["sink"]), []).append(
-            AttemptView(r["at"], r["outcome"], r["error"], r["duration_ms"])
-        )
+        attempts.setdefault((r[0], r[1]), []).append(attempt_view(POSTGRES, r[2:]))
     return attempts
 
 
@@ -462,47 +409,20 @@ async def load_events(
     attempts = await _histories(c, ids) if history else {}
     deliveries: dict[str, dict[str, DeliveryView]] = {rid: {} for rid in ids}
     for r in await c.fetch(
-        "SELECT request_id, sink, state, attempts, last_error, next_attempt_at, updated_at,"
-        " output FROM deliveries WHERE request_id = ANY($1::text[])"
-        " ORDER BY request_id, position",
+        f"SELECT request_id, {DELIVERY_COLUMNS} FROM deliveries"
+        " WHERE request_id = ANY($1::text[]) ORDER BY request_id, position",
         ids,
     ):
-        deliveries[r["request_id"]][r["sink"]] = DeliveryView(
-            sink=r["sink"],
-            state=r["state"],
-            attempts=r["attempts"],
-            last_error=r["last_error"],
-            next_attempt_at=r["next_attempt_at"],
-            updated_at=r["updated_at"],
-            output=r["output"],
-            history=tuple(attempts.get((r["request_id"], r["sink"]), ())),
-        )
+        rid, sink = r[0], r[1]
+        deliveries[rid][sink] = delivery_view(POSTGRES, r[1:], attempts.get((rid, sink), ()))
     subs = {
         s.request_id: s
         for s in await load_submissions(c, "s.request_id = ANY($1::text[])", [ids], len(ids))
     }
-    events: dict[str, EventView] = {}
-    for r in await c.fetch(
-        "SELECT request_id, route, fal_status, error, payload_error, gateway_request_id,"
-        " received_at, headers, body, files, source, trace_context FROM events"
-        " WHERE request_id = ANY($1::text[])",
-        ids,
-    ):
-        rid = r["request_id"]
-        events[rid] = EventView(
-            request_id=rid,
-            route=r["route"],
-            fal_status=r["fal_status"],
-            error=r["error"],
-            payload_error=r["payload_error"],
-            gateway_request_id=r["gateway_request_id"],
-            received_at=r["received_at"],
-            headers=r["headers"],
-            body=bytes(r["body"]),
-            files=r["files"],
-            deliveries=deliveries[rid],
-            source=r["source"],
-            submission=subs.get(rid),
-            trace_context=r["trace_context"],
+    events = {
+        r[0]: event_view(POSTGRES, r, deliveries[r[0]], subs.get(r[0]))
+        for r in await c.fetch(
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE request_id = ANY($1::text[])", ids
         )
+    }
     return [events[rid] for rid in ids if rid in events]

@@ -64,6 +64,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from falhook.store import sqlite_reads as reads
+from falhook.store.dialect import (
+    EVENT_COLUMNS,
+    SQLITE,
+    SUBMISSION_STATE_SQL,
+    accept_row,
+    accepted_sinks,
+)
 from falhook.store.models import (
     FINISHED_STATE,
     LEASE_EXPIRED,
@@ -84,7 +91,6 @@ from falhook.store.models import (
     logs_attempt,
 )
 from falhook.store.sqlite_schema import (
-    SUBMISSION_STATE_SQL,
     connect,
     encode,
     index_for_search,
@@ -94,6 +100,7 @@ from falhook.store.sqlite_schema import (
     migrate,
     to_epoch,
 )
+from falhook.store.wakeups import WorkSignal
 
 T = TypeVar("T")
 Op = Callable[[sqlite3.Connection], Any]
@@ -221,9 +228,7 @@ def _accept_all(c: sqlite3.Connection, accepts: list[_Accept]) -> list[bool]:
         next_id += 1
     if rows:
         c.executemany(
-            "INSERT INTO events (id, request_id, route, fal_status, error, payload_error,"
-            " gateway_request_id, received_at, headers, body, files, source, trace_context)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            f"INSERT INTO events (id, {EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             rows,
         )
         c.executemany(
@@ -235,22 +240,7 @@ def _accept_all(c: sqlite3.Connection, accepts: list[_Accept]) -> list[bool]:
 
 
 def _accept_of(event: NewEvent) -> _Accept:
-    row = (
-        event.request_id,
-        event.route,
-        event.fal_status,
-        event.error,
-        event.payload_error,
-        event.gateway_request_id,
-        to_epoch(event.received_at),
-        encode(event.headers),
-        event.body,
-        encode(event.files),
-        event.source,
-        event.trace_context,
-    )
-    sinks = tuple(dict.fromkeys(event.sinks))  # a sink named twice is one delivery
-    return _Accept(row, sinks)
+    return _Accept(accept_row(SQLITE, event), accepted_sinks(event))
 
 
 def _finish_params(result: Finish, now: float) -> tuple[Any, ...]:
@@ -479,7 +469,7 @@ class SQLiteStore:
         self.busy_timeout = busy_timeout
         self._writer: _Writer | None = None
         self._readers: _Readers | None = None
-        self._wake: asyncio.Event | None = None
+        self._wake = WorkSignal()
         self._commits_before = 0  # of writers closed earlier, so the count never goes back
 
     @property
@@ -494,7 +484,7 @@ class SQLiteStore:
             await asyncio.to_thread(self.path.parent.mkdir, parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreUnavailable(f"cannot create {self.path.parent}: {exc}") from exc
-        self._wake = asyncio.Event()
+        self._wake.open()
         writer = _Writer(self.path, self.busy_timeout)
         writer.start()
         await asyncio.to_thread(writer.ready.wait)
@@ -534,8 +524,7 @@ class SQLiteStore:
             raise StoreUnavailable(f"sqlite: {exc}") from exc
 
     def _notify(self) -> None:
-        if self._wake is not None:
-            self._wake.set()
+        self._wake.set()
 
     async def ping(self) -> bool:
         writer = self._writer
@@ -551,16 +540,7 @@ class SQLiteStore:
         return True
 
     async def wait_for_work(self, max_wait: float) -> None:
-        wake = self._wake
-        if wake is None:
-            await asyncio.sleep(max_wait)
-            return
-        try:
-            await asyncio.wait_for(wake.wait(), max_wait)
-        except TimeoutError:
-            pass
-        finally:
-            wake.clear()
+        await self._wake.wait(max_wait)
 
     # --- events ------------------------------------------------------------------------------
 

@@ -4,8 +4,8 @@ connection inside one snapshot (sqlite.py's readers).
 
 Listings walk events by id, newest first (ids grow in commit order). Search goes through
 `events_fts`, a contentless FTS5 index of each event's request id and body (the payload and
-fal's error), filled by a trigger at insert; delivery errors, which change, are matched with
-LIKE on the few deliveries that have one.
+fal's error), filled after each accepting commit (sqlite.py); delivery errors, which change,
+are matched with LIKE on the few deliveries that have one.
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ import time
 from dataclasses import replace
 from typing import Any
 
+from falhook.store import dialect
 from falhook.store.changes import LIMIT, OVERLAP, delivery_changes
+from falhook.store.dialect import SQLITE, Params
 from falhook.store.models import Change, ChangeMark, DeadGroup, DeliveryStats, EventQuery
 from falhook.store.paging import (
     InvalidCursor,
@@ -24,53 +26,25 @@ from falhook.store.paging import (
     fts5_query,
     like_pattern,
 )
-from falhook.store.sqlite_schema import state_where, to_dt, to_epoch
+from falhook.store.sqlite_schema import to_dt
 
 
 def query_where(query: EventQuery) -> tuple[list[str], list[Any]]:
-    """WHERE conditions on events `e` for every filter of the query."""
-    where: list[str] = []
-    params: list[Any] = []
-    for column, value in (("e.route", query.route), ("e.fal_status", query.fal_status)):
-        if value is not None:
-            where.append(f"{column} = ?")
-            params.append(value)
-    if query.endpoint is not None:
-        where.append("e.request_id IN (SELECT request_id FROM submissions WHERE endpoint = ?)")
-        params.append(query.endpoint)
-    if query.request_ids is not None:
-        where.append(f"e.request_id IN ({','.join('?' * len(query.request_ids)) or 'NULL'})")
-        params.extend(query.request_ids)
-    if query.since is not None:
-        where.append("e.received_at >= ?")
-        params.append(to_epoch(query.since))
-    if query.until is not None:
-        where.append("e.received_at < ?")
-        params.append(to_epoch(query.until))
-    if query.state is not None:
-        clause, extra = state_where(query.state)
-        where.append(clause)
-        params.extend(extra)
-    if query.q:
-        clause, extra = _search(query.q)
-        where.append(clause)
-        params.extend(extra)
-    return where, params
+    """WHERE conditions on events `e` for every filter of the query, and their values."""
+    p = SQLITE.params()
+    return dialect.query_where(SQLITE, query, p, _search), p.values
 
 
-def _search(q: str) -> tuple[str, list[Any]]:
-    parts = ["SELECT id FROM events WHERE request_id = ?"]
-    params: list[Any] = [q.strip()]
+def _search(q: str, p: Params) -> str:
+    parts = [f"SELECT id FROM events WHERE request_id = {p(q.strip())}"]
     match = fts5_query(q)
     if match is not None:
-        parts.append("SELECT rowid FROM events_fts WHERE events_fts MATCH ?")
-        params.append(match)
+        parts.append(f"SELECT rowid FROM events_fts WHERE events_fts MATCH {p(match)}")
     parts.append(
         "SELECT event_id FROM deliveries WHERE last_error IS NOT NULL"
-        " AND last_error LIKE ? ESCAPE '\\'"
+        f" AND last_error LIKE {p(like_pattern(q))} ESCAPE '\\'"
     )
-    params.append(like_pattern(q))
-    return f"e.id IN ({' UNION '.join(parts)})", params
+    return f"e.id IN ({' UNION '.join(parts)})"
 
 
 def find_ids(

@@ -7,14 +7,24 @@ unix epoch REAL seconds in the file and UTC-aware datetimes in views.
 from __future__ import annotations
 
 import sqlite3
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
+from falhook.store.dialect import (
+    ATTEMPT_COLUMNS,
+    DELIVERY_COLUMNS,
+    EVENT_COLUMNS,
+    SQLITE,
+    SUBMISSION_COLUMNS,
+    attempt_view,
+    delivery_view,
+    event_view,
+    submission_view,
+)
 from falhook.store.models import AttemptView, DeliveryView, EventView, SubmissionView
-from falhook.store.states import DELIVERY_STATES, state_predicates
 
 encode = msgspec.json.encode
 decode = msgspec.json.decode
@@ -245,35 +255,22 @@ def index_for_search(conn: sqlite3.Connection, limit: int | None = None) -> int:
 
 
 def to_dt(value: float | None) -> datetime | None:
-    return None if value is None else datetime.fromtimestamp(value, UTC)
+    return SQLITE.time_out(value)
 
 
 def to_epoch(value: datetime) -> float:
-    if value.tzinfo is None:  # a naive time is taken as UTC, never as the host's zone
-        value = value.replace(tzinfo=UTC)
-    return value.timestamp()
+    epoch: float = SQLITE.time_in(value)
+    return epoch
 
 
 # --- event state (the contract's rule, from falhook.store.states) ------------------------
 
 
-def _has(condition: str) -> str:
-    # `+d.state` keeps SQLite from answering through the state index (every dead delivery,
-    # for each event listed) instead of the event's own few deliveries by their key.
-    return f"EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND {condition})"
-
-
-EVENT_STATE_WHERE = state_predicates(_has, column="+d.state")
-
-
 def state_where(state: str) -> tuple[str, list[Any]]:
     """A WHERE clause on events `e` for an event state, or for events holding a delivery in a
     delivery state ("delivering"); an unknown state matches nothing."""
-    if state in EVENT_STATE_WHERE:
-        return EVENT_STATE_WHERE[state], []
-    if state in DELIVERY_STATES:
-        return _has("+d.state = ?"), [state]
-    return "0", []
+    p = SQLITE.params()
+    return SQLITE.state_where(state, p), p.values
 
 
 def list_events_sql(state: str | None, route: str | None) -> tuple[str, list[Any]]:
@@ -294,15 +291,6 @@ def list_events_sql(state: str | None, route: str | None) -> tuple[str, list[Any
     return sql, params
 
 
-SUBMISSION_STATE_SQL = """
-    CASE
-        WHEN e.source = 'poll' THEN 'recovered'
-        WHEN e.request_id IS NOT NULL THEN 'completed'
-        ELSE s.state
-    END
-"""
-
-
 # --- rows to views -----------------------------------------------------------------------------
 
 
@@ -316,29 +304,12 @@ def load_submissions(
 ) -> list[SubmissionView]:
     order = "ASC" if oldest_first else "DESC"
     rows = c.execute(
-        "SELECT s.request_id, s.endpoint, s.route, s.input, s.status_url, s.response_url,"
-        f" s.cancel_url, s.submitted_at, {SUBMISSION_STATE_SQL}, s.detail, s.checked_at,"
-        " e.received_at FROM submissions s LEFT JOIN events e ON e.request_id = s.request_id"
+        f"SELECT {SUBMISSION_COLUMNS} FROM submissions s"
+        " LEFT JOIN events e ON e.request_id = s.request_id"
         f" WHERE {where} ORDER BY s.submitted_at {order}, s.request_id {order} LIMIT ?",
         [*params, limit],
     ).fetchall()
-    return [
-        SubmissionView(
-            request_id=r[0],
-            endpoint=r[1],
-            route=r[2],
-            input=decode(r[3]),
-            status_url=r[4],
-            response_url=r[5],
-            cancel_url=r[6],
-            submitted_at=to_dt(r[7]),  # type: ignore[arg-type]
-            state=r[8],
-            detail=r[9],
-            checked_at=to_dt(r[10]),
-            received_at=to_dt(r[11]),
-        )
-        for r in rows
-    ]
+    return [submission_view(SQLITE, r) for r in rows]
 
 
 _CHUNK = 500  # well under SQLite's limit on bound parameters
@@ -357,59 +328,29 @@ def _load_chunk(c: sqlite3.Connection, ids: list[str], with_history: bool) -> li
     marks = ",".join("?" * len(ids))
     history: dict[tuple[str, str], list[AttemptView]] = {}
     attempts_sql = (
-        "SELECT e.request_id, a.sink, a.at, a.outcome, a.error, a.duration_ms FROM attempts a"
-        f" JOIN events e ON e.id = a.event_id WHERE e.request_id IN ({marks})"
+        f"SELECT e.request_id, a.sink, a.{ATTEMPT_COLUMNS.replace(', ', ', a.')}"
+        f" FROM attempts a JOIN events e ON e.id = a.event_id WHERE e.request_id IN ({marks})"
         " ORDER BY a.event_id, a.sink, a.at, a.rowid"
     )
-    for rid, sink, at, outcome, error, duration in (
-        c.execute(attempts_sql, ids) if with_history else ()
-    ):
-        history.setdefault((rid, sink), []).append(
-            AttemptView(to_dt(at), outcome, error, duration)  # type: ignore[arg-type]
-        )
+    for row in c.execute(attempts_sql, ids) if with_history else ():
+        history.setdefault((row[0], row[1]), []).append(attempt_view(SQLITE, row[2:]))
     deliveries: dict[str, dict[str, DeliveryView]] = {rid: {} for rid in ids}
-    for rid, sink, state, attempts, last_error, next_at, updated, output in c.execute(
-        "SELECT e.request_id, d.sink, d.state, d.attempts, d.last_error, d.next_attempt_at,"
-        " d.updated_at, d.output FROM deliveries d JOIN events e ON e.id = d.event_id"
-        f" WHERE e.request_id IN ({marks}) ORDER BY d.event_id, d.rowid",
+    for row in c.execute(
+        f"SELECT e.request_id, d.{DELIVERY_COLUMNS.replace(', ', ', d.')} FROM deliveries d"
+        f" JOIN events e ON e.id = d.event_id WHERE e.request_id IN ({marks})"
+        " ORDER BY d.event_id, d.rowid",
         ids,
     ):
-        deliveries[rid][sink] = DeliveryView(
-            sink=sink,
-            state=state,
-            attempts=attempts,
-            last_error=last_error,
-            next_attempt_at=to_dt(next_at),
-            updated_at=to_dt(updated),
-            output=decode(output) if output is not None else None,
-            history=tuple(history.get((rid, sink), ())),
-        )
+        rid, sink = row[0], row[1]
+        deliveries[rid][sink] = delivery_view(SQLITE, row[1:], history.get((rid, sink), ()))
     subs = {
         s.request_id: s
         for s in load_submissions(c, f"s.request_id IN ({marks})", list(ids), len(ids))
     }
-    events: dict[str, EventView] = {}
-    for row in c.execute(
-        "SELECT request_id, route, fal_status, error, payload_error, gateway_request_id,"
-        f" received_at, headers, body, files, source, trace_context FROM events"
-        f" WHERE request_id IN ({marks})",
-        ids,
-    ):
-        rid = row[0]
-        events[rid] = EventView(
-            request_id=rid,
-            route=row[1],
-            fal_status=row[2],
-            error=row[3],
-            payload_error=row[4],
-            gateway_request_id=row[5],
-            received_at=to_dt(row[6]),  # type: ignore[arg-type]
-            headers=decode(row[7]),
-            body=bytes(row[8]),
-            files=decode(row[9]),
-            deliveries=deliveries[rid],
-            source=row[10],
-            submission=subs.get(rid),
-            trace_context=row[11],
+    events = {
+        row[0]: event_view(SQLITE, row, deliveries[row[0]], subs.get(row[0]))
+        for row in c.execute(
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE request_id IN ({marks})", ids
         )
+    }
     return [events[rid] for rid in ids if rid in events]
