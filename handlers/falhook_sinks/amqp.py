@@ -34,6 +34,7 @@ from falhook_sinks.messaging import (
     encode,
     event_message,
     message_headers,
+    settled,
 )
 from falhook_sinks.options import Invalid, SinkOptions
 from falhook_sinks.templates import check_template, render
@@ -128,8 +129,8 @@ class AmqpSink(QueueSink[AmqpOptions]):
             for i, routing_key in messages:
                 results[i] = self._classify(exc, self._target(routing_key))
             return results
-        confirms = await asyncio.gather(
-            *(
+        confirms = await settled(
+            [
                 exchange.publish(
                     self._message(batch[i][0]),
                     routing_key,
@@ -137,8 +138,7 @@ class AmqpSink(QueueSink[AmqpOptions]):
                     timeout=self.opts.confirm_timeout,
                 )
                 for i, routing_key in messages
-            ),
-            return_exceptions=True,
+            ]
         )
         # A missing exchange closes the channel: the first message says why, the others only
         # that the channel closed under them. Each is told why.

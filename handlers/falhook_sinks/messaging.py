@@ -147,6 +147,17 @@ def claim_check(
     return body
 
 
+async def settled(calls: list[Awaitable[T]]) -> list[T | BaseException]:
+    """Each call's result or exception, the calls run at once; a lone call is awaited as it
+    is (a batch of one, the common case at low load, makes no task)."""
+    if len(calls) == 1:
+        try:
+            return [await calls[0]]
+        except Exception as exc:
+            return [exc]
+    return list(await asyncio.gather(*calls, return_exceptions=True))
+
+
 # --- secrets in URLs -----------------------------------------------------------------------
 
 

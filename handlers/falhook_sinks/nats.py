@@ -46,6 +46,7 @@ from falhook_sinks.messaging import (
     event_message,
     fitted,
     message_headers,
+    settled,
 )
 from falhook_sinks.options import Invalid, SinkOptions
 from falhook_sinks.templates import FIELDS, check_template, event_values
@@ -215,8 +216,8 @@ class NatsSink(QueueSink[NatsOptions]):
                 results[m.index] = exc
                 continue
             sent.append(m)
-        acks = await asyncio.gather(
-            *(
+        acks = await settled(
+            [
                 link.js.publish(
                     m.subject,
                     m.body,
@@ -225,8 +226,7 @@ class NatsSink(QueueSink[NatsOptions]):
                     headers=self._headers(m.ctx, m.ctx.event.request_id),
                 )
                 for m in sent
-            ),
-            return_exceptions=True,
+            ]
         )
         return list(zip(sent, acks, strict=True))
 
