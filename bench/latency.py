@@ -46,6 +46,7 @@ def real_mp4(target_bytes: int) -> bytes:
         stream = container.add_stream("libx264", rate=25)
         stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
         stream.codec_context.time_base = Fraction(1, 25)
+        stream.options = {"tune": "zerolatency"}  # no frames held back: the size is what it says
         for _ in range(250):
             frame = av.VideoFrame(320, 240, "rgb24")
             plane = frame.planes[0]
