@@ -113,26 +113,28 @@ def redis_broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
     yield from open_broker("redis", request)
 
 
-BATCHED = 400  # events delivered in batches, the worker killed in the middle
+BATCHED = 1000  # events delivered in batches, the worker killed in the middle
 
 
 def test_sigkill_mid_batch_loses_and_repeats_no_delivery(
     falhook_factory: Callable[..., Falhook], signer: FalSigner, redis_broker: Broker
 ) -> None:
-    """A worker killed while batches of outcomes and of queue messages are in flight: after
-    the restart every event is delivered, and the Redis stream holds each exactly once (the
-    marker written with each entry is how a later attempt knows it published)."""
-    fh = falhook_factory(
-        delivery={"lease_seconds": 2, "concurrency": 64, "backoff_initial": 0.2},
-        sinks={"queue": redis_broker.options()},
-        routes={"default": {"sinks": ["queue"]}},
-    ).start()
+    """A `falhook worker` killed while batches of outcomes and of queue messages are in
+    flight: after the restart every event is delivered, and the Redis stream holds each
+    exactly once (the marker written with each entry is how a later attempt knows it
+    published)."""
+    config = {
+        "delivery": {"lease_seconds": 2, "concurrency": 64, "backoff_initial": 0.2},
+        "sinks": {"queue": redis_broker.options()},
+        "routes": {"default": {"sinks": ["queue"]}},
+    }
+    receiver = falhook_factory(command=("serve", "--no-worker"), **config).start()
     sent: list[str] = []
     with httpx.Client(timeout=10) as client:
         for _ in range(BATCHED):
             rid, body = webhook_body(str(uuid.uuid4()), payload={"text": "hi"})
             resp = client.post(
-                fh.url("/webhooks/default"), content=body, headers=signer.headers(body, rid)
+                receiver.url("/webhooks/default"), content=body, headers=signer.headers(body, rid)
             )
             assert resp.status_code == 200
             sent.append(rid)
@@ -140,17 +142,18 @@ def test_sigkill_mid_batch_loses_and_repeats_no_delivery(
     def published() -> int:
         return len(asyncio.run(redis_broker.messages()))
 
-    wait_for(lambda: published() >= BATCHED // 3, timeout=60, interval=0.01, what="batches")
-    fh.stop(signal.SIGKILL)  # mid-batch: messages out, their outcomes not all recorded
-    assert fh.proc is not None and fh.proc.returncode == -signal.SIGKILL
+    worker = falhook_factory(name="worker", command=("worker",), **config).start()
+    wait_for(lambda: published() >= BATCHED // 4, timeout=60, interval=0.005, what="batches")
+    worker.stop(signal.SIGKILL)  # mid-batch: messages out, their outcomes not all recorded
+    assert worker.proc is not None and worker.proc.returncode == -signal.SIGKILL
     before = published()
-    fh.start()
+    assert before < BATCHED  # the kill landed before the last batch
+    worker.start()
 
     def all_delivered() -> bool:
-        states = fh.reader.states()
+        states = receiver.reader.states()
         return all(states.get(rid) == "delivered" for rid in sent)
 
     wait_for(all_delivered, timeout=120, interval=0.1, what="every event delivered")
     entries = [m.event["request_id"] for m in asyncio.run(redis_broker.messages())]
     assert sorted(entries) == sorted(sent)  # each once: none lost, none repeated
-    assert before < BATCHED  # the kill did land before the last batch
