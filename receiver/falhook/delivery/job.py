@@ -98,6 +98,7 @@ class JobRun:
         self.recording = False  # the outcomes went to the recorder: nothing to give back
 
     async def run(self) -> None:
+        """The job, from its lease to its record; never raises but a cancellation."""
         event, parts = self.event, self.parts
         tokens = [a.lease.token for a in self.attempts.values()]
         parts.holdings.take(tokens, self.spool.folder.name)
@@ -146,8 +147,10 @@ class JobRun:
         else:
             if any(f.local_path is not None for f in self.files):
                 self._note_downloads()
-                self.posters_due = media.worth_probing(self.files)
-            self.unposted.update(await self._settle_streams())
+                self.posters_due = await off_loop(self.big, media.worth_probing, self.files)
+            streamed = await self._settle_streams()
+            if self.posters_due:  # they stored the files: the posters will be added to them
+                self.unposted.update(streamed)
         info = await off_loop(self.big, event_info, self.event, stored)
 
         # 3. The sinks in waves: each wave holds those whose prerequisites have delivered
@@ -166,7 +169,8 @@ class JobRun:
                 info = await self._add_posters(info, stored)
             await self._run_wave(sorted(wave), info)
             waiting = blocked
-        # Posters made while the sinks ran: added to the sinks that stored the files.
+        # The posters, made once the sinks that need none have run: added to those that
+        # stored the files.
         await self._add_posters(info, stored)
 
         # 4. The record: durable before anything else hears of the outcomes.
