@@ -181,6 +181,8 @@ def baseline_env(checkout: str) -> dict[str, str]:
     """The environment that runs another checkout's falhook with this interpreter: its two
     source roots first on the path (ahead of this one's editable install)."""
     root = Path(checkout).resolve()
+    if not (root / "receiver" / "falhook").is_dir():  # else this checkout would run as both
+        raise SystemExit(f"--baseline {checkout}: no receiver/falhook there")
     path = f"{root / 'receiver'}:{root / 'handlers'}"
     return {**os.environ, "PYTHONPATH": path, "FALHOOK_LOG_FORMAT": "json"}
 
