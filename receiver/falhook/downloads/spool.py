@@ -15,7 +15,6 @@ Slack) pays for no durability it does not need.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import hashlib
 import os
 import queue
@@ -33,9 +32,11 @@ WRITEBACK_EVERY = 8 * 1024 * 1024
 
 
 def _load_sync_file_range() -> Any:
-    """Linux's sync_file_range(2), through libc: writeback without a device cache flush."""
+    """Linux's sync_file_range(2), through libc: writeback without a device cache flush.
+    The process's own symbols hold libc's: find_library would run ldconfig, a process
+    started on import (and paid by every serverless cold start)."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc = ctypes.CDLL(None, use_errno=True)
         fn = libc.sync_file_range
     except (OSError, AttributeError):
         return None

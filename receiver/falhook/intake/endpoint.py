@@ -114,7 +114,7 @@ class WebhookEndpoint:
 
     async def _traced(self, scope: Scope, receive: Receive, send: Send) -> None:
         assert self.tracing is not None
-        route = scope["path"][len(PREFIX) :]
+        route = route_path(scope)[len(PREFIX) :]
         with self.tracing.receive(route, known=route in self.routes) as span:
             answer = await self._answer(scope, receive)
             if answer is None:
@@ -128,7 +128,7 @@ class WebhookEndpoint:
         self, scope: Scope, receive: Receive
     ) -> tuple[int, dict[str, Any], bool] | None:
         """(status, body, close the connection) for one request."""
-        route = scope["path"][len(PREFIX) :]
+        route = route_path(scope)[len(PREFIX) :]
         close = False
         try:
             if route not in self.routes:
@@ -260,6 +260,18 @@ class WebhookEndpoint:
         label = route if reply.status != 404 else "(unknown)"
         self.metrics.webhooks.labels(label, "rejected", reply.code).inc()
         log.info("webhook rejected", route=label, status=reply.status, reason=reply.code)
+
+
+def route_path(scope: Scope) -> str:
+    """The request's path below the app's mount point. ASGI's `path` is the full path and
+    `root_path` the prefix the app is mounted under (Starlette's and FastAPI's `mount`,
+    `uvicorn --root-path`); a proxy that strips the prefix itself sends a path without it,
+    which is then taken as it is."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root) and path[len(root) : len(root) + 1] in ("/", ""):
+        return path[len(root) :]
+    return path
 
 
 def _headers(scope: Scope) -> dict[str, str]:
