@@ -38,7 +38,9 @@ from falhook.intake.endpoint import (
     WebhookEndpoint,
     route_path,
 )
+from falhook.intake.events import new_event
 from falhook.intake.keys import FalKeys
+from falhook.intake.verifier import Webhook
 from falhook.logs import configure_logging
 from falhook.runtime import Runtime, WorkerMode
 from falhook.store.states import DELIVERY_STATES
@@ -203,6 +205,27 @@ class Falhook:
             finally:
                 self.stop_streams()
                 await self.close_console()
+
+    async def accept(self, webhook: Webhook, *, route: str) -> bool:
+        """Store a webhook verified by the user's own route (WebhookVerifier) as the
+        endpoint stores one: durably, with a delivery per sink of `route`, deduplicated on
+        request_id (False: already stored). Raises KeyError for a route not configured and
+        StoreUnavailable when the store cannot take it (answer 503: fal retries)."""
+        sinks = self.runtime.settings.routes[route].sinks
+        await self.start()
+        event = new_event(
+            webhook.envelope, route=route, sinks=sinks, body=webhook.body, headers=webhook.headers
+        )
+        fresh = await self.runtime.store.accept(event)
+        log.info(
+            "webhook " + ("accepted" if fresh else "duplicate"),
+            request_id=webhook.request_id,
+            route=route,
+            fal_status=webhook.status,
+            files=len(event.files),
+            via="accept",
+        )
+        return fresh
 
     def _is_console(self, path: str) -> bool:
         if not self.runtime.settings.console.enabled or not path.startswith(CONSOLE_PREFIX):
