@@ -55,6 +55,7 @@ from falhook_sinks.base import DeliveryContext, EventInfo, LocalFile, Permanent,
 log = structlog.get_logger("falhook.worker")
 FINISHED = DONE_STATES | {"dead"}  # nothing more will happen to these deliveries
 PRUNE_EVERY = 3600.0  # seconds between two prunings of old history
+EVENT_DELIVERIES = 1000  # one event's deliveries leased at once, at most: all of them
 
 
 @dataclass
@@ -185,20 +186,36 @@ class Worker:
         cannot help them and `events replay` can."""
         try:
             async with asyncio.timeout(deadline):
-                jobs = await self.store.lease(
-                    owner=self.owner,
-                    limit=max(1, len(self.sinks)),
-                    lease_seconds=max(deadline * 2, self.settings.delivery.lease_seconds),
-                    request_id=request_id,
-                )
-                for job in jobs:
-                    await self.process(job)  # a timeout cancels it: leases are handed back
+                # A timeout cancels the job: its leases are handed back.
+                lease = max(deadline * 2, self.settings.delivery.lease_seconds)
+                await self.run_event(request_id, lease_seconds=lease)
         except TimeoutError:
             log.warning("inline delivery ran out of time", request_id=request_id, deadline=deadline)
         view = await self.store.get_event(request_id)
         if view is None:
             return ["(event missing)"]
         return sorted(k for k, d in view.deliveries.items() if d.state not in FINISHED)
+
+    async def run_event(
+        self,
+        request_id: str,
+        *,
+        sinks: Sequence[str] | None = None,
+        lease_seconds: float | None = None,
+    ) -> int:
+        """Lease this event's pending or retrying deliveries (only `sinks`' when given),
+        due or not, and deliver them before returning (`events replay --now`, inline
+        mode). How many were attempted: 0 when another worker holds them."""
+        jobs = await self.store.lease(
+            owner=self.owner,
+            limit=EVENT_DELIVERIES,
+            lease_seconds=lease_seconds or self.settings.delivery.lease_seconds,
+            request_id=request_id,
+            sinks=sinks,
+        )
+        for job in jobs:
+            await self.process(job)
+        return sum(len(job.deliveries) for job in jobs)
 
     async def _lease(self, limit: int) -> list[Job]:
         try:
