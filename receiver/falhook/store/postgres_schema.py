@@ -139,6 +139,11 @@ MIGRATIONS: list[tuple[str, ...]] = [
         "CREATE INDEX deliveries_with_error ON deliveries (request_id)"
         " WHERE last_error IS NOT NULL",
     ),
+    (
+        # The user's own labels for a submitted job (`falhook submit --meta`), never sent to
+        # fal: a JSON object of strings.
+        "ALTER TABLE submissions ADD COLUMN metadata json NOT NULL DEFAULT '{}'",
+    ),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

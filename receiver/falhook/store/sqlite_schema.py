@@ -159,6 +159,11 @@ MIGRATIONS: list[tuple[str, ...]] = [
         # Searching delivery errors reads only the deliveries that have one.
         "CREATE INDEX deliveries_with_error ON deliveries (event_id) WHERE last_error IS NOT NULL",
     ),
+    (
+        # The user's own labels for a submitted job (`falhook submit --meta`), never sent to
+        # fal: a JSON object of strings, as text (SQLite's JSON functions read text).
+        "ALTER TABLE submissions ADD COLUMN metadata TEXT NOT NULL DEFAULT '{}'",
+    ),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
