@@ -33,6 +33,7 @@ from falhook.argtypes import (
     seconds,
 )
 from falhook.config import ConfigError, Settings, config_path_from, load_config
+from falhook.metadata import MetadataError, parse_pairs
 from falhook.progress import Progress
 from falhook.runtime import Runtime, make_sinks, open_runtime
 from falhook.store import Store, missing_store
@@ -226,6 +227,7 @@ def cmd_events_list(args: argparse.Namespace) -> int:
         q=args.q,
         since=args.since,
         until=args.until,
+        meta=_meta_filter(args.meta),
     )
 
     async def action(store: Store) -> int:
@@ -291,6 +293,9 @@ def _describe(doc: dict[str, Any]) -> str:
         lines.append(
             f"submitted at {sub['submitted_at']} ({sub['seconds_to_webhook']} s to result)"
         )
+        if sub.get("metadata"):
+            labels = ", ".join(f"{k}={v}" for k, v in sub["metadata"].items())
+            lines.append(f"metadata     {labels}")
     if doc.get("error"):
         lines.append(f"error        {doc['error']}")
     if doc.get("payload_error"):
@@ -331,8 +336,8 @@ def cmd_events_replay(args: argparse.Namespace) -> int:
     if args.request_id is None:
         if query is None:
             raise CLIError(
-                "give a REQUEST_ID, or filters (--state, --route, --since, --until) to replay "
-                "every event they match",
+                "give a REQUEST_ID, or filters (--state, --route, --since, --until, --meta) to "
+                "replay every event they match",
                 EXIT_USAGE,
             )
         if args.now:
@@ -352,8 +357,22 @@ def cmd_events_replay(args: argparse.Namespace) -> int:
 
 
 def _replay_filters(args: argparse.Namespace) -> EventQuery | None:
-    query = EventQuery(state=args.state, route=args.route, since=args.since, until=args.until)
+    query = EventQuery(
+        state=args.state,
+        route=args.route,
+        since=args.since,
+        until=args.until,
+        meta=_meta_filter(args.meta),
+    )
     return None if query == EventQuery() else query
+
+
+def _meta_filter(pairs: list[str]) -> tuple[tuple[str, str], ...]:
+    """--meta KEY=VALUE filters: events whose submission's metadata holds each pair."""
+    try:
+        return tuple(parse_pairs(pairs).items())
+    except MetadataError as exc:
+        raise CLIError(str(exc), EXIT_USAGE) from None
 
 
 async def _replay_matching(settings: Settings, query: EventQuery, args: argparse.Namespace) -> int:
@@ -364,7 +383,8 @@ async def _replay_matching(settings: Settings, query: EventQuery, args: argparse
             )
         except ReplayRefused as exc:
             raise CLIError(exc.detail) from None
-    print(f"scheduled {_deliveries(done.scheduled)} of {done.events} events")
+    events = f"{done.events} event{'' if done.events == 1 else 's'}"
+    print(f"scheduled {_deliveries(done.scheduled)} of {events}")
     return EXIT_OK
 
 
@@ -515,6 +535,13 @@ def _add_events(
         "--since", type=when, metavar="TIME", help="received at or after: ISO 8601, unix, or 12h"
     )
     ls.add_argument("--until", type=when, metavar="TIME", help="received before (as --since)")
+    ls.add_argument(
+        "--meta",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="only events whose submission's metadata has KEY=VALUE (repeatable: all must)",
+    )
     ls.add_argument("--limit", type=positive_int, default=100, help="at most this many events")
     ls.add_argument("--cursor", help="the next page: the cursor the previous page printed")
     ls.add_argument("--all", action="store_true", help="every page, not only the first")
@@ -532,6 +559,12 @@ def _add_events(
     show.add_argument("request_id", metavar="REQUEST_ID")
     show.add_argument("--json", action="store_true", help="print the event as JSON")
     show.set_defaults(func=cmd_events_show)
+    _add_replay(ev, common)
+
+
+def _add_replay(
+    ev: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
     replay = ev.add_parser(
         "replay",
         parents=[common],
@@ -564,6 +597,13 @@ def _add_events(
         "--since", type=when, metavar="TIME", help="received at or after: ISO 8601, unix, or 12h"
     )
     bulk.add_argument("--until", type=when, metavar="TIME", help="received before (as --since)")
+    bulk.add_argument(
+        "--meta",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="events whose submission's metadata has KEY=VALUE (repeatable)",
+    )
     replay.set_defaults(func=cmd_events_replay)
 
 

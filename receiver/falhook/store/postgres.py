@@ -497,6 +497,7 @@ class PostgresStore:
                 s.response_url,
                 s.cancel_url,
                 q.as_utc(s.submitted_at),
+                s.metadata,
             )
 
     async def get_submission(self, request_id: str) -> SubmissionView | None:

@@ -52,6 +52,9 @@ def query_where(query: EventQuery, p: _Params, errors: list[str] | None = None) 
         where.append(f"e.request_id IN ({submitted})")
     if query.request_ids is not None:
         where.append(f"e.request_id = ANY({p(list(query.request_ids))}::text[])")
+    for key, value in query.meta:
+        labelled = f"SELECT request_id FROM submissions WHERE metadata->>{p(key)} = {p(value)}"
+        where.append(f"e.request_id IN ({labelled})")
     if query.since is not None:
         where.append(f"e.received_at >= {p(as_utc(query.since))}")
     if query.until is not None:

@@ -315,8 +315,8 @@ def replay_sql(*, one_sink: bool, force: bool, add: bool = False) -> str:
 
 RECORD_SUBMISSION = """
 INSERT INTO submissions (request_id, endpoint, route, input, status_url, response_url,
-                         cancel_url, submitted_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                         cancel_url, submitted_at, metadata)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
 ON CONFLICT (request_id) DO NOTHING
 """
 
@@ -370,7 +370,7 @@ async def load_submissions(
     rows = await c.fetch(
         "SELECT s.request_id, s.endpoint, s.route, s.input, s.status_url, s.response_url,"
         f" s.cancel_url, s.submitted_at, {SUBMISSION_STATE_SQL} AS state, s.detail,"
-        " s.checked_at, e.received_at"
+        " s.checked_at, e.received_at, s.metadata"
         " FROM submissions s LEFT JOIN events e ON e.request_id = s.request_id"
         f" WHERE {where} ORDER BY s.submitted_at {order}, s.request_id {order}"
         f" LIMIT ${len(params) + 1}",
@@ -391,6 +391,7 @@ async def load_submissions(
             detail=r["detail"],
             checked_at=r["checked_at"],
             received_at=r["received_at"],
+            metadata=r["metadata"],
         )
         for r in rows
     ]

@@ -746,11 +746,13 @@ class SQLiteStore:
             s.response_url,
             s.cancel_url,
             to_epoch(s.submitted_at),
+            encode(s.metadata).decode(),
         )
         await self._write(
             lambda c: c.execute(
                 "INSERT OR IGNORE INTO submissions (request_id, endpoint, route, input,"
-                " status_url, response_url, cancel_url, submitted_at) VALUES (?,?,?,?,?,?,?,?)",
+                " status_url, response_url, cancel_url, submitted_at, metadata)"
+                " VALUES (?,?,?,?,?,?,?,?,?)",
                 row,
             )
         )

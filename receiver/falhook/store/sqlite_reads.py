@@ -41,6 +41,13 @@ def query_where(query: EventQuery) -> tuple[list[str], list[Any]]:
     if query.request_ids is not None:
         where.append(f"e.request_id IN ({','.join('?' * len(query.request_ids)) or 'NULL'})")
         params.extend(query.request_ids)
+    for key, value in query.meta:
+        # Keys are plain names (falhook.metadata): quoted in the JSON path, they are literal.
+        where.append(
+            "e.request_id IN (SELECT request_id FROM submissions"
+            " WHERE json_extract(metadata, ?) = ?)"
+        )
+        params += [f'$."{key}"', value]
     if query.since is not None:
         where.append("e.received_at >= ?")
         params.append(to_epoch(query.since))

@@ -291,7 +291,8 @@ def load_submissions(
     rows = c.execute(
         "SELECT s.request_id, s.endpoint, s.route, s.input, s.status_url, s.response_url,"
         f" s.cancel_url, s.submitted_at, {SUBMISSION_STATE_SQL}, s.detail, s.checked_at,"
-        " e.received_at FROM submissions s LEFT JOIN events e ON e.request_id = s.request_id"
+        " e.received_at, s.metadata"
+        " FROM submissions s LEFT JOIN events e ON e.request_id = s.request_id"
         f" WHERE {where} ORDER BY s.submitted_at {order}, s.request_id {order} LIMIT ?",
         [*params, limit],
     ).fetchall()
@@ -309,6 +310,7 @@ def load_submissions(
             detail=r[9],
             checked_at=to_dt(r[10]),
             received_at=to_dt(r[11]),
+            metadata=decode(r[12]),
         )
         for r in rows
     ]
