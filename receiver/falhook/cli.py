@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
 import signal
 import socket
@@ -490,7 +491,12 @@ def _add_serve_and_worker(
         formatter_class=HelpFormatter,
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    serve.add_argument("--port", type=port, default=8000, help="port to listen on")
+    serve.add_argument(
+        "--port",
+        type=port,
+        default=os.environ.get("PORT") or "8000",  # container platforms (Cloud Run) set PORT
+        help="port to listen on (default: $PORT, else 8000)",
+    )
     serve.add_argument(
         "--no-worker",
         action="store_true",
@@ -512,7 +518,12 @@ def _add_serve_and_worker(
         formatter_class=HelpFormatter,
     )
     console.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    console.add_argument("--port", type=port, default=8080, help="port to listen on")
+    console.add_argument(
+        "--port",
+        type=port,
+        default=os.environ.get("PORT") or "8080",
+        help="port to listen on (default: $PORT, else 8080)",
+    )
     console.set_defaults(func=cmd_console)
 
 
