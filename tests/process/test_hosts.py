@@ -27,17 +27,10 @@ from falhook.app import Falhook
 from falhook.testing import FalSigner, JWKSServer
 from tests.support.falhook_server import base_config, to_toml
 from tests.support.fileserver import FileServer
-from tests.support.hosted import BIN, Hosted, sigterm_mid_delivery
+from tests.support.hosted import BIN, Hosted, assert_handed_back, sigterm_mid_delivery
 from tests.support.paths import ROOT
 
 CLOUD_RUN_GRACE = 10.0  # seconds from SIGTERM to SIGKILL on Cloud Run
-
-
-def _handed_back(app: Hosted, rid: str) -> None:
-    view = app.reader.view(rid)
-    assert view is not None
-    local = view.deliveries["local"]
-    assert (local.state, local.attempts) == ("pending", 0), local
 
 
 def test_cloud_run_the_container_honours_port_and_stops_within_the_grace(
@@ -64,7 +57,7 @@ def test_cloud_run_the_container_honours_port_and_stops_within_the_grace(
         app.wait_state(rid, "delivered")
         held, took = sigterm_mid_delivery(app, files, signer, "/webhooks/default")
         assert took < CLOUD_RUN_GRACE, f"{took:.1f} s: Cloud Run would have killed it"
-        _handed_back(app, held)
+        assert_handed_back(app, held)
         assert '"worker stopped"' in app.logs()
     finally:
         app.close()
@@ -153,7 +146,7 @@ def test_modal_the_factory_under_uvicorn_with_its_lifespan(
         assert answer.status_code == 200
         app.wait_state(rid, "delivered")
         held, _ = sigterm_mid_delivery(app, files, signer, "/webhooks/default")
-        _handed_back(app, held)
+        assert_handed_back(app, held)
     finally:
         app.close()
     logs = app.logs()

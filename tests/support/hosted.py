@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 
+from falhook.store.models import utcnow
 from falhook.testing import FalSigner, webhook_body
 from tests.support.falhook_server import StoreReader, free_port, to_toml, wait_for
 from tests.support.fileserver import FileServer
@@ -148,3 +149,12 @@ def sigterm_mid_delivery(
     files.resume(held)
     assert code in (0, -signal.SIGTERM), f"exit {code}:\n{app.logs()}"
     return rid, took
+
+
+def assert_handed_back(app: Hosted, rid: str, sink: str = "local") -> None:
+    """The delivery stopped mid-attempt is pending again, due now, its attempt not counted."""
+    view = app.reader.view(rid)
+    assert view is not None
+    delivery = view.deliveries[sink]
+    assert (delivery.state, delivery.attempts) == ("pending", 0), delivery
+    assert delivery.next_attempt_at is not None and delivery.next_attempt_at <= utcnow()

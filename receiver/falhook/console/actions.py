@@ -4,6 +4,7 @@ event a filter matches (in batches, each one write), reconcile submissions now."
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import msgspec
 
@@ -33,20 +34,11 @@ async def replay_one(
 
 
 async def replay_matching(
-    store: Store,
-    settings: Settings,
-    query: EventQuery,
-    *,
-    sink: str | None = None,
-    force: bool = False,
-    limit: int | None = None,
-    cursor: str | None = None,
+    store: Store, settings: Settings, query: EventQuery, **options: Any
 ) -> BulkResult:
-    """Replay the events the query matches (store/replay.py): all, or one batch."""
+    """Replay the events the query matches (store/replay.py's options): all, or a batch."""
     try:
-        return await matching(
-            store, settings, query, sink=sink, force=force, limit=limit, cursor=cursor
-        )
+        return await matching(store, settings, query, **options)
     except ReplayRefused as exc:
         raise ActionError(404, exc.detail) from None
 
