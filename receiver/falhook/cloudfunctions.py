@@ -26,7 +26,7 @@ from functions_framework import aio
 from starlette.requests import Request
 from starlette.responses import Response
 
-from falhook.config import config_path_from, load_settings
+from falhook.config import load_config
 from falhook.logs import configure_logging
 from falhook.serverless import build_app, warn_if_sqlite
 
@@ -44,7 +44,7 @@ def _falhook() -> Falhook:
     global _app
     if _app is None:
         configure_logging()
-        settings = load_settings(config_path_from(None))
+        settings = load_config(None)
         warn_if_sqlite(settings)
         _app = build_app(settings)
     return _app
