@@ -20,7 +20,7 @@ from starlette.routing import Mount, Route
 
 import falhook.app
 from falhook.app import Falhook, create_app
-from falhook.config import settings_from_dict
+from falhook.config import ConfigError, settings_from_dict
 from falhook.testing import FalSigner, webhook_body
 from tests.support.falhook_server import base_config
 from tests.support.fileserver import FileServer
@@ -201,7 +201,7 @@ async def test_the_lifespan_can_be_entered_inside_the_hosts_own(
 
 
 @pytest.mark.one_store("settings, not storage")
-def test_a_config_mistake_found_by_the_lifespan_stops_the_host(
+async def test_a_config_mistake_found_by_the_lifespan_stops_the_host(
     tmp_path: Path, jwks: Any, store_section: dict[str, str]
 ) -> None:
     """A sink folder that cannot be written fails the host's start-up, as `serve`'s."""
@@ -214,9 +214,7 @@ def test_a_config_mistake_found_by_the_lifespan_stops_the_host(
         sinks={"local": {"type": "disk", "root": str(blocked / "files")}},
     )
     fh = create_app(settings)
-    from starlette.testclient import TestClient
-
-    from falhook.config import ConfigError
-
-    with pytest.raises(ConfigError, match=r"\[sinks.local\]"), TestClient(starlette_host(fh)):
-        pass
+    with pytest.raises(ConfigError, match=r"\[sinks.local\]"):
+        async with served(starlette_host(fh)):
+            pass
+    assert not fh.runtime.started
