@@ -1,4 +1,5 @@
-"""Cold start of the Lambda entry point, against Starlette alone and a bare interpreter.
+"""Cold start of the serverless entry points (AWS Lambda, Google Cloud Functions) and of the
+app a container builds (Cloud Run, Modal), against Starlette alone and a bare interpreter.
 
 Each case runs in a fresh interpreter (`python -c CODE`), the cases interleaved round by
 round so that noise on this shared machine hits them alike. Reported: the median CPU time
@@ -13,6 +14,13 @@ wall time. Cases:
               network (store connection, JWKS fetch). Two configs: `ready-disk` (SQLite and a
               disk sink, inline mode) and `ready-lambda` (infra/sam/falhook.toml: PostgreSQL,
               an S3 sink, enqueue mode; the drain function builds the sinks, not the receiver).
+- functions-framework: `import functions_framework.aio` (what Cloud Functions loads first)
+- ready-gcf:  `falhook.cloudfunctions` imported and its app built on the disk config, inline
+              (functions-framework's own import included)
+- ready-serve: the app `falhook serve` builds before it listens (store object, sinks, worker
+              and all), on infra/cloudrun/falhook.toml (PostgreSQL, an S3 sink on Cloud
+              Storage): a Cloud Run container's start, short of the network. Modal's
+              container builds the same app (infra/modal/app.py's factory).
 
 Ratios are given on the raw times and on the times minus the bare interpreter (what the
 imports themselves cost). `--importtime CASE` prints the heaviest modules of one case
@@ -36,12 +44,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 BUILD = "import falhook.serverless as s; s._handler = s.build_handler(s._load())"
+SERVE = (
+    "import os; from falhook.app import create_app; from falhook.config import load_settings;"
+    " create_app(load_settings(os.environ['FALHOOK_CONFIG']))"
+)
 CASES = {
     "bare": "pass",
     "starlette": "import starlette.applications",
     "import": "import falhook.serverless",
     "ready-disk": BUILD,
     "ready-lambda": BUILD,
+    "functions-framework": "import functions_framework.aio",
+    "ready-gcf": "import falhook.cloudfunctions as f; f._falhook()",
+    "ready-serve": SERVE,
 }
 
 DISK_CONFIG = """
@@ -68,12 +83,21 @@ def environments(tmp: Path) -> dict[str, dict[str, str]]:
         "S3_BUCKET": "results",
         "AWS_DEFAULT_REGION": "us-east-1",
     }
+    cloudrun_env = base | {
+        "FALHOOK_CONFIG": str(ROOT / "infra" / "cloudrun" / "falhook.toml"),
+        "FALHOOK_PUBLIC_URL": "https://falhook-x.a.run.app",
+        "FALHOOK_DATABASE_URL": "postgresql://falhook@db.invalid:5432/falhook",
+        "GCS_BUCKET": "results",
+    }
     return {
         "bare": base,
         "starlette": base,
         "import": base,
         "ready-disk": base | {"FALHOOK_CONFIG": str(disk)},
         "ready-lambda": lambda_env,
+        "functions-framework": base,
+        "ready-gcf": base | {"FALHOOK_CONFIG": str(disk)},
+        "ready-serve": cloudrun_env,
     }
 
 
@@ -136,11 +160,11 @@ def main() -> None:
             med = {case: statistics.median(ts) * 1000 for case, ts in samples.items()}
             bare, star = med["bare"], med["starlette"]
             print(f"\n{title}")
-            print(f"{'case':<14}{'ms':>8}{'minus bare':>12}{'/ starlette':>13}{'net / net':>11}")
+            print(f"{'case':<20}{'ms':>8}{'minus bare':>12}{'/ starlette':>13}{'net / net':>11}")
             for case, ms in med.items():
                 net = ms - bare
                 ratio_net = f"{net / (star - bare):11.2f}" if case != "bare" else f"{'-':>11}"
-                print(f"{case:<14}{ms:8.1f}{net:12.1f}{ms / star:13.2f}{ratio_net}")
+                print(f"{case:<20}{ms:8.1f}{net:12.1f}{ms / star:13.2f}{ratio_net}")
         for case in args.importtime:
             importtime(case, envs[case], tmp)
 

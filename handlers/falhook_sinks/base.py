@@ -121,6 +121,12 @@ class EventInfo:
         return (self.submission or {}).get("endpoint")
 
     @property
+    def metadata(self) -> dict[str, str]:
+        """The submission's metadata (`falhook submit --meta`): the user's own labels for
+        the job, such as a customer or order id; empty when falhook did not submit it."""
+        return dict((self.submission or {}).get("metadata") or {})
+
+    @property
     def alert(self) -> dict[str, Any] | None:
         """For an alert event (source "alert", raised by a route's `on_dead`): what it
         reports, ``{"kind": "delivery_dead", "request_id", "route", "sink", "attempts",

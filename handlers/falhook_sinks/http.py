@@ -116,6 +116,7 @@ class HttpSink(Sink):
             "gateway_request_id": ev.gateway_request_id,
             "route": ev.route,
             "endpoint": ev.endpoint,
+            "metadata": ev.metadata,
             "fal_status": ev.fal_status,
             "error": ev.error,
             "payload_error": ev.payload_error,

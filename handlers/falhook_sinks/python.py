@@ -1,5 +1,8 @@
 """Custom Python sinks: ``type = "python"`` with ``handler = "pkg.mod:attr"``.
 
+``pkg`` is imported from Python's path, or else from the config file's folder (a
+``mysink.py`` beside ``falhook.toml`` is ``handler = "mysink:handle"``).
+
 The other options of ``[sinks.NAME]`` become keyword arguments, checked against the
 handler's signature at start-up (a missing one, or one it does not take, is a OptionError
 naming ``[sinks.NAME].option``). ``attr`` is one of:
@@ -59,7 +62,7 @@ def python_sink(name: str, options: dict[str, Any], env: SinkEnv) -> Sink:
         raise OptionError(key, "is required")
     if not isinstance(spec, str) or not spec:
         raise OptionError(key, "must be a non-empty string")
-    return build(name, load_object(spec, key), rest, handler_key=key)
+    return build(name, load_object(spec, key, folder=env.base_dir), rest, handler_key=key)
 
 
 def as_sink_factory(target: Any) -> SinkFactory:

@@ -10,8 +10,10 @@ parsed options. Factories without ``options_type`` get the table as a dict, as b
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from falhook_sinks.base import (
@@ -45,13 +47,15 @@ class SinkSpec(Protocol):
     def options(self) -> Mapping[str, Any]: ...
 
 
-def load_object(spec: str, key: str) -> Any:
-    """Import ``pkg.module:attr`` (attr may be dotted); OptionError naming key on failure."""
+def load_object(spec: str, key: str, *, folder: Path | None = None) -> Any:
+    """Import ``pkg.module:attr`` (attr may be dotted); OptionError naming key on failure.
+    A module found nowhere on Python's path is looked for in `folder` (the config file's),
+    which then joins the path, after the installed packages."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise OptionError(key, f"{spec!r} must look like 'package.module:attribute'")
     try:
-        obj: Any = importlib.import_module(module_name)
+        obj: Any = _import(module_name, folder)
     except ImportError as exc:
         raise OptionError(key, f"cannot import {module_name!r}: {exc}") from None
     for part in attr.split("."):
@@ -60,6 +64,25 @@ def load_object(spec: str, key: str) -> Any:
         except AttributeError:
             raise OptionError(key, f"{module_name!r} has no attribute {attr!r}") from None
     return obj
+
+
+def _import(module_name: str, folder: Path | None) -> Any:
+    top = module_name.split(".", 1)[0]
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != top or folder is None:
+            raise
+        if not ((folder / f"{top}.py").is_file() or (folder / top).is_dir()):
+            raise ModuleNotFoundError(
+                f"{exc}; not in the config's folder ({folder}) either: put {top}.py there, "
+                "or install it (pip install, or PYTHONPATH)",
+                name=exc.name,
+            ) from None
+    if str(folder) not in sys.path:
+        sys.path.append(str(folder))
+        importlib.invalidate_caches()
+    return importlib.import_module(module_name)
 
 
 def known_types() -> list[str]:

@@ -92,6 +92,8 @@ def build_message(ctx: DeliveryContext, *, previews: bool = True) -> dict[str, A
     title = f"fal request {'failed' if failed else 'done'} · {ev.route}"
     blocks = _head(ctx, title)
     tail = [_context(f"falhook · received {iso_utc(ev.received_at)}")]
+    if ev.metadata:  # the user's own labels: which customer, which order
+        tail.insert(0, _context(" · ".join(f"{k}={v}" for k, v in ev.metadata.items())))
     # Room for the files: keep one block for "and N more" and the closing context.
     blocks += _file_blocks(ctx, MAX_BLOCKS - len(blocks) - len(tail) - 1, previews=previews)
     blocks += tail

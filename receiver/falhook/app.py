@@ -1,8 +1,12 @@
-"""The ASGI app: webhook intake, health, readiness and metrics.
+"""The ASGI app: webhook intake, health, readiness and metrics, and the console.
 
 The request path does only what must happen before fal gets its answer: read the body
 (bounded), verify the signature, parse the envelope, store the event durably, answer.
 Everything slow happens after the 200, in the worker.
+
+The app can be mounted under any path prefix of the user's own application (ASGI's
+`root_path`: Starlette's and FastAPI's `mount`, `uvicorn --root-path`); its `lifespan` is
+then run by the host (docs/embedding.md).
 """
 
 from __future__ import annotations
@@ -32,8 +36,11 @@ from falhook.intake.endpoint import (
     Scope,
     Send,
     WebhookEndpoint,
+    route_path,
 )
+from falhook.intake.events import new_event
 from falhook.intake.keys import FalKeys
+from falhook.intake.verifier import Webhook
 from falhook.logs import configure_logging
 from falhook.runtime import Runtime, WorkerMode
 from falhook.store.states import DELIVERY_STATES
@@ -47,6 +54,13 @@ _encode = msgspec.json.encode
 _COUNTS_TTL = 5.0
 _STORE_RETRY = 5.0  # seconds between readiness checks of a store that does not answer
 Lifespan = Callable[[Starlette], AbstractAsyncContextManager[None]]
+UNHOSTED = (
+    "falhook started on its first request, not with the server: its lifespan was not run "
+    "(a host does not run a mounted app's lifespan). Pass lifespan=falhook_app.lifespan to "
+    "FastAPI(...) or Starlette(...), or enter `async with falhook_app.lifespan():` in your "
+    "own lifespan, so that the worker, the key cache and reconciliation start with the "
+    "server and stop gracefully with it (docs/embedding.md)"
+)
 
 
 class JSONBody(Response):
@@ -64,9 +78,10 @@ def error(status: int, code: str, detail: str, headers: dict[str, str] | None = 
 class Probes:
     """/healthz, /readyz and /metrics over one runtime."""
 
-    def __init__(self, runtime: Runtime, keys: FalKeys | None) -> None:
+    def __init__(self, runtime: Runtime, keys: FalKeys | None, start: Starter) -> None:
         self.runtime = runtime
         self.keys = keys
+        self.start = start
         self._counted_at = 0.0
         self._counts: dict[str, int] = {}
 
@@ -74,7 +89,7 @@ class Probes:
         return JSONBody({"status": "ok"})
 
     async def readyz(self, _: Request) -> Response:
-        await self.runtime.ensure_started()
+        await self.start()
         store_ok = await self.runtime.store.ping()
         keys_ok = self.keys is not None and self.keys.loaded
         # Sink problems are reported, not made a 503: webhooks are still stored safely and
@@ -109,22 +124,50 @@ async def http_error(_: Request, exc: Exception) -> Response:
     return error(exc.status_code, code, str(exc.detail))
 
 
+class Starter:
+    """Starts the runtime once: with the server (the app's lifespan) or, where none ran, on
+    the first request that needs it. An app meant to have a lifespan that starts on a
+    request instead says once, as a warning, how to wire it."""
+
+    def __init__(self, runtime: Runtime, *, expects_lifespan: bool) -> None:
+        self.runtime = runtime
+        self.expects_lifespan = expects_lifespan
+        self.hosted = False  # the lifespan runs: no warning
+        self.warned = False
+
+    async def __call__(self) -> None:
+        if self.runtime.started:
+            return
+        if self.expects_lifespan and not self.hosted and not self.warned:
+            self.warned = True
+            log.warning(UNHOSTED)
+        await self.runtime.ensure_started()
+
+
 class Falhook:
-    """The ASGI app: webhooks go straight to their endpoint (the hot path), everything else
-    (health, readiness, metrics, lifespan) to Starlette."""
+    """The ASGI app: webhooks go straight to their endpoint (the hot path), the console to
+    its own app, everything else (health, readiness, metrics) to Starlette. Paths are read
+    below `root_path`, so the app answers wherever it is mounted."""
 
     def __init__(
         self,
         app: Starlette,
         webhooks: WebhookEndpoint | None,
         runtime: Runtime,
-        lifespan: Lifespan | None = None,
+        start: Starter,
+        lifespan: Lifespan,
+        *,
+        serve_lifespan: bool = True,
     ) -> None:
         self.app = app
         self.webhooks = webhooks
         self.runtime = runtime
         self.state = app.state
-        self.lifespan = lifespan
+        self.start = start
+        self._lifespan_of = lifespan
+        # False (serverless): the ASGI lifespan is not taken, the runtime lives as long as
+        # the process and starts on the first request.
+        self.serve_lifespan = serve_lifespan
         # A configuration mistake found at start-up (a sink's folder not writable): the
         # server exits and `falhook serve` prints it, without a traceback.
         self.startup_error: ConfigError | None = None
@@ -132,14 +175,57 @@ class Falhook:
         self._console_app: Starlette | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and self.webhooks and scope["path"].startswith(PREFIX):
-            await self.webhooks(scope, receive, send)
-        elif scope["type"] == "http" and self._is_console(scope["path"]):
-            await (await self._console())(scope, receive, send)
-        elif scope["type"] == "lifespan" and self.lifespan is not None:
-            await self._lifespan(receive, send, self.lifespan)
-        else:
-            await self.app(scope, receive, send)
+        kind = scope["type"]
+        if kind == "http":
+            path = route_path(scope)
+            if self.webhooks and path.startswith(PREFIX):
+                return await self.webhooks(scope, receive, send)
+            if self._is_console(path):
+                return await (await self._console())(scope, receive, send)
+        elif kind == "lifespan" and self.serve_lifespan:
+            return await self._serve_lifespan(receive, send)
+        await self.app(scope, receive, send)
+
+    def lifespan(self, app: object = None) -> AbstractAsyncContextManager[None]:
+        """falhook's start and stop, for a host that mounts this app: `FastAPI(lifespan=
+        fh.lifespan)`, `Starlette(lifespan=fh.lifespan)`, or `async with fh.lifespan():`
+        inside the host's own lifespan. Starts the store, the key cache, the worker and
+        reconciliation; on the way out ends the console's live streams, lets in-flight
+        deliveries finish within `shutdown_grace` (or hands them back, due at once) and
+        closes everything. A configuration mistake found at start (a sink folder that
+        cannot be written) raises ConfigError, which stops the host's start-up."""
+        return self._hosted()
+
+    @contextlib.asynccontextmanager
+    async def _hosted(self) -> AsyncIterator[None]:
+        self.start.hosted = True
+        async with self._lifespan_of(self.app):
+            try:
+                yield
+            finally:
+                self.stop_streams()
+                await self.close_console()
+
+    async def accept(self, webhook: Webhook, *, route: str) -> bool:
+        """Store a webhook verified by the user's own route (WebhookVerifier) as the
+        endpoint stores one: durably, with a delivery per sink of `route`, deduplicated on
+        request_id (False: already stored). Raises KeyError for a route not configured and
+        StoreUnavailable when the store cannot take it (answer 503: fal retries)."""
+        sinks = self.runtime.settings.routes[route].sinks
+        await self.start()
+        event = new_event(
+            webhook.envelope, route=route, sinks=sinks, body=webhook.body, headers=webhook.headers
+        )
+        fresh = await self.runtime.store.accept(event)
+        log.info(
+            "webhook " + ("accepted" if fresh else "duplicate"),
+            request_id=webhook.request_id,
+            route=route,
+            fal_status=webhook.status,
+            files=len(event.files),
+            via="accept",
+        )
+        return fresh
 
     def _is_console(self, path: str) -> bool:
         if not self.runtime.settings.console.enabled or not path.startswith(CONSOLE_PREFIX):
@@ -149,7 +235,7 @@ class Falhook:
     async def _console(self) -> Starlette:
         """The console's app, built on its first request: Jinja2 and the templates load
         only when someone opens the console."""
-        await self.runtime.ensure_started()
+        await self.start()
         if self._console_app is None:
             from falhook.console import console_app
 
@@ -166,14 +252,16 @@ class Falhook:
         if self.console is not None:
             await self.console.aclose()
 
-    async def _lifespan(self, receive: Receive, send: Send, lifespan: Lifespan) -> None:
+    async def _serve_lifespan(self, receive: Receive, send: Send) -> None:
+        """The ASGI lifespan protocol, when a server runs this app itself (`falhook serve`,
+        uvicorn, Modal)."""
         await receive()  # lifespan.startup
-        context = lifespan(self.app)
+        context = self.lifespan()
         try:
             await context.__aenter__()
         except ConfigError as exc:
             self.startup_error = exc
-            await send({"type": "lifespan.startup.failed", "message": ""})
+            await send({"type": "lifespan.startup.failed", "message": str(exc)})
             return
         except BaseException:
             await send({"type": "lifespan.startup.failed", "message": traceback.format_exc()})
@@ -181,7 +269,6 @@ class Falhook:
         await send({"type": "lifespan.startup.complete"})
         await receive()  # lifespan.shutdown
         try:
-            await self.close_console()
             await context.__aexit__(None, None, None)
         except BaseException:
             await send({"type": "lifespan.shutdown.failed", "message": traceback.format_exc()})
@@ -214,17 +301,18 @@ def create_app(
     parts.setdefault("sink_checks_fatal", managed_lifespan)
     runtime = Runtime(settings, worker=worker, reconcile=not inline, **parts)
     assert runtime.keys is not None
+    start = Starter(runtime, expects_lifespan=managed_lifespan)
     webhooks = WebhookEndpoint(
         settings,
         keys=runtime.keys,
         store=runtime.store,
         metrics=runtime.metrics,
         telemetry=runtime.telemetry,
-        ready=runtime.ensure_started,
+        ready=start,
         deliver_now=_inline_delivery(runtime) if inline else None,
         batch_logs=managed_lifespan,
     )
-    probes = Probes(runtime, runtime.keys)
+    probes = Probes(runtime, runtime.keys, start)
     app = Starlette(
         routes=[
             Route("/healthz", probes.healthz, methods=["GET", "HEAD"]),
@@ -234,8 +322,8 @@ def create_app(
         exception_handlers={HTTPException: http_error},
     )
     app.state.runtime = runtime
-    lifespan = _lifespan(runtime, run_worker) if managed_lifespan else None
-    return Falhook(app, webhooks, runtime, lifespan)
+    lifespan = _lifespan(runtime, run_worker)
+    return Falhook(app, webhooks, runtime, start, lifespan, serve_lifespan=managed_lifespan)
 
 
 def create_console_app(settings: Settings) -> Falhook:
@@ -246,7 +334,8 @@ def create_console_app(settings: Settings) -> Falhook:
     if not settings.console.enabled:
         raise ConfigError("[console].enabled", "is false: there is no console to serve")
     runtime = Runtime(settings)  # the store only
-    probes = Probes(runtime, keys=None)
+    start = Starter(runtime, expects_lifespan=True)
+    probes = Probes(runtime, None, start)
     app = Starlette(
         routes=[
             Route("/", lambda _: RedirectResponse("/console/", status_code=307)),
@@ -264,7 +353,7 @@ def create_console_app(settings: Settings) -> Falhook:
         finally:
             await runtime.close()
 
-    return Falhook(app, None, runtime, lifespan)
+    return Falhook(app, None, runtime, start, lifespan)
 
 
 def _inline_delivery(runtime: Runtime) -> DeliverNow:

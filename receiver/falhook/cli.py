@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
 import signal
 import socket
@@ -33,12 +34,14 @@ from falhook.argtypes import (
     seconds,
 )
 from falhook.config import ConfigError, Settings, config_path_from, load_config
+from falhook.metadata import MetadataError, parse_pairs
 from falhook.progress import Progress
-from falhook.runtime import Runtime, open_runtime
+from falhook.runtime import Runtime, make_sinks, open_runtime
 from falhook.store import Store, missing_store
 from falhook.store.document import event_document
 from falhook.store.models import DeliveryView, EventQuery, utcnow
 from falhook.store.paging import InvalidCursor
+from falhook.store.replay import ReplayRefused, check_sink, replay_event, replay_matching
 from falhook.store.states import DELIVERY_STATES, DONE_STATES, EVENT_STATES
 
 # A replayed delivery `--now` waits for: done, dead, or retrying later (its attempt is over).
@@ -104,7 +107,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from falhook.app import create_app
 
     settings = settings_from(args)
-    app = create_app(settings, run_worker=not args.no_worker)  # sinks built: config checked
+    # Sinks are built (the config checked) with or without a worker here: a receiver whose
+    # workers would refuse its config refuses it too, before it answers fal.
+    sinks = make_sinks(settings) if args.no_worker else None
+    app = create_app(settings, run_worker=not args.no_worker, sinks=sinks)
     sock = _listen(args)
     console = f"; console: http://{args.host}:{args.port}/console/"
     print(
@@ -222,6 +228,7 @@ def cmd_events_list(args: argparse.Namespace) -> int:
         q=args.q,
         since=args.since,
         until=args.until,
+        meta=_meta_filter(args.meta),
     )
 
     async def action(store: Store) -> int:
@@ -287,6 +294,9 @@ def _describe(doc: dict[str, Any]) -> str:
         lines.append(
             f"submitted at {sub['submitted_at']} ({sub['seconds_to_webhook']} s to result)"
         )
+        if sub.get("metadata"):
+            labels = ", ".join(f"{k}={v}" for k, v in sub["metadata"].items())
+            lines.append(f"metadata     {labels}")
     if doc.get("error"):
         lines.append(f"error        {doc['error']}")
     if doc.get("payload_error"):
@@ -323,32 +333,92 @@ def cmd_events_show(args: argparse.Namespace) -> int:
 
 def cmd_events_replay(args: argparse.Namespace) -> int:
     settings = settings_from(args)
+    query = _replay_filters(args)
+    if args.request_id is None:
+        if query is None:
+            raise CLIError(
+                "give a REQUEST_ID, or filters (--state, --route, --since, --until, --meta) to "
+                "replay every event they match",
+                EXIT_USAGE,
+            )
+        if args.now:
+            raise CLIError(
+                "--now delivers one event in this command; a replay by filters schedules the "
+                "deliveries for the running workers",
+                EXIT_USAGE,
+            )
+        return asyncio.run(_replay_matching(_readable(settings), query, args))
+    if query is not None:
+        raise CLIError(
+            "filters select events to replay: give them without a REQUEST_ID", EXIT_USAGE
+        )
     if missing_store(settings):
         raise _unknown_event(settings, args.request_id)
-    # --now delivers here: its sinks are built (and the config checked) before anything runs.
-    runtime = Runtime(settings, worker="on_demand" if args.now else None)
+    return asyncio.run(_replay_one(settings, args))
 
-    async def run() -> int:
-        await runtime.start()
+
+def _replay_filters(args: argparse.Namespace) -> EventQuery | None:
+    query = EventQuery(
+        state=args.state,
+        route=args.route,
+        since=args.since,
+        until=args.until,
+        meta=_meta_filter(args.meta),
+    )
+    return None if query == EventQuery() else query
+
+
+def _meta_filter(pairs: list[str]) -> tuple[tuple[str, str], ...]:
+    """--meta KEY=VALUE filters: events whose submission's metadata holds each pair."""
+    try:
+        return tuple(parse_pairs(pairs).items())
+    except MetadataError as exc:
+        raise CLIError(str(exc), EXIT_USAGE) from None
+
+
+async def _replay_matching(settings: Settings, query: EventQuery, args: argparse.Namespace) -> int:
+    async with open_runtime(settings) as runtime:
         try:
-            return await action(runtime.store)
-        finally:
-            await runtime.close()
+            done = await replay_matching(
+                runtime.store, settings, query, sink=args.sink, force=args.force
+            )
+        except ReplayRefused as exc:
+            raise CLIError(exc.detail) from None
+    events = f"{done.events} event{'' if done.events == 1 else 's'}"
+    print(f"scheduled {_deliveries(done.scheduled)} of {events}")
+    return EXIT_OK
 
-    async def action(store: Store) -> int:
-        view = await store.get_event(args.request_id)
+
+async def _replay_one(settings: Settings, args: argparse.Namespace) -> int:
+    async with open_runtime(settings) as runtime:
+        view = await runtime.store.get_event(args.request_id)
         if view is None:
-            raise await _not_received(store, settings, args.request_id)
-        if args.sink is not None and args.sink not in view.deliveries:
-            known = ", ".join(sorted(view.deliveries))
-            raise CLIError(f"event {args.request_id!r} has no sink {args.sink!r} (it has: {known})")
-        count = await store.replay(args.request_id, args.sink, force=args.force)
+            raise await _not_received(runtime.store, settings, args.request_id)
+        try:
+            check_sink(settings, view, args.sink)
+        except ReplayRefused as exc:
+            raise CLIError(exc.detail) from None
         if not args.now:
-            print(f"scheduled {count} deliver{'y' if count == 1 else 'ies'} of {args.request_id}")
+            count = await replay_event(
+                runtime.store, settings, args.request_id, args.sink, args.force
+            )
+            print(f"scheduled {_deliveries(count)} of {args.request_id}")
             return EXIT_OK
+    # --now delivers here: the sinks it delivers to (and only those: another sink's import
+    # does not matter to it) are built and checked, as serve checks them, before anything
+    # is changed.
+    wanted = [args.sink] if args.sink else list(view.deliveries)
+    runtime = Runtime(settings, worker="on_demand", sinks=make_sinks(settings, wanted))
+    await runtime.start()
+    try:
+        await replay_event(runtime.store, settings, args.request_id, args.sink, args.force)
         return await _deliver_now(runtime, args)
+    finally:
+        await runtime.close()
 
-    return asyncio.run(run())
+
+def _deliveries(count: int) -> str:
+    return f"{count} deliver{'y' if count == 1 else 'ies'}"
 
 
 async def _deliver_now(runtime: Runtime, args: argparse.Namespace) -> int:
@@ -368,7 +438,7 @@ async def _settle(
 ) -> dict[str, DeliveryView]:
     worker, store = runtime.worker, runtime.store
     assert worker is not None
-    wanted = [args.sink] if args.sink else None
+    wanted = [args.sink] if args.sink else None  # none: the event's deliveries, all of them
     deadline = time.monotonic() + args.timeout
     while True:
         view = await store.get_event(args.request_id)
@@ -380,7 +450,7 @@ async def _settle(
             return mine
         if time.monotonic() > deadline:
             raise CLIError(f"gave up after {args.timeout:g} s; deliveries are still running")
-        if await worker.run_once() == 0:
+        if await worker.run_event(args.request_id, sinks=wanted) == 0:
             await store.wait_for_work(0.2)  # another worker may hold them: check again
 
 
@@ -421,8 +491,17 @@ def _add_serve_and_worker(
         formatter_class=HelpFormatter,
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    serve.add_argument("--port", type=port, default=8000, help="port to listen on")
-    serve.add_argument("--no-worker", action="store_true", help="receive only (scale-out)")
+    serve.add_argument(
+        "--port",
+        type=port,
+        default=os.environ.get("PORT") or "8000",  # container platforms (Cloud Run) set PORT
+        help="port to listen on (default: $PORT, else 8000)",
+    )
+    serve.add_argument(
+        "--no-worker",
+        action="store_true",
+        help="receive only (scale-out); the sinks are still built and checked",
+    )
     serve.set_defaults(func=cmd_serve)
     worker = sub.add_parser(
         "worker", parents=[common], help="run delivery workers only", formatter_class=HelpFormatter
@@ -432,10 +511,19 @@ def _add_serve_and_worker(
         "console",
         parents=[common],
         help="serve the operator console alone, on the configured store",
+        description="Serve the operator console alone, on the configured store. It builds no "
+        "sink and checks none (it never delivers: its replays are delivered by the running "
+        "workers, which check them), so it runs where the sinks' packages and credentials "
+        "are not.",
         formatter_class=HelpFormatter,
     )
     console.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    console.add_argument("--port", type=port, default=8080, help="port to listen on")
+    console.add_argument(
+        "--port",
+        type=port,
+        default=os.environ.get("PORT") or "8080",
+        help="port to listen on (default: $PORT, else 8080)",
+    )
     console.set_defaults(func=cmd_console)
 
 
@@ -458,6 +546,13 @@ def _add_events(
         "--since", type=when, metavar="TIME", help="received at or after: ISO 8601, unix, or 12h"
     )
     ls.add_argument("--until", type=when, metavar="TIME", help="received before (as --since)")
+    ls.add_argument(
+        "--meta",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="only events whose submission's metadata has KEY=VALUE (repeatable: all must)",
+    )
     ls.add_argument("--limit", type=positive_int, default=100, help="at most this many events")
     ls.add_argument("--cursor", help="the next page: the cursor the previous page printed")
     ls.add_argument("--all", action="store_true", help="every page, not only the first")
@@ -475,16 +570,51 @@ def _add_events(
     show.add_argument("request_id", metavar="REQUEST_ID")
     show.add_argument("--json", action="store_true", help="print the event as JSON")
     show.set_defaults(func=cmd_events_show)
+    _add_replay(ev, common)
+
+
+def _add_replay(
+    ev: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
     replay = ev.add_parser(
-        "replay", parents=[common], help="make deliveries due again", formatter_class=HelpFormatter
+        "replay",
+        parents=[common],
+        help="make deliveries due again",
+        description="Make an event's deliveries due again (all, or one sink's; dead ones "
+        "included), or those of every event the filters match. A sink added to the event's "
+        "route after it arrived gets its delivery made.",
+        formatter_class=HelpFormatter,
     )
-    replay.add_argument("request_id", metavar="REQUEST_ID")
+    replay.add_argument("request_id", metavar="REQUEST_ID", nargs="?", help="the event")
     replay.add_argument("--sink", help="only this sink's delivery (default: all)")
-    replay.add_argument("--now", action="store_true", help="deliver in this command")
+    replay.add_argument(
+        "--now",
+        action="store_true",
+        help="deliver in this command (one event; it builds and checks only the sinks it "
+        "delivers to)",
+    )
     replay.add_argument(
         "--force", action="store_true", help="forget sinks' earlier outputs (Slack posts again)"
     )
     replay.add_argument("--timeout", type=seconds, default=600.0, help="with --now, in seconds")
+    bulk = replay.add_argument_group("instead of REQUEST_ID, every event matching")
+    bulk.add_argument(
+        "--state",
+        choices=sorted(set(EVENT_STATES) | set(DELIVERY_STATES)),
+        help="events in this state",
+    )
+    bulk.add_argument("--route", help="events of this route")
+    bulk.add_argument(
+        "--since", type=when, metavar="TIME", help="received at or after: ISO 8601, unix, or 12h"
+    )
+    bulk.add_argument("--until", type=when, metavar="TIME", help="received before (as --since)")
+    bulk.add_argument(
+        "--meta",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="events whose submission's metadata has KEY=VALUE (repeatable)",
+    )
     replay.set_defaults(func=cmd_events_replay)
 
 

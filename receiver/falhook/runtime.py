@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from falhook.config import ConfigError, Settings, config_warnings
@@ -40,10 +40,13 @@ WorkerMode = Literal["run", "on_demand"] | None
 _SINK_CHECK_TTL = 10.0  # seconds: /readyz probes every few seconds must not hammer S3
 
 
-def make_sinks(settings: Settings) -> dict[str, Sink]:
-    """Every configured sink, built and checked; a mistake is a ConfigError naming the key."""
+def make_sinks(settings: Settings, names: Collection[str] | None = None) -> dict[str, Sink]:
+    """The configured sinks (all, or those named: a command that delivers to one sink
+    does not depend on another's import), built and checked; a mistake is a ConfigError
+    naming the key."""
+    specs = [s for n, s in settings.sinks.items() if names is None or n in names]
     try:
-        return build_sinks(settings.sinks.values(), SinkEnv(base_dir=settings.base_dir))
+        return build_sinks(specs, SinkEnv(base_dir=settings.base_dir))
     except OptionError as exc:
         raise ConfigError(exc.key, exc.problem) from None
 

@@ -25,10 +25,13 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from falhook.config import Settings, load_config
 from falhook.logs import configure_logging, get_logger
+
+if TYPE_CHECKING:
+    from falhook.app import Falhook
 
 LAMBDA_MAX_BODY = 6 * 1024 * 1024  # Lambda's synchronous request payload limit
 log = get_logger("falhook.serverless")
@@ -146,23 +149,33 @@ def _load() -> Settings:
             receiver = replace(_settings.receiver, max_body_bytes=LAMBDA_MAX_BODY)
             _settings = replace(_settings, receiver=receiver)
             log.info("max_body_bytes lowered to Lambda's request limit", limit=LAMBDA_MAX_BODY)
-        if _settings.sqlite_path() is not None:
-            log.warning("serverless with SQLite: events live only as long as this container")
+        warn_if_sqlite(_settings)
     return _settings
 
 
-def build_handler(settings: Settings) -> Any:
-    from mangum import Mangum
-
+def build_app(settings: Settings) -> Falhook:
+    """The app of a function platform (Lambda, Cloud Functions): no worker of its own, the
+    sinks run before the answer in inline mode, and the runtime lives as long as the
+    instance (started by its first request, never by a per-invocation lifespan)."""
     from falhook.app import create_app
 
-    app = create_app(
+    return create_app(
         settings,
         run_worker=False,
         inline=settings.serverless.mode == "inline",
         managed_lifespan=False,
     )
-    return Mangum(app, lifespan="off", api_gateway_base_path="/")
+
+
+def warn_if_sqlite(settings: Settings) -> None:
+    if settings.sqlite_path() is not None:
+        log.warning("serverless with SQLite: events live only as long as this instance")
+
+
+def build_handler(settings: Settings) -> Any:
+    from mangum import Mangum
+
+    return Mangum(build_app(settings), lifespan="off", api_gateway_base_path="/")
 
 
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:

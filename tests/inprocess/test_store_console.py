@@ -131,6 +131,41 @@ async def test_replay_many_reschedules_the_matching_deliveries(store: Store) -> 
     assert await store.replay_many([]) == (0, 0)
 
 
+async def test_replay_creates_the_delivery_of_a_sink_the_route_gained(store: Store) -> None:
+    older, other_route, current = made(), made(route="q"), made(sinks=("a", "b", "c"))
+    for e in (older, other_route, current):
+        await store.accept(e)
+    await set_states(store, older.request_id, {"a": "delivered", "b": "delivered"})
+    # Without add_to_routes nothing is made: the event has no delivery for "c".
+    assert await store.replay(older.request_id, "c") == 0
+    assert await store.replay(older.request_id, "c", add_to_routes=["r"]) == 1
+    view = await store.get_event(older.request_id)
+    assert view is not None
+    assert list(view.deliveries) == ["a", "b", "c"]  # after the route's first sinks
+    added = view.deliveries["c"]
+    assert (added.state, added.attempts, added.last_error) == ("pending", 0, None)
+    assert view.state == "pending"  # the event has work again
+    [job] = await lease_all(store, request_id=older.request_id)
+    assert [d.sink for d in job.deliveries] == ["c"]  # due now, leased like any other
+    await store.release(older.request_id, "c", job.deliveries[0].token)
+    # In bulk: only events of the routes named, each once, an existing delivery replayed.
+    everyone = [older.request_id, other_route.request_id, current.request_id]
+    assert await store.replay_many(everyone, "c", add_to_routes=["r"]) == (2, 2)
+    view = await store.get_event(other_route.request_id)
+    assert view is not None and "c" not in view.deliveries
+
+
+async def test_a_lease_of_one_event_can_be_narrowed_to_some_sinks(store: Store) -> None:
+    e = made(sinks=("a", "b", "c"))
+    await store.accept(e)
+    [job] = await lease_all(store, request_id=e.request_id, sinks=["b"])
+    assert [d.sink for d in job.deliveries] == ["b"]
+    jobs = await lease_all(store, request_id=e.request_id, sinks=["b"])
+    assert jobs == []  # held already
+    [job] = await lease_all(store, request_id=e.request_id)
+    assert sorted(d.sink for d in job.deliveries) == ["a", "c"]
+
+
 async def changes_until(
     store: Store, mark: ChangeMark, wanted: int
 ) -> tuple[list[Change], ChangeMark]:

@@ -123,7 +123,10 @@ def test_version(capfd: pytest.CaptureFixture[str]) -> None:
 @pytest.mark.parametrize(
     ("command", "expected"),
     [
-        (["serve"], ["--host HOST", "(default: 127.0.0.1)", "--port PORT", "(default: 8000)"]),
+        (
+            ["serve"],
+            ["--host HOST", "(default: 127.0.0.1)", "--port PORT", "(default: $PORT, else 8000)"],
+        ),
         (["events", "list"], ["--state", "--route ROUTE", "--limit LIMIT", "(default: 100)"]),
         (["events", "replay"], ["--timeout TIMEOUT", "(default: 600.0)"]),
         (["emulate"], ["--port PORT", "(default: 8001)", "--tls", "--public-url"]),

@@ -9,6 +9,7 @@ import asyncio
 import hashlib
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import textwrap
@@ -414,3 +415,27 @@ def test_option_mistakes_name_the_key(
         construct(ExecSink, "transcode", options, SinkEnv(base_dir=tmp_path))
     assert err.value.key == f"[sinks.transcode].{key}"
     assert problem in err.value.problem
+
+
+def test_a_child_gone_before_its_stdin_is_written_is_no_error(run: Run[Any]) -> None:
+    """On a loaded machine the child can exit before the event is fed to it; uvloop has then
+    closed its stdin (a write there raised RuntimeError, failing the delivery)."""
+    from falhook_sinks.exec.process import _feed, _Pipes
+    from falhook_sinks.exec.tail import LineTail
+
+    async def quick_child() -> int | None:
+        loop = asyncio.get_running_loop()
+        transport, pipes = await loop.subprocess_exec(
+            lambda: _Pipes(loop, LineTail(5), LineTail(5)),
+            PY, "-c", "pass",
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            await asyncio.wait_for(pipes.exited, 30)
+            await asyncio.wait_for(pipes.closed, 30)
+            _feed(transport, b"{}" * 1000)  # after the child is gone
+        finally:
+            transport.close()
+        return transport.get_returncode()
+
+    assert run(quick_child()) == 0

@@ -160,8 +160,10 @@ class Falhook:
         port: int | None = None,
         env: dict[str, str] | None = None,
         name: str = "falhook",
+        cwd: Path | None = None,
     ) -> None:
         self.tmp_path = tmp_path
+        self.cwd = cwd or tmp_path  # where the process runs (the config's folder by default)
         self.config_path = tmp_path / f"{name}.toml"
         self.config_path.write_text(to_toml(config))
         self.config = config
@@ -191,9 +193,7 @@ class Falhook:
         if self.command[0] in ("serve", "console"):
             args += ["--host", "127.0.0.1", "--port", str(self.port)]
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                args, cwd=self.tmp_path, env=self.env, stdout=log, stderr=log
-            )
+            self.proc = subprocess.Popen(args, cwd=self.cwd, env=self.env, stdout=log, stderr=log)
         if wait and self.command[0] in ("serve", "console"):
             self.wait_healthy()
         return self

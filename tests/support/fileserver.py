@@ -78,6 +78,7 @@ class FileServer(LoopbackServer):
     ) -> None:
         self._entries: dict[str, _Entry] = {}
         self._hits: dict[str, int] = {}
+        self._served: dict[str, int] = {}  # whole bodies written
         self._headers: dict[str, dict[str, str]] = {}
         self._range_log: dict[str, list[str]] = {}
         self._sockets: list[socket.socket] = []  # every client connection, in accept order
@@ -177,6 +178,12 @@ class FileServer(LoopbackServer):
         with self._lock:
             return self._hits.get(path, 0)
 
+    def served(self, path: str) -> int:
+        """How many whole bodies of path were written (a whole 200 answer, not a range);
+        fewer than hits() while one is still being sent."""
+        with self._lock:
+            return self._served.get(path, 0)
+
     def last_headers(self, path: str) -> dict[str, str]:
         """The request headers of path's latest request (names lower-cased)."""
         with self._lock:
@@ -259,6 +266,8 @@ class FileServer(LoopbackServer):
             _send_body(h, entry)
         except (BrokenPipeError, ConnectionResetError):
             return
+        with self._lock:
+            self._served[path] = self._served.get(path, 0) + 1
         if entry.short_by:
             h.close_connection = True  # the lie: declared more than was sent
         if entry.extra:  # the other lie, later: left for the next response on the connection

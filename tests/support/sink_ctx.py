@@ -61,6 +61,7 @@ def make_ctx(
     outputs: dict[str, dict[str, Any]] | None = None,
     previous: dict[str, Any] | None = None,
     attempt: int = 1,
+    metadata: dict[str, str] | None = None,
 ) -> DeliveryContext:
     views = [
         {
@@ -84,7 +85,7 @@ def make_ctx(
         received_at=RECEIVED,
         files=views,
         file_problems=[],
-        submission={"endpoint": endpoint} if endpoint else None,
+        submission={"endpoint": endpoint, "metadata": metadata or {}} if endpoint else None,
     )
     return DeliveryContext(
         event=event,

@@ -6,7 +6,10 @@
 - Kubernetes: kubernetes-validate --strict (the API's JSON schemas, unknown fields rejected).
 - Compose: check-jsonschema with its vendored compose-spec schema.
 - Dockerfile: parsed here (no hadolint on PyPI): non-root USER, HEALTHCHECK on /healthz,
-  `falhook serve` as entry point, a falhook-data volume, every COPY source present.
+  `falhook serve` as entry point on $PORT, a falhook-data volume, every COPY source present.
+- Cloud Run: no linter of Knative's Service is on PyPI, so the revision's pod part is checked
+  as a Kubernetes Pod by kubernetes-validate --strict, and the Knative and Cloud Run fields
+  around it against Cloud Run's documented set, here.
 - The example falhook.toml files load with falhook's own config loader.
 """
 
@@ -305,6 +308,11 @@ def dockerfile_problems(text: str, context: Path = ROOT) -> list[str]:
     command = (entry[-1] if entry else []) + (cmd[-1] if cmd else [])
     if command[:2] != ["falhook", "serve"]:
         problems.append(f"the entry point is {command}, not falhook serve")
+    if "--port" in command:
+        problems.append("the command fixes --port: a platform's $PORT (Cloud Run) is ignored")
+    env = " ".join(a for w, a in final if w == "ENV")
+    if "PORT=" not in env:
+        problems.append("no default PORT in the environment")
     volumes = " ".join(a for w, a in final if w == "VOLUME")
     if "falhook-data" not in volumes:
         problems.append("no falhook-data volume")
@@ -328,6 +336,11 @@ def test_the_dockerfile_is_non_root_with_a_healthcheck_and_falhook_serve() -> No
         ('CMD ["serve"', 'CMD ["worker"'),
         ("COPY handlers ./handlers", "COPY handler ./handlers"),
         ('VOLUME ["/var/lib/falhook/falhook-data"]', ""),
+        (
+            'CMD ["serve", "--host", "0.0.0.0"]',
+            'CMD ["serve", "--host", "0.0.0.0", "--port", "8000"]',
+        ),
+        ("    PORT=8000", "    NOTHING=8000"),
     ],
 )
 def test_a_broken_dockerfile_is_caught(good: str, bad: str) -> None:
@@ -341,3 +354,111 @@ def test_the_build_context_ignore_file_keeps_what_the_dockerfile_copies() -> Non
     assert ignore[ignore.index("*") :][:1] == ["*"]  # everything out, then re-included
     for needed in ("pyproject.toml", "README.md", "receiver/", "handlers/"):
         assert f"!{needed}" in ignore
+
+
+# --- Cloud Run -----------------------------------------------------------------------------------
+
+CLOUDRUN = INFRA / "cloudrun"
+# What Cloud Run's Service YAML takes around the pod (its YAML reference, v1).
+_SERVICE_KEYS = {"apiVersion", "kind", "metadata", "spec"}
+_SERVICE_SPEC_KEYS = {"template", "traffic"}
+_REVISION_ONLY_KEYS = {"containerConcurrency", "timeoutSeconds"}
+_CLOUD_RUN_SIGTERM_GRACE = 10.0  # seconds from SIGTERM to SIGKILL, fixed by Cloud Run
+
+
+def cloudrun_problems(doc: dict[str, Any]) -> list[str]:
+    problems: list[str] = []
+    if (doc.get("apiVersion"), doc.get("kind")) != ("serving.knative.dev/v1", "Service"):
+        problems.append("not a serving.knative.dev/v1 Service")
+    problems += [f"unknown field {k}" for k in sorted(set(doc) - _SERVICE_KEYS)]
+    spec = doc.get("spec") or {}
+    problems += [f"unknown field spec.{k}" for k in sorted(set(spec) - _SERVICE_SPEC_KEYS)]
+    template = spec.get("template") or {}
+    revision = dict(template.get("spec") or {})
+    concurrency = revision.pop("containerConcurrency", 80)
+    timeout = revision.pop("timeoutSeconds", 300)
+    if not (isinstance(concurrency, int) and 0 <= concurrency <= 1000):
+        problems.append("containerConcurrency must be an integer from 0 to 1000")
+    if not (isinstance(timeout, int) and 1 <= timeout <= 3600):
+        problems.append("timeoutSeconds must be an integer from 1 to 3600")
+    for where, meta in (("metadata", doc.get("metadata")), ("template", template.get("metadata"))):
+        for key, value in ((meta or {}).get("annotations") or {}).items():
+            if not isinstance(value, str):
+                problems.append(f"{where} annotation {key} must be a string, not {value!r}")
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "revision",
+           **(template.get("metadata") or {})}, "spec": revision}  # fmt: skip
+    found = k8s_problems(pod)
+    if found is not None:
+        problems.append(f"the revision's pod: {found}")
+    containers = revision.get("containers") or []
+    serving = [c for c in containers if c.get("ports")]
+    if len(serving) != 1 or len(serving[0]["ports"]) != 1:
+        problems.append("exactly one container must declare exactly one port")
+    elif serving[0]["ports"][0].get("name", "http1") not in ("http1", "h2c"):
+        problems.append("the port's name must be http1 or h2c")
+    for c in containers:
+        if "--port" in (c.get("args") or []) or "--port" in (c.get("command") or []):
+            problems.append(f"container {c.get('name')}: --port given, $PORT ignored")
+        if "readinessProbe" in c:
+            problems.append(
+                f"container {c.get('name')}: Cloud Run takes startupProbe, not readinessProbe"
+            )
+    return problems
+
+
+def cloudrun_service() -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load((CLOUDRUN / "service.yaml").read_text())
+    return doc
+
+
+def test_the_cloud_run_service_validates() -> None:
+    assert cloudrun_problems(cloudrun_service()) == []
+
+
+@pytest.mark.parametrize(
+    ("good", "bad"),
+    [
+        ("containerConcurrency: 80", "containerConcurrency: 8000"),
+        ('cpu-throttling: "false"', "cpu-throttling: false"),
+        ("containerPort: 8080", "containerPort: eighty"),
+        ("          startupProbe:", "          startupProbes:"),  # unknown field in the pod
+        ('args: ["serve", "--host", "0.0.0.0"]', 'args: ["serve", "--port", "8080"]'),
+        ("- name: http1", "- name: web"),
+        ("  template:", "  templates:"),
+        ("          startupProbe:", "          readinessProbe:"),
+    ],
+)
+def test_a_broken_cloud_run_service_fails_validation(good: str, bad: str) -> None:
+    text = (CLOUDRUN / "service.yaml").read_text()
+    assert good in text
+    assert cloudrun_problems(yaml.safe_load(text.replace(good, bad, 1))) != []
+
+
+def test_the_cloud_run_service_runs_falhook_serve_on_a_shared_postgres(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    service = cloudrun_service()
+    template = service["spec"]["template"]
+    annotations = template["metadata"]["annotations"]
+    # The worker runs between requests: CPU always allocated, an instance always up.
+    assert annotations["run.googleapis.com/cpu-throttling"] == "false"
+    assert int(annotations["autoscaling.knative.dev/minScale"]) >= 1
+    [container] = template["spec"]["containers"]
+    assert container["args"][:1] == ["serve"] and "--no-worker" not in container["args"]
+    assert container["startupProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    env = {e["name"]: e for e in container["env"]}
+    for secret in ("FALHOOK_DATABASE_URL", "FAL_KEY", "AWS_SECRET_ACCESS_KEY"):
+        assert "valueFrom" in env[secret] and "value" not in env[secret]
+    for name, value in {
+        "FALHOOK_PUBLIC_URL": "https://falhook-x.a.run.app",
+        "FALHOOK_DATABASE_URL": "postgresql://u@/falhook?host=/cloudsql/p:r:db",
+        "GCS_BUCKET": "results",
+    }.items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings(CLOUDRUN / "falhook.toml")
+    assert settings.store.url.startswith("postgresql://")  # instances come and go
+    assert settings.sinks["archive"].options["endpoint_url"] == "https://storage.googleapis.com"
+    # falhook's shutdown fits Cloud Run's 10 s: the worker's grace, with room for uvicorn's
+    # wait on open requests (milliseconds for a webhook) and the hand-back.
+    assert settings.delivery.shutdown_grace + 5 <= _CLOUD_RUN_SIGTERM_GRACE

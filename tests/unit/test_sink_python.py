@@ -147,3 +147,49 @@ def test_start_up_errors_name_the_key(
         python_sink("mine", options, ENV)
     assert err.value.key == key
     assert problem in err.value.problem
+
+
+@pytest.fixture
+def config_folder(tmp_path: Path) -> Any:
+    """A config's folder holding a handler module (and a helper it imports), as a user
+    writes them; the modules and the path entry are gone after the test."""
+    name = f"mysink_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / f"{name}_helpers.py").write_text("SUFFIX = '!'\n")
+    (tmp_path / f"{name}.py").write_text(
+        f"from {name}_helpers import SUFFIX\n\n"
+        "async def handle(ctx, *, word):\n"
+        "    return {'said': word + SUFFIX}\n"
+    )
+    path_before = list(sys.path)
+    yield tmp_path, name
+    sys.path[:] = path_before
+    for mod in (name, f"{name}_helpers"):
+        sys.modules.pop(mod, None)
+
+
+async def test_a_handler_module_beside_the_config_is_importable(config_folder: Any) -> None:
+    folder, name = config_folder
+    sink = python_sink("mine", {"handler": f"{name}:handle", "word": "hi"}, SinkEnv(folder))
+    assert await sink.deliver(_ctx()) == {"said": "hi!"}
+    assert sys.path[-1] == str(folder)  # after the installed packages: they win on a clash
+
+
+def test_a_handler_found_nowhere_names_the_folders_looked_in(tmp_path: Path) -> None:
+    with pytest.raises(OptionError) as err:
+        python_sink("mine", {"handler": "no_such_mod_xyz:handle"}, SinkEnv(tmp_path))
+    assert err.value.key == "[sinks.mine].handler"
+    assert "no_such_mod_xyz" in err.value.problem
+    assert f"the config's folder ({tmp_path})" in err.value.problem
+    assert str(tmp_path) not in sys.path  # nothing there: the path is left alone
+
+
+def test_a_missing_dependency_of_the_handler_is_reported_as_such(tmp_path: Path) -> None:
+    name = f"needs_dep_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / f"{name}.py").write_text("import not_installed_anywhere_xyz\n")
+    try:
+        with pytest.raises(OptionError, match="not_installed_anywhere_xyz"):
+            python_sink("mine", {"handler": f"{name}:handle"}, SinkEnv(tmp_path))
+    finally:
+        sys.modules.pop(name, None)
+        if str(tmp_path) in sys.path:
+            sys.path.remove(str(tmp_path))

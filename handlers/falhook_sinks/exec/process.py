@@ -124,7 +124,11 @@ def _feed(transport: asyncio.SubprocessTransport, data: bytes) -> None:
     """The event on stdin, then end of file. The transport buffers what the pipe cannot take
     yet; a child that exits without reading only loses its stdin (no error for us)."""
     # uvloop's pipe transports (`falhook serve` runs on uvloop) are not asyncio subclasses.
-    stdin = cast(asyncio.WriteTransport, transport.get_pipe_transport(0))
+    stdin = cast(asyncio.WriteTransport | None, transport.get_pipe_transport(0))
+    # A child that was quick has exited already (a loaded machine lets it), and uvloop has
+    # closed its stdin: writing there would raise instead of being dropped.
+    if stdin is None or stdin.is_closing():
+        return
     stdin.write(data)
     stdin.close()  # after what is buffered is written
 

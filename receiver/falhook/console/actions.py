@@ -4,15 +4,15 @@ event a filter matches (in batches, each one write), reconcile submissions now."
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 
 from falhook.config import Settings
 from falhook.store.models import EventQuery
+from falhook.store.replay import BulkResult, ReplayRefused, replay_event
+from falhook.store.replay import replay_matching as matching
 from falhook.store.roles import Store
-
-BATCH = 500  # events per bulk-replay write
 
 
 class ActionError(Exception):
@@ -24,43 +24,23 @@ class ActionError(Exception):
         self.detail = detail
 
 
-async def replay_one(store: Store, request_id: str, sink: str | None, force: bool) -> int:
-    view = await store.get_event(request_id)
-    if view is None:
-        raise ActionError(404, f"no event with request_id {request_id!r}")
-    if sink is not None and sink not in view.deliveries:
-        known = ", ".join(sorted(view.deliveries))
-        raise ActionError(404, f"the event has no sink {sink!r} (it has: {known})")
-    return await store.replay(request_id, sink, force=force)
-
-
-@dataclass(frozen=True)
-class BulkResult:
-    scheduled: int  # deliveries made due
-    events: int  # events that had any
-    next_cursor: str | None  # where a batched replay goes on; None: done
+async def replay_one(
+    store: Store, settings: Settings, request_id: str, sink: str | None, force: bool
+) -> int:
+    try:
+        return await replay_event(store, settings, request_id, sink, force)
+    except ReplayRefused as exc:
+        raise ActionError(404, exc.detail) from None
 
 
 async def replay_matching(
-    store: Store,
-    query: EventQuery,
-    *,
-    sink: str | None = None,
-    force: bool = False,
-    limit: int | None = None,
-    cursor: str | None = None,
+    store: Store, settings: Settings, query: EventQuery, **options: Any
 ) -> BulkResult:
-    """Replay the events the query matches: all of them (limit None), or one batch of at
-    most `limit` after `cursor` (the console's progress bar asks batch by batch)."""
-    scheduled = events = 0
-    while True:
-        size = BATCH if limit is None else min(limit, BATCH)
-        ids, cursor = await store.find_ids(query, limit=size, cursor=cursor)
-        if ids:
-            d, e = await store.replay_many(ids, sink, force=force)
-            scheduled, events = scheduled + d, events + e
-        if cursor is None or limit is not None:
-            return BulkResult(scheduled, events, cursor)
+    """Replay the events the query matches (store/replay.py's options): all, or a batch."""
+    try:
+        return await matching(store, settings, query, **options)
+    except ReplayRefused as exc:
+        raise ActionError(404, exc.detail) from None
 
 
 async def reconcile_now(store: Store, settings: Settings) -> dict[str, int]:

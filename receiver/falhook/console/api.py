@@ -74,7 +74,11 @@ class Api:
         sink, force = _sink_and_force(await _json_object(request))
         request_id = request.path_params["request_id"]
         return JSONBody(
-            {"scheduled": await actions.replay_one(self.store, request_id, sink, force)}
+            {
+                "scheduled": await actions.replay_one(
+                    self.store, self.state.settings, request_id, sink, force
+                )
+            }
         )
 
     async def bulk_replay(self, request: Request, _: Caller) -> Response:
@@ -85,7 +89,13 @@ class Api:
         if cursor is not None and not isinstance(cursor, str):
             raise ParamError("cursor", "must be a string")
         done = await actions.replay_matching(
-            self.store, event_query(body), sink=sink, force=force, limit=limit, cursor=cursor
+            self.store,
+            self.state.settings,
+            event_query(body),
+            sink=sink,
+            force=force,
+            limit=limit,
+            cursor=cursor,
         )
         answer: dict[str, Any] = {"scheduled": done.scheduled, "events": done.events}
         if limit is not None:

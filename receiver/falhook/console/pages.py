@@ -122,7 +122,8 @@ class Pages:
         form = await read_form(request)
         request_id = request.path_params["request_id"]
         sink = str(form.get("sink") or "") or None
-        count = await actions.replay_one(self.store, request_id, sink, _form_flag(form, "force"))
+        force = _form_flag(form, "force")
+        count = await actions.replay_one(self.store, self.state.settings, request_id, sink, force)
         flash = f"Scheduled {count} deliver{'y' if count == 1 else 'ies'} again."
         target = f"/console/events/{quote(request_id, safe='')}" + query_string({}, flash=flash)
         return RedirectResponse(target, status_code=303)
@@ -139,6 +140,7 @@ class Pages:
         form = await read_form(request)
         done = await actions.replay_matching(
             self.store,
+            self.state.settings,
             event_query(form),
             sink=form.get("sink") or None,
             force=_form_flag(form, "force"),

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from falhook.metadata import MetadataError, parse_pairs
 from falhook.store.models import EventQuery
 from falhook.store.states import DELIVERY_STATES, EVENT_STATES, SUBMISSION_STATES
 
@@ -62,7 +63,26 @@ def event_query(values: Mapping[str, Any]) -> EventQuery:
         q=_text(values, "q"),
         since=parse_time("since", _text(values, "since")),
         until=parse_time("until", _text(values, "until")),
+        meta=meta_filters(values),
     )
+
+
+def meta_filters(values: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """`meta.KEY=VALUE` parameters (and the list form's `meta` field, `KEY=VALUE`): events
+    whose submission's metadata holds each pair."""
+    pairs: list[str] = []
+    for name in _meta_names(values):
+        value = _text(values, name)
+        if value is not None:
+            pairs.append(value if name == "meta" else f"{name[5:]}={value}")
+    try:
+        return tuple(parse_pairs(pairs, "meta").items())
+    except MetadataError as exc:
+        raise ParamError("meta", str(exc)) from None
+
+
+def _meta_names(values: Mapping[str, Any]) -> list[str]:
+    return sorted(name for name in values if name == "meta" or name.startswith("meta."))
 
 
 def submission_state(values: Mapping[str, Any]) -> str | None:
@@ -88,4 +108,5 @@ def limit_of(values: Mapping[str, Any], default: int) -> int:
 
 def filters_of(values: Mapping[str, Any]) -> dict[str, str]:
     """The filters given, as strings (to carry them in links and forms)."""
-    return {k: str(values[k]) for k in FILTERS if values.get(k) not in (None, "")}
+    names = [*FILTERS, *_meta_names(values)]
+    return {k: str(values[k]) for k in names if values.get(k) not in (None, "")}

@@ -20,7 +20,7 @@ import asyncio
 import os
 import secrets
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import structlog
@@ -40,6 +40,7 @@ from falhook.telemetry import Telemetry
 from falhook_sinks.base import Sink
 
 log = structlog.get_logger("falhook.worker")
+EVENT_DELIVERIES = 1000  # one event's deliveries leased at once, at most: all of them
 
 
 class Worker:
@@ -117,14 +118,9 @@ class Worker:
         cannot help them and `events replay` can."""
         try:
             async with asyncio.timeout(deadline):
-                jobs = await self.store.lease(
-                    owner=self.owner,
-                    limit=max(1, len(self.sinks)),
-                    lease_seconds=max(deadline * 2, self.settings.delivery.lease_seconds),
-                    request_id=request_id,
-                )
-                for job in jobs:  # a timeout cancels it: leases are handed back
-                    await JobRun(job, self.parts).run()
+                # A timeout cancels the job: its leases are handed back.
+                lease = max(deadline * 2, self.settings.delivery.lease_seconds)
+                await self.run_event(request_id, lease_seconds=lease)
         except TimeoutError:
             log.warning("inline delivery ran out of time", request_id=request_id, deadline=deadline)
         self.parts.trail.flush()  # the caller may end the loop (serverless inline mode)
@@ -139,6 +135,27 @@ class Worker:
         await self.parts.recorder.flush()
         await asyncio.gather(*(b.aclose() for b in self.parts.batchers.values()))
         self.parts.trail.flush()
+
+    async def run_event(
+        self,
+        request_id: str,
+        *,
+        sinks: Sequence[str] | None = None,
+        lease_seconds: float | None = None,
+    ) -> int:
+        """Lease this event's pending or retrying deliveries (only `sinks`' when given),
+        due or not, and deliver them before returning (`events replay --now`, inline
+        mode). How many were attempted: 0 when another worker holds them."""
+        jobs = await self.store.lease(
+            owner=self.owner,
+            limit=EVENT_DELIVERIES,
+            lease_seconds=lease_seconds or self.settings.delivery.lease_seconds,
+            request_id=request_id,
+            sinks=sinks,
+        )
+        for job in jobs:
+            await JobRun(job, self.parts).run()
+        return sum(len(job.deliveries) for job in jobs)
 
     # --- the loop's steps ----------------------------------------------------------------------
 

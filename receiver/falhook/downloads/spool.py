@@ -32,10 +32,10 @@ WRITEBACK_EVERY = 8 * 1024 * 1024
 
 
 def _load_sync_file_range() -> Any:
-    """Linux's sync_file_range(2), through libc: writeback without a device cache flush."""
+    """Linux's sync_file_range(2), through libc: writeback without a device cache flush.
+    The process's own symbols hold libc's: find_library would run ldconfig, a process
+    started on import (and paid by every serverless cold start)."""
     try:
-        # The process's own symbols hold libc's (find_library would run ldconfig: a process
-        # started at import).
         libc = ctypes.CDLL(None, use_errno=True)
         fn = libc.sync_file_range
     except (OSError, AttributeError):

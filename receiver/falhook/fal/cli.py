@@ -31,6 +31,7 @@ from falhook.argtypes import (
     seconds,
 )
 from falhook.config import ConfigError, Settings, load_config
+from falhook.metadata import parse_pairs
 from falhook.progress import Progress
 from falhook.store.document import submission_record
 from falhook.store.models import SubmissionView
@@ -71,6 +72,14 @@ def _add_submit(
         default=[],
         metavar="FIELD=PATH",
         help="upload a local file to fal storage and put its URL into FIELD (repeatable)",
+    )
+    submit.add_argument(
+        "--meta",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a label of your own stored with the job and carried by its event as "
+        "submission.metadata, never sent to fal (repeatable; KEY a plain name)",
     )
     submit.add_argument("--no-validate", action="store_true", help="skip the Ray 3.2 input checks")
     submit.add_argument(
@@ -216,6 +225,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         settings = _settings(args)
         payload = _read_input(args.input)
         files = _read_files(args.file)
+        metadata = parse_pairs(args.meta)
     except ConfigError as exc:
         return _fail(f"config error: {exc}", EXIT_USAGE)
     except ValueError as exc:
@@ -230,6 +240,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
             validate=not args.no_validate,
             allow_unreachable_webhook=args.allow_unreachable_webhook,
             show_progress=True,
+            metadata=metadata,
         )
     except ValidationError as exc:
         return _fail(
@@ -249,7 +260,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         print(json.dumps({"request_id": sub.request_id, "endpoint": sub.endpoint,
                           "route": sub.route, "webhook_url": sub.webhook_url,
                           "status_url": sub.status_url, "response_url": sub.response_url,
-                          "cancel_url": sub.cancel_url, "input": sub.input}))  # fmt: skip
+                          "cancel_url": sub.cancel_url, "input": sub.input,
+                          "metadata": sub.metadata}))  # fmt: skip
     else:
         print(sub.request_id)
     return EXIT_OK

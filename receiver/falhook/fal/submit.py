@@ -20,7 +20,7 @@ import ipaddress
 import os
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -36,6 +36,7 @@ from falhook.fal.queue import (
     make_queue,
 )
 from falhook.fal.ray import validate_input
+from falhook.metadata import MetadataError, check_metadata
 from falhook.progress import Progress
 from falhook.store.models import NewSubmission
 from falhook.store.roles import SubmissionStore
@@ -78,6 +79,7 @@ class Submission:
     status_url: str
     response_url: str
     cancel_url: str
+    metadata: dict[str, str] = field(default_factory=dict)  # kept here, never sent to fal
 
 
 def webhook_url_for(settings: Settings, route: str) -> str:
@@ -96,12 +98,17 @@ async def submit(
     validate: bool = True,
     allow_unreachable_webhook: bool = False,
     show_progress: bool = False,
+    metadata: Mapping[str, str] | None = None,
 ) -> Submission:
     """Validate, upload `files` (field -> local path) into the input, submit once, record.
 
-    Raises ray.ValidationError or SubmitRefused (nothing sent: bad input or config),
-    SubmitError (not started) or SubmitUnknown (maybe started; recorded as `unknown` when a
-    store is given). `show_progress`: upload progress on stderr when it is a terminal."""
+    `metadata`: the user's own labels for the job (customer, order), stored with the
+    submission and carried by its event as `submission.metadata`, never sent to fal
+    (falhook.metadata has the rules). Raises ray.ValidationError or SubmitRefused (nothing
+    sent: bad input or config), SubmitError (not started) or SubmitUnknown (maybe started;
+    recorded as `unknown` when a store is given). `show_progress`: upload progress on
+    stderr when it is a terminal."""
+    labels = checked_metadata(metadata)
     check_before_sending(settings, route, allow_unreachable_webhook=allow_unreachable_webhook)
     files = dict(files or {})
     payload = prepare_input(endpoint, input, files, settings, validate=validate)
@@ -119,7 +126,7 @@ async def submit(
             if store is not None:
                 with contextlib.suppress(Exception):  # the message matters more than the record
                     exc.local_id = await _record_unknown(
-                        store, endpoint, route, payload, exc.reason
+                        store, endpoint, route, payload, exc.reason, labels
                     )
             raise
     finally:
@@ -134,6 +141,7 @@ async def submit(
         status_url=done.status_url,
         response_url=done.response_url,
         cancel_url=done.cancel_url,
+        metadata=labels,
     )
     if store is not None:
         await _record(store, submission)
@@ -146,6 +154,14 @@ async def _upload(client: FalQueue, path: str | os.PathLike[str], show_progress:
     size = (await asyncio.to_thread(os.stat, path)).st_size
     with Progress(f"uploading {Path(path).name}", total=size, unit="bytes") as progress:
         return await client.upload(path, progress)
+
+
+def checked_metadata(metadata: Mapping[str, Any] | None) -> dict[str, str]:
+    """The metadata as stored; SubmitRefused (nothing sent) when it breaks a rule."""
+    try:
+        return check_metadata(metadata)
+    except MetadataError as exc:
+        raise SubmitRefused(str(exc)) from None
 
 
 def check_before_sending(
@@ -199,6 +215,7 @@ async def _record(store: SubmissionStore, sub: Submission) -> None:
                 status_url=sub.status_url,
                 response_url=sub.response_url,
                 cancel_url=sub.cancel_url,
+                metadata=sub.metadata,
             )
         )
     except Exception as exc:  # the job runs regardless: never lose its request_id
@@ -237,12 +254,19 @@ def prepare_input(
 
 
 async def _record_unknown(
-    store: SubmissionStore, endpoint: str, route: str, payload: dict[str, Any], reason: str
+    store: SubmissionStore,
+    endpoint: str,
+    route: str,
+    payload: dict[str, Any],
+    reason: str,
+    metadata: dict[str, str],
 ) -> str:
     """Keep a trace of a submit that may have started: no request_id is known, so a local one."""
     local_id = f"unknown-{uuid.uuid4()}"
     await store.record_submission(
-        NewSubmission(request_id=local_id, endpoint=endpoint, route=route, input=payload)
+        NewSubmission(
+            request_id=local_id, endpoint=endpoint, route=route, input=payload, metadata=metadata
+        )
     )
     await store.update_submission(local_id, state="unknown", detail=reason)
     return local_id
@@ -259,6 +283,7 @@ def submit_sync(
     record: bool = True,
     allow_unreachable_webhook: bool = False,
     show_progress: bool = False,
+    metadata: Mapping[str, str] | None = None,
 ) -> Submission:
     """submit() for synchronous code: opens the configured store to record the submission."""
 
@@ -270,11 +295,13 @@ def submit_sync(
             "validate": validate,
             "allow_unreachable_webhook": allow_unreachable_webhook,
             "show_progress": show_progress,
+            "metadata": metadata,
         }
         if not record:
             return await submit(endpoint, input, **options)
-        # A config mistake is refused before the store is opened (a missing --file or an
-        # input Ray refuses is found later, by submit itself).
+        # A config mistake (or metadata breaking a rule) is refused before the store is
+        # opened (a missing --file or an input Ray refuses is found later, by submit itself).
+        checked_metadata(metadata)
         check_before_sending(settings, route, allow_unreachable_webhook=allow_unreachable_webhook)
         from falhook.store import make_store
 

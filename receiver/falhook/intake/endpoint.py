@@ -24,18 +24,12 @@ import structlog
 
 from falhook.config import Settings
 from falhook.intake.body import BodyBudget, BodyRules, Busy, TooLarge, TooSlow, read_body
-from falhook.intake.envelope import Envelope, EnvelopeError, parse_envelope
+from falhook.intake.envelope import Envelope
 from falhook.intake.events import FAL_HEADERS, new_event
 from falhook.intake.keys import FalKeys
 from falhook.intake.offload import OFF_LOOP_BYTES, off_loop
-from falhook.intake.verify import (
-    SignedRequest,
-    VerificationError,
-    check_header_form,
-    check_headers,
-    check_user,
-    verify_signature,
-)
+from falhook.intake.verifier import WebhookChecks
+from falhook.intake.verify import SignedRequest, VerificationError, check_header_form
 from falhook.logs import LineBatch
 from falhook.metrics import Metrics
 from falhook.store.models import NewEvent, StoreUnavailable
@@ -101,7 +95,9 @@ class WebhookEndpoint:
         self.budget = BodyBudget(r.max_buffered_bytes)
         metrics.unfinished_body_bytes.set_function(lambda: self.budget.held)
         self.tolerance = r.timestamp_tolerance
-        self.allowed = frozenset(r.allowed_user_ids)
+        self.checks = WebhookChecks(
+            keys, tolerance=r.timestamp_tolerance, allowed_user_ids=r.allowed_user_ids
+        )
         # Labelled children resolved once: labels() takes a lock and builds a key each time.
         self.counted = {
             (route, status): metrics.webhooks.labels(route, status, "")
@@ -119,7 +115,7 @@ class WebhookEndpoint:
 
     async def _traced(self, scope: Scope, receive: Receive, send: Send) -> None:
         assert self.tracing is not None
-        route = scope["path"][len(PREFIX) :]
+        route = route_path(scope)[len(PREFIX) :]
         with self.tracing.receive(route, known=route in self.routes) as span:
             answer = await self._answer(scope, receive)
             if answer is None:
@@ -133,7 +129,7 @@ class WebhookEndpoint:
         self, scope: Scope, receive: Receive
     ) -> tuple[int, dict[str, Any], bool] | None:
         """(status, body, close the connection) for one request."""
-        route = scope["path"][len(PREFIX) :]
+        route = route_path(scope)[len(PREFIX) :]
         close = False
         try:
             if route not in self.routes:
@@ -187,25 +183,15 @@ class WebhookEndpoint:
         """Verify, parse and store one webhook whose route and size already passed."""
         if self.ready is not None:
             await self.ready()
-        keys = self.keys
         started = time.perf_counter()
         big = len(body) > OFF_LOOP_BYTES
         try:
-            signed = await off_loop(big, self._signed, headers, body)  # hashing megabytes
+            signed = await self.checks.signed(headers, body, big=big)  # hashing megabytes
         except VerificationError as exc:
-            raise Reply(401, exc.code, exc.detail) from None
-        if not keys.keys() and not await keys.ensure_loaded():
-            raise Reply(503, "keys_unavailable", "no signing keys could be loaded; retry later")
-        verified = verify_signature(signed, keys.keys())
-        if not verified and await keys.refetch_for_unknown():
-            verified = verify_signature(signed, keys.keys())  # fal rotated its keys
+            if exc.code == "bad_signature":  # a signature refused counts in the histogram
+                self.metrics.verify_seconds.observe(time.perf_counter() - started)
+            raise Reply(exc.status, exc.code, exc.detail) from None
         self.metrics.verify_seconds.observe(time.perf_counter() - started)
-        if not verified:
-            raise Reply(401, "bad_signature", "no fal key verifies the signature")
-        try:
-            check_user(signed, self.allowed)
-        except VerificationError as exc:
-            raise Reply(401, exc.code, exc.detail) from None
 
         # A payload of thousands of Files is parsed and walked off the loop too.
         envelope, event = await off_loop(big, self._event, route, headers, body, signed)
@@ -247,19 +233,14 @@ class WebhookEndpoint:
         self.tracing.annotate(request_id=envelope.request_id, fal_status=envelope.status)
         return replace(event, trace_context=self.tracing.traceparent())
 
-    def _signed(self, headers: dict[str, str], body: bytes) -> SignedRequest:
-        return check_headers(headers, body, now=time.time(), tolerance=self.tolerance)
-
     def _event(
         self, route: str, headers: dict[str, str], body: bytes, signed: SignedRequest
     ) -> tuple[Envelope, NewEvent]:
         """The envelope and the event to store; Reply(400) when the body is not one."""
         try:
-            envelope = parse_envelope(body)
-        except EnvelopeError as exc:
-            raise Reply(400, "bad_envelope", str(exc)) from None
-        if envelope.request_id != signed.request_id:
-            raise Reply(400, "request_id_mismatch", "body request_id differs from the header's")
+            envelope = self.checks.envelope(signed, body)
+        except VerificationError as exc:
+            raise Reply(exc.status, exc.code, exc.detail) from None
         sinks = self.routes[route]
         return envelope, new_event(envelope, route=route, sinks=sinks, body=body, headers=headers)
 
@@ -268,6 +249,18 @@ class WebhookEndpoint:
         label = route if reply.status != 404 else "(unknown)"
         self.metrics.webhooks.labels(label, "rejected", reply.code).inc()
         log.info("webhook rejected", route=label, status=reply.status, reason=reply.code)
+
+
+def route_path(scope: Scope) -> str:
+    """The request's path below the app's mount point. ASGI's `path` is the full path and
+    `root_path` the prefix the app is mounted under (Starlette's and FastAPI's `mount`,
+    `uvicorn --root-path`); a proxy that strips the prefix itself sends a path without it,
+    which is then taken as it is."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root) and path[len(root) : len(root) + 1] in ("/", ""):
+        return path[len(root) :]
+    return path
 
 
 def _headers(scope: Scope) -> dict[str, str]:

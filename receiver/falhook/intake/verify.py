@@ -23,13 +23,16 @@ _MAX_TS_DIGITS = 15
 
 
 class VerificationError(Exception):
-    """A request that fails verification (answered 401). ``detail`` never holds the
-    signature or key material."""
+    """A webhook that fails verification: ``code`` as in the endpoint's error body,
+    ``detail`` a sentence (never the signature or key material), ``status`` the endpoint's
+    answer: 401 (headers, signature, user), 400 (a signed body that is not a fal envelope),
+    503 (no keys could be had: fal will retry)."""
 
-    def __init__(self, code: str, detail: str) -> None:
+    def __init__(self, code: str, detail: str, *, status: int = 401) -> None:
         super().__init__(detail)
         self.code = code
         self.detail = detail
+        self.status = status
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +126,6 @@ def verify(
     """All checks at once (the receiver splits them to refetch keys on an unknown key)."""
     signed = check_headers(headers, body, now=now, tolerance=tolerance)
     if not verify_signature(signed, keys):
-        raise VerificationError("unknown_key", "no fal key verifies the signature")
+        raise VerificationError("bad_signature", "no fal key verifies the signature")
     check_user(signed, allowed_user_ids)
     return signed

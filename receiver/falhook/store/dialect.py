@@ -52,6 +52,8 @@ class Dialect:
     json_in: Callable[[Any], Any]  # a document as the accept statement takes it
     json_out: Callable[[Any], Any]
     in_list: Callable[[Params, Sequence[str]], str]  # "IN (?, ?)" / "= ANY($1::text[])"
+    # A submission's metadata value by key (keys are plain names: falhook.metadata).
+    meta_value: Callable[[Params, str], str]
 
     def params(self) -> Params:
         return Params(self.numbered)
@@ -87,6 +89,11 @@ def _as_utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
+def _json_path(key: str) -> str:
+    """SQLite's JSON path to a metadata key: quoted, a plain name is literal."""
+    return '$."' + key + '"'
+
+
 SQLITE = Dialect(
     numbered=False,
     event_key="id",
@@ -100,6 +107,7 @@ SQLITE = Dialect(
     json_in=msgspec.json.encode,
     json_out=msgspec.json.decode,
     in_list=lambda p, values: f"IN ({','.join(p(v) for v in values) or 'NULL'})",
+    meta_value=lambda p, key: f"json_extract(metadata, {p(_json_path(key))})",
 )
 POSTGRES = Dialect(
     numbered=True,
@@ -112,6 +120,7 @@ POSTGRES = Dialect(
     json_in=lambda value: msgspec.json.encode(value).decode(),
     json_out=lambda value: value,  # the json codec decodes it (postgres._init_connection)
     in_list=lambda p, values: f"= ANY({p(list(values))}::text[])",
+    meta_value=lambda p, key: f"metadata->>{p(key)}",
 )
 _EVENT_STATES = {d: state_predicates(d.has, column=d.state_column) for d in (SQLITE, POSTGRES)}
 
@@ -130,6 +139,9 @@ def query_where(
         where.append(f"e.request_id IN ({submitted})")
     if query.request_ids is not None:
         where.append(f"e.request_id {d.in_list(p, query.request_ids)}")
+    for key, value in query.meta:
+        labelled = f"SELECT request_id FROM submissions WHERE {d.meta_value(p, key)} = {p(value)}"
+        where.append(f"e.request_id IN ({labelled})")
     if query.since is not None:
         where.append(f"e.received_at >= {p(d.time_in(query.since))}")
     if query.until is not None:
@@ -184,7 +196,8 @@ SUBMISSION_STATE_SQL = """
 """
 SUBMISSION_COLUMNS = (
     "s.request_id, s.endpoint, s.route, s.input, s.status_url, s.response_url, s.cancel_url,"
-    f" s.submitted_at, {SUBMISSION_STATE_SQL} AS state, s.detail, s.checked_at, e.received_at"
+    f" s.submitted_at, {SUBMISSION_STATE_SQL} AS state, s.detail, s.checked_at, e.received_at,"
+    " s.metadata"
 )
 DELIVERY_COLUMNS = "sink, state, attempts, last_error, next_attempt_at, updated_at, output"
 ATTEMPT_COLUMNS = "at, outcome, error, duration_ms"
@@ -255,4 +268,5 @@ def submission_view(d: Dialect, r: Row) -> SubmissionView:
         detail=r[9],
         checked_at=d.time_out(r[10]),
         received_at=d.time_out(r[11]),
+        metadata=d.json_out(r[12]),
     )

@@ -27,6 +27,7 @@ def submission_doc(view: EventView) -> dict[str, Any] | None:
         "input": sub.input,
         "submitted_at": iso(sub.submitted_at),
         "seconds_to_webhook": round((view.received_at - sub.submitted_at).total_seconds(), 3),
+        "metadata": dict(sub.metadata),
     }
 
 
@@ -46,6 +47,7 @@ def submission_record(view: SubmissionView) -> dict[str, Any]:
         "received_at": iso(view.received_at),
         "seconds_to_result": waited,
         "input": view.input,
+        "metadata": dict(view.metadata),
     }
 
 

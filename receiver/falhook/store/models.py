@@ -111,6 +111,8 @@ class NewSubmission:
     response_url: str | None = None
     cancel_url: str | None = None
     submitted_at: datetime = field(default_factory=utcnow)
+    # The user's own labels (falhook.metadata's rules), never sent to fal.
+    metadata: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,7 @@ class SubmissionView:
     detail: str | None
     checked_at: datetime | None
     received_at: datetime | None  # the event's received_at, when there is one
+    metadata: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -198,6 +201,8 @@ class EventQuery:
     since: datetime | None = None  # received at or after
     until: datetime | None = None  # received before
     request_ids: tuple[str, ...] | None = None  # only these (the live view checks new ones)
+    # The submission's metadata holds each of these (key, value) pairs.
+    meta: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -371,13 +371,19 @@ class PostgresStore:
     # --- deliveries --------------------------------------------------------------------------
 
     async def lease(
-        self, *, owner: str, limit: int, lease_seconds: float, request_id: str | None = None
+        self,
+        *,
+        owner: str,
+        limit: int,
+        lease_seconds: float,
+        request_id: str | None = None,
+        sinks: Sequence[str] | None = None,
     ) -> list[Job]:
         args: list[Any] = [limit, owner, float(lease_seconds)]
         sql = q.LEASE_DUE
         if request_id is not None:
             sql = q.LEASE_ONE
-            args.append(request_id)
+            args += [request_id, None if sinks is None else list(sinks)]
         async with self._conn() as conn:
             # The UPDATE commits at once (the rows are ours by their token); the views are
             # read afterwards without holding any lock.
@@ -445,8 +451,16 @@ class PostgresStore:
         if _rowcount(status):
             self._notify()
 
-    async def replay(self, request_id: str, sink: str | None = None, *, force: bool = False) -> int:
-        return (await self.replay_many([request_id], sink, force=force))[0]
+    async def replay(
+        self,
+        request_id: str,
+        sink: str | None = None,
+        *,
+        force: bool = False,
+        add_to_routes: Collection[str] = (),
+    ) -> int:
+        done = await self.replay_many([request_id], sink, force=force, add_to_routes=add_to_routes)
+        return done[0]
 
     # --- the console's reads -------------------------------------------------------------------
 
@@ -468,13 +482,21 @@ class PostgresStore:
             return await reads.count_events(conn, query)
 
     async def replay_many(
-        self, request_ids: Sequence[str], sink: str | None = None, *, force: bool = False
+        self,
+        request_ids: Sequence[str],
+        sink: str | None = None,
+        *,
+        force: bool = False,
+        add_to_routes: Collection[str] = (),
     ) -> tuple[int, int]:
         ids = list(dict.fromkeys(request_ids))
         if not ids:
             return 0, 0
-        sql = q.replay_sql(one_sink=sink is not None, force=force)
+        add = sink is not None and bool(add_to_routes)
+        sql = q.replay_sql(one_sink=sink is not None, force=force, add=add)
         params: list[Any] = [ids] if sink is None else [ids, sink]
+        if add:
+            params.append(sorted(add_to_routes))
         async with self._conn() as conn:
             rows = await conn.fetch(sql, *params)
         if rows:
@@ -515,6 +537,7 @@ class PostgresStore:
                 s.response_url,
                 s.cancel_url,
                 q.as_utc(s.submitted_at),
+                s.metadata,
             )
 
     async def get_submission(self, request_id: str) -> SubmissionView | None:

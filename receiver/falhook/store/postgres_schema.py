@@ -143,6 +143,11 @@ MIGRATIONS: list[tuple[str, ...]] = [
         "CREATE INDEX deliveries_with_error ON deliveries (request_id)"
         " WHERE last_error IS NOT NULL",
     ),
+    (
+        # The user's own labels for a submitted job (`falhook submit --meta`), never sent to
+        # fal: a JSON object of strings.
+        "ALTER TABLE submissions ADD COLUMN metadata json NOT NULL DEFAULT '{}'",
+    ),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -238,12 +243,13 @@ RETURNING d.request_id, d.sink, d.attempts, d.lease_token, d.position, due.due_a
 """
 
 # One event's pending or retrying deliveries, due or not (serverless inline mode), and its
-# expired leases.
+# expired leases; only those of the sinks in $5 unless it is NULL.
 LEASE_ONE = f"""
 WITH due AS (
     SELECT request_id, sink, due_at, state FROM deliveries
     WHERE request_id = $4 AND (state IN ('pending', 'retrying')
                                OR (state = 'delivering' AND lease_expires_at <= now()))
+        AND ($5::text[] IS NULL OR sink = ANY($5::text[]))
     ORDER BY position
     LIMIT $1
     FOR UPDATE SKIP LOCKED
@@ -322,9 +328,12 @@ WHERE request_id = $1 AND sink = $2 AND lease_token = $3 AND state = 'delivering
 """
 
 
-def replay_sql(*, one_sink: bool, force: bool) -> str:
-    """Deliveries of the events in $1 (an array) due again; the request id of each."""
-    return (
+def replay_sql(*, one_sink: bool, force: bool, add: bool = False) -> str:
+    """Deliveries of the events in $1 (an array) due again (only sink $2's when one_sink);
+    the request id of each. `add`: sink $2's delivery is also created, pending, for events
+    of the routes in $3 that lack it (one statement: the rows it adds are not the rows its
+    update sees, so each is counted once)."""
+    update = (
         "UPDATE deliveries SET state = 'pending', attempts = 0, last_error = NULL,"
         " next_attempt_at = now(), lease_token = NULL, lease_owner = NULL,"
         " lease_expires_at = NULL, updated_at = now()"
@@ -333,12 +342,23 @@ def replay_sql(*, one_sink: bool, force: bool) -> str:
         + (" AND sink = $2" if one_sink else "")
         + " RETURNING request_id"
     )
+    if not add:
+        return update
+    return (
+        "WITH added AS (INSERT INTO deliveries (request_id, sink, position, state,"
+        " next_attempt_at, updated_at) SELECT e.request_id, $2, 1 + COALESCE((SELECT"
+        " max(d.position) FROM deliveries d WHERE d.request_id = e.request_id), 0), 'pending',"
+        " now(), now() FROM events e WHERE e.request_id = ANY($1::text[])"
+        " AND e.route = ANY($3::text[]) ON CONFLICT (request_id, sink) DO NOTHING"
+        f" RETURNING request_id), updated AS ({update})"
+        " SELECT request_id FROM added UNION ALL SELECT request_id FROM updated"
+    )
 
 
 RECORD_SUBMISSION = """
 INSERT INTO submissions (request_id, endpoint, route, input, status_url, response_url,
-                         cancel_url, submitted_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                         cancel_url, submitted_at, metadata)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
 ON CONFLICT (request_id) DO NOTHING
 """
 

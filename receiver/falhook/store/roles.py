@@ -22,7 +22,7 @@ Semantics every implementation keeps (tests/inprocess/test_store.py runs against
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
@@ -62,12 +62,19 @@ class IntakeStore(Protocol):
 @runtime_checkable
 class DeliveryQueue(Protocol):
     async def lease(
-        self, *, owner: str, limit: int, lease_seconds: float, request_id: str | None = None
+        self,
+        *,
+        owner: str,
+        limit: int,
+        lease_seconds: float,
+        request_id: str | None = None,
+        sinks: Sequence[str] | None = None,
     ) -> list[Job]:
         """Take up to `limit` due deliveries (grouped into jobs by event), marking them
         delivering until now + lease_seconds. With request_id, only that event's pending or
         retrying deliveries (due or not: serverless inline mode, where fal's retry is the
-        schedule) and its expired ones."""
+        schedule, and `events replay --now`) and its expired ones; with `sinks` too, only
+        those sinks' deliveries of it."""
 
     async def extend(self, tokens: Sequence[str], lease_seconds: float) -> None:
         """Push the lease of held deliveries forward (a long download keeps its lease)."""
@@ -110,11 +117,20 @@ class EventReader(Protocol):
     async def counts(self) -> dict[str, int]:
         """Deliveries per state, for the backlog and dead gauges."""
 
-    async def replay(self, request_id: str, sink: str | None = None, *, force: bool = False) -> int:
+    async def replay(
+        self,
+        request_id: str,
+        sink: str | None = None,
+        *,
+        force: bool = False,
+        add_to_routes: Collection[str] = (),
+    ) -> int:
         """Make the event's deliveries (all, or one sink's) pending and due now, attempts 0,
         last_error cleared; dead and delivered ones included. Outputs are kept (a sink uses
-        its previous output to avoid repeats) unless force. Returns how many were
-        rescheduled; 0 when the event or sink is unknown."""
+        its previous output to avoid repeats) unless force. With `sink` and an event of one
+        of `add_to_routes` that has no delivery for it (the sink was added to its route
+        after it arrived), the delivery is created, pending. Returns how many were
+        rescheduled or created; 0 when the event or sink is unknown."""
 
 
 @runtime_checkable
@@ -135,10 +151,15 @@ class ConsoleReader(EventReader, Protocol):
     async def count_events(self, query: EventQuery) -> int: ...
 
     async def replay_many(
-        self, request_ids: Sequence[str], sink: str | None = None, *, force: bool = False
+        self,
+        request_ids: Sequence[str],
+        sink: str | None = None,
+        *,
+        force: bool = False,
+        add_to_routes: Collection[str] = (),
     ) -> tuple[int, int]:
         """replay() of each event (one sink's deliveries, or all) in one write; returns
-        (deliveries rescheduled, events that had any)."""
+        (deliveries rescheduled or created, events that had any)."""
 
     async def changes(self, mark: ChangeMark | None) -> tuple[list[Change], ChangeMark]:
         """Events accepted and delivery state changes since `mark` (None: none, only the

@@ -56,7 +56,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -582,8 +582,16 @@ class SQLiteStore:
     # --- deliveries --------------------------------------------------------------------------
 
     async def lease(
-        self, *, owner: str, limit: int, lease_seconds: float, request_id: str | None = None
+        self,
+        *,
+        owner: str,
+        limit: int,
+        lease_seconds: float,
+        request_id: str | None = None,
+        sinks: Sequence[str] | None = None,
     ) -> list[Job]:
+        only = "" if sinks is None else f" AND d.sink IN ({','.join('?' * len(sinks))})"
+
         def op(c: sqlite3.Connection) -> list[Job]:
             now = time.time()
             if request_id is None:
@@ -593,8 +601,9 @@ class SQLiteStore:
                     "SELECT d.event_id, e.request_id, d.sink, d.attempts, d.state"
                     " FROM deliveries d JOIN events e ON e.id = d.event_id"
                     " WHERE e.request_id = ? AND (d.state IN ('pending', 'retrying')"
-                    "      OR (d.state = 'delivering' AND d.lease_expires_at <= ?)) LIMIT ?",
-                    (request_id, now, limit),
+                    f"      OR (d.state = 'delivering' AND d.lease_expires_at <= ?)){only}"
+                    " LIMIT ?",
+                    (request_id, now, *(sinks or ()), limit),
                 ).fetchall()
             if not rows:
                 return []
@@ -691,8 +700,16 @@ class SQLiteStore:
         if await self._write(op):
             self._notify()
 
-    async def replay(self, request_id: str, sink: str | None = None, *, force: bool = False) -> int:
-        return (await self.replay_many([request_id], sink, force=force))[0]
+    async def replay(
+        self,
+        request_id: str,
+        sink: str | None = None,
+        *,
+        force: bool = False,
+        add_to_routes: Collection[str] = (),
+    ) -> int:
+        done = await self.replay_many([request_id], sink, force=force, add_to_routes=add_to_routes)
+        return done[0]
 
     # --- the console's reads -------------------------------------------------------------------
 
@@ -723,13 +740,20 @@ class SQLiteStore:
             await self._write(index_for_search)
 
     async def replay_many(
-        self, request_ids: Sequence[str], sink: str | None = None, *, force: bool = False
+        self,
+        request_ids: Sequence[str],
+        sink: str | None = None,
+        *,
+        force: bool = False,
+        add_to_routes: Collection[str] = (),
     ) -> tuple[int, int]:
         ids = list(dict.fromkeys(request_ids))
+        routes = sorted(add_to_routes) if sink is not None else []
         deliveries = events = 0
         for start in range(0, len(ids), 400):  # under SQLite's bound-parameter limit
             chunk = ids[start : start + 400]
-            d, e = await self._write(functools.partial(_replay, ids=chunk, sink=sink, force=force))
+            replay = functools.partial(_replay, ids=chunk, sink=sink, force=force, routes=routes)
+            d, e = await self._write(replay)
             deliveries, events = deliveries + d, events + e
         if deliveries:
             self._notify()
@@ -760,11 +784,13 @@ class SQLiteStore:
             s.response_url,
             s.cancel_url,
             to_epoch(s.submitted_at),
+            encode(s.metadata).decode(),
         )
         await self._write(
             lambda c: c.execute(
                 "INSERT OR IGNORE INTO submissions (request_id, endpoint, route, input,"
-                " status_url, response_url, cancel_url, submitted_at) VALUES (?,?,?,?,?,?,?,?)",
+                " status_url, response_url, cancel_url, submitted_at, metadata)"
+                " VALUES (?,?,?,?,?,?,?,?,?)",
                 row,
             )
         )
@@ -802,11 +828,19 @@ class SQLiteStore:
 
 
 def _replay(
-    c: sqlite3.Connection, ids: list[str], sink: str | None, force: bool
+    c: sqlite3.Connection, ids: list[str], sink: str | None, force: bool, routes: list[str]
 ) -> tuple[int, int]:
-    """Deliveries of these events due again: (deliveries, events) changed."""
+    """Deliveries of these events due again (and `sink`'s created for events of `routes`
+    that lack it): (deliveries, events) changed."""
     now = time.time()
     marks = ",".join("?" * len(ids))
+    if sink is not None and routes:
+        c.execute(
+            "INSERT OR IGNORE INTO deliveries (event_id, sink, state, next_attempt_at,"
+            f" updated_at) SELECT id, ?, 'pending', ?, ? FROM events WHERE request_id IN ({marks})"
+            f" AND route IN ({','.join('?' * len(routes))})",
+            [sink, now, now, *ids, *routes],
+        )
     sql = (
         "UPDATE deliveries SET state = 'pending', attempts = 0, last_error = NULL,"
         " next_attempt_at = ?, lease_token = NULL, lease_owner = NULL,"

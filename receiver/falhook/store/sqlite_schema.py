@@ -177,6 +177,11 @@ MIGRATIONS: list[tuple[str, ...]] = [
         "CREATE TABLE search_index (indexed_to INTEGER NOT NULL)",
         "INSERT INTO search_index (indexed_to) SELECT COALESCE(MAX(id), 0) FROM events",
     ),
+    (
+        # The user's own labels for a submitted job (`falhook submit --meta`), never sent to
+        # fal: a JSON object of strings, as text (SQLite's JSON functions read text).
+        "ALTER TABLE submissions ADD COLUMN metadata TEXT NOT NULL DEFAULT '{}'",
+    ),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
