@@ -29,6 +29,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from falhook.config import DEFAULT_JWKS_URL, ConfigError, Settings
+from falhook.console.exposure import console_served, unguarded_reason
 from falhook.intake.endpoint import (
     PREFIX,
     DeliverNow,
@@ -46,7 +47,7 @@ from falhook.runtime import Runtime, WorkerMode
 from falhook.store.states import DELIVERY_STATES
 
 if TYPE_CHECKING:
-    from falhook.console import Console
+    from falhook.console.app import Console
 
 log = structlog.get_logger("falhook.receiver")
 CONSOLE_PREFIX = "/console"
@@ -172,6 +173,7 @@ class Falhook:
         # server exits and `falhook serve` prints it, without a traceback.
         self.startup_error: ConfigError | None = None
         self.console: Console | None = None  # built on the first console request
+        self.console_on = console_served(runtime.settings)  # warns when it stays off
         self._console_app: Starlette | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -228,7 +230,7 @@ class Falhook:
         return fresh
 
     def _is_console(self, path: str) -> bool:
-        if not self.runtime.settings.console.enabled or not path.startswith(CONSOLE_PREFIX):
+        if not self.console_on or not path.startswith(CONSOLE_PREFIX):
             return False
         return len(path) == len(CONSOLE_PREFIX) or path[len(CONSOLE_PREFIX)] == "/"
 
@@ -237,7 +239,7 @@ class Falhook:
         only when someone opens the console."""
         await self.start()
         if self._console_app is None:
-            from falhook.console import console_app
+            from falhook.console.app import console_app
 
             self._console_app, self.console = console_app(self.runtime.settings, self.runtime.store)
         return self._console_app
@@ -333,12 +335,14 @@ def create_console_app(settings: Settings) -> Falhook:
     configure_logging()
     if not settings.console.enabled:
         raise ConfigError("[console].enabled", "is false: there is no console to serve")
+    if (unguarded := unguarded_reason(settings)) is not None:
+        raise ConfigError("[console].token", unguarded)
     runtime = Runtime(settings)  # the store only
     start = Starter(runtime, expects_lifespan=True)
     probes = Probes(runtime, None, start)
     app = Starlette(
         routes=[
-            Route("/", lambda _: RedirectResponse("/console/", status_code=307)),
+            Route("/", lambda r: RedirectResponse(f"{r.scope.get('root_path', '')}/console/", 307)),
             Route("/healthz", probes.healthz, methods=["GET", "HEAD"]),
         ],
         exception_handlers={HTTPException: http_error},

@@ -28,6 +28,7 @@ from tests.support.inprocess import FAST_DELIVERY, wait_until
 from tests.support.logs import captured
 
 PREFIX = "/fal"
+TOKEN = "embedding-console-token"  # a console behind a public URL is served only with one
 
 
 def _settings(tmp_path: Path, jwks_url: str, store: dict[str, str], **extra: Any) -> Any:
@@ -37,6 +38,7 @@ def _settings(tmp_path: Path, jwks_url: str, store: dict[str, str], **extra: Any
         store=store,
         delivery=FAST_DELIVERY,
         receiver={"public_url": f"https://app.example.com{PREFIX}"},
+        console={"token": TOKEN},
         **extra,
     )
     return settings_from_dict(config, base_dir=tmp_path)
@@ -115,7 +117,8 @@ async def test_a_mounted_app_stores_and_delivers_webhooks_under_its_prefix(
         )
         assert (await client.get("/")).status_code == 200
         # The console is routed to under the prefix (its pages are the console's own).
-        api = await client.get(f"{PREFIX}/console/api/events/{rid}")
+        bearer = {"Authorization": f"Bearer {TOKEN}"}
+        api = await client.get(f"{PREFIX}/console/api/events/{rid}", headers=bearer)
         assert api.status_code == 200, api.text
         assert api.json()["request_id"] == rid
         # Outside the prefix, nothing of falhook answers.

@@ -27,6 +27,7 @@ from tests.support.paths import ROOT
 
 EXAMPLES = doc_blocks((ROOT / "docs" / "embedding.md").read_text())
 PREFIX = "/fal"
+TOKEN = "embedding-console-token"  # a console behind a public URL is served only with one
 
 
 def _config(tmp_path: Path, jwks: JWKSServer, store: dict[str, str]) -> dict[str, Any]:
@@ -35,6 +36,7 @@ def _config(tmp_path: Path, jwks: JWKSServer, store: dict[str, str]) -> dict[str
         jwks.url,
         store=store,
         receiver={"public_url": f"https://app.example.com{PREFIX}"},
+        console={"token": TOKEN},
         delivery={"shutdown_grace": 0.0, "lease_seconds": 300},
     )
 
@@ -70,7 +72,8 @@ def test_an_example_mounts_falhook_under_a_prefix_and_hands_work_back_on_sigterm
         assert (tmp_path / "files" / "default" / rid / "v.mp4").read_bytes() == b"video"
         assert httpx.get(app.url(f"{PREFIX}/readyz")).status_code == 200
         assert "falhook_webhooks_total" in httpx.get(app.url(f"{PREFIX}/metrics")).text
-        shown = httpx.get(app.url(f"{PREFIX}/console/api/events/{rid}"))  # loopback: no token
+        bearer = {"Authorization": f"Bearer {TOKEN}"}
+        shown = httpx.get(app.url(f"{PREFIX}/console/api/events/{rid}"), headers=bearer)
         assert shown.status_code == 200 and shown.json()["request_id"] == rid
         assert httpx.get(app.url("/")).status_code == 200  # the host's own page
         outside = httpx.post(app.url("/webhooks/default"), content=b"{}")
@@ -126,7 +129,8 @@ def test_behind_a_proxy_that_strips_the_prefix_uvicorn_root_path_serves_falhook(
         rid, answer = app.post("/webhooks/default", signer, {"n": 1})
         assert answer.json() == {"status": "accepted", "request_id": rid}
         app.wait_state(rid, "delivered")
-        event = json.loads(httpx.get(app.url(f"/console/api/events/{rid}")).text)
+        bearer = {"Authorization": f"Bearer {TOKEN}"}
+        event = json.loads(httpx.get(app.url(f"/console/api/events/{rid}"), headers=bearer).text)
         assert event["request_id"] == rid
     finally:
         app.close()

@@ -1,9 +1,4 @@
 """The operator console: pages at /console/, a JSON API at /console/api/, a live stream of
 changes, all reading and acting through the store's roles. Imported only when a console
-request comes (the Lambda entry point and the CLI do not pay for Jinja2)."""
-
-from __future__ import annotations
-
-from falhook.console.app import Console, console_app
-
-__all__ = ["Console", "console_app"]
+request comes (the Lambda entry point and the CLI do not pay for Jinja2); `exposure` alone is
+read at start-up."""

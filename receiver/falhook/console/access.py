@@ -5,7 +5,9 @@
   an expiry and its HMAC under a key derived from the token: changing the token logs
   everyone out, and nothing is kept on the server.
 - Without a token: loopback clients only. A request that came through a proxy (it carries
-  X-Forwarded-For or Forwarded) is not taken as loopback, whatever the socket says.
+  X-Forwarded-For, Forwarded or X-Real-IP) is not taken as loopback, whatever the socket
+  says; and a console whose `[receiver].public_url` is not a loopback address is not served
+  at all without a token (exposure.py).
 - CSRF: a POST made by a browser (it carries a cookie, Origin or Sec-Fetch-Site) must come
   from the console's own origin and carry the CSRF token of its session (a form field or
   the X-CSRF-Token header). Bearer-token calls need neither: browsers never add them.
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit
 
-from starlette.requests import Request
+from starlette.requests import HTTPConnection
 
 from falhook.config import ConsoleSettings
 
@@ -52,7 +54,7 @@ class Access:
 
     # --- who -------------------------------------------------------------------------------
 
-    def check(self, request: Request) -> Verdict:
+    def check(self, request: HTTPConnection) -> Verdict:
         if not self.token:
             if is_loopback(request):
                 return Verdict("loopback")
@@ -92,14 +94,14 @@ class Access:
 
     # --- CSRF --------------------------------------------------------------------------------
 
-    def binding(self, request: Request) -> str:
+    def binding(self, request: HTTPConnection) -> str:
         """What a CSRF token is bound to: the session, or the browser's own cookie."""
         return request.cookies.get(SESSION_COOKIE) or request.cookies.get(BROWSER_COOKIE) or ""
 
     def csrf_token(self, binding: str) -> str:
         return self._sign(f"csrf:{binding}") if binding else ""
 
-    def csrf_refusal(self, request: Request, auth: Auth, given: str | None) -> str | None:
+    def csrf_refusal(self, request: HTTPConnection, auth: Auth, given: str | None) -> str | None:
         """Why this POST is refused as cross-site, or None when it may go ahead."""
         if auth == "bearer":
             return None
@@ -118,7 +120,7 @@ class Access:
         return None
 
 
-def same_origin(origin: str, request: Request) -> bool:
+def same_origin(origin: str, request: HTTPConnection) -> bool:
     host = request.headers.get("host", "")
     try:
         return urlsplit(origin).netloc.lower() == host.lower() and bool(host)
@@ -126,8 +128,11 @@ def same_origin(origin: str, request: Request) -> bool:
         return False
 
 
-def is_loopback(request: Request) -> bool:
-    if "x-forwarded-for" in request.headers or "forwarded" in request.headers:
+PROXY_HEADERS = ("x-forwarded-for", "forwarded", "x-real-ip")
+
+
+def is_loopback(request: HTTPConnection) -> bool:
+    if any(name in request.headers for name in PROXY_HEADERS):
         return False
     client = request.client
     if client is None:

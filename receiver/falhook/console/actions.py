@@ -1,18 +1,22 @@
-"""What the console does, for its API and its forms alike: replay one event, replay every
-event a filter matches (in batches, each one write), reconcile submissions now."""
+"""What the console may do, for its API and its forms alike: replay one event, replay every
+event a filter matches (in batches, each one write), reconcile submissions now. Each action
+holds the store role it acts through and nothing more."""
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from falhook.config import Settings
 from falhook.store.models import EventQuery
-from falhook.store.replay import BulkResult, ReplayRefused, replay_event
-from falhook.store.replay import replay_matching as matching
-from falhook.store.roles import Store
+from falhook.store.replay import BulkResult, ReplayRefused, replay_event, replay_matching
+from falhook.store.roles import ConsoleReader
+
+if TYPE_CHECKING:
+    from falhook.fal.reconcile import ReconcileStore
 
 
 class ActionError(Exception):
@@ -24,39 +28,57 @@ class ActionError(Exception):
         self.detail = detail
 
 
-async def replay_one(
-    store: Store, settings: Settings, request_id: str, sink: str | None, force: bool
-) -> int:
-    try:
-        return await replay_event(store, settings, request_id, sink, force)
-    except ReplayRefused as exc:
-        raise ActionError(404, exc.detail) from None
+class Replays:
+    """Making deliveries due again, one event or every event a filter matches, as the
+    command line does (store/replay.py: a sink the route gained gets its delivery)."""
+
+    def __init__(self, events: ConsoleReader, settings: Settings) -> None:
+        self.events = events
+        self.settings = settings
+
+    async def one(self, request_id: str, sink: str | None, force: bool) -> int:
+        try:
+            return await replay_event(self.events, self.settings, request_id, sink, force)
+        except ReplayRefused as exc:
+            raise ActionError(404, exc.detail) from None
+
+    async def matching(self, query: EventQuery, **options: Any) -> BulkResult:
+        """Replay the events the query matches (store/replay.py's options: `sink`,
+        `force`, and `limit` with `cursor` for one batch): all of them, or a batch."""
+        try:
+            return await replay_matching(self.events, self.settings, query, **options)
+        except ReplayRefused as exc:
+            raise ActionError(404, exc.detail) from None
 
 
-async def replay_matching(
-    store: Store, settings: Settings, query: EventQuery, **options: Any
-) -> BulkResult:
-    """Replay the events the query matches (store/replay.py's options): all, or a batch."""
-    try:
-        return await matching(store, settings, query, **options)
-    except ReplayRefused as exc:
-        raise ActionError(404, exc.detail) from None
-
-
-async def reconcile_now(store: Store, settings: Settings) -> dict[str, int]:
+class Reconciliation:
     """One reconciliation pass over every pending submission, whatever its age."""
-    from falhook.fal.queue import KEY_ENV, make_queue
 
-    key = os.environ.get(KEY_ENV)
-    if not key:
-        raise ActionError(
-            409, f"reconciling asks fal's queue, which needs {KEY_ENV} in the environment"
-        )
-    from falhook.fal.reconcile import Reconciler
+    def __init__(self, store: ReconcileStore, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
 
-    queue = make_queue(settings, key=key)
-    try:
-        now = msgspec.structs.replace(settings.reconcile, deadline=0.001)
-        return await Reconciler(store, queue, settings, now).run_once()
-    finally:
-        await queue.aclose()
+    async def now(self) -> dict[str, int]:
+        from falhook.fal.queue import KEY_ENV, make_queue
+
+        key = os.environ.get(KEY_ENV)
+        if not key:
+            raise ActionError(
+                409, f"reconciling asks fal's queue, which needs {KEY_ENV} in the environment"
+            )
+        from falhook.fal.reconcile import Reconciler
+
+        queue = make_queue(self.settings, key=key)
+        try:
+            now = msgspec.structs.replace(self.settings.reconcile, deadline=0.001)
+            return await Reconciler(self.store, queue, self.settings, now).run_once()
+        finally:
+            await queue.aclose()
+
+
+@dataclass(frozen=True)
+class Actions:
+    """Every action the console may take (issue by issue, more join here)."""
+
+    replays: Replays
+    reconciliation: Reconciliation

@@ -84,17 +84,20 @@ def disk_copy(view: EventView, sink: str, path: str, roots: dict[str, Path]) -> 
     return target
 
 
-def disk_url(request_id: str, sink: str, path: str) -> str:
-    return f"/console/files/{quote(request_id, safe='')}?" + urlencode({"sink": sink, "path": path})
+def disk_url(base: str, request_id: str, sink: str, path: str) -> str:
+    """The console's URL of a disk copy (`base`: where the console is, paths.py)."""
+    query = urlencode({"sink": sink, "path": path})
+    return f"{base}/files/{quote(request_id, safe='')}?{query}"
 
 
-def file_links(view: EventView, roots: dict[str, Path]) -> dict[str, FileLinks]:
+def file_links(view: EventView, roots: dict[str, Path], base: str) -> dict[str, FileLinks]:
     """The links of each file of the event, by its JSON path."""
     found: dict[str, FileLinks] = {}
     for file in view.files:
         path = str(file.get("path", ""))
         disk = next(
-            (disk_url(view.request_id, s, path) for s in roots if _written(view, s, path)), None
+            (disk_url(base, view.request_id, s, path) for s in roots if _written(view, s, path)),
+            None,
         )
         s3 = link_in_outputs((d.output for d in view.deliveries.values()), path)
         found[path] = FileLinks(disk=disk, s3=s3, fal=web_url(file.get("url")))

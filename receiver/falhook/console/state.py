@@ -1,5 +1,6 @@
-"""What every console handler shares: the settings, the store, the access rules, the live
-feed, the disk sinks' roots, and a short-lived count of dead deliveries for the navigation."""
+"""What every console handler shares: the settings, the store roles it reads, the actions it
+may take, the access rules, the live feed, the disk sinks' roots, and a short-lived count of
+dead deliveries for the navigation."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ from dataclasses import dataclass, field
 
 from falhook.config import Settings
 from falhook.console.access import Access
+from falhook.console.actions import Actions
 from falhook.console.feed import ChangeFeed
+from falhook.console.limits import LoginLimiter
 from falhook.console.links import disk_roots
-from falhook.store.roles import Store
+from falhook.store.roles import ConsoleReader, SubmissionReader
 
 DEAD_TTL = 2.0  # seconds the navigation's dead count is reused
 
@@ -18,19 +21,23 @@ DEAD_TTL = 2.0  # seconds the navigation's dead count is reused
 @dataclass
 class ConsoleState:
     settings: Settings
-    store: Store
+    events: ConsoleReader
+    submissions: SubmissionReader
+    actions: Actions
     access: Access = field(init=False)
+    limiter: LoginLimiter = field(init=False)
     feed: ChangeFeed = field(init=False)
     _dead: tuple[float, int] = (0.0, 0)
 
     def __post_init__(self) -> None:
         self.access = Access(self.settings.console)
-        self.feed = ChangeFeed(self.store, self.settings.console.stream_interval)
+        self.limiter = LoginLimiter()
+        self.feed = ChangeFeed(self.events, self.settings.console.stream_interval)
         self.roots = disk_roots(self.settings)
 
     async def dead_count(self) -> int:
         at, count = self._dead
         if time.monotonic() - at > DEAD_TTL:
-            count = await self.store.dead_count()
+            count = await self.events.dead_count()
             self._dead = (time.monotonic(), count)
         return count

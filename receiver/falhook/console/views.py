@@ -70,8 +70,8 @@ def preview_of(files: list[dict[str, Any]]) -> dict[str, Any] | None:
     return None
 
 
-def row(view: EventView, roots: dict[str, Path]) -> dict[str, Any]:
-    return _row(view, _files(view, file_links(view, roots)))
+def row(view: EventView, roots: dict[str, Path], base: str) -> dict[str, Any]:
+    return _row(view, _files(view, file_links(view, roots, base)))
 
 
 def _row(view: EventView, files: list[dict[str, Any]]) -> dict[str, Any]:
@@ -90,12 +90,12 @@ def _row(view: EventView, files: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def detail(view: EventView, roots: dict[str, Path]) -> dict[str, Any]:
+def detail(view: EventView, roots: dict[str, Path], base: str) -> dict[str, Any]:
     doc = event_document(view)
     payload = payload_of(view)
     raw = msgspec.json.encode(payload)
     submission = doc.get("submission")
-    files = _files(view, file_links(view, roots))
+    files = _files(view, file_links(view, roots, base))
     return {
         "doc": doc,
         "row": _row(view, files),

@@ -7,7 +7,8 @@ and a store can be written and tested role by role.
 - ``EventReader``: read events back, make them due again (CLI, console, metrics).
 - ``ConsoleReader``: what the operator console adds: filtered, searched, paged listings,
   the changes since a mark (its live view), dead deliveries grouped, delivery statistics.
-- ``SubmissionStore``: jobs falhook submitted to fal (submit, reconciliation).
+- ``SubmissionReader``: jobs falhook submitted to fal, read back (the console).
+- ``SubmissionStore``: what ``SubmissionReader`` reads, written (submit, reconciliation).
 
 ``Store`` is all of them: what ``falhook.store.make_store`` returns.
 
@@ -176,16 +177,19 @@ class ConsoleReader(EventReader, Protocol):
 
 
 @runtime_checkable
-class SubmissionStore(Protocol):
-    async def record_submission(self, submission: NewSubmission) -> None:
-        """Store a submission (idempotent on request_id: a second call replaces nothing)."""
-
+class SubmissionReader(Protocol):
     async def get_submission(self, request_id: str) -> SubmissionView | None: ...
 
     async def list_submissions(
         self, *, state: str | None = None, limit: int = 100
     ) -> list[SubmissionView]:
         """Newest first; state filters on the derived state."""
+
+
+@runtime_checkable
+class SubmissionStore(SubmissionReader, Protocol):
+    async def record_submission(self, submission: NewSubmission) -> None:
+        """Store a submission (idempotent on request_id: a second call replaces nothing)."""
 
     async def update_submission(
         self, request_id: str, *, state: str, detail: str | None = None

@@ -5,6 +5,7 @@
 
 (function () {
   const csrf = document.body.dataset.csrf || "";
+  const base = document.body.dataset.base || "/console";  // under the app's root_path
   const MAX_ROWS = 200;  // rows a live list keeps
   const MAX_FETCH = 100;  // rows asked for at once
 
@@ -12,7 +13,7 @@
   // what changed since the page was rendered.
   function stream(onMessage, indicator, onOpen) {
     if (!window.EventSource) return;
-    const source = new EventSource("/console/api/stream");
+    const source = new EventSource(base + "/api/stream");
     if (indicator) indicator.hidden = false;
     source.onopen = () => {
       if (indicator) indicator.dataset.state = "on";
@@ -49,7 +50,7 @@
       // No ids: the newest page of rows (catching up after the stream (re)opened).
       const sep = filters ? "&" : "?";
       const query = ids ? sep + "ids=" + encodeURIComponent(ids.join(",")) : "";
-      const response = await fetch("/console/fragments/rows" + filters + query, { credentials: "same-origin" });
+      const response = await fetch(base + "/fragments/rows" + filters + query, { credentials: "same-origin" });
       if (!response.ok) return;
       const holder = document.createElement("tbody");
       holder.innerHTML = await response.text();
@@ -131,7 +132,7 @@
       form.querySelector("button[type=submit]").disabled = true;
       let cursor = null, events = 0, scheduled = 0;
       for (let round = 0; round < 100000; round++) {
-        const response = await fetch("/console/api/replay", {
+        const response = await fetch(base + "/api/replay", {
           method: "POST",
           credentials: "same-origin",
           headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf },
