@@ -369,3 +369,214 @@ async def test_the_event_page_previews_images_and_lists_a_zip(
     assert page.status_code == 200
     assert "3 entries" in page.text and "frame_0002.exr" in page.text
     assert f'<img src="/console/files/{rid}?sink=local&amp;path=images%5B0%5D"' in page.text
+
+
+# --- mounted under a prefix (ASGI root_path) ---------------------------------------------------
+
+PREFIX = "/fal"
+LINK = re.compile(r'(?:href|src|action|data-base)="([^"]*)"')
+
+
+def host_app(fh: InProcess) -> Any:
+    """A host application that mounts falhook under PREFIX, as a user's own app would."""
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    assert fh.app is not None
+    return Starlette(routes=[Mount(PREFIX, app=fh.app)])
+
+
+def hosted(fh: InProcess) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=host_app(fh), client=("127.0.0.1", 4321))
+    return httpx.AsyncClient(transport=transport, base_url="http://falhook.test")
+
+
+def links_of(html: str) -> list[str]:
+    """Every path a page points at (links, forms, scripts, styles, images, its base)."""
+    return [v for v in LINK.findall(html) if v and not v.startswith(("http:", "https:", "#"))]
+
+
+async def test_under_a_prefix_every_link_redirect_cookie_and_call_stays_under_it(
+    inprocess: InProcessFactory, signer: FalSigner, files: FileServer
+) -> None:
+    fh = await console_app(inprocess)
+    files.add("/v.mp4", data=b"\x00" * 2048, content_type="video/mp4")
+    rid = await fh.send(signer, {"video": {"url": files.url("/v.mp4")}})
+    await fh.wait_state(rid, "delivered")
+    async with hosted(fh) as c:
+        bare = await c.get(f"{PREFIX}/console")
+        assert bare.status_code == 308 and bare.headers["location"] == f"{PREFIX}/console/"
+        login_page = await c.get(f"{PREFIX}/console/")
+        assert login_page.status_code == 401
+        assert f'action="{PREFIX}/console/login"' in login_page.text
+        assert f'value="{PREFIX}/console/"' in login_page.text  # where to go next
+        overview = f"{PREFIX}/console/overview"
+        resp = await c.post(f"{PREFIX}/console/login", data={"token": TOKEN, "next": overview})
+        assert resp.status_code == 303 and resp.headers["location"] == overview
+        assert f"Path={PREFIX}/console" in resp.headers["set-cookie"]
+        pages = [f"{PREFIX}/console/", f"{PREFIX}/console/events/{rid}",
+                 f"{PREFIX}/console/actions", f"{PREFIX}/console/submissions",
+                 f"{PREFIX}/console/overview", f"{PREFIX}/console/replay"]  # fmt: skip
+        seen: set[str] = set()
+        for path in pages:
+            page = await c.get(path)
+            assert page.status_code == 200, (path, page.text[:300])
+            found = links_of(page.text)
+            assert found, path
+            outside = [link for link in found if not link.startswith(f"{PREFIX}/console")]
+            assert outside == [], (path, outside)
+            seen.update(found)
+        assets = [s for s in seen if "/static/" in s or "/files/" in s]
+        assert {a.split("?")[0].rsplit("/", 1)[-1] for a in assets} >= {
+            "console.css",
+            "console.js",
+            rid,
+        }
+        for asset in assets:  # the stylesheet, the script, the video's disk copy
+            assert (await c.get(asset.replace("&amp;", "&"))).status_code == 200, asset
+        csrf = re.search(r'data-csrf="([0-9a-f]+)"', (await c.get(f"{PREFIX}/console/")).text)
+        assert csrf is not None
+        replay = await c.post(f"{PREFIX}/console/events/{rid}/replay", data={"csrf": csrf[1]})
+        assert replay.status_code == 303
+        assert replay.headers["location"].startswith(f"{PREFIX}/console/events/{rid}?flash=")
+        listed = await c.get(f"{PREFIX}/console/api/events", headers=BEARER)
+        assert listed.status_code == 200 and listed.json()["events"][0]["request_id"] == rid
+        out = await c.post(f"{PREFIX}/console/logout", data={"csrf": csrf[1]})
+        assert out.status_code == 303 and out.headers["location"] == f"{PREFIX}/console/login"
+        assert f"Path={PREFIX}/console" in out.headers["set-cookie"]
+
+
+async def test_under_a_prefix_a_login_never_sends_the_browser_elsewhere(
+    inprocess: InProcessFactory,
+) -> None:
+    fh = await console_app(inprocess)
+    async with hosted(fh) as c:
+        for target in ("https://evil.example/", "//evil.example/x", "/console/", "/falx/console/"):
+            resp = await c.post(f"{PREFIX}/console/login", data={"token": TOKEN, "next": target})
+            assert resp.headers["location"] == f"{PREFIX}/console/", target
+
+
+async def test_under_a_prefix_the_live_stream_and_the_loopback_cookie_follow_it(
+    inprocess: InProcessFactory, signer: FalSigner
+) -> None:
+    fh = await inprocess()  # no token: loopback clients, with a CSRF binding cookie
+    async with hosted(fh) as c:
+        page = await c.get(f"{PREFIX}/console/")
+        assert page.status_code == 200
+        assert f"Path={PREFIX}/console" in page.headers["set-cookie"]
+        assert f'data-base="{PREFIX}/console"' in page.text
+    served = await serve(host_app(fh))
+    try:
+        async with (
+            httpx.AsyncClient(base_url=served.url, timeout=30) as c,
+            c.stream("GET", f"{PREFIX}/console/api/stream") as resp,
+        ):
+            assert resp.status_code == 200
+            lines = resp.aiter_lines()
+            assert (await anext(lines)).startswith("retry:")
+            rid = await fh.send(signer, {"prompt": "under a prefix"})
+            async with asyncio.timeout(30):
+                async for line in lines:
+                    if line.startswith("data: ") and json.loads(line[6:])["request_id"] == rid:
+                        break
+    finally:
+        await served.close()
+
+
+class Served:
+    """An ASGI app served by uvicorn on a loopback port, in this event loop."""
+
+    def __init__(self, server: Any, task: asyncio.Task[None], url: str) -> None:
+        self.server, self.task, self.url = server, task, url
+
+    async def close(self) -> None:
+        self.server.should_exit = True
+        await asyncio.wait_for(self.task, 30)
+
+
+async def serve(app: Any) -> Served:
+    import uvicorn
+
+    from tests.support.inprocess import loopback_socket, socket_url
+
+    sock = loopback_socket()
+    config = uvicorn.Config(app, lifespan="off", log_config=None, access_log=False)
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    await wait_until(lambda: _started(server, task), timeout=10, what="uvicorn to listen")
+    return Served(server, task, socket_url(sock))
+
+
+async def _started(server: Any, task: asyncio.Task[None]) -> bool:
+    if task.done():
+        task.result()
+    return bool(server.started)
+
+
+# --- who may reach the console ------------------------------------------------------------------
+
+
+async def test_x_real_ip_marks_a_proxied_request_like_x_forwarded_for(
+    inprocess: InProcessFactory,
+) -> None:
+    fh = await inprocess()
+    async with client(fh) as local:
+        for header in ("X-Real-IP", "X-Forwarded-For", "Forwarded"):
+            proxied = await local.get("/console/api/events", headers={header: "198.51.100.7"})
+            assert proxied.status_code == 403, header
+
+
+async def test_a_console_without_a_token_stays_off_behind_a_public_url(
+    inprocess: InProcessFactory, capfd: pytest.CaptureFixture[str]
+) -> None:
+    fh = await inprocess(receiver={"public_url": "https://hooks.example.com"})
+    async with client(fh) as local:
+        assert (await local.get("/console/")).status_code == 404
+        assert (await local.get("/console/api/events")).status_code == 404
+        assert (await local.get("/healthz")).status_code == 200  # the rest is served
+    warnings = [line for line in capfd.readouterr().err.splitlines() if "[console]" in line]
+    [warning] = [json.loads(line) for line in warnings]
+    assert warning["level"] == "warning"
+    assert warning["event"].startswith("[console].token: is empty")
+    assert "https://hooks.example.com" in warning["event"]
+    guarded = await inprocess(
+        name="guarded", receiver={"public_url": "https://hooks.example.com"}, console=CONSOLE
+    )
+    async with client(guarded, ("203.0.113.5", 1234)) as remote:
+        assert (await remote.get("/console/api/events", headers=BEARER)).status_code == 200
+
+
+async def test_wrong_tokens_are_limited_per_client_then_overall(
+    inprocess: InProcessFactory,
+) -> None:
+    from falhook.console import limits
+
+    fh = await console_app(inprocess)
+    async with client(fh, ("203.0.113.5", 1234)) as guesser:
+        for _ in range(limits.PER_CLIENT - 1):
+            wrong = await guesser.post("/console/login", data={"token": "x" * 24})
+            assert wrong.status_code == 401
+        guess = {"Authorization": "Bearer x"}
+        wrong_bearer = await guesser.get("/console/api/events", headers=guess)
+        assert wrong_bearer.status_code == 401  # a wrong bearer token is a guess too
+        locked = await guesser.post("/console/login", data={"token": TOKEN})
+        assert locked.status_code == 429 and "too many wrong tokens" in locked.text
+        assert 1 <= int(locked.headers["retry-after"]) <= limits.WINDOW
+        api = await guesser.get("/console/api/events", headers=BEARER)
+        assert api.status_code == 429 and api.json()["error"] == "too_many_requests"
+        assert int(api.headers["retry-after"]) >= 1
+        assert TOKEN not in locked.text + api.text
+    async with client(fh, ("203.0.113.6", 1234)) as other:
+        assert (await other.get("/console/api/events", headers=BEARER)).status_code == 200
+        ok = await other.post("/console/login", data={"token": TOKEN})
+        assert ok.status_code == 303  # another client is not locked out
+    failures = limits.PER_CLIENT
+    for n in range(limits.OVERALL):  # guesses from many addresses: everyone waits
+        async with client(fh, (f"198.51.100.{n % 250}", 1000 + n)) as many:
+            resp = await many.post("/console/login", data={"token": "y" * 24})
+            failures += resp.status_code == 401
+            if failures >= limits.OVERALL:
+                break
+    async with client(fh, ("192.0.2.1", 1234)) as anyone:
+        late = await anyone.post("/console/login", data={"token": TOKEN})
+        assert late.status_code == 429
