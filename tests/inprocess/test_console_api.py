@@ -580,3 +580,68 @@ async def test_wrong_tokens_are_limited_per_client_then_overall(
     async with client(fh, ("192.0.2.1", 1234)) as anyone:
         late = await anyone.post("/console/login", data={"token": TOKEN})
         assert late.status_code == 429
+
+
+# --- what the pages show (issue 26) -------------------------------------------------------------
+
+
+@pytest.mark.one_store("rendering does not depend on the store")
+async def test_a_file_that_cannot_be_fetched_says_why_instead_of_a_dead_player(
+    inprocess: InProcessFactory, signer: FalSigner, files: FileServer, store_backend: str
+) -> None:
+    fh = await console_app(inprocess, delivery={"max_attempts": 1})
+    files.add("/gone.mp4", status=403)
+    rid = await fh.send(signer, {"video": {"url": files.url("/gone.mp4")}})
+    await fh.wait_state(rid, "dead")
+    async with client(fh) as c:
+        page = await c.get(f"/console/events/{rid}", headers=BEARER)
+    assert page.status_code == 200
+    assert "preview not available: the file server answered 403" in page.text
+    assert "<video" not in page.text
+    assert "not downloaded: the file server answered 403" in page.text
+    assert "not downloaded yet" not in page.text
+
+
+@pytest.mark.one_store("rendering does not depend on the store")
+async def test_pages_link_an_icon_and_say_the_filters_time_zone(
+    inprocess: InProcessFactory, store_backend: str
+) -> None:
+    fh = await console_app(inprocess)
+    async with client(fh) as c:
+        events = await c.get("/console/", headers=BEARER)
+        login_page = await c.get("/console/login")
+        icon = await c.get("/console/static/favicon.svg")
+        bulk = await c.get("/console/replay?route=reframe", headers=BEARER)
+    for page in (events, login_page):
+        assert '<link rel="icon" href="/console/static/favicon.svg"' in page.text
+    assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/svg+xml")
+    assert "from (UTC)" in events.text and "to (UTC)" in events.text
+    assert 'href="/console/?route=reframe">See these events' in bulk.text  # after "Done"
+
+
+async def test_the_overview_charts_the_last_day_and_the_api_gives_its_series(
+    inprocess: InProcessFactory, signer: FalSigner, files: FileServer
+) -> None:
+    fh = await console_app(inprocess, delivery={"max_attempts": 1})
+    files.add("/gone.png", status=404)
+    done = [await fh.send(signer, {"prompt": f"p{i}"}) for i in range(3)]
+    dead = await fh.send(signer, {"images": [{"url": files.url("/gone.png")}]})
+    for rid in done:
+        await fh.wait_state(rid, "delivered")
+    await fh.wait_state(dead, "dead")
+    trends = await api(fh, "/trends")
+    assert trends["step_seconds"] == 900 and len(trends["buckets"]) == 96
+    assert sum(trends["received"]) == 4 and trends["received"][-1] == 4
+    assert sum(trends["outcomes"]["delivered"]) == 3 and sum(trends["outcomes"]["dead"]) == 1
+    assert trends["backlog"][-1] == 0
+    p50 = trends["latency_seconds"]["local"]["p50"]
+    assert [v is not None for v in p50].count(True) == 1 and p50[-1] is not None
+    async with client(fh) as c:
+        page = await c.get("/console/overview", headers=BEARER)
+    assert page.status_code == 200
+    charts = re.findall(r'data-chart="([^"]+)"', page.text)
+    assert charts == ["traffic", "backlog", "latency-local"]
+    points = dict(re.findall(r'data-series="([^"]+)" data-points="(\d+)"', page.text))
+    assert points["received"] == points["delivered"] == points["waiting"] == "96"
+    assert points["p50"] == points["p99"] == "1"  # one bucket with deliveries
+    assert page.text.count('<rect x="') == 96 * 3  # a hit area per bucket per chart

@@ -9,7 +9,7 @@ import json
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import closing
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +19,10 @@ from falhook.store import sqlite_schema as schema
 from falhook.store.models import Change, ChangeMark, EventQuery, Finish, utcnow
 from falhook.store.roles import Store
 from falhook.store.sqlite import SQLiteStore
+from falhook.store.trends import window_ending
 from tests.inprocess.test_store import HOUR, event, lease_all, set_states, submission
 from tests.support.inprocess import wait_until
-from tests.support.stores import STORE_BACKENDS, open_backend
+from tests.support.stores import STORE_BACKENDS, open_backend, retime
 
 
 @pytest.fixture(params=STORE_BACKENDS)
@@ -347,3 +348,80 @@ async def test_changes_move_on_past_a_busy_window(store: Store, monkeypatch: Any
     )
     moved = {(c.request_id, c.sink) for c in found if c.state == "delivering"}
     assert len(moved) == 24 and len(found) == 36
+
+
+async def finish_as(store: Store, rid: str, outcomes: dict[str, str]) -> None:
+    """One attempt of each named delivery of the event, with that outcome (due again at
+    once after a retry)."""
+    [job] = await lease_all(store, request_id=rid)
+    for d in job.deliveries:
+        if d.sink in outcomes:
+            again = utcnow() if outcomes[d.sink] == "retry" else None
+            result = Finish(rid, d.sink, d.token, outcomes[d.sink], "boom", again)  # type: ignore[arg-type]
+            assert await store.finish(result)
+        else:
+            await store.release(rid, d.sink, d.token)
+
+
+async def test_trends_put_a_seeded_history_into_its_buckets(store: Store) -> None:
+    """A day's history in eight 15-minute buckets: arrivals, outcomes, latency percentiles
+    and the backlog at each bucket's end, rebuilt from the attempt log (a replay included)."""
+    window = window_ending(utcnow(), step=900, buckets=8)
+
+    def at(bucket: int, minute: float = 7.5) -> datetime:
+        return window.since + timedelta(seconds=900 * bucket + 60 * minute)
+
+    a = made(request_id="trend-a", received_at=at(1))
+    b = made(request_id="trend-b", received_at=at(2))
+    c = made(request_id="trend-c", received_at=at(5))
+    d = made(request_id="trend-d", received_at=at(-3))  # before the window
+    alert = made(request_id="trend-alert", received_at=at(3), source="alert", sinks=())
+    for e in (a, b, c, d, alert):
+        assert await store.accept(e)
+    await finish_as(store, "trend-a", {"a": "delivered", "b": "retry"})
+    await finish_as(store, "trend-a", {"b": "delivered"})
+    await retime(store, "trend-a", "a", [at(2, 1)])
+    await retime(store, "trend-a", "b", [at(2, 2), at(3, 4)])
+    await finish_as(store, "trend-b", {"a": "dead", "b": "delivered"})
+    await retime(store, "trend-b", "a", [at(4)])
+    await retime(store, "trend-b", "b", [at(4, 12)])
+    await finish_as(store, "trend-c", {"b": "delivered"})  # a: never tried, still pending
+    await retime(store, "trend-c", "b", [at(5, 9)])
+    await finish_as(store, "trend-d", {"a": "delivered", "b": "delivered"})
+    await retime(store, "trend-d", "a", [at(-2)])
+    await retime(store, "trend-d", "b", [at(-2)])
+    assert await store.replay("trend-d", "a") == 1  # replayed, not tried since
+    await retime(store, "trend-d", "a", [at(-2)], updated_at=at(6))
+
+    trends = await store.delivery_trends(window)
+    assert trends.window == window
+    assert trends.received == [0, 1, 1, 0, 0, 1, 0, 0]  # webhooks only, not the alert
+    assert trends.outcomes["delivered"] == [0, 0, 1, 1, 1, 1, 0, 0]
+    assert trends.outcomes["retry"] == [0, 0, 1, 0, 0, 0, 0, 0]
+    assert trends.outcomes["dead"] == [0, 0, 0, 0, 1, 0, 0, 0]
+    assert trends.outcomes["skipped"] == trends.outcomes["expired"] == [0] * 8
+    assert trends.backlog == [0, 2, 3, 2, 0, 1, 2, 2]
+    minutes = 60.0
+    assert set(trends.latency) == {"a", "b"}
+    # received at minute 7.5 of its bucket, delivered at minute m of a later one
+    assert trends.latency["a"]["p50"] == [None, None, 8.5 * minutes] + [None] * 5
+    b_p99 = trends.latency["b"]["p99"]
+    assert b_p99[3] == pytest.approx(26.5 * minutes)  # trend-a: bucket 1 → bucket 3, 4 min
+    assert b_p99[4] == pytest.approx(34.5 * minutes)  # trend-b: bucket 2 → bucket 4, 12 min
+    assert b_p99[5] == pytest.approx(1.5 * minutes)  # trend-c: within bucket 5
+    assert [i for i, v in enumerate(b_p99) if v is not None] == [3, 4, 5]
+
+
+async def test_trend_percentiles_are_nearest_ranks_in_each_bucket(store: Store) -> None:
+    window = window_ending(utcnow(), step=900, buckets=2)
+    start = window.since + timedelta(seconds=60)
+    for n in range(10):  # latencies 1..10 s, all delivered in the first bucket
+        e = made(request_id=f"rank-{n}", received_at=start, sinks=("a",))
+        await store.accept(e)
+        await finish_as(store, e.request_id, {"a": "delivered"})
+        await retime(store, e.request_id, "a", [start + timedelta(seconds=n + 1)])
+    trends = await store.delivery_trends(window)
+    series = trends.latency["a"]
+    assert (series["p50"][0], series["p90"][0], series["p99"][0]) == (5.0, 9.0, 10.0)
+    assert series["p50"][1] is None
+    assert trends.backlog == [0, 0] and trends.received == [10, 0]

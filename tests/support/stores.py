@@ -13,8 +13,10 @@ import atexit
 import hashlib
 import os
 import secrets
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime
 from pathlib import Path
 
 from falhook.store.postgres import PostgresStore
@@ -118,3 +120,52 @@ async def reopen_backend(name: str, tmp_path: Path) -> AsyncIterator[Store]:
     process (`falhook serve` beside `falhook worker`)."""
     async with open_backend(name, tmp_path) as store:
         yield store
+
+
+async def retime(
+    store: Store,
+    request_id: str,
+    sink: str,
+    attempts: list[datetime],
+    *,
+    updated_at: datetime | None = None,
+) -> None:
+    """Move a delivery's history into the past: its attempts (oldest first) to these
+    times, and its last change to `updated_at` (a seeded history for the trends)."""
+    if isinstance(store, SQLiteStore):
+
+        def move(c: sqlite3.Connection) -> None:
+            event_id = c.execute("SELECT id FROM events WHERE request_id = ?", (request_id,))
+            [eid] = event_id.fetchone()
+            rows = c.execute(
+                "SELECT rowid FROM attempts WHERE event_id = ? AND sink = ? ORDER BY at, rowid",
+                (eid, sink),
+            ).fetchall()
+            assert len(rows) == len(attempts), (request_id, sink, len(rows))
+            for (rowid,), at in zip(rows, attempts, strict=True):
+                c.execute("UPDATE attempts SET at = ? WHERE rowid = ?", (at.timestamp(), rowid))
+            if updated_at is not None:
+                c.execute(
+                    "UPDATE deliveries SET updated_at = ? WHERE event_id = ? AND sink = ?",
+                    (updated_at.timestamp(), eid, sink),
+                )
+
+        await store._write(move)
+        return
+    assert isinstance(store, PostgresStore)
+    async with store._conn() as conn, conn.transaction():
+        rows = await conn.fetch(
+            "SELECT ctid FROM attempts WHERE request_id = $1 AND sink = $2 ORDER BY at",
+            request_id,
+            sink,
+        )
+        assert len(rows) == len(attempts), (request_id, sink, len(rows))
+        for row, at in zip(rows, attempts, strict=True):
+            await conn.execute("UPDATE attempts SET at = $1 WHERE ctid = $2", at, row["ctid"])
+        if updated_at is not None:
+            await conn.execute(
+                "UPDATE deliveries SET updated_at = $1 WHERE request_id = $2 AND sink = $3",
+                updated_at,
+                request_id,
+                sink,
+            )

@@ -11,9 +11,9 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from falhook.console.actions import ActionError
+from falhook.console.overview import day_trends, last_hour_stats, trends_document
 from falhook.console.params import ParamError, event_query, limit_of, submission_state
 from falhook.console.state import ConsoleState
-from falhook.console.views import last_hour_stats
 from falhook.store.document import event_document, submission_record
 from falhook.store.models import iso
 
@@ -66,6 +66,7 @@ class Api:
             Route("/submissions", self.submissions),
             Route("/submissions/reconcile", self.reconcile, methods=post),
             Route("/stats", self.stats),
+            Route("/trends", self.trends),
             Route("/dead", self.dead),
         ]
 
@@ -127,6 +128,9 @@ class Api:
 
     async def stats(self, _: Request) -> Response:
         return JSONBody(await last_hour_stats(self.store))
+
+    async def trends(self, _: Request) -> Response:
+        return JSONBody(trends_document(await day_trends(self.store)))
 
     async def dead(self, _: Request) -> Response:
         groups = await self.store.dead_groups()

@@ -17,6 +17,7 @@ from starlette.routing import BaseRoute, Route
 from falhook.console.actions import ActionError
 from falhook.console.guard import csrf_of, operator, read_form
 from falhook.console.links import INLINE_TYPES, disk_copy
+from falhook.console.overview import day_trends, last_hour_stats, trend_charts
 from falhook.console.params import (
     FAL_STATUSES,
     STATES,
@@ -28,7 +29,7 @@ from falhook.console.params import (
 from falhook.console.paths import base_of
 from falhook.console.render import page, query_string
 from falhook.console.state import ConsoleState
-from falhook.console.views import detail, last_hour_stats, prompt_of, row
+from falhook.console.views import detail, prompt_of, row
 from falhook.store.states import ATTEMPT_OUTCOMES, SUBMISSION_STATES
 
 ZIP_ENTRIES_SHOWN = 200
@@ -195,8 +196,14 @@ class Pages:
 
     async def overview(self, request: Request) -> Response:
         stats = await last_hour_stats(self.store)
+        charts = trend_charts(await day_trends(self.store))
         return await self._render(
-            request, "overview.html", "overview", stats=stats, outcomes=ATTEMPT_OUTCOMES
+            request,
+            "overview.html",
+            "overview",
+            stats=stats,
+            outcomes=ATTEMPT_OUTCOMES,
+            charts=charts,
         )
 
     async def file(self, request: Request) -> Response:

@@ -1,12 +1,9 @@
 """What the pages show, built from stored events: rows of the list, one event's parts, the
-overview's figures. Plain dicts for the templates; every string still goes through the
+Plain dicts for the templates; every string still goes through the
 templates' autoescaping."""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
-from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +11,8 @@ import msgspec
 
 from falhook.console.links import FileLinks, file_links, kind_of
 from falhook.store.document import event_document, payload_of
-from falhook.store.models import DeliveryStats, EventView, utcnow
-from falhook.store.roles import ConsoleReader
+from falhook.store.models import EventView
+from falhook.store.states import BACKLOG_STATES
 
 TREE_MAX_BYTES = 512 * 1024  # a larger payload is shown as text, not as a tree
 PREVIEW_KINDS = ("video", "image")
@@ -43,16 +40,48 @@ def _files(view: EventView, links: dict[str, FileLinks]) -> list[dict[str, Any]]
         path = str(file.get("path", ""))
         poster_path = posters.get(path)
         poster = links[poster_path].best if poster_path in links else None
+        copies = links.get(path, FileLinks(None, None, None))
+        problem = fetch_problem(view, file)
         shown.append(
             {
                 **file,
                 "kind": kind_of(file),
-                "links": links.get(path, FileLinks(None, None, None)),
+                "links": copies,
                 "poster": poster,
                 "display_name": file.get("file_name") or file.get("name") or path,
+                # No copy of ours and fal's could not be fetched: say why, not a dead player.
+                "unavailable": problem if not (copies.disk or copies.s3) else None,
+                "digest": file.get("sha256") or digest_note(view, problem),
             }
         )
     return shown
+
+
+def fetch_problem(view: EventView, file: dict[str, Any]) -> str | None:
+    """Why the file could not be fetched: its intake error, or the download error a
+    delivery recorded for it (downloads name the file: '<path>: <reason>')."""
+    if file.get("error"):
+        return str(file["error"])
+    prefix = f"{file.get('path', '')}: "
+    for delivery in view.deliveries.values():
+        errors = (delivery.last_error, *(a.error for a in reversed(delivery.history)))
+        for error in errors:
+            if error and error.startswith(prefix):
+                return error[len(prefix) :]
+    return None
+
+
+def digest_note(view: EventView, problem: str | None) -> str:
+    """What the sha256 line says when there is none: why it is missing."""
+    if problem is not None:
+        return f"not downloaded: {problem}"
+    states = {d.state for d in view.deliveries.values()}
+    if states & set(BACKLOG_STATES):
+        return "not downloaded yet"
+    failed = next((d.last_error for d in view.deliveries.values() if d.state == "dead"), None)
+    if failed:
+        return f"not downloaded: the delivery died ({failed})"
+    return "not downloaded: no sink of this route reads files"
 
 
 def preview_of(files: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -111,38 +140,3 @@ def detail(view: EventView, roots: dict[str, Path], base: str) -> dict[str, Any]
         if submission
         else None,
     }
-
-
-def percentile(values: Sequence[float], fraction: float) -> float | None:
-    """The nearest-rank percentile; None without values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(1, math.ceil(fraction * len(ordered)))
-    return ordered[rank - 1]
-
-
-def stats_document(stats: DeliveryStats, now: datetime | None = None) -> dict[str, Any]:
-    """The JSON of /console/api/stats."""
-    now = now or utcnow()
-    waiting = ("pending", "retrying", "delivering")
-    oldest = stats.oldest_due_at
-    age = max(0.0, (now - oldest).total_seconds()) if oldest and oldest <= now else 0.0
-    latency = {f"p{round(f * 100)}": percentile(stats.latencies, f) for f in (0.5, 0.9, 0.99)}
-    durations = [float(d) for d in stats.durations_ms]
-    return {
-        "backlog": sum(stats.by_state.get(s, 0) for s in waiting),
-        "deliveries_by_state": stats.by_state,
-        "dead": stats.by_state.get("dead", 0),
-        "oldest_due_age_seconds": round(age, 3),
-        "last_hour": {"outcomes_by_sink": stats.outcomes},
-        "delivery_latency_seconds": {**latency, "samples": len(stats.latencies)},
-        "attempt_duration_ms": {
-            f"p{round(f * 100)}": percentile(durations, f) for f in (0.5, 0.9, 0.99)
-        },
-    }
-
-
-async def last_hour_stats(store: ConsoleReader) -> dict[str, Any]:
-    """The overview's figures: /console/api/stats and the overview page."""
-    return stats_document(await store.delivery_stats(utcnow() - timedelta(hours=1)))

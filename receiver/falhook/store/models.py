@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from falhook.store.states import summarise_state
@@ -259,3 +259,33 @@ class DeliveryStats:
     outcomes: dict[str, dict[str, int]]  # sink -> outcome -> count, last hour
     latencies: list[float]  # seconds from received to delivered, last hour (a sample)
     durations_ms: list[int]  # how long each attempt took, last hour (a sample)
+
+
+@dataclass(frozen=True)
+class TrendWindow:
+    """Time in `buckets` equal steps of `step` seconds from `since`: the overview's last day."""
+
+    since: datetime
+    step: float
+    buckets: int
+
+    @property
+    def until(self) -> datetime:
+        return self.since + timedelta(seconds=self.step * self.buckets)
+
+    def starts(self) -> list[datetime]:
+        return [self.since + timedelta(seconds=self.step * b) for b in range(self.buckets)]
+
+
+@dataclass(frozen=True)
+class DeliveryTrends:
+    """What happened in each bucket of a window, oldest first (every list has one value per
+    bucket): webhooks received, attempts by outcome, delivery latency percentiles by sink
+    (received to delivered, seconds; None in a bucket without a delivery), and the backlog
+    (deliveries pending, retrying or in flight) at each bucket's end."""
+
+    window: TrendWindow
+    received: list[int]
+    outcomes: dict[str, list[int]]  # every outcome of ATTEMPT_OUTCOMES
+    latency: dict[str, dict[str, list[float | None]]]  # sink -> "p50", "p90", "p99"
+    backlog: list[int]

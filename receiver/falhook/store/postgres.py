@@ -36,6 +36,7 @@ from falhook.store.models import (
     ChangeMark,
     DeadGroup,
     DeliveryStats,
+    DeliveryTrends,
     EventPage,
     EventQuery,
     EventView,
@@ -46,6 +47,7 @@ from falhook.store.models import (
     NewSubmission,
     StoreUnavailable,
     SubmissionView,
+    TrendWindow,
     logs_attempt,
     utcnow,
 )
@@ -521,6 +523,10 @@ class PostgresStore:
     async def delivery_stats(self, since: datetime) -> DeliveryStats:
         async with self._conn() as conn, conn.transaction(isolation="repeatable_read"):
             return await reads.delivery_stats(conn, since)
+
+    async def delivery_trends(self, window: TrendWindow) -> DeliveryTrends:
+        async with self._conn() as conn, conn.transaction(isolation="repeatable_read"):
+            return await reads.delivery_trends(conn, window)
 
     # --- submissions -------------------------------------------------------------------------
 

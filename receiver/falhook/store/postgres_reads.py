@@ -19,7 +19,15 @@ import asyncpg
 from falhook.store import dialect
 from falhook.store.changes import ACCEPTED, LIMIT, OVERLAP, delivery_changes
 from falhook.store.dialect import POSTGRES, Params
-from falhook.store.models import Change, ChangeMark, DeadGroup, DeliveryStats, EventQuery
+from falhook.store.models import (
+    Change,
+    ChangeMark,
+    DeadGroup,
+    DeliveryStats,
+    DeliveryTrends,
+    EventQuery,
+    TrendWindow,
+)
 from falhook.store.paging import (
     InvalidCursor,
     decode_cursor,
@@ -28,6 +36,8 @@ from falhook.store.paging import (
     search_terms,
 )
 from falhook.store.postgres_schema import as_utc
+from falhook.store.states import AGAIN_OUTCOMES, BACKLOG_STATES
+from falhook.store.trends import PERCENTILES, assemble
 
 
 def query_where(query: EventQuery, p: Params, errors: list[str] | None = None) -> list[str]:
@@ -241,4 +251,65 @@ async def delivery_stats(c: asyncpg.Connection, since: datetime) -> DeliveryStat
         outcomes=outcomes,
         latencies=[max(0.0, r["latency"]) for r in rows],
         durations_ms=[r["duration_ms"] for r in rows if r["duration_ms"] is not None],
+    )
+
+
+# --- trends (store/trends.py says what each query reads) -----------------------------------
+
+_BUCKET = "floor(extract(epoch FROM {col} - $1) / $2)::int"
+_AGAIN = f"({', '.join(repr(o) for o in AGAIN_OUTCOMES)})"
+_BACKLOG = f"({', '.join(repr(s) for s in BACKLOG_STATES)})"
+_TREND_RECEIVED = (
+    f"SELECT {_BUCKET.format(col='received_at')} AS b, count(*) FROM events"
+    " WHERE received_at >= $1 AND received_at < $3 AND source = 'webhook' GROUP BY b"
+)
+_TREND_OUTCOMES = (
+    f"SELECT {_BUCKET.format(col='at')} AS b, outcome, count(*) FROM attempts"
+    " WHERE at >= $1 AND at < $3 GROUP BY b, outcome"
+)
+_TREND_LATENCIES = f"""
+WITH d AS (
+    SELECT {_BUCKET.format(col="a.at")} AS b, a.sink,
+           greatest(0.0, extract(epoch FROM a.at - e.received_at))::float8 AS latency
+    FROM attempts a JOIN events e ON e.request_id = a.request_id
+    WHERE a.at >= $1 AND a.at < $3 AND a.outcome = 'delivered'
+), r AS (
+    SELECT b, sink, latency, count(*) OVER (PARTITION BY b, sink) AS n,
+           row_number() OVER (PARTITION BY b, sink ORDER BY latency) AS k
+    FROM d
+)
+SELECT b, sink, n, k, latency FROM r WHERE {{ranks}}
+"""
+# Before each attempt: did the delivery wait (no earlier attempt, or one to try again)?
+_WAITED = f"""COALESCE((SELECT p.outcome IN {_AGAIN} FROM attempts p
+    WHERE p.request_id = a.request_id AND p.sink = a.sink AND p.at < a.at
+    ORDER BY p.at DESC LIMIT 1), true)::int"""
+_TREND_BACKLOG_CHANGES = f"""
+SELECT {_BUCKET.format(col="e.received_at")} AS b, count(*) FROM deliveries d
+    JOIN events e ON e.request_id = d.request_id WHERE e.received_at >= $1 GROUP BY b
+UNION ALL
+SELECT {_BUCKET.format(col="a.at")} AS b, sum((a.outcome IN {_AGAIN})::int - {_WAITED})
+    FROM attempts a WHERE a.at >= $1 GROUP BY b
+UNION ALL
+SELECT {_BUCKET.format(col="d.updated_at")} AS b, count(*) FROM deliveries d
+    WHERE d.state IN {_BACKLOG} AND d.updated_at >= $1
+    AND (SELECT p.outcome NOT IN {_AGAIN} FROM attempts p
+         WHERE p.request_id = d.request_id AND p.sink = d.sink ORDER BY p.at DESC LIMIT 1)
+    GROUP BY b
+"""
+_PERCENTILE_RANKS = " OR ".join(f"k = (n * {p} + 99) / 100" for p in PERCENTILES)
+
+
+async def delivery_trends(c: asyncpg.Connection, window: TrendWindow) -> DeliveryTrends:
+    since, until = as_utc(window.since), as_utc(window.until)
+    step = window.step
+    now = await c.fetchval(f"SELECT count(*) FROM deliveries WHERE state IN {_BACKLOG}")
+    latencies = await c.fetch(_TREND_LATENCIES.format(ranks=_PERCENTILE_RANKS), since, step, until)
+    return assemble(
+        window,
+        received=[tuple(r) for r in await c.fetch(_TREND_RECEIVED, since, step, until)],
+        outcomes=[tuple(r) for r in await c.fetch(_TREND_OUTCOMES, since, step, until)],
+        latencies=[tuple(r) for r in latencies],
+        backlog_now=now,
+        backlog_changes=[tuple(r) for r in await c.fetch(_TREND_BACKLOG_CHANGES, since, step)],
     )

@@ -32,6 +32,7 @@ from falhook.store.models import (
     ChangeMark,
     DeadGroup,
     DeliveryStats,
+    DeliveryTrends,
     EventPage,
     EventQuery,
     EventView,
@@ -40,6 +41,7 @@ from falhook.store.models import (
     NewEvent,
     NewSubmission,
     SubmissionView,
+    TrendWindow,
 )
 
 
@@ -174,6 +176,11 @@ class ConsoleReader(EventReader, Protocol):
         """How many deliveries are dead (cheap: the console's navigation shows it)."""
 
     async def delivery_stats(self, since: datetime) -> DeliveryStats: ...
+
+    async def delivery_trends(self, window: TrendWindow) -> DeliveryTrends:
+        """What happened in each bucket of the window (store/trends.py): webhooks received,
+        attempts by outcome, latency percentiles by sink, the backlog at each bucket's end.
+        Reads the window's events and attempts through their time indexes."""
 
 
 @runtime_checkable

@@ -78,6 +78,7 @@ from falhook.store.models import (
     ChangeMark,
     DeadGroup,
     DeliveryStats,
+    DeliveryTrends,
     EventPage,
     EventQuery,
     EventView,
@@ -88,6 +89,7 @@ from falhook.store.models import (
     NewSubmission,
     StoreUnavailable,
     SubmissionView,
+    TrendWindow,
     logs_attempt,
 )
 from falhook.store.sqlite_schema import (
@@ -770,6 +772,9 @@ class SQLiteStore:
 
     async def delivery_stats(self, since: datetime) -> DeliveryStats:
         return await self._read(lambda c: reads.delivery_stats(c, to_epoch(since)))
+
+    async def delivery_trends(self, window: TrendWindow) -> DeliveryTrends:
+        return await self._read(lambda c: reads.delivery_trends(c, window))
 
     # --- submissions -------------------------------------------------------------------------
 

@@ -24,6 +24,10 @@ SUBMISSION_STATES: tuple[str, ...] = ("pending", "completed", "recovered", "lost
 DONE_STATES: frozenset[str] = frozenset({"delivered", "skipped"})  # nothing more will happen
 # What one attempt (or decision) came to, as a delivery's history records it.
 ATTEMPT_OUTCOMES: tuple[str, ...] = ("delivered", "retry", "dead", "skipped", "expired")
+# Outcomes after which the delivery waits for another attempt (the rest end it).
+AGAIN_OUTCOMES: tuple[str, ...] = ("retry", "expired")
+# Deliveries still to be done: the backlog.
+BACKLOG_STATES: tuple[str, ...] = ("pending", "retrying", "delivering")
 
 # (event state, quantifier, delivery states): "any" holds when some delivery is in one of
 # the states, "all" when there is at least one delivery and every one is; the last entry

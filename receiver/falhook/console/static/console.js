@@ -86,9 +86,11 @@
         // Files are swapped only when they changed: a playing video is left alone.
         if (now && then && now.innerHTML !== then.innerHTML) now.replaceWith(then);
       }
-      const state = next.querySelector(".facts");
-      const current = document.querySelector(".facts");
-      if (state && current) current.replaceWith(state);
+      for (const selector of [".facts", ".top nav"]) {  // the state, the dead count
+        const then = next.querySelector(selector);
+        const now = document.querySelector(selector);
+        if (then && now && then.innerHTML !== now.innerHTML) now.replaceWith(then);
+      }
     }, 150);
     stream((msg) => { if (msg.request_id === id) refresh(id); }, null, () => refresh(id));
   }
@@ -148,21 +150,90 @@
       }
       status.textContent = `Done: ${scheduled} deliveries of ${events} events scheduled.`;
       status.id = "bulk-done";
+      const next = document.getElementById("bulk-next");  // a way on: the events, live
+      if (next) next.hidden = false;
     });
   }
 
-  // A preview whose file is gone (fal's URL expired, a 404) becomes a placeholder.
+  // A preview the browser cannot show (fal's URL expired or refused, a format it cannot
+  // play) says so instead of a broken image or a black player that never starts.
+  const MEDIA_ERRORS = {
+    1: "loading was aborted",
+    2: "a network error stopped the download",
+    3: "the file could not be decoded",
+    4: "the browser could not load or play it (refused, gone, or not a playable format)",
+  };
+  function unavailable(media) {
+    const where = media.currentSrc || media.src || "";
+    let host = "";
+    try { host = new URL(where, location.href).host; } catch (err) { /* no URL */ }
+    const why = media instanceof HTMLVideoElement
+      ? MEDIA_ERRORS[(media.error && media.error.code) || 4]
+      : "the browser could not load it";
+    const note = document.createElement("p");
+    note.className = "ph unavailable";
+    note.setAttribute("role", "note");
+    note.textContent = `preview not available: ${why}${host && host !== location.host ? ` (from ${host})` : ""}`;
+    return note;
+  }
   document.addEventListener("error", (e) => {
-    if (!(e.target instanceof HTMLImageElement)) return;
-    const placeholder = document.createElement("span");
-    placeholder.className = "ph";
-    placeholder.textContent = "gone";
-    placeholder.title = "the file could not be loaded";
-    e.target.replaceWith(placeholder);
+    const target = e.target;
+    if (target instanceof HTMLVideoElement && target.closest(".preview")) {
+      target.replaceWith(unavailable(target));
+    } else if (target instanceof HTMLImageElement && target.closest(".preview")) {
+      (target.closest("a") || target).replaceWith(unavailable(target));
+    } else if (target instanceof HTMLImageElement) {  // a list's thumbnail
+      const placeholder = document.createElement("span");
+      placeholder.className = "ph";
+      placeholder.textContent = "gone";
+      placeholder.title = "the file could not be loaded";
+      target.replaceWith(placeholder);
+    }
   }, true);
+
+  // The overview follows the store: on a change, at most every few seconds, its figures
+  // and charts are read again (one request, however many changes came).
+  function overviewPage() {
+    const holder = document.getElementById("overview");
+    if (!holder || !holder.dataset.live) return;
+    let last = 0;
+    let timer = null;
+    const reload = async () => {
+      timer = null;
+      last = Date.now();
+      const response = await fetch(location.pathname, { credentials: "same-origin" });
+      if (!response.ok) return;
+      const next = new DOMParser().parseFromString(await response.text(), "text/html");
+      const fresh = next.getElementById("overview");
+      const now = document.getElementById("overview");
+      if (fresh && now && fresh.innerHTML !== now.innerHTML) now.replaceWith(fresh);
+    };
+    const soon = () => {
+      if (timer) return;
+      timer = setTimeout(reload, Math.max(250, OVERVIEW_EVERY - (Date.now() - last)));
+    };
+    stream(soon, document.getElementById("live"), soon);
+  }
+  const OVERVIEW_EVERY = 3000;  // ms between two reads of the overview at most
+
+  // A chart's bucket under the pointer (or tapped) is read out below it.
+  function chartReadouts() {
+    const show = (e) => {
+      const hit = e.target.closest && e.target.closest(".hits rect");
+      if (!hit) return;
+      const figure = hit.closest(".chart");
+      figure.querySelectorAll(".hits rect.on").forEach((r) => r.classList.remove("on"));
+      hit.classList.add("on");
+      figure.querySelector(".readout").textContent = hit.dataset.tip;
+    };
+    document.addEventListener("pointerover", show);
+    document.addEventListener("click", show);
+  }
 
   rowsPage();
   eventPage();
+  overviewPage();
+  chartReadouts();
   copying();
   bulkReplay();
 })();

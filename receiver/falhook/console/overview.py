@@ -1,0 +1,125 @@
+"""The overview's figures: the last hour's numbers (stats) and the last day's charts (trends),
+for the overview page and /console/api/stats and /console/api/trends.
+
+Charts are a list: a new one is a function from the trends (or any other series over a
+TrendWindow) to Chart objects, added to `CHARTS`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from falhook.console.charts import Chart, Series
+from falhook.console.render import seconds
+from falhook.store.models import DeliveryStats, DeliveryTrends, iso, utcnow
+from falhook.store.roles import ConsoleReader
+from falhook.store.states import BACKLOG_STATES
+from falhook.store.trends import window_ending
+
+
+def traffic(trends: DeliveryTrends) -> list[Chart]:
+    outcomes = trends.outcomes
+    series = [
+        Series("received", trends.received, "info"),
+        Series("delivered", outcomes["delivered"], "ok"),
+        Series("retried", outcomes["retry"], "warn"),
+        Series("dead", outcomes["dead"], "bad"),
+    ]
+    note = "webhooks received and delivery attempts by outcome, per 15 minutes"
+    return [Chart.over(trends.window, "traffic", "Webhooks and deliveries", series, note=note)]
+
+
+def backlog(trends: DeliveryTrends) -> list[Chart]:
+    series = [Series("waiting", trends.backlog, "accent", fill=True)]
+    now = trends.backlog[-1] if trends.backlog else 0
+    return [
+        Chart.over(
+            trends.window, "backlog", "Backlog", series, summary=lambda _: f"{now:,} now",
+            note="deliveries pending, retrying or in flight at the end of each 15 minutes",
+        )
+    ]  # fmt: skip
+
+
+def latency(trends: DeliveryTrends) -> list[Chart]:
+    tones = {"p50": "ok", "p90": "warn", "p99": "bad"}
+    charts = []
+    for sink, by_percentile in trends.latency.items():
+        series = [Series(name, values, tones[name]) for name, values in by_percentile.items()]
+        charts.append(
+            Chart.over(
+                trends.window, f"latency-{sink}", f"Delivery latency · {sink}", series,
+                fmt=lambda v: seconds(v), summary=_latest,
+                note="received → delivered, percentiles of each 15 minutes",
+            )
+        )  # fmt: skip
+    return charts
+
+
+def _latest(series: Series) -> str:
+    last = next((v for v in reversed(series.values) if v is not None), None)
+    return f"last {seconds(last)}"
+
+
+CHARTS: list[Callable[[DeliveryTrends], list[Chart]]] = [traffic, backlog, latency]
+
+
+async def day_trends(events: ConsoleReader) -> DeliveryTrends:
+    return await events.delivery_trends(window_ending(utcnow()))
+
+
+def trend_charts(trends: DeliveryTrends) -> list[Chart]:
+    return [chart for build in CHARTS for chart in build(trends)]
+
+
+def trends_document(trends: DeliveryTrends) -> dict[str, Any]:
+    """The JSON of /console/api/trends."""
+    window = trends.window
+    return {
+        "since": iso(window.since),
+        "step_seconds": window.step,
+        "buckets": [iso(start) for start in window.starts()],
+        "received": trends.received,
+        "outcomes": trends.outcomes,
+        "backlog": trends.backlog,
+        "latency_seconds": trends.latency,
+    }
+
+
+# --- the last hour --------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], fraction: float) -> float | None:
+    """The nearest-rank percentile; None without values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(fraction * len(ordered)))
+    return ordered[rank - 1]
+
+
+def stats_document(stats: DeliveryStats, now: datetime | None = None) -> dict[str, Any]:
+    """The JSON of /console/api/stats."""
+    now = now or utcnow()
+    oldest = stats.oldest_due_at
+    age = max(0.0, (now - oldest).total_seconds()) if oldest and oldest <= now else 0.0
+    latency = {f"p{round(f * 100)}": percentile(stats.latencies, f) for f in (0.5, 0.9, 0.99)}
+    durations = [float(d) for d in stats.durations_ms]
+    return {
+        "backlog": sum(stats.by_state.get(s, 0) for s in BACKLOG_STATES),
+        "deliveries_by_state": stats.by_state,
+        "dead": stats.by_state.get("dead", 0),
+        "oldest_due_age_seconds": round(age, 3),
+        "last_hour": {"outcomes_by_sink": stats.outcomes},
+        "delivery_latency_seconds": {**latency, "samples": len(stats.latencies)},
+        "attempt_duration_ms": {
+            f"p{round(f * 100)}": percentile(durations, f) for f in (0.5, 0.9, 0.99)
+        },
+    }
+
+
+async def last_hour_stats(store: ConsoleReader) -> dict[str, Any]:
+    """The overview's figures: /console/api/stats and the overview page."""
+    return stats_document(await store.delivery_stats(utcnow() - timedelta(hours=1)))
