@@ -14,7 +14,7 @@ import pytest
 
 from falhook.testing import FalSigner
 from tests.support.fileserver import FileServer
-from tests.support.inprocess import InProcess, InProcessFactory, wait_until
+from tests.support.inprocess import InProcess, InProcessFactory, serve_asgi, wait_until
 
 TOKEN = "console-token-0123456789"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
@@ -465,7 +465,7 @@ async def test_under_a_prefix_the_live_stream_and_the_loopback_cookie_follow_it(
         assert page.status_code == 200
         assert f"Path={PREFIX}/console" in page.headers["set-cookie"]
         assert f'data-base="{PREFIX}/console"' in page.text
-    served = await serve(host_app(fh))
+    served = await serve_asgi(host_app(fh))
     try:
         async with (
             httpx.AsyncClient(base_url=served.url, timeout=30) as c,
@@ -481,36 +481,6 @@ async def test_under_a_prefix_the_live_stream_and_the_loopback_cookie_follow_it(
                         break
     finally:
         await served.close()
-
-
-class Served:
-    """An ASGI app served by uvicorn on a loopback port, in this event loop."""
-
-    def __init__(self, server: Any, task: asyncio.Task[None], url: str) -> None:
-        self.server, self.task, self.url = server, task, url
-
-    async def close(self) -> None:
-        self.server.should_exit = True
-        await asyncio.wait_for(self.task, 30)
-
-
-async def serve(app: Any) -> Served:
-    import uvicorn
-
-    from tests.support.inprocess import loopback_socket, socket_url
-
-    sock = loopback_socket()
-    config = uvicorn.Config(app, lifespan="off", log_config=None, access_log=False)
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    await wait_until(lambda: _started(server, task), timeout=10, what="uvicorn to listen")
-    return Served(server, task, socket_url(sock))
-
-
-async def _started(server: Any, task: asyncio.Task[None]) -> bool:
-    if task.done():
-        task.result()
-    return bool(server.started)
 
 
 # --- who may reach the console ------------------------------------------------------------------

@@ -310,3 +310,30 @@ async def inprocess_apps(
         yield factory
     finally:
         await factory.aclose()
+
+
+class Served:
+    """Any ASGI app (a host application mounting falhook, say) served by uvicorn on a
+    loopback port in this event loop; `close()` stops it."""
+
+    def __init__(self, server: uvicorn.Server, task: asyncio.Task[None], url: str) -> None:
+        self.server, self.task, self.url = server, task, url
+
+    async def close(self) -> None:
+        self.server.should_exit = True
+        await asyncio.wait_for(self.task, 30)
+
+
+async def serve_asgi(app: Any) -> Served:
+    sock = loopback_socket()
+    config = uvicorn.Config(app, lifespan="off", log_config=None, access_log=False)
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+
+    async def started() -> bool:
+        if task.done():
+            task.result()  # raises what stopped it
+        return server.started
+
+    await wait_until(started, timeout=10, what="uvicorn to listen")
+    return Served(server, task, socket_url(sock))

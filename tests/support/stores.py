@@ -129,9 +129,11 @@ async def retime(
     attempts: list[datetime],
     *,
     updated_at: datetime | None = None,
+    received_at: datetime | None = None,
 ) -> None:
     """Move a delivery's history into the past: its attempts (oldest first) to these
-    times, and its last change to `updated_at` (a seeded history for the trends)."""
+    times, its last change to `updated_at`, its event's arrival to `received_at` (a seeded
+    history for the trends)."""
     if isinstance(store, SQLiteStore):
 
         def move(c: sqlite3.Connection) -> None:
@@ -148,6 +150,10 @@ async def retime(
                 c.execute(
                     "UPDATE deliveries SET updated_at = ? WHERE event_id = ? AND sink = ?",
                     (updated_at.timestamp(), eid, sink),
+                )
+            if received_at is not None:
+                c.execute(
+                    "UPDATE events SET received_at = ? WHERE id = ?", (received_at.timestamp(), eid)
                 )
 
         await store._write(move)
@@ -168,4 +174,8 @@ async def retime(
                 updated_at,
                 request_id,
                 sink,
+            )
+        if received_at is not None:
+            await conn.execute(
+                "UPDATE events SET received_at = $1 WHERE request_id = $2", received_at, request_id
             )

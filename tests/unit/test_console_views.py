@@ -60,3 +60,10 @@ def test_only_a_file_without_a_copy_of_ours_is_unavailable() -> None:
     [file] = detail(event, {}, "/console")["files"]
     assert file["unavailable"] == "the file server answered 403"
     assert file["digest"] == "not downloaded: the file server answered 403"
+
+
+def test_the_list_previews_no_file_known_to_fail() -> None:
+    gone = {"path": "images[0]", "url": "https://x/gone.png", "content_type": "image/png"}
+    event = view([gone], local=("dead", "images[0]: the file server answered 404"))
+    row = detail(event, {}, "/console")["row"]
+    assert row["preview"] == {"kind": "image", "url": None}  # a placeholder, not a 404

@@ -48,6 +48,7 @@ class ChangeFeed:
         self._task: asyncio.Task[None] | None = None
         self._mark: ChangeMark | None = None
         self._starting = asyncio.Lock()
+        self.published = 0  # changes published so far: what a cached figure is as old as
 
     async def subscribe(self) -> asyncio.Queue[bytes | None]:
         queue: asyncio.Queue[bytes | None] = asyncio.Queue(QUEUE_MAX)
@@ -78,6 +79,7 @@ class ChangeFeed:
         self._task = None
 
     def _publish(self, data: bytes) -> None:
+        self.published += 1
         for queue in list(self.listeners):
             try:
                 queue.put_nowait(data)

@@ -23,7 +23,7 @@ from falhook.store.trends import window_ending
 def traffic(trends: DeliveryTrends) -> list[Chart]:
     outcomes = trends.outcomes
     series = [
-        Series("received", trends.received, "info"),
+        Series("received", trends.received, "info", fill=True),
         Series("delivered", outcomes["delivered"], "ok"),
         Series("retried", outcomes["retry"], "warn"),
         Series("dead", outcomes["dead"], "bad"),

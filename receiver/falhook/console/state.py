@@ -27,7 +27,7 @@ class ConsoleState:
     access: Access = field(init=False)
     limiter: LoginLimiter = field(init=False)
     feed: ChangeFeed = field(init=False)
-    _dead: tuple[float, int] = (0.0, 0)
+    _dead: tuple[float, int, int] = (0.0, -1, 0)  # (read at, feed's changes then, count)
 
     def __post_init__(self) -> None:
         self.access = Access(self.settings.console)
@@ -36,8 +36,11 @@ class ConsoleState:
         self.roots = disk_roots(self.settings)
 
     async def dead_count(self) -> int:
-        at, count = self._dead
-        if time.monotonic() - at > DEAD_TTL:
+        """Reused for DEAD_TTL seconds, unless the live feed has seen a change since (a
+        tab refreshing on a change must not show the count from before it)."""
+        at, seen, count = self._dead
+        if time.monotonic() - at > DEAD_TTL or seen != self.feed.published:
+            published = self.feed.published
             count = await self.events.dead_count()
-            self._dead = (time.monotonic(), count)
+            self._dead = (time.monotonic(), published, count)
         return count

@@ -91,7 +91,8 @@ def preview_of(files: list[dict[str, Any]]) -> dict[str, Any] | None:
         if file["kind"] == "video" and file["poster"]:
             return {"kind": "image", "url": file["poster"]}
     for file in files:
-        if file["kind"] == "image" and not file.get("poster_of") and file["links"].best:
+        shown = file["links"].best and not file["unavailable"]  # not a link known to fail
+        if file["kind"] == "image" and not file.get("poster_of") and shown:
             return {"kind": "image", "url": file["links"].best}
     for file in files:
         if file["kind"] in PREVIEW_KINDS or file["kind"] in ("zip", "exr"):
