@@ -15,8 +15,17 @@ from typing import Any
 
 import pytest
 
+from falhook.console.overview import DayTrends
 from falhook.store import sqlite_schema as schema
-from falhook.store.models import Change, ChangeMark, EventQuery, Finish, utcnow
+from falhook.store.models import (
+    Change,
+    ChangeMark,
+    DeliveryTrends,
+    EventQuery,
+    Finish,
+    TrendWindow,
+    utcnow,
+)
 from falhook.store.roles import Store
 from falhook.store.sqlite import SQLiteStore
 from falhook.store.trends import window_ending
@@ -425,3 +434,50 @@ async def test_trend_percentiles_are_nearest_ranks_in_each_bucket(store: Store) 
     assert (series["p50"][0], series["p90"][0], series["p99"][0]) == (5.0, 9.0, 10.0)
     assert series["p50"][1] is None
     assert trends.backlog == [0, 0] and trends.received == [10, 0]
+
+
+class CountingReader:
+    """The store, noting the size of each trends read (how much of the day was read)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.reads: list[int] = []
+
+    async def delivery_trends(self, window: TrendWindow) -> DeliveryTrends:
+        self.reads.append(window.buckets)
+        return await self.store.delivery_trends(window)
+
+
+async def test_the_consoles_day_trends_read_the_newest_buckets_and_agree_with_whole_reads(
+    store: Store,
+) -> None:
+    start = utcnow()
+    clock, ticks = [start], [0.0]
+    reader = CountingReader(store)
+    day = DayTrends(reader, clock=lambda: clock[0], monotonic=lambda: ticks[0])  # type: ignore[arg-type]
+    for hours in (20, 9, 3):
+        e = made(received_at=start - timedelta(hours=hours), sinks=("a",))
+        await store.accept(e)
+        await finish_as(store, e.request_id, {"a": "delivered"})
+        await retime(store, e.request_id, "a", [start - timedelta(hours=hours, minutes=-2)])
+
+    async def look(after: float = 2.0) -> DeliveryTrends:
+        ticks[0] += after
+        return await day.get()
+
+    first = await look()
+    assert first == await store.delivery_trends(window_ending(clock[0]))
+    fresh = made(received_at=utcnow() - timedelta(seconds=5), sinks=("a", "b"))
+    await store.accept(fresh)
+    await finish_as(store, fresh.request_id, {"a": "delivered", "b": "retry"})
+    assert await look(0.5) == first  # read a moment ago: every tab shares it
+    second = await look()
+    assert second == await store.delivery_trends(window_ending(clock[0]))
+    assert sum(second.received) == 4 and second.backlog[-1] == 1
+    clock[0] += timedelta(minutes=15)  # a bucket later: the day moves on by one
+    third = await look()
+    assert third == await store.delivery_trends(window_ending(clock[0]))
+    await look(DayTrends.FULL_EVERY + 1)  # now and then the whole day again (replays)
+    clock[0] += timedelta(hours=25)  # too far on to move: read whole again
+    assert await look() == await store.delivery_trends(window_ending(clock[0]))
+    assert reader.reads == [96, 2, 3, 96, 96]

@@ -321,6 +321,34 @@ async def test_a_filter_is_bulk_replayed_with_its_count_and_progress_then_its_ev
     assert await page.locator("tr.event-row").count() == 3
 
 
+@pytest.mark.one_store("the page's updates do not depend on the store")
+async def test_the_overview_follows_the_live_stream(
+    inprocess: InProcessFactory, signer: FalSigner, browser: Any, store_backend: str
+) -> None:
+    fh = await console(inprocess)
+    first = await fh.send(signer, {"prompt": "before"})
+    await fh.wait_state(first, "delivered")
+    page = await browser.new_page(viewport=WIDTHS["phone"])
+    watch = Watch(page)
+    await log_in(page, fh.base_url or "")
+    await page.goto(f"{fh.base_url}/console/overview")
+    await page.wait_for_selector("#live[data-state=on]", timeout=WAIT_MS)
+    received = "#chart-traffic .legend li:first-child .muted"
+    assert await page.text_content(received) == "1"
+    await page.evaluate("() => { window.stillTheSamePage = true; }")
+    for n in range(2):
+        await fh.wait_state(await fh.send(signer, {"prompt": f"after {n}"}), "delivered")
+    await page.wait_for_function(
+        f"() => document.querySelector({received!r}).textContent === '3'", timeout=WAIT_MS
+    )
+    assert await page.text_content("#chart-traffic .legend li:nth-child(2) .muted") == "3"
+    assert await page.evaluate("() => window.stillTheSamePage") is True
+    await page.click("#chart-traffic .hits rect:last-child")  # a tap reads the step out
+    readout = await page.text_content("#chart-traffic .readout") or ""
+    assert readout.endswith("received 3 · delivered 3 · retried 0 · dead 0"), readout
+    assert watch.problems == [], watch.problems
+
+
 @pytest.mark.one_store("escaping does not depend on the store")
 async def test_a_script_in_a_payload_renders_as_text(
     inprocess: InProcessFactory, signer: FalSigner, browser: Any, store_backend: str

@@ -4,12 +4,13 @@ geometry and arithmetic, no browser, no store."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
 from falhook.console.charts import Chart, Series, bucket_label, nice_ceiling, time_ticks
 from falhook.store.models import TrendWindow
-from falhook.store.trends import assemble, bucket_of, rank, window_ending
+from falhook.store.trends import advance, assemble, bucket_of, rank, window_ending
 
 START = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 WINDOW = TrendWindow(since=START, step=900, buckets=4)
@@ -89,3 +90,54 @@ def test_the_backlog_is_rebuilt_backwards_from_now() -> None:
     assert trends.backlog == [2, 0, 2, 1]
     # count 3: p50 is rank 2, p90 and p99 rank 3
     assert trends.latency["local"]["p50"][1] == 4.0 and trends.latency["local"]["p99"][1] == 9.0
+
+
+HISTORY = {  # minutes after START: arrivals, attempts (outcome, sink, latency in seconds)
+    "received": [5, 20, 21, 50, 64, 70],
+    "attempts": [(6, "delivered", "a", 60.0), (22, "retry", "b", 0.0), (30, "delivered", "b", 3.0),
+                 (55, "dead", "a", 0.0), (66, "delivered", "a", 2.0), (71, "delivered", "b", 9.0)],
+}  # fmt: skip
+
+
+def read(window: TrendWindow) -> Any:
+    """What a store would answer for this window of HISTORY (each arrival makes one
+    delivery that waits; attempts change it as their outcome says)."""
+
+    def bucket(minute: float) -> int:
+        return bucket_of(START + timedelta(minutes=minute), window)
+
+    attempts = HISTORY["attempts"]
+    latencies = [
+        (bucket(m), sink, 1, 1, seconds) for m, outcome, sink, seconds in attempts
+        if outcome == "delivered"
+    ]  # fmt: skip
+    changes = [(bucket(m), 1) for m in HISTORY["received"]]
+    changes += [(bucket(m), 0 if outcome == "retry" else -1) for m, outcome, _, _ in attempts]
+    waiting = len(HISTORY["received"]) - sum(o != "retry" for _, o, _, _ in attempts)
+    return assemble(
+        window,
+        received=[(bucket(m), 1) for m in HISTORY["received"]],
+        outcomes=[(bucket(m), outcome, 1) for m, outcome, _, _ in attempts],
+        latencies=latencies,
+        backlog_now=waiting,
+        backlog_changes=changes,
+    )
+
+
+@pytest.mark.parametrize("shift", [0, 1, 2])
+def test_trends_moved_on_with_their_newest_buckets_read_again_equal_a_whole_read(
+    shift: int,
+) -> None:
+    earlier = TrendWindow(since=START, step=900, buckets=6)
+    later = TrendWindow(since=START + timedelta(minutes=15 * shift), step=900, buckets=6)
+    count = 2 + shift
+    recent = TrendWindow(later.starts()[-count], 900, count)
+    assert advance(read(earlier), read(recent), later) == read(later)
+
+
+def test_trends_too_far_apart_are_not_moved_on() -> None:
+    earlier = TrendWindow(since=START, step=900, buckets=6)
+    later = TrendWindow(since=START + timedelta(minutes=45), step=900, buckets=6)
+    recent = TrendWindow(later.starts()[-2], 900, 2)  # 3 buckets later, only 2 read
+    with pytest.raises(ValueError, match="do not continue"):
+        advance(read(earlier), read(recent), later)

@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from falhook.console.actions import ActionError
-from falhook.console.overview import day_trends, last_hour_stats, trends_document
+from falhook.console.overview import last_hour_stats, trends_document
 from falhook.console.params import ParamError, event_query, limit_of, submission_state
 from falhook.console.state import ConsoleState
 from falhook.store.document import event_document, submission_record
@@ -130,7 +130,7 @@ class Api:
         return JSONBody(await last_hour_stats(self.store))
 
     async def trends(self, _: Request) -> Response:
-        return JSONBody(trends_document(await day_trends(self.store)))
+        return JSONBody(trends_document(await self.state.trends.get()))
 
     async def dead(self, _: Request) -> Response:
         groups = await self.store.dead_groups()

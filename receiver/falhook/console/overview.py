@@ -7,17 +7,19 @@ TrendWindow) to Chart objects, added to `CHARTS`.
 
 from __future__ import annotations
 
+import asyncio
 import math
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 from falhook.console.charts import Chart, Series
 from falhook.console.render import seconds
-from falhook.store.models import DeliveryStats, DeliveryTrends, iso, utcnow
+from falhook.store.models import DeliveryStats, DeliveryTrends, TrendWindow, iso, utcnow
 from falhook.store.roles import ConsoleReader
 from falhook.store.states import BACKLOG_STATES
-from falhook.store.trends import window_ending
+from falhook.store.trends import advance, window_ending
 
 
 def traffic(trends: DeliveryTrends) -> list[Chart]:
@@ -66,8 +68,56 @@ def _latest(series: Series) -> str:
 CHARTS: list[Callable[[DeliveryTrends], list[Chart]]] = [traffic, backlog, latency]
 
 
-async def day_trends(events: ConsoleReader) -> DeliveryTrends:
-    return await events.delivery_trends(window_ending(utcnow()))
+class DayTrends:
+    """The last day's trends, shared by every tab and the API. The whole day is read once
+    (and every FULL_EVERY seconds); each look after that reads only the newest buckets, the
+    ones that can still change, and moves the rest along (store/trends.py `advance`): an
+    overview that follows the live stream costs minutes of history per look, not a day."""
+
+    RECENT = 2  # buckets read again on each look: the current one and the one before it
+    FULL_EVERY = 300.0  # seconds between whole reads (a replay changes an older bucket)
+    REUSE = 1.0  # seconds a read serves every tab that asks (tabs refresh together)
+
+    def __init__(
+        self,
+        events: ConsoleReader,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.events = events
+        self.clock = clock
+        self.monotonic = monotonic
+        self._lock = asyncio.Lock()
+        self._last: DeliveryTrends | None = None
+        self._read_at = self._whole_at = -math.inf
+
+    async def get(self) -> DeliveryTrends:
+        async with self._lock:  # one read at a time; the tabs waiting get its result
+            window = window_ending(self.clock())
+            last, now = self._last, self.monotonic()
+            if last is not None and last.window == window and now - self._read_at < self.REUSE:
+                return last
+            if last is None or now - self._whole_at > self.FULL_EVERY:
+                fresh = await self._whole(window, now)
+            else:
+                fresh = await self._newest(last, window) or await self._whole(window, now)
+            self._last, self._read_at = fresh, now
+            return fresh
+
+    async def _whole(self, window: TrendWindow, now: float) -> DeliveryTrends:
+        self._whole_at = now
+        return await self.events.delivery_trends(window)
+
+    async def _newest(self, last: DeliveryTrends, window: TrendWindow) -> DeliveryTrends | None:
+        """The last read moved on to `window`, its newest buckets read again; None when
+        too much time has passed for that."""
+        shift = round((window.since - last.window.since).total_seconds() / window.step)
+        if not 0 <= shift <= window.buckets - self.RECENT:
+            return None
+        count = self.RECENT + shift
+        recent = TrendWindow(window.starts()[-count], window.step, count)
+        return advance(last, await self.events.delivery_trends(recent), window)
 
 
 def trend_charts(trends: DeliveryTrends) -> list[Chart]:

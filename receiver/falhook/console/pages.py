@@ -17,7 +17,7 @@ from starlette.routing import BaseRoute, Route
 from falhook.console.actions import ActionError
 from falhook.console.guard import csrf_of, operator, read_form
 from falhook.console.links import INLINE_TYPES, disk_copy
-from falhook.console.overview import day_trends, last_hour_stats, trend_charts
+from falhook.console.overview import last_hour_stats, trend_charts
 from falhook.console.params import (
     FAL_STATUSES,
     STATES,
@@ -196,7 +196,7 @@ class Pages:
 
     async def overview(self, request: Request) -> Response:
         stats = await last_hour_stats(self.store)
-        charts = trend_charts(await day_trends(self.store))
+        charts = trend_charts(await self.state.trends.get())
         return await self._render(
             request,
             "overview.html",

@@ -13,6 +13,7 @@ from falhook.console.actions import Actions
 from falhook.console.feed import ChangeFeed
 from falhook.console.limits import LoginLimiter
 from falhook.console.links import disk_roots
+from falhook.console.overview import DayTrends
 from falhook.store.roles import ConsoleReader, SubmissionReader
 
 DEAD_TTL = 2.0  # seconds the navigation's dead count is reused
@@ -27,12 +28,14 @@ class ConsoleState:
     access: Access = field(init=False)
     limiter: LoginLimiter = field(init=False)
     feed: ChangeFeed = field(init=False)
+    trends: DayTrends = field(init=False)
     _dead: tuple[float, int, int] = (0.0, -1, 0)  # (read at, feed's changes then, count)
 
     def __post_init__(self) -> None:
         self.access = Access(self.settings.console)
         self.limiter = LoginLimiter()
         self.feed = ChangeFeed(self.events, self.settings.console.stream_interval)
+        self.trends = DayTrends(self.events)
         self.roots = disk_roots(self.settings)
 
     async def dead_count(self) -> int:

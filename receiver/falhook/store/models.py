@@ -289,3 +289,4 @@ class DeliveryTrends:
     outcomes: dict[str, list[int]]  # every outcome of ATTEMPT_OUTCOMES
     latency: dict[str, dict[str, list[float | None]]]  # sink -> "p50", "p90", "p99"
     backlog: list[int]
+    backlog_changes: list[int]  # the backlog's net change within each bucket

@@ -255,24 +255,26 @@ async def delivery_stats(c: asyncpg.Connection, since: datetime) -> DeliveryStat
 
 
 # --- trends (store/trends.py says what each query reads) -----------------------------------
+# $1 the window's start in epoch seconds, $2 the step; $3 and $4 the window's start and end.
+# Buckets are float arithmetic on the epoch (not numeric: extract's own type is slow to divide).
 
-_BUCKET = "floor(extract(epoch FROM {col} - $1) / $2)::int"
+_BUCKET = "floor((extract(epoch FROM {col})::float8 - $1) / $2)::int"
 _AGAIN = f"({', '.join(repr(o) for o in AGAIN_OUTCOMES)})"
 _BACKLOG = f"({', '.join(repr(s) for s in BACKLOG_STATES)})"
 _TREND_RECEIVED = (
     f"SELECT {_BUCKET.format(col='received_at')} AS b, count(*) FROM events"
-    " WHERE received_at >= $1 AND received_at < $3 AND source = 'webhook' GROUP BY b"
+    " WHERE received_at >= $3 AND received_at < $4 AND source = 'webhook' GROUP BY b"
 )
 _TREND_OUTCOMES = (
     f"SELECT {_BUCKET.format(col='at')} AS b, outcome, count(*) FROM attempts"
-    " WHERE at >= $1 AND at < $3 GROUP BY b, outcome"
+    " WHERE at >= $3 AND at < $4 GROUP BY b, outcome"
 )
 _TREND_LATENCIES = f"""
 WITH d AS (
     SELECT {_BUCKET.format(col="a.at")} AS b, a.sink,
-           greatest(0.0, extract(epoch FROM a.at - e.received_at))::float8 AS latency
+           greatest(0.0, extract(epoch FROM a.at - e.received_at)::float8) AS latency
     FROM attempts a JOIN events e ON e.request_id = a.request_id
-    WHERE a.at >= $1 AND a.at < $3 AND a.outcome = 'delivered'
+    WHERE a.at >= $3 AND a.at < $4 AND a.outcome = 'delivered'
 ), r AS (
     SELECT b, sink, latency, count(*) OVER (PARTITION BY b, sink) AS n,
            row_number() OVER (PARTITION BY b, sink ORDER BY latency) AS k
@@ -280,19 +282,23 @@ WITH d AS (
 )
 SELECT b, sink, n, k, latency FROM r WHERE {{ranks}}
 """
-# Before each attempt: did the delivery wait (no earlier attempt, or one to try again)?
-_WAITED = f"""COALESCE((SELECT p.outcome IN {_AGAIN} FROM attempts p
-    WHERE p.request_id = a.request_id AND p.sink = a.sink AND p.at < a.at
-    ORDER BY p.at DESC LIMIT 1), true)::int"""
+# Each attempt of a delivery tried in the window, with the outcome before it (lag): did the
+# delivery wait before (no earlier attempt, or one to try again)?
 _TREND_BACKLOG_CHANGES = f"""
 SELECT {_BUCKET.format(col="e.received_at")} AS b, count(*) FROM deliveries d
-    JOIN events e ON e.request_id = d.request_id WHERE e.received_at >= $1 GROUP BY b
+    JOIN events e ON e.request_id = d.request_id WHERE e.received_at >= $3 GROUP BY b
 UNION ALL
-SELECT {_BUCKET.format(col="a.at")} AS b, sum((a.outcome IN {_AGAIN})::int - {_WAITED})
-    FROM attempts a WHERE a.at >= $1 GROUP BY b
+SELECT {_BUCKET.format(col="h.at")} AS b,
+       sum((h.outcome IN {_AGAIN})::int - COALESCE((h.before IN {_AGAIN})::int, 1))
+FROM (
+    SELECT a.at, a.outcome,
+           lag(a.outcome) OVER (PARTITION BY a.request_id, a.sink ORDER BY a.at) AS before
+    FROM attempts a
+    WHERE (a.request_id, a.sink) IN (SELECT request_id, sink FROM attempts WHERE at >= $3)
+) h WHERE h.at >= $3 GROUP BY b
 UNION ALL
 SELECT {_BUCKET.format(col="d.updated_at")} AS b, count(*) FROM deliveries d
-    WHERE d.state IN {_BACKLOG} AND d.updated_at >= $1
+    WHERE d.state IN {_BACKLOG} AND d.updated_at >= $3
     AND (SELECT p.outcome NOT IN {_AGAIN} FROM attempts p
          WHERE p.request_id = d.request_id AND p.sink = d.sink ORDER BY p.at DESC LIMIT 1)
     GROUP BY b
@@ -301,15 +307,19 @@ _PERCENTILE_RANKS = " OR ".join(f"k = (n * {p} + 99) / 100" for p in PERCENTILES
 
 
 async def delivery_trends(c: asyncpg.Connection, window: TrendWindow) -> DeliveryTrends:
+    """In one snapshot (the caller's repeatable-read transaction). JIT is off: compiling
+    these few aggregates costs more than running them."""
+    await c.execute("SET LOCAL jit = off")
     since, until = as_utc(window.since), as_utc(window.until)
-    step = window.step
+    window_params = (since.timestamp(), window.step, since, until)
     now = await c.fetchval(f"SELECT count(*) FROM deliveries WHERE state IN {_BACKLOG}")
-    latencies = await c.fetch(_TREND_LATENCIES.format(ranks=_PERCENTILE_RANKS), since, step, until)
+    latencies = await c.fetch(_TREND_LATENCIES.format(ranks=_PERCENTILE_RANKS), *window_params)
+    changes = await c.fetch(_TREND_BACKLOG_CHANGES, *window_params[:3])
     return assemble(
         window,
-        received=[tuple(r) for r in await c.fetch(_TREND_RECEIVED, since, step, until)],
-        outcomes=[tuple(r) for r in await c.fetch(_TREND_OUTCOMES, since, step, until)],
+        received=[tuple(r) for r in await c.fetch(_TREND_RECEIVED, *window_params)],
+        outcomes=[tuple(r) for r in await c.fetch(_TREND_OUTCOMES, *window_params)],
         latencies=[tuple(r) for r in latencies],
         backlog_now=now,
-        backlog_changes=[tuple(r) for r in await c.fetch(_TREND_BACKLOG_CHANGES, since, step)],
+        backlog_changes=[tuple(r) for r in changes],
     )

@@ -182,6 +182,11 @@ MIGRATIONS: list[tuple[str, ...]] = [
         # fal: a JSON object of strings, as text (SQLite's JSON functions read text).
         "ALTER TABLE submissions ADD COLUMN metadata TEXT NOT NULL DEFAULT '{}'",
     ),
+    (
+        # The console's trends count the day's arrivals: a range of this index, never a scan
+        # of every stored event (ids are in commit order, arrival times nearly so: appends).
+        "CREATE INDEX events_by_arrival ON events (received_at)",
+    ),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

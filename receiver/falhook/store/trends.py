@@ -20,10 +20,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 from falhook.store.models import DeliveryTrends, TrendWindow
 from falhook.store.states import ATTEMPT_OUTCOMES
 
+T = TypeVar("T")
 PERCENTILES = (50, 90, 99)
 DAY_STEP = 900.0  # seconds: the overview's last day in 96 buckets of 15 minutes
 DAY_BUCKETS = 96
@@ -75,17 +77,57 @@ def assemble(  # long: one list per input, each a few lines; splitting would hid
             if rank(count, p) == at_rank:
                 series[f"p{p}"][bucket] = max(0.0, float(seconds))
     changes = _series(window, backlog_changes)
-    backlog = []
-    after = 0  # the net change after the end of the bucket at hand
-    for bucket in reversed(range(window.buckets)):
-        backlog.append(max(0, backlog_now - after))
-        after += changes[bucket]
     return DeliveryTrends(
         window=window,
         received=_series(window, received),
         outcomes={o: _series(window, rows) for o, rows in by_outcome.items()},
         latency=dict(sorted(latency.items())),
-        backlog=backlog[::-1],
+        backlog=backlog_series(backlog_now, changes),
+        backlog_changes=changes,
+    )
+
+
+def backlog_series(now: int, changes: list[int]) -> list[int]:
+    """The backlog at each bucket's end, backwards from `now` (the last bucket holds now)."""
+    backlog = []
+    after = 0  # the net change after the end of the bucket at hand
+    for change in reversed(changes):
+        backlog.append(max(0, now - after))
+        after += change
+    return backlog[::-1]
+
+
+def advance(earlier: DeliveryTrends, recent: DeliveryTrends, window: TrendWindow) -> DeliveryTrends:
+    """`earlier` trends moved on to `window` (the same step and length, `shift` buckets
+    later), their newest buckets replaced by `recent`, a read of the window's last buckets
+    (at least `shift` of them, and those that could still change): the day without reading
+    it all again."""
+    shift = round((window.since - earlier.window.since).total_seconds() / window.step)
+    keep = window.buckets - recent.window.buckets  # buckets taken from `earlier`
+    fits = window.step == earlier.window.step == recent.window.step
+    if not fits or not 0 <= shift <= recent.window.buckets or recent.window.until != window.until:
+        raise ValueError("the recent buckets do not continue these trends")
+
+    def moved(old: list[T], new: list[T]) -> list[T]:
+        return old[shift : shift + keep] + new
+
+    def percentiles(sink: str) -> dict[str, list[float | None]]:
+        old, new = earlier.latency.get(sink, {}), recent.latency.get(sink, {})
+        none_old: list[float | None] = [None] * earlier.window.buckets
+        none_new: list[float | None] = [None] * recent.window.buckets
+        return {
+            f"p{p}": moved(old.get(f"p{p}", none_old), new.get(f"p{p}", none_new))
+            for p in PERCENTILES
+        }
+
+    changes = moved(earlier.backlog_changes, recent.backlog_changes)
+    return DeliveryTrends(
+        window=window,
+        received=moved(earlier.received, recent.received),
+        outcomes={o: moved(earlier.outcomes[o], recent.outcomes[o]) for o in recent.outcomes},
+        latency={sink: percentiles(sink) for sink in sorted({*earlier.latency, *recent.latency})},
+        backlog=backlog_series(recent.backlog[-1] if recent.backlog else 0, changes),
+        backlog_changes=changes,
     )
 
 
