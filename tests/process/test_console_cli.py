@@ -62,13 +62,7 @@ def test_a_disabled_console_is_a_config_error(
     falhook_factory: Callable[..., Falhook],
 ) -> None:
     console = falhook_factory(name="console", command=("console",), console={"enabled": False})
-    done = subprocess.run(
-        [sys.executable, "-m", "falhook.cli", "console", "--config", str(console.config_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=console.tmp_path,
-    )
+    done = run_console(console)
     assert done.returncode == 2
     assert "[console].enabled: is false" in done.stderr
 
@@ -79,12 +73,17 @@ def test_the_console_alone_without_a_token_behind_a_public_url_is_a_config_error
     console = falhook_factory(
         name="console", command=("console",), receiver={"public_url": "https://hooks.example.com"}
     )
-    done = subprocess.run(
+    done = run_console(console)
+    assert done.returncode == 2, done.stderr
+    assert "[console].token: is empty while [receiver].public_url" in done.stderr
+
+
+def run_console(console: Falhook) -> subprocess.CompletedProcess[str]:
+    """`falhook console` on this config, to its end (a start-up refusal ends it at once)."""
+    return subprocess.run(
         [sys.executable, "-m", "falhook.cli", "console", "--config", str(console.config_path)],
         capture_output=True,
         text=True,
         timeout=60,
         cwd=console.tmp_path,
     )
-    assert done.returncode == 2, done.stderr
-    assert "[console].token: is empty while [receiver].public_url" in done.stderr

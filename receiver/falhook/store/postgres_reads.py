@@ -36,8 +36,7 @@ from falhook.store.paging import (
     search_terms,
 )
 from falhook.store.postgres_schema import as_utc
-from falhook.store.states import AGAIN_OUTCOMES, BACKLOG_STATES
-from falhook.store.trends import PERCENTILES, assemble
+from falhook.store.trends import AGAIN_SQL, BACKLOG_SQL, PERCENTILE_ROWS_SQL, assemble
 
 
 def query_where(query: EventQuery, p: Params, errors: list[str] | None = None) -> list[str]:
@@ -259,8 +258,6 @@ async def delivery_stats(c: asyncpg.Connection, since: datetime) -> DeliveryStat
 # Buckets are float arithmetic on the epoch (not numeric: extract's own type is slow to divide).
 
 _BUCKET = "floor((extract(epoch FROM {col})::float8 - $1) / $2)::int"
-_AGAIN = f"({', '.join(repr(o) for o in AGAIN_OUTCOMES)})"
-_BACKLOG = f"({', '.join(repr(s) for s in BACKLOG_STATES)})"
 _TREND_RECEIVED = (
     f"SELECT {_BUCKET.format(col='received_at')} AS b, count(*) FROM events"
     " WHERE received_at >= $3 AND received_at < $4 AND source = 'webhook' GROUP BY b"
@@ -289,7 +286,7 @@ SELECT {_BUCKET.format(col="e.received_at")} AS b, count(*) FROM deliveries d
     JOIN events e ON e.request_id = d.request_id WHERE e.received_at >= $3 GROUP BY b
 UNION ALL
 SELECT {_BUCKET.format(col="h.at")} AS b,
-       sum((h.outcome IN {_AGAIN})::int - COALESCE((h.before IN {_AGAIN})::int, 1))
+       sum((h.outcome IN {AGAIN_SQL})::int - COALESCE((h.before IN {AGAIN_SQL})::int, 1))
 FROM (
     SELECT a.at, a.outcome,
            lag(a.outcome) OVER (PARTITION BY a.request_id, a.sink ORDER BY a.at) AS before
@@ -298,12 +295,11 @@ FROM (
 ) h WHERE h.at >= $3 GROUP BY b
 UNION ALL
 SELECT {_BUCKET.format(col="d.updated_at")} AS b, count(*) FROM deliveries d
-    WHERE d.state IN {_BACKLOG} AND d.updated_at >= $3
-    AND (SELECT p.outcome NOT IN {_AGAIN} FROM attempts p
+    WHERE d.state IN {BACKLOG_SQL} AND d.updated_at >= $3
+    AND (SELECT p.outcome NOT IN {AGAIN_SQL} FROM attempts p
          WHERE p.request_id = d.request_id AND p.sink = d.sink ORDER BY p.at DESC LIMIT 1)
     GROUP BY b
 """
-_PERCENTILE_RANKS = " OR ".join(f"k = (n * {p} + 99) / 100" for p in PERCENTILES)
 
 
 async def delivery_trends(c: asyncpg.Connection, window: TrendWindow) -> DeliveryTrends:
@@ -312,8 +308,8 @@ async def delivery_trends(c: asyncpg.Connection, window: TrendWindow) -> Deliver
     await c.execute("SET LOCAL jit = off")
     since, until = as_utc(window.since), as_utc(window.until)
     window_params = (since.timestamp(), window.step, since, until)
-    now = await c.fetchval(f"SELECT count(*) FROM deliveries WHERE state IN {_BACKLOG}")
-    latencies = await c.fetch(_TREND_LATENCIES.format(ranks=_PERCENTILE_RANKS), *window_params)
+    now = await c.fetchval(f"SELECT count(*) FROM deliveries WHERE state IN {BACKLOG_SQL}")
+    latencies = await c.fetch(_TREND_LATENCIES.format(ranks=PERCENTILE_ROWS_SQL), *window_params)
     changes = await c.fetch(_TREND_BACKLOG_CHANGES, *window_params[:3])
     return assemble(
         window,

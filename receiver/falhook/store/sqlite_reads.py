@@ -35,8 +35,7 @@ from falhook.store.paging import (
     like_pattern,
 )
 from falhook.store.sqlite_schema import to_dt, to_epoch
-from falhook.store.states import AGAIN_OUTCOMES, BACKLOG_STATES
-from falhook.store.trends import PERCENTILES, assemble
+from falhook.store.trends import AGAIN_SQL, BACKLOG_SQL, PERCENTILE_ROWS_SQL, assemble
 
 
 def query_where(query: EventQuery) -> tuple[list[str], list[Any]]:
@@ -172,8 +171,6 @@ def delivery_stats(c: sqlite3.Connection, since: float) -> DeliveryStats:
 # --- trends (store/trends.py says what each query reads) -----------------------------------
 
 _BUCKET = "CAST(({col} - ?1) / ?2 AS INTEGER)"
-_AGAIN = f"({', '.join(repr(o) for o in AGAIN_OUTCOMES)})"
-_BACKLOG = f"({', '.join(repr(s) for s in BACKLOG_STATES)})"
 _TREND_RECEIVED = (
     f"SELECT {_BUCKET.format(col='received_at')} AS b, count(*) FROM events"
     " WHERE received_at >= ?1 AND received_at < ?3 AND source = 'webhook' GROUP BY b"
@@ -195,35 +192,32 @@ WITH d AS (
 SELECT b, sink, n, k, latency FROM r WHERE {{ranks}}
 """
 # Before each attempt: did the delivery wait (no earlier attempt, or one to try again)?
-_WAITED = f"""COALESCE((SELECT p.outcome IN {_AGAIN} FROM attempts p
+_WAITED = f"""COALESCE((SELECT p.outcome IN {AGAIN_SQL} FROM attempts p
     WHERE p.event_id = a.event_id AND p.sink = a.sink AND (p.at, p.rowid) < (a.at, a.rowid)
     ORDER BY p.at DESC, p.rowid DESC LIMIT 1), 1)"""
 _TREND_BACKLOG_CHANGES = f"""
 SELECT {_BUCKET.format(col="e.received_at")} AS b, count(*) FROM deliveries d
     JOIN events e ON e.id = d.event_id WHERE e.received_at >= ?1 GROUP BY b
 UNION ALL
-SELECT {_BUCKET.format(col="a.at")} AS b, sum((a.outcome IN {_AGAIN}) - {_WAITED})
+SELECT {_BUCKET.format(col="a.at")} AS b, sum((a.outcome IN {AGAIN_SQL}) - {_WAITED})
     FROM attempts a WHERE a.at >= ?1 GROUP BY b
 UNION ALL
 SELECT {_BUCKET.format(col="d.updated_at")} AS b, count(*) FROM deliveries d
-    WHERE d.state IN {_BACKLOG} AND d.updated_at >= ?1
-    AND (SELECT p.outcome NOT IN {_AGAIN} FROM attempts p
+    WHERE d.state IN {BACKLOG_SQL} AND d.updated_at >= ?1
+    AND (SELECT p.outcome NOT IN {AGAIN_SQL} FROM attempts p
          WHERE p.event_id = d.event_id AND p.sink = d.sink ORDER BY p.at DESC LIMIT 1)
     GROUP BY b
 """
 
 
-_PERCENTILE_RANKS = " OR ".join(f"k = (n * {p} + 99) / 100" for p in PERCENTILES)
-
-
 def delivery_trends(c: sqlite3.Connection, window: TrendWindow) -> DeliveryTrends:
     params = (to_epoch(window.since), window.step, to_epoch(window.until))
-    now = c.execute(f"SELECT count(*) FROM deliveries WHERE state IN {_BACKLOG}").fetchone()[0]
+    now = c.execute(f"SELECT count(*) FROM deliveries WHERE state IN {BACKLOG_SQL}").fetchone()[0]
     return assemble(
         window,
         received=c.execute(_TREND_RECEIVED, params).fetchall(),
         outcomes=c.execute(_TREND_OUTCOMES, params).fetchall(),
-        latencies=c.execute(_TREND_LATENCIES.format(ranks=_PERCENTILE_RANKS), params),
+        latencies=c.execute(_TREND_LATENCIES.format(ranks=PERCENTILE_ROWS_SQL), params),
         backlog_now=now,
         backlog_changes=c.execute(_TREND_BACKLOG_CHANGES, params[:2]).fetchall(),
     )
