@@ -454,7 +454,13 @@ async def test_the_consoles_day_trends_read_the_newest_buckets_and_agree_with_wh
     start = utcnow()
     clock, ticks = [start], [0.0]
     reader = CountingReader(store)
-    day = DayTrends(reader, clock=lambda: clock[0], monotonic=lambda: ticks[0])  # type: ignore[arg-type]
+    changes = [0]  # what the live feed has published
+    day = DayTrends(
+        reader,  # type: ignore[arg-type]
+        clock=lambda: clock[0],
+        monotonic=lambda: ticks[0],
+        changes_seen=lambda: changes[0],
+    )
     for hours in (20, 9, 3):
         e = made(received_at=start - timedelta(hours=hours), sinks=("a",))
         await store.accept(e)
@@ -471,7 +477,8 @@ async def test_the_consoles_day_trends_read_the_newest_buckets_and_agree_with_wh
     await store.accept(fresh)
     await finish_as(store, fresh.request_id, {"a": "delivered", "b": "retry"})
     assert await look(0.5) == first  # read a moment ago: every tab shares it
-    second = await look()
+    changes[0] += 1  # ... until the live feed sees a change: a tab refreshing for it reads
+    second = await look(0.1)
     assert second == await store.delivery_trends(window_ending(clock[0]))
     assert sum(second.received) == 4 and second.backlog[-1] == 1
     clock[0] += timedelta(minutes=15)  # a bucket later: the day moves on by one

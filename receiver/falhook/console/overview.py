@@ -76,7 +76,7 @@ class DayTrends:
 
     RECENT = 2  # buckets read again on each look: the current one and the one before it
     FULL_EVERY = 300.0  # seconds between whole reads (a replay changes an older bucket)
-    REUSE = 1.0  # seconds a read serves every tab that asks (tabs refresh together)
+    REUSE = 1.0  # seconds a read serves every tab that asks (tabs refresh together) ...
 
     def __init__(
         self,
@@ -84,10 +84,15 @@ class DayTrends:
         *,
         clock: Callable[[], datetime] = utcnow,
         monotonic: Callable[[], float] = time.monotonic,
+        changes_seen: Callable[[], int] = lambda: 0,
     ) -> None:
         self.events = events
         self.clock = clock
         self.monotonic = monotonic
+        # ... unless the live feed has seen a change since: a tab refreshing because of a
+        # change must get a read made after it.
+        self.changes_seen = changes_seen
+        self._seen = -1
         self._lock = asyncio.Lock()
         self._last: DeliveryTrends | None = None
         self._read_at = self._whole_at = -math.inf
@@ -95,14 +100,15 @@ class DayTrends:
     async def get(self) -> DeliveryTrends:
         async with self._lock:  # one read at a time; the tabs waiting get its result
             window = window_ending(self.clock())
-            last, now = self._last, self.monotonic()
-            if last is not None and last.window == window and now - self._read_at < self.REUSE:
+            last, now, seen = self._last, self.monotonic(), self.changes_seen()
+            recent = now - self._read_at < self.REUSE and seen == self._seen
+            if last is not None and last.window == window and recent:
                 return last
             if last is None or now - self._whole_at > self.FULL_EVERY:
                 fresh = await self._whole(window, now)
             else:
                 fresh = await self._newest(last, window) or await self._whole(window, now)
-            self._last, self._read_at = fresh, now
+            self._last, self._read_at, self._seen = fresh, now, seen
             return fresh
 
     async def _whole(self, window: TrendWindow, now: float) -> DeliveryTrends:

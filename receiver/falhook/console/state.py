@@ -35,7 +35,7 @@ class ConsoleState:
         self.access = Access(self.settings.console)
         self.limiter = LoginLimiter()
         self.feed = ChangeFeed(self.events, self.settings.console.stream_interval)
-        self.trends = DayTrends(self.events)
+        self.trends = DayTrends(self.events, changes_seen=lambda: self.feed.published)
         self.roots = disk_roots(self.settings)
 
     async def dead_count(self) -> int:
