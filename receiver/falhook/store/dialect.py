@@ -54,6 +54,8 @@ class Dialect:
     in_list: Callable[[Params, Sequence[str]], str]  # "IN (?, ?)" / "= ANY($1::text[])"
     # A submission's metadata value by key (keys are plain names: falhook.metadata).
     meta_value: Callable[[Params, str], str]
+    epoch_of: Callable[[str], str]  # a stored time column as epoch seconds, a float
+    floor_int: Callable[[str], str]  # a non-negative number rounded down, as an integer
 
     def params(self) -> Params:
         return Params(self.numbered)
@@ -108,6 +110,8 @@ SQLITE = Dialect(
     json_out=msgspec.json.decode,
     in_list=lambda p, values: f"IN ({','.join(p(v) for v in values) or 'NULL'})",
     meta_value=lambda p, key: f"json_extract(metadata, {p(_json_path(key))})",
+    epoch_of=lambda column: column,  # stored as epoch seconds
+    floor_int=lambda value: f"CAST({value} AS INTEGER)",  # truncates: the floor when >= 0
 )
 POSTGRES = Dialect(
     numbered=True,
@@ -121,6 +125,9 @@ POSTGRES = Dialect(
     json_out=lambda value: value,  # the json codec decodes it (postgres._init_connection)
     in_list=lambda p, values: f"= ANY({p(list(values))}::text[])",
     meta_value=lambda p, key: f"metadata->>{p(key)}",
+    # float8, not extract's numeric: dividing numerics is slow over a day of attempts.
+    epoch_of=lambda column: f"extract(epoch FROM {column})::float8",
+    floor_int=lambda value: f"floor({value})::int",  # a cast alone would round
 )
 _EVENT_STATES = {d: state_predicates(d.has, column=d.state_column) for d in (SQLITE, POSTGRES)}
 

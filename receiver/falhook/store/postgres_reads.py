@@ -16,7 +16,7 @@ from typing import Any
 
 import asyncpg
 
-from falhook.store import dialect
+from falhook.store import dialect, trend_queries
 from falhook.store.changes import ACCEPTED, LIMIT, OVERLAP, delivery_changes
 from falhook.store.dialect import POSTGRES, Params
 from falhook.store.models import (
@@ -36,7 +36,7 @@ from falhook.store.paging import (
     search_terms,
 )
 from falhook.store.postgres_schema import as_utc
-from falhook.store.trends import AGAIN_SQL, BACKLOG_SQL, PERCENTILE_ROWS_SQL, assemble
+from falhook.store.trends import assemble
 
 
 def query_where(query: EventQuery, p: Params, errors: list[str] | None = None) -> list[str]:
@@ -253,69 +253,23 @@ async def delivery_stats(c: asyncpg.Connection, since: datetime) -> DeliveryStat
     )
 
 
-# --- trends (store/trends.py says what each query reads) -----------------------------------
-# $1 the window's start in epoch seconds, $2 the step; $3 and $4 the window's start and end.
-# Buckets are float arithmetic on the epoch (not numeric: extract's own type is slow to divide).
-
-_BUCKET = "floor((extract(epoch FROM {col})::float8 - $1) / $2)::int"
-_TREND_RECEIVED = (
-    f"SELECT {_BUCKET.format(col='received_at')} AS b, count(*) FROM events"
-    " WHERE received_at >= $3 AND received_at < $4 AND source = 'webhook' GROUP BY b"
-)
-_TREND_OUTCOMES = (
-    f"SELECT {_BUCKET.format(col='at')} AS b, outcome, count(*) FROM attempts"
-    " WHERE at >= $3 AND at < $4 GROUP BY b, outcome"
-)
-_TREND_LATENCIES = f"""
-WITH d AS (
-    SELECT {_BUCKET.format(col="a.at")} AS b, a.sink,
-           greatest(0.0, extract(epoch FROM a.at - e.received_at)::float8) AS latency
-    FROM attempts a JOIN events e ON e.request_id = a.request_id
-    WHERE a.at >= $3 AND a.at < $4 AND a.outcome = 'delivered'
-), r AS (
-    SELECT b, sink, latency, count(*) OVER (PARTITION BY b, sink) AS n,
-           row_number() OVER (PARTITION BY b, sink ORDER BY latency) AS k
-    FROM d
-)
-SELECT b, sink, n, k, latency FROM r WHERE {{ranks}}
-"""
-# Each attempt of a delivery tried in the window, with the outcome before it (lag): did the
-# delivery wait before (no earlier attempt, or one to try again)?
-_TREND_BACKLOG_CHANGES = f"""
-SELECT {_BUCKET.format(col="e.received_at")} AS b, count(*) FROM deliveries d
-    JOIN events e ON e.request_id = d.request_id WHERE e.received_at >= $3 GROUP BY b
-UNION ALL
-SELECT {_BUCKET.format(col="h.at")} AS b,
-       sum((h.outcome IN {AGAIN_SQL})::int - COALESCE((h.before IN {AGAIN_SQL})::int, 1))
-FROM (
-    SELECT a.at, a.outcome,
-           lag(a.outcome) OVER (PARTITION BY a.request_id, a.sink ORDER BY a.at) AS before
-    FROM attempts a
-    WHERE (a.request_id, a.sink) IN (SELECT request_id, sink FROM attempts WHERE at >= $3)
-) h WHERE h.at >= $3 GROUP BY b
-UNION ALL
-SELECT {_BUCKET.format(col="d.updated_at")} AS b, count(*) FROM deliveries d
-    WHERE d.state IN {BACKLOG_SQL} AND d.updated_at >= $3
-    AND (SELECT p.outcome NOT IN {AGAIN_SQL} FROM attempts p
-         WHERE p.request_id = d.request_id AND p.sink = d.sink ORDER BY p.at DESC LIMIT 1)
-    GROUP BY b
-"""
+# --- trends (store/trend_queries.py: the statements both engines run) ---------------------
 
 
 async def delivery_trends(c: asyncpg.Connection, window: TrendWindow) -> DeliveryTrends:
     """In one snapshot (the caller's repeatable-read transaction). JIT is off: compiling
     these few aggregates costs more than running them."""
     await c.execute("SET LOCAL jit = off")
-    since, until = as_utc(window.since), as_utc(window.until)
-    window_params = (since.timestamp(), window.step, since, until)
-    now = await c.fetchval(f"SELECT count(*) FROM deliveries WHERE state IN {BACKLOG_SQL}")
-    latencies = await c.fetch(_TREND_LATENCIES.format(ranks=PERCENTILE_ROWS_SQL), *window_params)
-    changes = await c.fetch(_TREND_BACKLOG_CHANGES, *window_params[:3])
+
+    async def rows(statement: tuple[str, list[Any]]) -> list[tuple[Any, ...]]:
+        sql, values = statement
+        return [tuple(r) for r in await c.fetch(sql, *values)]
+
     return assemble(
         window,
-        received=[tuple(r) for r in await c.fetch(_TREND_RECEIVED, *window_params)],
-        outcomes=[tuple(r) for r in await c.fetch(_TREND_OUTCOMES, *window_params)],
-        latencies=[tuple(r) for r in latencies],
-        backlog_now=now,
-        backlog_changes=[tuple(r) for r in changes],
+        received=await rows(trend_queries.received(POSTGRES, window)),
+        outcomes=await rows(trend_queries.outcomes(POSTGRES, window)),
+        latencies=await rows(trend_queries.latencies(POSTGRES, window)),
+        backlog_now=await c.fetchval(trend_queries.backlog_now()),
+        backlog_changes=await rows(trend_queries.backlog_changes(POSTGRES, window)),
     )

@@ -15,7 +15,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from falhook.store import dialect
+from falhook.store import dialect, trend_queries
 from falhook.store.changes import LIMIT, OVERLAP, delivery_changes
 from falhook.store.dialect import SQLITE, Params
 from falhook.store.models import (
@@ -34,8 +34,8 @@ from falhook.store.paging import (
     fts5_query,
     like_pattern,
 )
-from falhook.store.sqlite_schema import to_dt, to_epoch
-from falhook.store.trends import AGAIN_SQL, BACKLOG_SQL, PERCENTILE_ROWS_SQL, assemble
+from falhook.store.sqlite_schema import to_dt
+from falhook.store.trends import assemble
 
 
 def query_where(query: EventQuery) -> tuple[list[str], list[Any]]:
@@ -168,56 +168,18 @@ def delivery_stats(c: sqlite3.Connection, since: float) -> DeliveryStats:
     )
 
 
-# --- trends (store/trends.py says what each query reads) -----------------------------------
-
-_BUCKET = "CAST(({col} - ?1) / ?2 AS INTEGER)"
-_TREND_RECEIVED = (
-    f"SELECT {_BUCKET.format(col='received_at')} AS b, count(*) FROM events"
-    " WHERE received_at >= ?1 AND received_at < ?3 AND source = 'webhook' GROUP BY b"
-)
-_TREND_OUTCOMES = (
-    f"SELECT {_BUCKET.format(col='at')} AS b, outcome, count(*) FROM attempts"
-    " WHERE at >= ?1 AND at < ?3 GROUP BY b, outcome"
-)
-_TREND_LATENCIES = f"""
-WITH d AS (
-    SELECT {_BUCKET.format(col="a.at")} AS b, a.sink, max(0.0, a.at - e.received_at) AS latency
-    FROM attempts a JOIN events e ON e.id = a.event_id
-    WHERE a.at >= ?1 AND a.at < ?3 AND a.outcome = 'delivered'
-), r AS (
-    SELECT b, sink, latency, count(*) OVER (PARTITION BY b, sink) AS n,
-           row_number() OVER (PARTITION BY b, sink ORDER BY latency) AS k
-    FROM d
-)
-SELECT b, sink, n, k, latency FROM r WHERE {{ranks}}
-"""
-# Before each attempt: did the delivery wait (no earlier attempt, or one to try again)?
-_WAITED = f"""COALESCE((SELECT p.outcome IN {AGAIN_SQL} FROM attempts p
-    WHERE p.event_id = a.event_id AND p.sink = a.sink AND (p.at, p.rowid) < (a.at, a.rowid)
-    ORDER BY p.at DESC, p.rowid DESC LIMIT 1), 1)"""
-_TREND_BACKLOG_CHANGES = f"""
-SELECT {_BUCKET.format(col="e.received_at")} AS b, count(*) FROM deliveries d
-    JOIN events e ON e.id = d.event_id WHERE e.received_at >= ?1 GROUP BY b
-UNION ALL
-SELECT {_BUCKET.format(col="a.at")} AS b, sum((a.outcome IN {AGAIN_SQL}) - {_WAITED})
-    FROM attempts a WHERE a.at >= ?1 GROUP BY b
-UNION ALL
-SELECT {_BUCKET.format(col="d.updated_at")} AS b, count(*) FROM deliveries d
-    WHERE d.state IN {BACKLOG_SQL} AND d.updated_at >= ?1
-    AND (SELECT p.outcome NOT IN {AGAIN_SQL} FROM attempts p
-         WHERE p.event_id = d.event_id AND p.sink = d.sink ORDER BY p.at DESC LIMIT 1)
-    GROUP BY b
-"""
+# --- trends (store/trend_queries.py: the statements both engines run) ---------------------
 
 
 def delivery_trends(c: sqlite3.Connection, window: TrendWindow) -> DeliveryTrends:
-    params = (to_epoch(window.since), window.step, to_epoch(window.until))
-    now = c.execute(f"SELECT count(*) FROM deliveries WHERE state IN {BACKLOG_SQL}").fetchone()[0]
+    def rows(statement: tuple[str, list[Any]]) -> list[Any]:
+        return c.execute(*statement).fetchall()
+
     return assemble(
         window,
-        received=c.execute(_TREND_RECEIVED, params).fetchall(),
-        outcomes=c.execute(_TREND_OUTCOMES, params).fetchall(),
-        latencies=c.execute(_TREND_LATENCIES.format(ranks=PERCENTILE_ROWS_SQL), params),
-        backlog_now=now,
-        backlog_changes=c.execute(_TREND_BACKLOG_CHANGES, params[:2]).fetchall(),
+        received=rows(trend_queries.received(SQLITE, window)),
+        outcomes=rows(trend_queries.outcomes(SQLITE, window)),
+        latencies=rows(trend_queries.latencies(SQLITE, window)),
+        backlog_now=c.execute(trend_queries.backlog_now()).fetchone()[0],
+        backlog_changes=rows(trend_queries.backlog_changes(SQLITE, window)),
     )

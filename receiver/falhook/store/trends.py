@@ -1,5 +1,6 @@
 """The console's trends over a window (`ConsoleReader.delivery_trends`): what both stores'
-SQL returns, put into buckets the same way. Pure: no I/O.
+SQL returns (trend_queries.py, one set of statements for both), put into buckets the same
+way. Pure: no I/O.
 
 Each engine reads, grouped by bucket (`floor((time - since) / step)`):
 - webhooks received (events whose source is a webhook),
@@ -23,19 +24,12 @@ from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 from falhook.store.models import DeliveryTrends, TrendWindow
-from falhook.store.states import AGAIN_OUTCOMES, ATTEMPT_OUTCOMES, BACKLOG_STATES
+from falhook.store.states import ATTEMPT_OUTCOMES
 
 T = TypeVar("T")
 PERCENTILES = (50, 90, 99)
 DAY_STEP = 900.0  # seconds: the overview's last day in 96 buckets of 15 minutes
 DAY_BUCKETS = 96
-
-
-# SQL both engines share: outcomes after which a delivery waits again, the backlog's states,
-# and the rows of a window function (k of n, per bucket and sink) that are percentiles.
-AGAIN_SQL = f"({', '.join(repr(o) for o in AGAIN_OUTCOMES)})"
-BACKLOG_SQL = f"({', '.join(repr(s) for s in BACKLOG_STATES)})"
-PERCENTILE_ROWS_SQL = " OR ".join(f"k = (n * {p} + 99) / 100" for p in PERCENTILES)
 
 
 def rank(count: int, percent: int) -> int:
