@@ -17,7 +17,6 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import datetime
-from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from falhook import __version__, listing
@@ -81,11 +80,6 @@ def _listen(args: argparse.Namespace) -> socket.socket:
 def _run_server(app: Falhook, sock: socket.socket, grace: float) -> int:
     import uvicorn
 
-    class Server(uvicorn.Server):
-        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-            app.stop_streams()  # open console tabs must not hold the shutdown up
-            super().handle_exit(sig, frame)
-
     config = uvicorn.Config(
         app,
         log_level="warning",
@@ -94,7 +88,9 @@ def _run_server(app: Falhook, sock: socket.socket, grace: float) -> int:
         timeout_graceful_shutdown=max(5, int(grace) + 5),
     )
     try:
-        Server(config).run(sockets=[sock])
+        # Open console tabs do not hold the shutdown up: the console ends their streams on
+        # uvicorn's signal (console/server_exit.py).
+        uvicorn.Server(config).run(sockets=[sock])
     except SystemExit:  # uvicorn exits 3 when start-up failed
         if app.startup_error is None:
             raise

@@ -7,6 +7,8 @@ of losing it."""
 from __future__ import annotations
 
 import json
+import signal
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -134,3 +136,34 @@ def test_behind_a_proxy_that_strips_the_prefix_uvicorn_root_path_serves_falhook(
         assert event["request_id"] == rid
     finally:
         app.close()
+
+
+@pytest.mark.one_store("the server's shutdown, not storage")
+@pytest.mark.parametrize("module", ["fastapi_app", "starlette_app"])
+def test_an_open_console_stream_does_not_hold_up_the_hosts_shutdown(
+    module: str, tmp_path: Path, jwks: JWKSServer, store_section: dict[str, str]
+) -> None:
+    """uvicorn waits for every open response before it runs the lifespan's shutdown, and a
+    console tab's live stream never ends by itself: falhook ends it on the server's signal.
+    Plain uvicorn, no --timeout-graceful-shutdown."""
+    app = _uvicorn(tmp_path, _config(tmp_path, jwks, store_section), module)
+    try:
+        app.start()
+        tab = socket.create_connection(("127.0.0.1", app.port), timeout=30)
+        with tab:
+            tab.sendall(
+                f"GET {PREFIX}/console/api/stream HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                f"Authorization: Bearer {TOKEN}\r\nAccept: text/event-stream\r\n\r\n".encode()
+            )
+            opened = tab.recv(65536)
+            assert b" 200 " in opened.split(b"\r\n", 1)[0], opened
+            code, _ = app.stop(signal.SIGTERM, timeout=30)
+            assert code in (0, -signal.SIGTERM), f"exit {code}:\n{app.logs()}"
+            rest = b""
+            while chunk := tab.recv(65536):  # the stream ended: the server closed it
+                rest += chunk
+    finally:
+        app.close()
+    logs = app.logs()
+    assert "worker stopped" in logs, logs  # the lifespan's shutdown ran after it
+    assert "timeout graceful shutdown exceeded" not in logs

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 import msgspec
 import structlog
 
+from falhook.console.server_exit import ServerExit
 from falhook.store.changes import LIMIT
 from falhook.store.models import Change, ChangeMark
 from falhook.store.roles import ConsoleReader
@@ -49,9 +50,12 @@ class ChangeFeed:
         self._mark: ChangeMark | None = None
         self._starting = asyncio.Lock()
         self.published = 0  # changes published so far: what a cached figure is as old as
+        # The server's SIGTERM ends the streams before it waits for them (server_exit.py).
+        self.server_exit = ServerExit(self.stop)
 
     async def subscribe(self) -> asyncio.Queue[bytes | None]:
         queue: asyncio.Queue[bytes | None] = asyncio.Queue(QUEUE_MAX)
+        self.server_exit.arm()
         async with self._starting:
             if self._task is None or self._task.done():
                 # The mark of now, before the tab is told it listens: nothing after is missed.
@@ -97,6 +101,7 @@ class ChangeFeed:
 
     async def close(self) -> None:
         self.stop()
+        self.server_exit.disarm()
         task, self._task = self._task, None
         if task is not None:
             await asyncio.gather(task, return_exceptions=True)
