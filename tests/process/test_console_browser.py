@@ -424,10 +424,11 @@ async def seed_everything(fh: InProcess, signer: FalSigner, files: FileServer) -
 
 
 async def seed_history(fh: InProcess, signer: FalSigner) -> list[datetime]:
-    """Six events of earlier hours, each delivered some seconds after it arrived."""
+    """Six events of earlier hours, each delivered some seconds after it arrived; the
+    oldest sent first (SQLite lists in commit order)."""
     now = utcnow()
     times = []
-    for n in range(6):
+    for n in reversed(range(6)):
         rid = await fh.send(signer, {"prompt": f"earlier, {n}"})
         await fh.wait_state(rid, "delivered")
         arrived = now - timedelta(hours=3 * n + 1)
@@ -455,8 +456,8 @@ async def test_every_page_in_both_themes_at_both_widths(  # long: one walk throu
     store_backend: str,
 ) -> None:
     fh = await console(inprocess, delivery={"max_attempts": 2})
+    await seed_history(fh, signer)  # first, as for its events' order
     ids = await seed_everything(fh, signer, files)
-    await seed_history(fh, signer)
     window = window_ending(utcnow())
     buckets_with_deliveries = {bucket_of(at, window) for at in await delivered_times(fh)}
     base = fh.base_url or ""

@@ -8,7 +8,15 @@ from typing import Any
 
 import pytest
 
-from falhook.console.charts import Chart, Series, bucket_label, nice_ceiling, time_ticks
+from falhook.console.charts import (
+    Chart,
+    Segment,
+    Series,
+    bucket_label,
+    nice_ceiling,
+    nice_seconds,
+    time_ticks,
+)
 from falhook.store.models import TrendWindow
 from falhook.store.trends import advance, assemble, bucket_of, rank, window_ending
 
@@ -20,18 +28,18 @@ def test_a_series_is_one_point_per_bucket_scaled_to_a_nice_top() -> None:
     chart = Chart.over(WINDOW, "t", "Traffic", [Series("received", [0, 3, 7, 2])])
     [line] = chart.lines
     assert chart.top == "10" and line.points == 4 and line.summary == "12"
-    assert line.segments == ["0.5,100 1.5,70 2.5,30 3.5,80"]
+    assert line.segments == [Segment("0.5,100 1.5,70 2.5,30 3.5,80")]
     assert line.tone == "info" and line.area == []
     assert chart.tips[1] == "12:15\u201312:30 UTC · received 3"
     assert [label for _, label in chart.ticks] == ["1 h ago", "45 min ago", "30 min ago",
                                                    "15 min ago", "now"]  # fmt: skip
 
 
-def test_missing_values_break_the_line_and_a_lone_value_is_a_dash() -> None:
+def test_missing_values_break_the_line_and_a_lone_value_is_a_dot() -> None:
     chart = Chart.over(WINDOW, "l", "Latency", [Series("p50", [1.0, None, 2.0, 2.0], fill=True)])
     [line] = chart.lines
     assert line.points == 3
-    assert line.segments == ["0.15,50 0.85,50", "2.5,0 3.5,0"]
+    assert line.segments == [Segment("0.15,50 0.85,50", lone=True), Segment("2.5,0 3.5,0")]
     assert line.area == ["0.15,100 0.15,50 0.85,50 0.85,100", "2.5,100 2.5,0 3.5,0 3.5,100"]
     assert chart.tips[1].endswith("p50 \u2013")
 
@@ -53,6 +61,15 @@ def test_tones_go_round_unless_a_series_names_its_own() -> None:
 )  # fmt: skip
 def test_the_top_of_the_axis_is_a_round_number(value: float, top: float) -> None:
     assert nice_ceiling(value) == pytest.approx(top)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "top"),
+    [(0, 1), (0.04, 0.05), (7, 10), (45, 50), (55, 60), (60, 60), (61, 120), (200, 300),
+     (1900, 3000), (3500, 3600), (3700, 2 * 3600), (5 * 3600, 5 * 3600)],
+)  # fmt: skip
+def test_a_duration_axis_tops_at_round_seconds_minutes_or_hours(seconds: float, top: float) -> None:
+    assert nice_seconds(seconds) == pytest.approx(top)
 
 
 def test_labels_for_days_and_ticks_for_a_day() -> None:

@@ -36,13 +36,21 @@ class Series:
 
 
 @dataclass(frozen=True)
+class Segment:
+    """An unbroken run of values as SVG polyline points; a lone value is drawn as a dot."""
+
+    points: str
+    lone: bool = False
+
+
+@dataclass(frozen=True)
 class Line:
     """One series as drawn: polylines (a gap where a value is missing), its legend."""
 
     name: str
     tone: str
     fill: bool
-    segments: list[str]  # SVG points, one string per unbroken run of values
+    segments: list[Segment]
     area: list[str]  # SVG polygon points under each segment (when filled)
     points: int  # values shown
     summary: str  # the legend's figure
@@ -70,17 +78,20 @@ class Chart:
         fmt: Format = lambda v: f"{v:,.0f}",
         summary: Callable[[Series], str] | None = None,
         note: str = "",
+        ceiling: Callable[[float], float] | None = None,
     ) -> Chart:
         """A chart of these series over the window's buckets, values shown with `fmt`;
-        each legend entry says `summary(series)` (by default the total)."""
-        top = nice_ceiling(max((v for s in series for v in s.values if v is not None), default=0))
+        each legend entry says `summary(series)` (by default the total); the y axis tops
+        at `ceiling(largest value)` (a round number: nice_ceiling, or nice_seconds)."""
+        highest = max((v for s in series for v in s.values if v is not None), default=0)
+        top = (ceiling or nice_ceiling)(highest)
         lines = []
         for n, s in enumerate(series):
             tone = s.tone or TONES[n % len(TONES)]
             segments = _segments(s.values, top)
             shown = sum(v is not None for v in s.values)
             total = (summary or _total(fmt))(s)
-            area = [_area(seg) for seg in segments] if s.fill else []
+            area = [_area(seg.points) for seg in segments] if s.fill else []
             lines.append(Line(s.name, tone, s.fill, segments, area, shown, total))
         tips = [
             bucket_label(start, window.step) + "".join(
@@ -108,13 +119,24 @@ def nice_ceiling(value: float) -> float:
     return float(10 * power)  # pragma: no cover - the loop always returns
 
 
+def nice_seconds(value: float) -> float:
+    """A round ceiling for durations, in the smallest unit where it stays below the next:
+    seconds up to a minute, then minutes up to an hour, then hours (200 s tops at 5 min,
+    not 3.3; 55 s at 1 min, not 100 s)."""
+    for unit, below in ((1.0, 60.0), (60.0, 3600.0)):
+        top = nice_ceiling(value / unit) * unit
+        if top <= below:
+            return top
+    return nice_ceiling(value / 3600.0) * 3600.0
+
+
 def _y(value: float, top: float) -> float:
     return round(HEIGHT - value / top * HEIGHT, 2)
 
 
-def _segments(values: Sequence[float | None], top: float) -> list[str]:
-    """Runs of values as polyline points, x at each bucket's middle; a lone value is a short
-    dash (a polyline of one point draws nothing)."""
+def _segments(values: Sequence[float | None], top: float) -> list[Segment]:
+    """Runs of values as polyline points, x at each bucket's middle; a lone value is a
+    short dash, drawn as a dot (a polyline of one point draws nothing)."""
     runs: list[list[tuple[float, float]]] = [[]]
     for b, value in enumerate(values):
         if value is None:
@@ -124,10 +146,11 @@ def _segments(values: Sequence[float | None], top: float) -> list[str]:
         runs[-1].append((b + 0.5, _y(value, top)))
     drawn = []
     for run in (r for r in runs if r):
-        if len(run) == 1:
+        lone = len(run) == 1
+        if lone:
             (x, y) = run[0]
             run = [(x - 0.35, y), (x + 0.35, y)]
-        drawn.append(" ".join(f"{x:g},{y:g}" for x, y in run))
+        drawn.append(Segment(" ".join(f"{x:g},{y:g}" for x, y in run), lone))
     return drawn
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from falhook.console.charts import Chart, Series
+from falhook.console.charts import Chart, Series, nice_seconds
 from falhook.console.render import seconds
 from falhook.store.models import DeliveryStats, DeliveryTrends, TrendWindow, iso, utcnow
 from falhook.store.roles import ConsoleReader
@@ -53,7 +53,7 @@ def latency(trends: DeliveryTrends) -> list[Chart]:
         charts.append(
             Chart.over(
                 trends.window, f"latency-{sink}", f"Delivery latency · {sink}", series,
-                fmt=lambda v: seconds(v), summary=_latest,
+                fmt=lambda v: seconds(v), summary=_latest, ceiling=nice_seconds,
                 note="received → delivered, percentiles of each 15 minutes",
             )
         )  # fmt: skip
