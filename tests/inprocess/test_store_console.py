@@ -17,6 +17,7 @@ import pytest
 
 from falhook.console.overview import DayTrends
 from falhook.store import sqlite_schema as schema
+from falhook.store import trend_queries
 from falhook.store.models import (
     Change,
     ChangeMark,
@@ -372,9 +373,14 @@ async def finish_as(store: Store, rid: str, outcomes: dict[str, str]) -> None:
             await store.release(rid, d.sink, d.token)
 
 
-async def test_trends_put_a_seeded_history_into_its_buckets(store: Store) -> None:
+@pytest.mark.parametrize("few_buckets", [0, 1000], ids=["scans", "lookups"])
+async def test_trends_put_a_seeded_history_into_its_buckets(
+    store: Store, few_buckets: int, monkeypatch: Any
+) -> None:
     """A day's history in eight 15-minute buckets: arrivals, outcomes, latency percentiles
-    and the backlog at each bucket's end, rebuilt from the attempt log (a replay included)."""
+    and the backlog at each bucket's end, rebuilt from the attempt log (a replay included).
+    PostgreSQL reads a whole day with scans and a few buckets with lookups: both ways."""
+    monkeypatch.setattr(trend_queries, "FEW_BUCKETS", few_buckets)
     window = window_ending(utcnow(), step=900, buckets=8)
 
     def at(bucket: int, minute: float = 7.5) -> datetime:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from falhook.store.dialect import POSTGRES, SQLITE, Dialect, Params
+from falhook.store.dialect import SQLITE, Dialect, Params
 from falhook.store.models import TrendWindow
 from falhook.store.states import AGAIN_OUTCOMES, BACKLOG_STATES
 from falhook.store.trends import PERCENTILES
@@ -83,26 +83,51 @@ def backlog_changes(d: Dialect, window: TrendWindow) -> Statement:
     at their last change (+1)."""
     p = d.params()
     key = d.delivery_key
-    since = d.time_in(window.since)
+    lookups = _looks_up(d, window)
     sql = f"""
-SELECT {_bucket(d, "e.received_at", p, window)} AS b, count(*) FROM deliveries d
-    JOIN events e ON e.{d.event_key} = d.{key} WHERE e.received_at >= {p(since)} GROUP BY b
+{(_arrivals_by_lookup if lookups else _arrivals_by_join)(d, p, window)}
 UNION ALL
-{_ATTEMPT_CHANGES[d](d, p, window)}
+{(_attempts_by_lookup if lookups else _attempts_by_lag)(d, p, window)}
 UNION ALL
 SELECT {_bucket(d, "d.updated_at", p, window)} AS b, count(*) FROM deliveries d
-    WHERE d.state IN {_BACKLOG} AND d.updated_at >= {p(since)}
+    WHERE d.state IN {_BACKLOG} AND d.updated_at >= {p(d.time_in(window.since))}
     AND (SELECT a.outcome NOT IN {_AGAIN} FROM attempts a
          WHERE a.{key} = d.{key} AND a.sink = d.sink ORDER BY a.at DESC LIMIT 1)
     GROUP BY b"""
     return sql, p.values
 
 
+# The backlog's changes read either a row at a time through the delivery's indexes, or the
+# window's rows all at once (a join, a sort for lag()). Measured over a day of 100,000 events
+# (bench/console_trends.py): SQLite, whose joins are loops over indexes anyway, sorts for
+# lag() three times slower than it looks up; PostgreSQL joins and sorts a whole day two to
+# three times faster than it looks each row up, and looks up a few buckets (the live
+# refresh after a whole read) three to six times faster than it scans for them.
+FEW_BUCKETS = 8
+
+
+def _looks_up(d: Dialect, window: TrendWindow) -> bool:
+    return d is SQLITE or window.buckets <= FEW_BUCKETS
+
+
 _WAITS_AFTER = f"CASE WHEN h.outcome IN {_AGAIN} THEN 1 ELSE 0 END"
 _WAITED_BEFORE = f"CASE WHEN h.before IS NULL OR h.before IN {_AGAIN} THEN 1 ELSE 0 END"
 
 
-def _by_lag(d: Dialect, p: Params, window: TrendWindow) -> str:
+def _arrivals_by_join(d: Dialect, p: Params, window: TrendWindow) -> str:
+    return f"""SELECT {_bucket(d, "e.received_at", p, window)} AS b, count(*) FROM deliveries d
+    JOIN events e ON e.{d.event_key} = d.{d.delivery_key}
+    WHERE e.received_at >= {p(d.time_in(window.since))} GROUP BY b"""
+
+
+def _arrivals_by_lookup(d: Dialect, p: Params, window: TrendWindow) -> str:
+    deliveries = f"SELECT count(*) FROM deliveries d WHERE d.{d.delivery_key} = e.{d.event_key}"
+    bucket = _bucket(d, "e.received_at", p, window)
+    return f"""SELECT {bucket} AS b, sum(({deliveries})) FROM events e
+    WHERE e.received_at >= {p(d.time_in(window.since))} GROUP BY b"""
+
+
+def _attempts_by_lag(d: Dialect, p: Params, window: TrendWindow) -> str:
     """Each attempt in the window with the outcome before it, by lag() over the attempts of
     the deliveries tried in the window."""
     key, since = d.delivery_key, d.time_in(window.since)
@@ -115,19 +140,14 @@ FROM (
 ) h WHERE h.at >= {p(since)} GROUP BY b"""
 
 
-def _by_lookup(d: Dialect, p: Params, window: TrendWindow) -> str:
+def _attempts_by_lookup(d: Dialect, p: Params, window: TrendWindow) -> str:
     """Each attempt in the window with the outcome before it, looked up in the delivery's
-    index (attempts_by_delivery); rowid orders attempts made at the same time."""
+    index (attempts_by_delivery); on SQLite, rowid orders attempts made at the same time."""
     key, since = d.delivery_key, d.time_in(window.since)
+    earlier = "(p.at, p.rowid) < (a.at, a.rowid)" if d is SQLITE else "p.at < a.at"
+    order = "p.at DESC, p.rowid DESC" if d is SQLITE else "p.at DESC"
     before = f"""(SELECT p.outcome FROM attempts p
-        WHERE p.{key} = a.{key} AND p.sink = a.sink AND (p.at, p.rowid) < (a.at, a.rowid)
-        ORDER BY p.at DESC, p.rowid DESC LIMIT 1)"""
+        WHERE p.{key} = a.{key} AND p.sink = a.sink AND {earlier} ORDER BY {order} LIMIT 1)"""
     return f"""SELECT {_bucket(d, "h.at", p, window)} AS b, sum({_WAITS_AFTER} - {_WAITED_BEFORE})
 FROM (SELECT a.at, a.outcome, {before} AS before FROM attempts a WHERE a.at >= {p(since)}) h
 GROUP BY b"""
-
-
-# How each engine finds an attempt's previous outcome: SQLite sorts a day of attempts for a
-# window function about three times slower than it looks each one up in the delivery's
-# index; PostgreSQL's lag() is the faster of the two there (bench/console_trends.py).
-_ATTEMPT_CHANGES = {SQLITE: _by_lookup, POSTGRES: _by_lag}
