@@ -67,3 +67,14 @@ def test_the_list_previews_no_file_known_to_fail() -> None:
     event = view([gone], local=("dead", "images[0]: the file server answered 404"))
     row = detail(event, {}, "/console")["row"]
     assert row["preview"] == {"kind": "image", "url": None}  # a placeholder, not a 404
+
+
+def test_the_event_page_shows_the_signature_cut_short_and_other_headers_whole() -> None:
+    from falhook.console.views import shown_headers
+
+    signature = "ab" * 64
+    shown = dict(
+        shown_headers({"X-Fal-Webhook-Signature": signature, "x-fal-webhook-user-id": "user-1"})
+    )
+    assert shown["X-Fal-Webhook-Signature"] == signature[:16] + "…"
+    assert shown["x-fal-webhook-user-id"] == "user-1"

@@ -120,6 +120,21 @@ def _row(view: EventView, files: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+SIGNATURE_HEADER = "x-fal-webhook-signature"
+SIGNATURE_SHOWN = 16  # hex digits: enough to tell two apart, not the signature to copy around
+
+
+def shown_headers(headers: dict[str, str]) -> list[tuple[str, str]]:
+    """The stored fal headers as the event page shows them: the signature cut short (the
+    API and `events show --json` keep it whole, for audits)."""
+    shown = []
+    for name, value in sorted(headers.items()):
+        if name.lower() == SIGNATURE_HEADER and len(value) > SIGNATURE_SHOWN:
+            value = value[:SIGNATURE_SHOWN] + "…"
+        shown.append((name, value))
+    return shown
+
+
 def detail(view: EventView, roots: dict[str, Path], base: str) -> dict[str, Any]:
     doc = event_document(view)
     payload = payload_of(view)
@@ -133,7 +148,7 @@ def detail(view: EventView, roots: dict[str, Path], base: str) -> dict[str, Any]
         "payload": payload,
         "payload_json": msgspec.json.format(raw, indent=2).decode(),
         "tree": len(raw) <= TREE_MAX_BYTES,
-        "headers": sorted(view.headers.items()),
+        "headers": shown_headers(view.headers),
         "prompt": prompt_of(submission["input"]) if submission else None,
         "submission_json": msgspec.json.format(
             msgspec.json.encode(submission["input"]), indent=2
