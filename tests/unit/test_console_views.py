@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from falhook.console.views import detail, digest_note, fetch_problem
+from falhook.console.views import detail, digest_note, fetch_problem, shown_headers
 from falhook.store.models import AttemptView, DeliveryView, EventView, utcnow
 
 
@@ -70,8 +70,6 @@ def test_the_list_previews_no_file_known_to_fail() -> None:
 
 
 def test_the_event_page_shows_the_signature_cut_short_and_other_headers_whole() -> None:
-    from falhook.console.views import shown_headers
-
     signature = "ab" * 64
     shown = dict(
         shown_headers({"X-Fal-Webhook-Signature": signature, "x-fal-webhook-user-id": "user-1"})
